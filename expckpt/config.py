@@ -1,0 +1,254 @@
+"""The ``checkpoint:`` section of params.yaml, validated, and the policies it describes.
+
+``CheckpointConfig.from_params(section)`` is the one function that reads the section; everything
+else gets a ``CheckpointConfig`` and asks it for ``save_policy()`` and ``keep_policy()``::
+
+    checkpoint:
+      regime: normal        # short | normal | long: a preset for the keys below
+      every: 1              # save every N-th step (steps N-1, 2N-1, ...); 0 = checkpointing off
+      every_minutes: null   # also save when this many minutes passed since the last save
+      keep_last: 10         # keep the N most recent; null = keep all
+      keep_best: 1          # also keep the K best by `monitor` (0 = none)
+      monitor: val_acc      # metric for keep_best and patience
+      mode: max             # max: higher is better; min: lower is better
+      async: false          # save in the background
+      on_divergence: warn   # warn | stop
+      divergence_steps: 3   # this many rises in a row of divergence_metric = diverging
+      divergence_metric: loss
+      patience: null        # steps without improvement of `monitor` before a plateau warning
+
+Regimes (presets; keys written in the section override them):
+
+    ======  =====  =============  =========  =========
+    regime  every  every_minutes  keep_last  keep_best
+    ======  =====  =============  =========  =========
+    short   1      -              1          1
+    normal  1      -              10         1
+    long    5      30             20         3
+    ======  =====  =============  =========  =========
+
+Decisions:
+
+- A preset's ``keep_best`` applies only when ``monitor`` is set; without a monitor it becomes 0
+  (there is nothing to rank by). An explicit ``keep_best > 0`` without ``monitor`` is an error.
+- ``every: 0`` turns all checkpointing off, including the time rule: a preset's
+  ``every_minutes`` is dropped, and an explicit ``every_minutes`` with ``every: 0`` is an error.
+- Presets are applied by ``from_params`` only; constructing ``CheckpointConfig(regime=...)``
+  directly records the regime name but takes the other fields as given.
+- Retention is always a union with the newest checkpoint: ``keep_policy()`` includes
+  ``KeepNewest`` whatever else is configured (orbax #526, HF #15089).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, fields
+from types import MappingProxyType
+
+from expckpt.errors import ConfigError
+from expckpt.policy import (
+    AnyOf,
+    AnyOfSave,
+    EveryMinutes,
+    EverySteps,
+    KeepAll,
+    KeepBest,
+    KeepLast,
+    KeepNewest,
+    KeepPolicy,
+    Never,
+    SavePolicy,
+)
+
+__all__ = ["REGIMES", "CheckpointConfig"]
+
+REGIMES: Mapping[str, Mapping[str, object]] = MappingProxyType({
+    "short": MappingProxyType({"every": 1, "keep_last": 1, "keep_best": 1}),
+    "normal": MappingProxyType({"every": 1, "keep_last": 10, "keep_best": 1}),
+    "long": MappingProxyType({"every": 5, "every_minutes": 30, "keep_last": 20, "keep_best": 3}),
+})
+"""Preset values per ``checkpoint.regime``, keyed by field name."""
+
+_PARAM_KEY = {"async_save": "async"}  # field name -> params.yaml key where they differ
+_DEFAULT_DIVERGENCE_METRIC = "loss"
+_REGIME_FIX = "pick one of them, or remove checkpoint.regime and set the keys yourself"
+
+
+def _key(name: str) -> str:
+    return f"checkpoint.{_PARAM_KEY.get(name, name)}"
+
+
+def _show(value: object) -> str:
+    if value is None or type(value) is int:
+        return repr(value)
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _fail(name: str, value: object, expect: str, fix: str) -> None:
+    raise ConfigError(f"{_key(name)} must be {expect}, got {_show(value)}; {fix}", key=_key(name), value=value)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_choice(name: str, value: object, allowed: tuple[str, ...], fix: str) -> None:
+    if not isinstance(value, str) or value not in allowed:
+        listed = ", ".join(repr(a) for a in allowed)
+        _fail(name, value, f"one of {listed}", fix)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointConfig:
+    """Validated checkpoint settings; build it with ``from_params``."""
+
+    every: int = 1
+    """Save every ``every``-th step (steps every-1, 2*every-1, ...); 0 turns checkpointing off."""
+    every_minutes: float | None = None
+    """Also save when this many minutes passed since the last save; None = by steps only."""
+    keep_last: int | None = 10
+    """Keep the ``keep_last`` most recent checkpoints (>= 1); None keeps all."""
+    keep_best: int = 0
+    """Also keep the ``keep_best`` best checkpoints by ``monitor`` (>= 0; 0 = none)."""
+    monitor: str | None = None
+    """The metric ranking checkpoints for ``keep_best`` and ``patience``; required when they are used."""
+    mode: str = "max"
+    """``"max"`` when a higher ``monitor`` is better (accuracy), ``"min"`` when lower is (loss)."""
+    regime: str | None = None
+    """The preset (``short``, ``normal``, ``long``) ``from_params`` started from, if any."""
+    async_save: bool = False
+    """Save in the background (params key ``async``)."""
+    on_divergence: str = "warn"
+    """What to do when training diverges or plateaus: ``"warn"`` or ``"stop"``."""
+    divergence_steps: int = 3
+    """Rises in a row of ``divergence_metric`` that count as diverging (>= 2)."""
+    divergence_metric: str = _DEFAULT_DIVERGENCE_METRIC
+    """The metric watched for divergence; NaN/inf in it always counts as diverging."""
+    patience: int | None = None
+    """Steps without improvement of ``monitor`` before a plateau warning (stops with ``on_divergence: stop``)."""
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.every) or self.every < 0:
+            _fail("every", self.every, "a non-negative integer",
+                  "use 1 to save every step, N to save every N-th step, or 0 to turn checkpointing off")
+        m = self.every_minutes
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float))
+                              or not math.isfinite(m) or m <= 0):
+            _fail("every_minutes", m, "a positive number of minutes or null",
+                  "use e.g. 30 to also save every half hour, or null to save by steps only")
+        if self.keep_last is not None and (not _is_int(self.keep_last) or self.keep_last < 1):
+            _fail("keep_last", self.keep_last, "a positive integer or null (keep all)",
+                  "use 1 to keep only the newest")
+        if not _is_int(self.keep_best) or self.keep_best < 0:
+            _fail("keep_best", self.keep_best, "a non-negative integer",
+                  "use 0 to keep no best checkpoints, or 1 to keep the single best")
+        if self.monitor is not None and (not isinstance(self.monitor, str) or not self.monitor):
+            _fail("monitor", self.monitor, "a metric name or null",
+                  "use the name of a metric the run logs, e.g. val_loss")
+        _check_choice("mode", self.mode, ("min", "max"),
+                      "use 'max' when higher is better (accuracy) or 'min' when lower is better (loss)")
+        if self.regime is not None:
+            _check_choice("regime", self.regime, tuple(REGIMES), _REGIME_FIX)
+        if not isinstance(self.async_save, bool):
+            _fail("async_save", self.async_save, "true or false", "use true to save in the background")
+        _check_choice("on_divergence", self.on_divergence, ("warn", "stop"),
+                      "use 'warn' to log a warning or 'stop' to end the run")
+        if not _is_int(self.divergence_steps) or self.divergence_steps < 2:
+            _fail("divergence_steps", self.divergence_steps, "an integer >= 2",
+                  "use 3 to call 3 rises in a row diverging (1 rise is noise)")
+        if not isinstance(self.divergence_metric, str) or not self.divergence_metric:
+            _fail("divergence_metric", self.divergence_metric, "a metric name", "use e.g. 'loss'")
+        if self.patience is not None and (not _is_int(self.patience) or self.patience < 1):
+            _fail("patience", self.patience, "a positive integer or null", "use e.g. 10, or null for no plateau check")
+        self._check_combinations()
+
+    def _check_combinations(self) -> None:
+        if self.every == 0 and self.every_minutes is not None:
+            raise ConfigError(
+                f"checkpoint.every_minutes is {self.every_minutes!r} but checkpoint.every is 0 (checkpointing "
+                "off); remove checkpoint.every_minutes, or set checkpoint.every to 1 or more",
+                key=_key("every_minutes"), value=self.every_minutes)
+        if self.monitor is None and self.keep_best > 0:
+            raise ConfigError(
+                f"checkpoint.monitor is required when checkpoint.keep_best is {self.keep_best}; set "
+                "checkpoint.monitor to the metric to rank by (e.g. val_loss), or set keep_best to 0",
+                key=_key("monitor"), value=None)
+        if self.monitor is None and self.patience is not None:
+            raise ConfigError(
+                f"checkpoint.monitor is required when checkpoint.patience is {self.patience}; set "
+                "checkpoint.monitor to the metric whose improvement patience waits for, or remove patience",
+                key=_key("monitor"), value=None)
+
+    @classmethod
+    def from_params(cls, section: Mapping[str, object] | None) -> CheckpointConfig:
+        """Read the ``checkpoint:`` section of params.yaml (None or missing = all defaults)."""
+        if section is None:
+            return cls()
+        if not isinstance(section, Mapping):
+            raise ConfigError(
+                f"checkpoint must be a mapping of keys to values, got {_show(section)}; "
+                "write e.g. 'checkpoint: {every: 1, keep_last: 10}'", key="checkpoint", value=section)
+        by_key = {_PARAM_KEY.get(f.name, f.name): f.name for f in fields(cls)}
+        explicit: dict[str, object] = {}
+        for key, value in section.items():
+            if key not in by_key:
+                raise _unknown_key(key, list(by_key))
+            explicit[by_key[key]] = value
+        values: dict[str, object] = {}
+        regime = explicit.get("regime")
+        if regime is not None:
+            _check_choice("regime", regime, tuple(REGIMES), _REGIME_FIX)
+            values.update(REGIMES[regime])  # type: ignore[index]
+            if explicit.get("monitor") is None:
+                values["keep_best"] = 0
+            if _is_int(explicit.get("every")) and explicit["every"] == 0:
+                values.pop("every_minutes", None)
+        values.update(explicit)
+        return cls(**values)  # type: ignore[arg-type]
+
+    def save_policy(self, *, start: float | None = None) -> SavePolicy:
+        """When to save. ``start`` (the run's start, unix seconds) starts the ``every_minutes`` clock."""
+        if self.every == 0:
+            return Never()
+        steps = EverySteps(n=self.every)
+        if self.every_minutes is None:
+            return steps
+        return AnyOfSave(policies=(steps, EveryMinutes(minutes=self.every_minutes, start=start)))
+
+    def keep_policy(self) -> AnyOf:
+        """What to keep: keep_last (or all) and keep_best, always united with the newest checkpoint."""
+        rules: list[KeepPolicy] = [KeepAll() if self.keep_last is None else KeepLast(n=self.keep_last)]
+        if self.keep_best > 0 and self.monitor is not None:
+            rules.append(KeepBest(k=self.keep_best, metric=self.monitor, mode=self.mode))
+        rules.append(KeepNewest())
+        return AnyOf(policies=tuple(rules))
+
+    def check_metrics(self, logged: Collection[str]) -> None:
+        """Raise ConfigError unless the run logs the metrics this config watches.
+
+        ``monitor`` is checked when set; ``divergence_metric`` when it was changed from ``loss``
+        or when ``on_divergence`` is ``stop`` (a default that matches nothing only loses warnings).
+        """
+        names = sorted(logged)
+        checks = [("monitor", self.monitor)]
+        if self.on_divergence == "stop" or self.divergence_metric != _DEFAULT_DIVERGENCE_METRIC:
+            checks.append(("divergence_metric", self.divergence_metric))
+        for name, metric in checks:
+            if metric is None or metric in logged:
+                continue
+            key = _key(name)
+            close = difflib.get_close_matches(metric, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"{key} is {metric!r}, which this run does not log (it logs: {', '.join(names) or 'nothing'}); "
+                f"set {key} to one of them{hint}", key=key, value=metric)
+
+
+def _unknown_key(key: object, valid: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1) if isinstance(key, str) else []
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return ConfigError(
+        f"checkpoint.{key} is not a checkpoint setting; {hint}valid keys: {', '.join(sorted(valid))}",
+        key=f"checkpoint.{key}", value=key)

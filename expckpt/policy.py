@@ -1,0 +1,277 @@
+"""When to save a checkpoint and which checkpoints to keep: policies as data.
+
+Each policy is a small frozen dataclass with one method and no I/O (orbax's ``LatestN``,
+``BestN``, ``EveryNSteps`` are the model).
+
+Keep policies see the *whole* list of existing checkpoints, in any order, and answer per
+checkpoint which rules keep it::
+
+    policy.reasons(checkpoints)      -> [frozenset({"last", "best"}), frozenset(), ...]
+    policy.should_keep(checkpoints)  -> [True, False, ...]      # non-empty reasons
+
+An empty set of reasons means "evict". The order of the input does not matter: policies
+order checkpoints by ``step``. Combine rules with ``AnyOf`` (a union of reasons).
+``CheckpointConfig.keep_policy()`` always includes ``KeepNewest`` so that a best-only rule can
+never evict the most recent checkpoint (orbax #526, HF #15089).
+
+Save policies answer ``should_save(step, now, last_saved)`` once per training step:
+``EverySteps``, ``EveryMinutes``, ``Never`` and the union ``AnyOfSave``.
+
+``EveryMinutes`` and the first save: the clock runs from ``last_saved.time`` when there is a
+previous checkpoint, otherwise from ``start`` (the run's start, unix seconds). When neither is
+known the policy saves at once, which starts the clock from a real checkpoint; pass ``start``
+(``config.save_policy(start=...)``) to avoid a save at the first step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from expckpt.errors import ConfigError
+
+__all__ = [
+    "AnyOf",
+    "AnyOfSave",
+    "CheckpointInfo",
+    "EveryMinutes",
+    "EverySteps",
+    "KeepAll",
+    "KeepBest",
+    "KeepLast",
+    "KeepNewest",
+    "KeepPolicy",
+    "Never",
+    "SavePolicy",
+    "finite_metric",
+]
+
+_MODES = ("min", "max")
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What policies see of one existing checkpoint."""
+
+    step: int
+    """The global training step the checkpoint was taken at."""
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    """Metrics logged at that step; keys may be missing and values may be NaN or inf."""
+    time: float = 0.0
+    """When it was saved, unix seconds."""
+
+
+def finite_metric(metrics: Mapping[str, object], name: str) -> float | None:
+    """``metrics[name]`` as a float, or None when it is missing, not a number, NaN or inf."""
+    value = metrics.get(name)
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _positive_int(value: object, *, what: str, key: str, fix: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{what} must be a positive integer, got {value!r}; {fix}", key=key, value=value)
+
+
+# --------------------------------------------------------------------------- keep policies
+
+
+class KeepPolicy:
+    """Base of keep policies: subclasses implement ``reasons``."""
+
+    def reasons(self, checkpoints: Sequence[CheckpointInfo]) -> list[frozenset[str]]:
+        """Per checkpoint (in input order), the names of the rules that keep it; empty = evict."""
+        raise NotImplementedError
+
+    def should_keep(self, checkpoints: Sequence[CheckpointInfo]) -> list[bool]:
+        """Per checkpoint (in input order), whether any rule keeps it."""
+        return [bool(r) for r in self.reasons(checkpoints)]
+
+
+def _mark(count: int, chosen: set[int], reason: str) -> list[frozenset[str]]:
+    tag = frozenset({reason})
+    return [tag if i in chosen else frozenset() for i in range(count)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeepLast(KeepPolicy):
+    """Keep the ``n`` checkpoints with the highest steps (reason ``"last"``)."""
+
+    n: int
+    """How many of the most recent checkpoints to keep, >= 1."""
+
+    def __post_init__(self) -> None:
+        _positive_int(self.n, what="KeepLast.n (checkpoint.keep_last)", key="checkpoint.keep_last",
+                      fix="use 1 to keep only the newest, or KeepAll() to keep every checkpoint")
+
+    def reasons(self, checkpoints: Sequence[CheckpointInfo]) -> list[frozenset[str]]:
+        order = sorted(range(len(checkpoints)), key=lambda i: (checkpoints[i].step, i), reverse=True)
+        return _mark(len(checkpoints), set(order[: self.n]), "last")
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeepBest(KeepPolicy):
+    """Keep the ``k`` checkpoints with the best ``metric`` (reason ``"best"``).
+
+    Missing, NaN and infinite values are never "best". On equal values the earlier step wins.
+    """
+
+    k: int
+    """How many of the best checkpoints to keep, >= 1."""
+    metric: str
+    """The metric to rank by, e.g. ``"val_loss"``."""
+    mode: str = "max"
+    """``"max"`` when higher is better (accuracy), ``"min"`` when lower is better (loss)."""
+
+    def __post_init__(self) -> None:
+        _positive_int(self.k, what="KeepBest.k (checkpoint.keep_best)", key="checkpoint.keep_best",
+                      fix="use 1 to keep the single best checkpoint")
+        if not isinstance(self.metric, str) or not self.metric:
+            raise ConfigError(
+                f"KeepBest.metric (checkpoint.monitor) must be a metric name, got {self.metric!r}; "
+                "set it to a metric the run logs, e.g. 'val_loss'",
+                key="checkpoint.monitor", value=self.metric)
+        if self.mode not in _MODES:
+            raise ConfigError(
+                f"KeepBest.mode (checkpoint.mode) must be 'min' or 'max', got {self.mode!r}; "
+                "use 'max' when higher is better (accuracy), 'min' when lower is better (loss)",
+                key="checkpoint.mode", value=self.mode)
+
+    def reasons(self, checkpoints: Sequence[CheckpointInfo]) -> list[frozenset[str]]:
+        sign = -1.0 if self.mode == "max" else 1.0
+        ranked = []
+        for i, ckpt in enumerate(checkpoints):
+            value = finite_metric(ckpt.metrics, self.metric)
+            if value is not None:
+                ranked.append((sign * value, ckpt.step, i))
+        ranked.sort()
+        return _mark(len(checkpoints), {i for _, _, i in ranked[: self.k]}, "best")
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeepAll(KeepPolicy):
+    """Keep every checkpoint (reason ``"all"``)."""
+
+    def reasons(self, checkpoints: Sequence[CheckpointInfo]) -> list[frozenset[str]]:
+        return [frozenset({"all"}) for _ in checkpoints]
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeepNewest(KeepPolicy):
+    """Always keep the checkpoint(s) with the highest step (reason ``"newest"``), for resuming."""
+
+    def reasons(self, checkpoints: Sequence[CheckpointInfo]) -> list[frozenset[str]]:
+        if not checkpoints:
+            return []
+        newest = max(c.step for c in checkpoints)
+        return _mark(len(checkpoints), {i for i, c in enumerate(checkpoints) if c.step == newest}, "newest")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnyOf(KeepPolicy):
+    """Keep a checkpoint when any of ``policies`` keeps it; its reasons are the union."""
+
+    policies: tuple[KeepPolicy, ...]
+    """The rules to combine; at least one."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "policies", tuple(self.policies))
+        if not self.policies:
+            raise ConfigError("AnyOf needs at least one keep policy, got none; an empty union would "
+                              "evict every checkpoint, add KeepNewest() at least", value=self.policies)
+        for policy in self.policies:
+            if not isinstance(policy, KeepPolicy):
+                raise ConfigError(f"AnyOf.policies must be keep policies, got {policy!r}; "
+                                  "use KeepLast, KeepBest, KeepAll or KeepNewest", value=policy)
+
+    def reasons(self, checkpoints: Sequence[CheckpointInfo]) -> list[frozenset[str]]:
+        result = [frozenset[str]() for _ in checkpoints]
+        for policy in self.policies:
+            result = [a | b for a, b in zip(result, policy.reasons(checkpoints), strict=True)]
+        return result
+
+
+# --------------------------------------------------------------------------- save policies
+
+
+class SavePolicy:
+    """Base of save policies: subclasses implement ``should_save``."""
+
+    def should_save(self, step: int, now: float, last_saved: CheckpointInfo | None) -> bool:
+        """Whether to save a checkpoint after ``step`` at unix time ``now``."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, kw_only=True)
+class EverySteps(SavePolicy):
+    """Save when ``(step + 1) % n == 0``: n=1 saves every step, n=5 saves steps 4, 9, 14, ..."""
+
+    n: int
+    """Save every ``n``-th step, >= 1."""
+
+    def __post_init__(self) -> None:
+        _positive_int(self.n, what="EverySteps.n (checkpoint.every)", key="checkpoint.every",
+                      fix="use 1 to save every step, or Never() to turn checkpointing off")
+
+    def should_save(self, step: int, now: float, last_saved: CheckpointInfo | None) -> bool:
+        return (step + 1) % self.n == 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class EveryMinutes(SavePolicy):
+    """Save when ``minutes`` have passed since the last save (or since ``start``).
+
+    With no previous save and no ``start`` it saves at once, which starts the clock.
+    """
+
+    minutes: float
+    """Minutes between saves, > 0."""
+    start: float | None = None
+    """When the run started (unix seconds); the clock for the first save runs from here."""
+
+    def __post_init__(self) -> None:
+        m = self.minutes
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) or m <= 0:
+            raise ConfigError(
+                f"EveryMinutes.minutes (checkpoint.every_minutes) must be a positive number, got {m!r}; "
+                "use e.g. 30 to save every half hour, or null to save by steps only",
+                key="checkpoint.every_minutes", value=m)
+
+    def should_save(self, step: int, now: float, last_saved: CheckpointInfo | None) -> bool:
+        since = last_saved.time if last_saved is not None else self.start
+        return since is None or now - since >= self.minutes * 60
+
+
+@dataclass(frozen=True, kw_only=True)
+class Never(SavePolicy):
+    """Never save (``checkpoint.every: 0``)."""
+
+    def should_save(self, step: int, now: float, last_saved: CheckpointInfo | None) -> bool:
+        return False
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnyOfSave(SavePolicy):
+    """Save when any of ``policies`` says so."""
+
+    policies: tuple[SavePolicy, ...]
+    """The rules to combine; at least one."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "policies", tuple(self.policies))
+        if not self.policies:
+            raise ConfigError("AnyOfSave needs at least one save policy, got none; "
+                              "use Never() to turn checkpointing off", value=self.policies)
+        for policy in self.policies:
+            if not isinstance(policy, SavePolicy):
+                raise ConfigError(f"AnyOfSave.policies must be save policies, got {policy!r}; "
+                                  "use EverySteps, EveryMinutes or Never", value=policy)
+
+    def should_save(self, step: int, now: float, last_saved: CheckpointInfo | None) -> bool:
+        return any(p.should_save(step, now, last_saved) for p in self.policies)
