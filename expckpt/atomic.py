@@ -1,0 +1,106 @@
+"""Atomic file writes: temp file in the same directory, fsync, rename; the name moves last."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from expckpt.errors import StorageError
+
+__all__ = ["HashingWriter", "atomic_write_bytes", "atomic_writer", "fsync_dir", "md5_file", "TEMP_MARK"]
+
+TEMP_MARK = ".expckpt-tmp-"
+"""Every temp file expckpt writes has this in its name, so none is mistaken for a checkpoint."""
+
+
+class HashingWriter:
+    """A write-only file object that computes the MD5 (DVC's hash) and size of what passes."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self._md5.update(data)
+        self.size += len(data)
+        return self._raw.write(data)
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+    @property
+    def md5(self) -> str:
+        return self._md5.hexdigest()
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _storage_error(path: Path, exc: OSError) -> StorageError:
+    if exc.errno == errno.ENOSPC:
+        return StorageError(
+            f"no space left on the device while writing {path}; free some space"
+            " (e.g. `expckpt gc --workspace`) and run again; the previous checkpoint is intact",
+            path=path,
+        )
+    return StorageError(f"could not write {path}: {exc.strerror or exc}", path=path)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path, *, durable: bool = True) -> Iterator[tuple[BinaryIO, Path]]:
+    """Yield ``(file, temp_path)``; on clean exit the temp file is fsynced and renamed to ``path``.
+
+    On any error the temp file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_MARK}{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise _storage_error(path, exc) from exc
+    tmp_path = Path(tmp)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle, tmp_path
+            handle.flush()
+            if durable:
+                os.fsync(handle.fileno())
+        os.replace(tmp_path, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        if isinstance(exc, OSError):
+            raise _storage_error(path, exc) from exc
+        raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_writer(path, durable=durable) as (handle, _):
+        handle.write(data)
+
+
+def md5_file(path: Path, chunk: int = 1 << 22) -> tuple[str, int]:
+    """Return ``(md5 hex, size)`` of a file, as DVC 3 hashes it."""
+    digest = hashlib.md5(usedforsecurity=False)
+    size = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size

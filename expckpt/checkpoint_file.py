@@ -1,0 +1,153 @@
+"""Checkpoint files: serialise, write atomically with their DVC hash, and load safely.
+
+Loading always uses ``torch.load(weights_only=True, map_location="cpu")``: no code runs, and a
+checkpoint saved on a GPU loads on a CPU-only machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import threading
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from expckpt.atomic import TEMP_MARK, _storage_error, fsync_dir
+from expckpt.errors import (
+    ArchitectureMismatchError,
+    CorruptCheckpointError,
+    UnsafeCheckpointError,
+)
+
+__all__ = ["WrittenFile", "check_architecture", "load_checkpoint", "load_model", "write_temp"]
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    """A complete, fsynced temp file beside its final name, and its DVC hash."""
+
+    tmp: Path
+    dest: Path
+    md5: str
+    size: int
+
+    def publish(self) -> None:
+        """Rename the temp file onto its final name (atomic) and make that durable."""
+        os.replace(self.tmp, self.dest)
+        fsync_dir(self.dest.parent)
+
+    def discard(self) -> None:
+        try:
+            self.tmp.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def write_temp(payload: Mapping[str, Any], dest: Path, *, durable: bool = True) -> WrittenFile:
+    """Serialise ``payload`` to a temp file next to ``dest``; hash it while it is written.
+
+    ``torch.save`` goes to memory first, then the MD5 (DVC's hash) runs on one core while the
+    bytes go to disk on the other.
+    """
+    dest = Path(dest)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    view = buffer.getbuffer()
+    digest = hashlib.md5(usedforsecurity=False)
+    hasher = threading.Thread(target=digest.update, args=(view,))
+    hasher.start()
+    tmp = dest.with_name(f"{TEMP_MARK}{dest.name}.{os.getpid()}.{threading.get_ident()}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(view)
+            handle.flush()
+            if durable:
+                os.fsync(handle.fileno())
+    except OSError as exc:
+        hasher.join()
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise _storage_error(dest, exc) from exc
+    finally:
+        hasher.join()
+    size = view.nbytes
+    del view
+    return WrittenFile(tmp=tmp, dest=dest, md5=digest.hexdigest(), size=size)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint without running code; corrupt or hostile files raise clear errors."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
+            raise UnsafeCheckpointError(
+                f"{path} holds objects that would run code when loaded, so it was refused;"
+                " only load checkpoints from sources you trust, or re-save it as plain tensors",
+                path=path,
+            ) from exc
+        raise _corrupt(path, exc) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError) as exc:
+        raise _corrupt(path, exc) from exc
+    if not isinstance(payload, dict):
+        raise CorruptCheckpointError(
+            f"{path} is not a checkpoint (it holds a {type(payload).__name__}, not a dict)",
+            path=path,
+        )
+    return payload
+
+
+def _corrupt(path: Path, exc: BaseException) -> CorruptCheckpointError:
+    reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+    return CorruptCheckpointError(
+        f"{path} is truncated or corrupt ({reason}); restore a good one with"
+        " `dvc exp apply <exp>@<step>` (see `expckpt list`) or start over with `expckpt reset`",
+        path=path,
+    )
+
+
+def check_architecture(model: torch.nn.Module, weights: Mapping[str, Any], path: Path) -> None:
+    """Raise ``ArchitectureMismatchError`` unless ``weights`` fit ``model`` exactly."""
+    if not isinstance(weights, Mapping):
+        raise CorruptCheckpointError(f"{path} has no model weights", path=path)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in weights.items() if isinstance(v, torch.Tensor)}
+    missing = sorted(expected.keys() - found.keys())
+    unexpected = sorted(found.keys() - expected.keys())
+    resized = sorted(k for k in expected.keys() & found.keys() if expected[k] != found[k])
+    if not (missing or unexpected or resized):
+        return
+    details = []
+    if missing:
+        details.append(f"missing {', '.join(missing[:3])}")
+    if unexpected:
+        details.append(f"unexpected {', '.join(unexpected[:3])}")
+    if resized:
+        k = resized[0]
+        details.append(f"{k} is {list(found[k])} in the file but {list(expected[k])} in the model")
+    raise ArchitectureMismatchError(
+        f"{path} was saved from a different model architecture ({'; '.join(details)});"
+        " train from scratch with `expckpt reset`, or restore the matching code",
+        path=path,
+    )
+
+
+def load_model(path: Path, model: torch.nn.Module) -> dict[str, Any]:
+    """Load only the model weights of a checkpoint (for evaluation and inference)."""
+    payload = load_checkpoint(path)
+    weights = payload.get("model", payload)
+    check_architecture(model, weights, Path(path))
+    model.load_state_dict(weights)
+    return payload

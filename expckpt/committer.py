@@ -1,0 +1,119 @@
+"""One checkpoint, published in order: cache object, workspace file, Git commit, ref, note.
+
+Each step makes the next one safe: the ref (what users and DVC see) moves only after its commit
+and cache object exist, and the workspace note only after the ref. A crash at any point leaves
+either the previous checkpoint or the new one complete, never half of one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from expckpt.cache import DvcCache
+from expckpt.checkpoint_file import WrittenFile
+from expckpt.errors import RefConflictError
+from expckpt.faults import crash_point
+from expckpt.gitstore import GitStore
+from expckpt.lockfile import LockBuilder
+from expckpt.project import Project, RunContext
+from expckpt.records import CheckpointRecord, OutputHash, format_message
+from expckpt.refs import CheckpointRef
+from expckpt.session import SessionNote
+
+__all__ = ["Committer"]
+
+
+class Committer:
+    """Publishes checkpoints of one ``dvc exp run`` as experiment refs ``<exp>@<step>``."""
+
+    def __init__(
+        self,
+        *,
+        project: Project,
+        run: RunContext,
+        store: GitStore,
+        cache: DvcCache,
+        checkpoint_path: str,
+        live_paths: list[str],
+    ) -> None:
+        self.project = project
+        self.run = run
+        self.store = store
+        self.cache = cache
+        self.checkpoint_path = checkpoint_path
+        self.live_paths = live_paths
+        self._base_tree: str | None = None
+        self._lock: LockBuilder | None = None
+
+    def _prepare(self) -> None:
+        """Snapshot the tracked files and dependency hashes once per run (they don't change)."""
+        if self._base_tree is None:
+            self._base_tree = self.store.snapshot_tracked(self.project.workspace, self.run.baseline)
+            self._lock = LockBuilder.prepare(self.project, self.run.stage or "train")
+
+    def read_live_files(self) -> dict[str, bytes]:
+        """Current content of the metrics and plots files that go into each checkpoint commit."""
+        files: dict[str, bytes] = {}
+        workspace = self.project.workspace
+        for rel in self.live_paths:
+            path = workspace / rel
+            if path.is_file():
+                files[rel] = path.read_bytes()
+            elif path.is_dir():
+                for root, _, names in os.walk(path):
+                    for name in names:
+                        full = Path(root, name)
+                        files[full.relative_to(workspace).as_posix()] = full.read_bytes()
+        return files
+
+    def publish(
+        self,
+        written: WrittenFile,
+        *,
+        step: int,
+        metrics: Mapping[str, float],
+        live_files: Mapping[str, bytes],
+        parent: str | None,
+    ) -> CheckpointRecord:
+        """Publish a complete temp file as checkpoint ``<exp>@<step>``; return its record."""
+        self._prepare()
+        assert self._base_tree is not None and self._lock is not None
+        ref = CheckpointRef(baseline=self.run.baseline, exp=self.run.exp_name, step=step)
+        crash_point("after-temp", step)
+        self.cache.add(written.tmp, written.md5, written.size)
+        crash_point("after-cache", step)
+        written.publish()
+        crash_point("after-publish", step)
+
+        outs = {self.checkpoint_path: OutputHash(written.md5, written.size)}
+        files = dict(live_files)
+        files["dvc.lock"] = self._lock.render(outs)
+        tree = self.store.tree_with_files(self._base_tree, files)
+        now = time.time()
+        message = format_message(ref, parent=parent, outs=outs, metrics=metrics, time=now)
+        commit = self.store.write_commit(tree, [self.run.baseline], message)
+        crash_point("after-commit", step)
+
+        existing = self.store.get_ref(ref.ref)
+        if existing is None:
+            self.store.create_ref(ref.ref, commit)
+        elif not self.store.replace_ref(ref.ref, commit, existing):
+            raise RefConflictError(f"{ref.ref} changed while checkpointing; another run uses the name {ref.exp!r}", ref=ref.ref)
+        crash_point("after-ref", step)
+
+        st = os.stat(written.dest)
+        SessionNote(
+            ref=ref.ref,
+            commit=commit,
+            md5=written.md5,
+            size=written.size,
+            step=step,
+            mtime_ns=st.st_mtime_ns,
+            inode=st.st_ino,
+        ).write(self.project.workspace, self.checkpoint_path)
+        return CheckpointRecord(
+            ref=ref, commit=commit, parent=parent, outs=outs, metrics=dict(metrics), time=now
+        )

@@ -1,0 +1,205 @@
+"""The Git operations expckpt needs, behind one narrow, typed interface.
+
+Objects and refs go through dulwich in-process (fast enough for the training loop's hot
+path); the one-off workspace snapshot and the bulk ref listing use the ``git`` executable with
+argument lists (never a shell string). Every ref update is a compare-and-swap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from dulwich.object_store import commit_tree_changes
+from dulwich.objects import Blob, Commit, Tree
+from dulwich.repo import Repo
+
+from expckpt.errors import ProjectError, RefConflictError
+
+__all__ = ["GitStore", "RefEntry"]
+
+FILE_MODE = 0o100644
+_SEP = "\x1f\x1e"
+_INHERITED_GIT_VARS = {"GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY"}
+
+
+@dataclass(frozen=True)
+class RefEntry:
+    """One ref as listed in bulk: name, commit sha, commit time and message."""
+
+    ref: str
+    commit: str
+    time: int
+    message: str
+
+
+class GitStore:
+    """A Git repository's object database and refs (the main repo, also for ``--temp`` runs)."""
+
+    def __init__(self, repo: Repo) -> None:
+        self._repo = repo
+        self.git_dir = Path(repo.controldir())
+        self._identity: bytes | None = None
+
+    @classmethod
+    def open(cls, root: Path) -> GitStore:
+        try:
+            return cls(Repo(str(root)))
+        except Exception as exc:  # dulwich raises NotGitRepository and friends
+            raise ProjectError(
+                f"{root} is not a Git repository; run `git init && dvc init` first", path=root
+            ) from exc
+
+    # -- identity -------------------------------------------------------------------------
+    def identity(self) -> bytes:
+        """``Name <email>`` from Git config, else ``user <user@host>``: never fails."""
+        if self._identity is None:
+            name = email = None
+            with contextlib.suppress(Exception):
+                config = self._repo.get_config_stack()
+                name = config.get((b"user",), b"name").decode()
+                email = config.get((b"user",), b"email").decode()
+            if not name or not email:
+                user = _username()
+                name, email = name or user, email or f"{user}@{socket.gethostname()}"
+            self._identity = f"{name} <{email}>".encode()
+        return self._identity
+
+    # -- objects --------------------------------------------------------------------------
+    def has_commit(self, sha: str) -> bool:
+        try:
+            return isinstance(self._repo[sha.encode()], Commit)
+        except (KeyError, ValueError):
+            return False
+
+    def commit_tree(self, commit: str) -> str:
+        return self._repo[commit.encode()].tree.decode()
+
+    def tree_with_files(self, base_tree: str, files: dict[str, bytes | None]) -> str:
+        """Write blobs for ``files`` (None deletes) over ``base_tree``; return the new tree."""
+        store = self._repo.object_store
+        changes = []
+        for path, data in sorted(files.items()):
+            if data is None:
+                changes.append((path.encode(), None, None))
+                continue
+            blob = Blob.from_string(data)
+            store.add_object(blob)
+            changes.append((path.encode(), FILE_MODE, blob.id))
+        return commit_tree_changes(store, base_tree.encode(), changes).decode()
+
+    def write_commit(self, tree: str, parents: list[str], message: str) -> str:
+        commit = Commit()
+        commit.tree = tree.encode()
+        commit.parents = [p.encode() for p in parents]
+        commit.author = commit.committer = self.identity()
+        commit.author_time = commit.commit_time = int(time.time())
+        offset = -time.timezone if not time.localtime().tm_isdst else -time.altzone
+        commit.author_timezone = commit.commit_timezone = offset
+        commit.message = message.encode()
+        self._repo.object_store.add_object(commit)
+        return commit.id.decode()
+
+    def read_file(self, commit: str, path: str) -> bytes | None:
+        """The content of ``path`` at ``commit``, or None."""
+        try:
+            tree = self._repo[self._repo[commit.encode()].tree]
+            for part in path.split("/"):
+                assert isinstance(tree, Tree)
+                _, sha = tree[part.encode()]
+                tree = self._repo[sha]
+        except (KeyError, AssertionError):
+            return None
+        return tree.as_raw_string() if isinstance(tree, Blob) else None
+
+    def list_dir(self, commit: str, path: str) -> dict[str, bytes]:
+        """Every file under directory ``path`` at ``commit`` (relative path -> content)."""
+        out: dict[str, bytes] = {}
+        try:
+            tree = self._repo[self._repo[commit.encode()].tree]
+            for part in path.strip("/").split("/"):
+                _, sha = tree[part.encode()]
+                tree = self._repo[sha]
+        except KeyError:
+            return out
+        if not isinstance(tree, Tree):
+            return out
+        for entry in self._repo.object_store.iter_tree_contents(tree.id):
+            obj = self._repo[entry.sha]
+            if isinstance(obj, Blob):
+                out[f"{path.strip('/')}/{entry.path.decode()}"] = obj.as_raw_string()
+        return out
+
+    # -- refs -----------------------------------------------------------------------------
+    def get_ref(self, ref: str) -> str | None:
+        try:
+            return self._repo.refs[ref.encode()].decode()
+        except KeyError:
+            return None
+
+    def create_ref(self, ref: str, commit: str) -> None:
+        """Create ``ref`` at ``commit``; fail loudly if it already exists."""
+        if not self._repo.refs.add_if_new(ref.encode(), commit.encode()):
+            raise RefConflictError(
+                f"{ref} already exists (another run wrote it); use another experiment name",
+                ref=ref,
+            )
+
+    def replace_ref(self, ref: str, commit: str, expected: str) -> bool:
+        """Point ``ref`` at ``commit`` only if it still points at ``expected``."""
+        return bool(self._repo.refs.set_if_equals(ref.encode(), expected.encode(), commit.encode()))
+
+    def delete_ref(self, ref: str, expected: str) -> bool:
+        """Delete ``ref`` only if it still points at ``expected``; report whether it did."""
+        return bool(self._repo.refs.remove_if_equals(ref.encode(), expected.encode()))
+
+    def list_refs(self, prefix: str) -> list[RefEntry]:
+        """All refs under ``prefix`` with commit time and message, in one ``git`` call."""
+        fmt = f"%(refname){_SEP}%(objectname){_SEP}%(committerdate:unix){_SEP}%(contents){_SEP}"
+        out = self.git("for-each-ref", f"--format={fmt}", prefix)
+        entries = []
+        fields = out.split(_SEP)
+        for i in range(0, len(fields) - 1, 4):
+            ref = fields[i].lstrip("\n")
+            stamp = fields[i + 2]
+            entries.append(
+                RefEntry(ref, fields[i + 1], int(stamp) if stamp.isdigit() else 0, fields[i + 3])
+            )
+        return entries
+
+    # -- workspace --------------------------------------------------------------------------
+    def snapshot_tracked(self, worktree: Path, baseline: str) -> str:
+        """Tree of ``baseline`` with every tracked file as it is now in ``worktree``.
+
+        Like ``git add -u`` into a throw-away index, so the real index is never touched. The
+        objects land in this repository even when ``worktree`` is a ``--temp`` copy.
+        """
+        with tempfile.TemporaryDirectory(prefix="expckpt-index-") as tmp:
+            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index"), "GIT_WORK_TREE": str(worktree)}
+            self.git("read-tree", baseline, env=env)
+            self.git("add", "-u", "--", ".", env=env, cwd=worktree)
+            return self.git("write-tree", env=env).strip()
+
+    def git(self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
+        full_env = {k: v for k, v in os.environ.items() if k not in _INHERITED_GIT_VARS}
+        full_env.update({"GIT_DIR": str(self.git_dir), **(env or {})})
+        proc = subprocess.run(
+            ["git", *args], env=full_env, cwd=cwd, capture_output=True, text=True, check=False
+        )
+        if proc.returncode != 0:
+            raise ProjectError(f"git {args[0]} failed: {proc.stderr.strip()}", path=self.git_dir)
+        return proc.stdout
+
+
+def _username() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        return "expckpt"

@@ -1,0 +1,60 @@
+"""The workspace's note of its last complete checkpoint.
+
+Written (atomically) only after a checkpoint's ref exists, so after a crash in the middle of a
+checkpoint it still names the last complete one, and resuming can roll back to it. It also
+remembers the checkpoint file's stat, so an unchanged file is not rehashed on resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from expckpt.atomic import atomic_write_bytes, md5_file
+
+__all__ = ["SessionNote", "hash_with_note"]
+
+
+@dataclass(frozen=True)
+class SessionNote:
+    """The last complete checkpoint of one checkpoint file in one workspace."""
+
+    ref: str
+    commit: str
+    md5: str
+    size: int
+    step: int
+    mtime_ns: int
+    inode: int
+
+    @staticmethod
+    def path_for(workspace: Path, checkpoint: str) -> Path:
+        safe = checkpoint.replace("/", "__")
+        return workspace / ".dvc" / "tmp" / "expckpt" / f"{safe}.json"
+
+    @classmethod
+    def read(cls, workspace: Path, checkpoint: str) -> SessionNote | None:
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            return cls(**json.loads(cls.path_for(workspace, checkpoint).read_text()))
+        return None
+
+    def write(self, workspace: Path, checkpoint: str) -> None:
+        path = self.path_for(workspace, checkpoint)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, json.dumps(asdict(self)).encode(), durable=False)
+
+    @staticmethod
+    def clear(workspace: Path, checkpoint: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            SessionNote.path_for(workspace, checkpoint).unlink()
+
+
+def hash_with_note(path: Path, note: SessionNote | None) -> tuple[str, int]:
+    """MD5 and size of ``path``, trusting ``note`` when the file's stat still matches it."""
+    st = os.stat(path)
+    if note and (note.size, note.mtime_ns, note.inode) == (st.st_size, st.st_mtime_ns, st.st_ino):
+        return note.md5, note.size
+    return md5_file(path)

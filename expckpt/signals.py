@@ -1,0 +1,77 @@
+"""Ctrl+C and SIGTERM during training: finish the checkpoint in progress, then stop.
+
+The first signal stops training at once, except inside a checkpoint, which is finished first.
+A second signal exits immediately; that is still safe, because a checkpoint becomes visible
+only when its ref moves, and that is the last thing it does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from types import FrameType
+
+__all__ = ["GracefulStop", "TrainingInterrupted"]
+
+_NAMES = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+
+
+class TrainingInterrupted(SystemExit):
+    """Training stopped on a signal; the exit status is 128 + the signal number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+class GracefulStop:
+    """Installs SIGINT/SIGTERM handlers (main thread only) for the duration of training."""
+
+    def __init__(self, describe: Callable[[], str]) -> None:
+        self._describe = describe
+        self._busy = 0
+        self.pending: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in _NAMES:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def uninstall(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        name = _NAMES.get(signum, str(signum))
+        if self.pending is not None:
+            os.write(2, f"expckpt: second {name}: exiting now; {self._describe()}\n".encode())
+            os._exit(128 + signum)
+        self.pending = signum
+        if self._busy:
+            os.write(2, f"expckpt: {name}: finishing the checkpoint in progress, then stopping (press again to exit now)\n".encode())
+            return
+        self._stop()
+
+    def _stop(self) -> None:
+        signum = self.pending
+        assert signum is not None
+        print(f"expckpt: stopped by {_NAMES.get(signum, signum)}; {self._describe()}", file=sys.stderr, flush=True)
+        raise TrainingInterrupted(signum)
+
+    @contextlib.contextmanager
+    def critical(self) -> Iterator[None]:
+        """A section a first signal must not cut short (writing a checkpoint)."""
+        self._busy += 1
+        try:
+            yield
+        finally:
+            self._busy -= 1
+        if self.pending is not None and not self._busy:
+            self._stop()

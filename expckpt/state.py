@@ -1,0 +1,98 @@
+"""The whole training state, captured and restored: model, optimizer, scheduler, RNGs, extras.
+
+Everything in a captured state is a tensor, a number, a string or a container of those, so it
+loads with ``torch.load(weights_only=True)``: a checkpoint never runs code.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["FORMAT", "TrainingState", "capture_rng", "restore_rng"]
+
+FORMAT = "expckpt/1"
+
+
+def capture_rng() -> dict[str, Any]:
+    """Python, NumPy, torch CPU and (when present) CUDA generator states."""
+    version, internal, gauss = random.getstate()
+    rng: dict[str, Any] = {"python": [version, list(internal), gauss], "torch": torch.get_rng_state()}
+    try:
+        import numpy as np
+
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        rng["numpy"] = [kind, torch.from_numpy(keys.copy()), int(pos), int(has_gauss), float(cached)]
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def restore_rng(rng: Mapping[str, Any]) -> None:
+    """Put back what ``capture_rng`` took (CUDA only when this machine has as many GPUs)."""
+    if "python" in rng:
+        version, internal, gauss = rng["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "torch" in rng:
+        torch.set_rng_state(rng["torch"])
+    if "numpy" in rng:
+        import numpy as np
+
+        kind, keys, pos, has_gauss, cached = rng["numpy"]
+        np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
+    cuda = rng.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+@dataclass(kw_only=True, eq=False)
+class TrainingState:
+    """What training needs to continue exactly where it stopped.
+
+    ``step`` is the last completed dvclive step (-1 before the first); ``best`` holds the best
+    monitored value so far (``{"metric", "value", "step"}``); ``extras`` is any user dict of
+    plain values and tensors (a sampler position, a plateau counter, ...).
+    """
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
+    scaler: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
+    best: dict[str, Any] | None = None
+    step: int = -1
+
+    def capture(self) -> dict[str, Any]:
+        """The state as a dict of references (no copies: serialise it before training goes on)."""
+        return {
+            "format": FORMAT,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": capture_rng(),
+            "best": dict(self.best) if self.best else None,
+            "extras": dict(self.extras),
+        }
+
+    def restore(self, payload: Mapping[str, Any]) -> None:
+        """Load a captured state back (the model was checked against it beforehand)."""
+        self.model.load_state_dict(payload["model"])
+        if self.optimizer is not None and payload.get("optimizer") is not None:
+            self.optimizer.load_state_dict(payload["optimizer"])
+        if self.scheduler is not None and payload.get("scheduler") is not None:
+            self.scheduler.load_state_dict(payload["scheduler"])
+        if self.scaler is not None and payload.get("scaler") is not None:
+            self.scaler.load_state_dict(payload["scaler"])
+        restore_rng(payload.get("rng") or {})
+        self.best = dict(payload["best"]) if payload.get("best") else None
+        self.extras.clear()
+        self.extras.update(payload.get("extras") or {})
+        self.step = int(payload.get("step", -1))
