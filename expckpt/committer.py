@@ -16,6 +16,7 @@ from expckpt.cache import DvcCache
 from expckpt.checkpoint_file import WrittenFile
 from expckpt.errors import RefConflictError
 from expckpt.faults import crash_point
+from expckpt.gclock import gc_lock
 from expckpt.gitstore import GitStore
 from expckpt.lockfile import LockBuilder
 from expckpt.project import Project, RunContext
@@ -83,6 +84,20 @@ class Committer:
         assert self._base_tree is not None and self._lock is not None
         ref = CheckpointRef(baseline=self.run.baseline, exp=self.run.exp_name, step=step)
         crash_point("after-temp", step)
+        with gc_lock(self.store.git_dir, exclusive=False):
+            return self._publish_locked(ref, written, step=step, metrics=metrics, live_files=live_files, parent=parent)
+
+    def _publish_locked(
+        self,
+        ref: CheckpointRef,
+        written: WrittenFile,
+        *,
+        step: int,
+        metrics: Mapping[str, float],
+        live_files: Mapping[str, bytes],
+        parent: str | None,
+    ) -> CheckpointRecord:
+        assert self._base_tree is not None and self._lock is not None
         self.cache.add(written.tmp, written.md5, written.size)
         crash_point("after-cache", step)
         written.publish()

@@ -16,6 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dulwich.object_store import commit_tree_changes
 from dulwich.objects import Blob, Commit, Tree
@@ -163,7 +164,7 @@ class GitStore:
     def list_refs(self, prefix: str) -> list[RefEntry]:
         """All refs under ``prefix`` with commit time and message, in one ``git`` call."""
         fmt = f"%(refname){_SEP}%(objectname){_SEP}%(committerdate:unix){_SEP}%(contents){_SEP}"
-        out = self.git("for-each-ref", f"--format={fmt}", prefix)
+        out = self.git("for-each-ref", f"--format={fmt}", *([prefix] if prefix else []))
         entries = []
         fields = out.split(_SEP)
         for i in range(0, len(fields) - 1, 4):
@@ -187,15 +188,28 @@ class GitStore:
             self.git("add", "-u", "--", ".", env=env, cwd=worktree)
             return self.git("write-tree", env=env).strip()
 
-    def git(self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
+    def git(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        input: str | None = None,
+        binary: bool = False,
+    ) -> Any:
         full_env = {k: v for k, v in os.environ.items() if k not in _INHERITED_GIT_VARS}
         full_env.update({"GIT_DIR": str(self.git_dir), **(env or {})})
         proc = subprocess.run(
-            ["git", *args], env=full_env, cwd=cwd, capture_output=True, text=True, check=False
+            ["git", *args],
+            env=full_env,
+            cwd=cwd,
+            input=input.encode() if input is not None else None,
+            capture_output=True,
+            check=False,
         )
         if proc.returncode != 0:
-            raise ProjectError(f"git {args[0]} failed: {proc.stderr.strip()}", path=self.git_dir)
-        return proc.stdout
+            message = proc.stderr.decode(errors="replace").strip()
+            raise ProjectError(f"git {args[0]} failed: {message}", path=self.git_dir)
+        return proc.stdout if binary else proc.stdout.decode(errors="replace")
 
 
 def _username() -> str:

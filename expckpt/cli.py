@@ -1,0 +1,287 @@
+"""``expckpt``: the command line, thin over the library.
+
+Each command parses its arguments, calls the library and returns an exit code: 0 success, 1 a
+failure the user can act on (one line on stderr), 2 bad usage. ``-v`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from expckpt.cache import DvcCache
+from expckpt.catalog import Catalog, Chain
+from expckpt.config import CheckpointConfig
+from expckpt.errors import ConfigError, ExpCkptError, ProjectError
+from expckpt.gc import GcScope, collect
+from expckpt.gitstore import GitStore
+from expckpt.policy import CheckpointInfo
+from expckpt.project import Project
+from expckpt.report import analyse
+from expckpt.reset import reset_workspace
+from expckpt.verify import verify_records
+
+__all__ = ["main"]
+
+
+class Context:
+    """The project the command runs in, opened lazily."""
+
+    def __init__(self) -> None:
+        self.project = Project.discover(env={})
+        self.store = GitStore.open(self.project.root)
+        self.cache = DvcCache.for_project(self.project.root, self.store.git_dir)
+
+    def head(self) -> str:
+        try:
+            return self.store.git("rev-parse", "HEAD").strip()
+        except ProjectError:
+            raise ProjectError("this repository has no commits yet; commit your project first") from None
+
+    def labels(self) -> dict[str, str]:
+        labels = {}
+        out = self.store.git("for-each-ref", "--format=%(refname:short) %(objectname) %(*objectname)", "refs/heads", "refs/tags")
+        for line in out.splitlines():
+            name, *shas = line.split()
+            labels.setdefault(shas[-1], name)
+        return labels
+
+    def config(self) -> CheckpointConfig:
+        path = self.project.workspace / "params.yaml"
+        try:
+            params = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            params = {}
+        return CheckpointConfig.from_params(params.get("checkpoint"))
+
+    def catalog(self, all_baselines: bool) -> Catalog:
+        return Catalog.load(self.store, None if all_baselines else [self.head()])
+
+
+def _chains(ctx: Context, exp: str | None, all_baselines: bool) -> list[Chain]:
+    catalog = ctx.catalog(all_baselines or exp is not None)
+    chains = catalog.chains()
+    if exp:
+        chains = [c for c in chains if c.exp == exp]
+        if not chains:
+            raise catalog.unknown(exp)
+    return chains
+
+
+def cmd_show(args: argparse.Namespace, ctx: Context) -> int:
+    from expckpt.show import chains_as_json, render_chains
+
+    catalog = ctx.catalog(args.all_commits)
+    if args.json:
+        print(json.dumps(chains_as_json(catalog, ctx.labels()), indent=2))
+    else:
+        print(render_chains(catalog, ctx.labels()))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, ctx: Context) -> int:
+    policy = ctx.config().keep_policy()
+    rows = []
+    for chain in _chains(ctx, args.exp, args.all_commits):
+        infos = [CheckpointInfo(step=r.step, metrics=r.metrics, time=r.time) for r in chain.records]
+        for record, why in zip(chain.records, policy.reasons(infos)):
+            rows.append((record, sorted(why)))
+    if args.json:
+        print(json.dumps([
+            {"name": r.name, "step": r.step, "commit": r.commit, "metrics": dict(r.metrics), "size": r.size, "kept_by": why}
+            for r, why in rows
+        ], indent=2))
+        return 0
+    if not rows:
+        print("No checkpoints yet.")
+        return 0
+    metrics = sorted({m for r, _ in rows for m in r.metrics})
+    table = [["Checkpoint", "Step", "Commit", *metrics, "Size", "Kept by"]]
+    for r, why in rows:
+        table.append([r.name, str(r.step), r.commit[:7], *[f"{r.metrics[m]:.5g}" if m in r.metrics else "-" for m in metrics],
+                      _size(r.size), ",".join(why) or "- (outside policy)"])
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return str(n)
+
+
+def cmd_reset(args: argparse.Namespace, ctx: Context) -> int:
+    removed = reset_workspace(ctx.project, live_dir=args.live_dir)
+    if not removed:
+        print("Nothing to reset: the next `dvc exp run` starts from scratch.")
+    for path in removed:
+        print(f"Removed {path.relative_to(ctx.project.workspace)}")
+    if removed:
+        print("The next `dvc exp run` starts from step 0 with fresh weights; committed checkpoints are kept.")
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace, ctx: Context) -> int:
+    scope = GcScope(workspace=args.workspace, all_branches=args.all_branches, all_tags=args.all_tags, all_commits=args.all_commits)
+    retention = {"keep_last": args.keep_last, "keep_best": args.keep_best, "metric": args.metric, "mode": args.mode}
+    if args.keep_last is not None and args.keep_last < 1:
+        raise ConfigError(f"--keep-last must be at least 1, got {args.keep_last}", key="keep_last")
+    plan, _ = collect(ctx.store, ctx.cache, ctx.project.workspace, scope, dry_run=True, **retention)
+    if not plan.remove and not plan.objects:
+        print("Nothing to collect.")
+        return 0
+    verb = "Would remove" if args.dry_run else "Removing"
+    for record in plan.remove:
+        print(f"{verb} checkpoint {record.name} ({record.commit[:7]}, {_size(record.size)})")
+    print(f"{verb[:-6] + ('free' if args.dry_run else 'Freeing')} {_size(plan.bytes)} in {len(plan.objects)} cache objects".replace("Would free", "Would free").strip())
+    if args.dry_run:
+        return 0
+    if not args.force:
+        if not sys.stdin.isatty():
+            raise ConfigError("refusing to delete without confirmation: pass --force (or --dry-run to look first)", key="force")
+        if input(f"Remove {len(plan.remove)} checkpoints and {_size(plan.bytes)} of cache? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("Aborted; nothing removed.")
+            return 1
+    _, freed = collect(ctx.store, ctx.cache, ctx.project.workspace, scope, **retention)
+    print(f"Removed {len(plan.remove)} checkpoints, freed {_size(freed)}.")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace, ctx: Context) -> int:
+    if args.exp:
+        records = [r for c in _chains(ctx, args.exp, True) for r in c.records]
+    else:
+        records = ctx.catalog(args.all).records
+    problems = verify_records(records, ctx.store, ctx.cache)
+    for problem in problems:
+        print(f"expckpt: {problem}", file=sys.stderr)
+    bad = {p.record.commit for p in problems}
+    print(f"{len(records) - len(bad)} of {len(records)} checkpoints verified" + (f", {len(bad)} broken" if bad else ""))
+    return 1 if problems else 0
+
+
+def _history(ctx: Context, chain: Chain) -> list[tuple[int, dict[str, float]]]:
+    files = ctx.store.list_dir(chain.newest.commit, "dvclive/plots/metrics")
+    steps: dict[int, dict[str, float]] = {}
+    for path, data in files.items():
+        if not path.endswith(".tsv"):
+            continue
+        metric = path[len("dvclive/plots/metrics/"):-4]
+        lines = data.decode().splitlines()
+        header = lines[0].split("\t") if lines else []
+        if "step" not in header:
+            continue
+        for line in lines[1:]:
+            cells = dict(zip(header, line.split("\t")))
+            try:
+                steps.setdefault(int(cells["step"]), {})[metric] = float(cells[metric.rsplit("/", 1)[-1]])
+            except (KeyError, ValueError):
+                continue
+    if not steps:
+        steps = {r.step: dict(r.metrics) for r in chain.records}
+    return sorted(steps.items())
+
+
+def cmd_report(args: argparse.Namespace, ctx: Context) -> int:
+    chains = _chains(ctx, args.exp, args.all_commits or bool(args.exp))
+    if not chains:
+        print("No checkpoints yet.")
+        return 0
+    chain = chains[0]
+    cfg = ctx.config()
+    report = analyse(
+        _history(ctx, chain),
+        monitor=args.metric or cfg.monitor,
+        mode=args.mode or cfg.mode,
+        divergence_metric=cfg.divergence_metric,
+        divergence_steps=cfg.divergence_steps,
+        patience=cfg.patience,
+    )
+    if args.json:
+        print(json.dumps({"experiment": chain.exp, **{k: v for k, v in vars(report).items()}}, indent=2, default=str))
+        return 0
+    print(f"Experiment {chain.exp} (steps {chain.records[0].step}-{chain.newest.step}):")
+    for line in report.lines():
+        if not line.startswith("apply:"):
+            print(f"  {line}")
+    if report.recommended_step is not None:
+        target = Catalog(chain.records).last_at_or_before(chain.exp, report.recommended_step)
+        if target is not None:
+            print(f"  checkpoint to apply: dvc exp apply {target.name}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="expckpt", description="Checkpoint experiments on DVC 3.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace, Context], int], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("show", cmd_show, "checkpoint chains per experiment, newest first")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("-A", "--all-commits", action="store_true", help="experiments of every baseline, not only HEAD")
+
+    p = add("list", cmd_list, "checkpoints with step, metrics, size and the rule that keeps each")
+    p.add_argument("exp", nargs="?", help="only this experiment")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("-A", "--all-commits", action="store_true", help="experiments of every baseline")
+
+    p = add("reset", cmd_reset, "make the next `dvc exp run` start from scratch (committed checkpoints stay)")
+    p.add_argument("--live-dir", default="dvclive", help="dvclive directory (default: dvclive)")
+
+    p = add("gc", cmd_gc, "remove checkpoints out of scope or policy and free their cache")
+    p.add_argument("-w", "--workspace", action="store_true", help="keep checkpoints of experiments based on HEAD")
+    p.add_argument("-a", "--all-branches", action="store_true", help="also keep those based on branch tips")
+    p.add_argument("-T", "--all-tags", action="store_true", help="also keep those based on tags")
+    p.add_argument("-A", "--all-commits", action="store_true", help="keep those based on any commit")
+    p.add_argument("--keep-last", type=int, metavar="N", help="in each experiment keep only the N newest")
+    p.add_argument("--keep-best", type=int, metavar="K", help="... plus the K best by --metric")
+    p.add_argument("--metric", help="metric for --keep-best")
+    p.add_argument("--mode", choices=("min", "max"), default="max")
+    p.add_argument("--dry-run", action="store_true", help="list what would go and the bytes, remove nothing")
+    p.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
+
+    p = add("verify", cmd_verify, "rehash checkpoint objects; exit 1 if any is missing or corrupt")
+    p.add_argument("exp", nargs="?", help="only this experiment")
+    p.add_argument("--all", action="store_true", help="checkpoints of every baseline, not only HEAD")
+
+    p = add("report", cmd_report, "best step, plateau, NaN/inf and divergence of an experiment")
+    p.add_argument("exp", nargs="?", help="experiment (default: the most recent)")
+    p.add_argument("--metric", help="metric to rank by (default: checkpoint.monitor)")
+    p.add_argument("--mode", choices=("min", "max"))
+    p.add_argument("--json", action="store_true")
+    p.add_argument("-A", "--all-commits", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args, Context())
+    except ExpCkptError as exc:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"expckpt: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("expckpt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,85 @@
+"""Shared fixtures: every test runs with an isolated HOME, Git identity and no DVC analytics.
+
+``project`` builds a real Git + DVC repository holding the example pipeline (small, few
+epochs); ``sh`` runs real commands in it (``dvc``, ``expckpt``, ``git``, ``python``) from this
+virtualenv, with argument lists only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+EXAMPLE_FILES = ("train.py", "download.py", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore")
+
+
+@pytest.fixture(autouse=True)
+def _isolate(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path_factory.mktemp("home")
+    (home / ".gitconfig").write_text(
+        "[user]\n\tname = expckpt tests\n\temail = tests@expckpt.invalid\n"
+        "[init]\n\tdefaultBranch = main\n[protocol \"file\"]\n\tallow = always\n"
+    )
+    for key in list(os.environ):
+        if key.startswith(("DVC_", "DVCLIVE_", "GIT_", "EXPCKPT_")):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(home / ".dvc-site-cache"))
+    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
+Runner = Callable[..., subprocess.CompletedProcess]
+
+
+def run(*args: str, cwd: Path, check: bool = True, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        list(args), cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+        )
+    return proc
+
+
+def make_project(path: Path, **params: object) -> Path:
+    """A committed Git + DVC repo holding the example pipeline, with ``params`` overridden."""
+    path.mkdir(parents=True, exist_ok=True)
+    for name in EXAMPLE_FILES:
+        shutil.copy(REPO / name, path / name)
+    values = yaml.safe_load((REPO / "params.yaml").read_text())
+    for key, value in params.items():
+        if key == "checkpoint" and isinstance(value, dict):
+            values["checkpoint"] = value
+        else:
+            values[key] = value
+    (path / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+    run("git", "init", "-q", cwd=path)
+    run("dvc", "init", "-q", cwd=path)
+    run("dvc", "config", "core.autostage", "false", cwd=path)
+    run("git", "add", "-A", cwd=path)
+    run("git", "commit", "-qm", "example project", cwd=path)
+    return path
+
+
+@pytest.fixture
+def sh() -> Callable[..., subprocess.CompletedProcess]:
+    return run
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """The example project with 3 epochs."""
+    return make_project(tmp_path / "project", epochs=3)
