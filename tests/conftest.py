@@ -11,7 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,9 +22,14 @@ BIN = Path(sys.executable).parent
 EXAMPLE_FILES = ("train.py", "download.py", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore")
 
 
-@pytest.fixture(autouse=True)
-def _isolate(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    home = tmp_path_factory.mktemp("home")
+@pytest.fixture(scope="session", autouse=True)
+def _isolate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _isolate_env(tmp_path_factory.mktemp("home"), monkeypatch)
+        yield
+
+
+def _isolate_env(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (home / ".gitconfig").write_text(
         "[user]\n\tname = expckpt tests\n\temail = tests@expckpt.invalid\n"
         "[init]\n\tdefaultBranch = main\n[protocol \"file\"]\n\tallow = always\n"
