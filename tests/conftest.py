@@ -88,3 +88,22 @@ def sh() -> Callable[..., subprocess.CompletedProcess]:
 def project(tmp_path: Path) -> Path:
     """The example project with 3 epochs."""
     return make_project(tmp_path / "project", epochs=3)
+
+
+def train_in_exp_env(project: Path, name: str, *args: str, check: bool = True, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run train.py as ``dvc exp run`` would (same variables), without DVC's start-up cost.
+
+    Fast checkpoints for tests that are about what happens to them afterwards; the real
+    ``dvc exp run`` path is covered by the end-to-end tests.
+    """
+    if not (project / "data").is_dir():
+        run("python", "download.py", cwd=project)
+    head = run("git", "rev-parse", "HEAD", cwd=project).stdout.strip()
+    env = {
+        "DVC_ROOT": str(project),
+        "DVC_EXP_NAME": name,
+        "DVC_EXP_BASELINE_REV": head,
+        "DVC_STAGE": "train",
+        **(extra_env or {}),
+    }
+    return run("python", "train.py", *args, cwd=project, env=env, check=check)
