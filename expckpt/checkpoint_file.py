@@ -10,6 +10,8 @@ import hashlib
 import io
 import os
 import pickle
+import pickletools
+import re
 import threading
 import zipfile
 from collections.abc import Mapping
@@ -27,6 +29,11 @@ from expckpt.errors import (
 )
 
 __all__ = ["WrittenFile", "check_architecture", "load_checkpoint", "load_model", "write_temp"]
+
+# What torch's weights-only unpickler says when a file asks to import or call something.
+_ASKS_FOR_CODE = re.compile(
+    r"GLOBAL \S+|unrecognized function|Can only create new object|Can only build|must be \S+ to load"
+)
 
 
 @dataclass(frozen=True)
@@ -92,13 +99,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise
     except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
+        if _ASKS_FOR_CODE.search(str(exc)) or _is_whole_pickle(path):
             raise UnsafeCheckpointError(
                 f"{path} holds objects that would run code when loaded, so it was refused;"
                 " only load checkpoints from sources you trust, or re-save it as plain tensors",
                 path=path,
             ) from exc
-        raise _corrupt(path, exc) from exc
+        # A malformed pickle the safe unpickler stopped at (an unknown opcode) is damaged data.
+        raise _corrupt(path, pickle.UnpicklingError("unreadable pickle data")) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError) as exc:
         raise _corrupt(path, exc) from exc
     if not isinstance(payload, dict):
@@ -107,6 +115,21 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             path=path,
         )
     return payload
+
+
+def _is_whole_pickle(path: Path) -> bool:
+    """Whether the refused pickle is well formed (refused for what it holds, e.g. protocol 4+
+    ``FRAME`` hiding an import, not for damage). ``pickletools`` only decodes; it runs nothing."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                data = archive.read(next(n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"))
+        else:
+            data = path.read_bytes()
+        *_, (opcode, _, pos) = pickletools.genops(data)
+        return opcode.name == "STOP" and pos == len(data) - 1
+    except Exception:  # noqa: BLE001 - anything unreadable is simply not a whole pickle
+        return False
 
 
 def _corrupt(path: Path, exc: BaseException) -> CorruptCheckpointError:

@@ -128,7 +128,7 @@ class GitStore:
             for part in path.strip("/").split("/"):
                 _, sha = tree[part.encode()]
                 tree = self._repo[sha]
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: a path below a file (a Blob has no entries)
             return out
         if not isinstance(tree, Tree):
             return out

@@ -89,6 +89,9 @@ class CheckpointRef:
             return None
         match = _CHECKPOINT_NAME.fullmatch(parts[2])
         baseline = parts[0] + parts[1]
-        if not match or not _SHA.fullmatch(baseline) or not _NAME.fullmatch(match["exp"]):
+        if not match or not _SHA.fullmatch(baseline):
             return None
-        return cls(baseline=baseline, exp=match["exp"], step=int(match["step"]))
+        try:  # e.g. 'x.@3' is a valid Git ref but no experiment name expckpt writes
+            return cls(baseline=baseline, exp=match["exp"], step=int(match["step"]))
+        except InvalidNameError:
+            return None

@@ -1,0 +1,294 @@
+"""GitStore against real repositories: trees, commits without an identity, CAS refs, snapshots."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from conftest import run
+from expckpt.errors import ProjectError, RefConflictError
+from expckpt.gitstore import GitStore, RefEntry
+
+REF = "refs/exps/ab/cdef/tut@1"
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    path = tmp_path / "repo"
+    path.mkdir()
+    run("git", "init", "-q", cwd=path)
+    files = {"a.txt": "a\n", "dir/b.txt": "b\n", "dir/sub/c.txt": "c\n", "dir/sub/d.txt": "d\n", "keep/e.txt": "e\n"}
+    for name, text in files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(text)
+    run("git", "add", "-A", cwd=path)
+    run("git", "commit", "-qm", "baseline", cwd=path)
+    return path
+
+
+def head(path: Path) -> str:
+    return run("git", "rev-parse", "HEAD", cwd=path).stdout.strip()
+
+
+def ls_tree(path: Path, tree: str) -> dict[str, str]:
+    """path -> content of every file in ``tree``, read with the git executable."""
+    out = {}
+    for line in run("git", "ls-tree", "-r", "-z", tree, cwd=path).stdout.split("\0"):
+        if line:
+            meta, name = line.split("\t", 1)
+            mode, kind, sha = meta.split()
+            assert (mode, kind) == ("100644", "blob")
+            out[name] = run("git", "cat-file", "blob", sha, cwd=path).stdout
+    return out
+
+
+def test_open_refuses_a_non_repository(tmp_path: Path) -> None:
+    with pytest.raises(ProjectError, match="is not a Git repository; run `git init && dvc init`"):
+        GitStore.open(tmp_path)
+
+
+def test_tree_with_files_over_a_base_tree(repo: Path) -> None:
+    store = GitStore.open(repo)
+    base = store.commit_tree(head(repo))
+    tree = store.tree_with_files(
+        base,
+        {
+            "a.txt": b"changed\n",
+            "new/deep/nested/f.txt": b"f\n",
+            "dir/sub/g.txt": b"g\n",
+            "dir/b.txt": None,
+            "dir/sub/c.txt": None,
+            "keep/e.txt": None,  # the only file of keep/: the directory goes too
+        },
+    )
+    assert ls_tree(repo, tree) == {
+        "a.txt": "changed\n",
+        "dir/sub/d.txt": "d\n",
+        "dir/sub/g.txt": "g\n",
+        "new/deep/nested/f.txt": "f\n",
+    }
+    run("git", "fsck", "--strict", "--no-dangling", cwd=repo)
+    assert store.commit_tree(head(repo)) == base  # the base is untouched
+    assert ls_tree(repo, store.tree_with_files(base, {})) == ls_tree(repo, base)
+
+
+def test_write_commit_is_a_valid_git_commit(repo: Path) -> None:
+    store = GitStore.open(repo)
+    parent = head(repo)
+    tree = store.tree_with_files(store.commit_tree(parent), {"dvc.lock": b"lock\n"})
+    message = "dvc: commit experiment 123\n\nbody line\n"
+    commit = store.write_commit(tree, [parent], message)
+    assert store.has_commit(commit)
+    assert run("git", "log", "-1", "--format=%P%n%T%n%an <%ae>", commit, cwd=repo).stdout.splitlines() == [
+        parent,
+        tree,
+        "expckpt tests <tests@expckpt.invalid>",
+    ]
+    assert run("git", "cat-file", "commit", commit, cwd=repo).stdout.endswith("\n\n" + message)
+    run("git", "fsck", "--strict", "--no-dangling", cwd=repo)
+
+
+def test_write_commit_without_any_git_identity(repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    empty_home = tmp_path / "empty-home"
+    empty_home.mkdir()
+    monkeypatch.setenv("HOME", str(empty_home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(empty_home / ".config"))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    for var in ("LOGNAME", "LNAME", "USERNAME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("USER", "alice")
+    # Plain git really has no identity here:
+    assert run("git", "config", "user.email", cwd=repo, check=False).returncode == 1
+
+    store = GitStore.open(repo)
+    parent = head(repo)
+    commit = store.write_commit(store.commit_tree(parent), [parent], "checkpoint\n")
+    author = run("git", "log", "-1", "--format=%an <%ae>|%cn <%ce>", commit, cwd=repo).stdout.strip()
+    expected = f"alice <alice@{socket.gethostname()}>"
+    assert author == f"{expected}|{expected}"
+    run("git", "fsck", "--strict", "--no-dangling", cwd=repo)
+
+
+def test_identity_with_only_a_name_configured(repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / ".config"))
+    monkeypatch.setenv("USER", "alice")
+    monkeypatch.delenv("LOGNAME", raising=False)
+    run("git", "config", "user.name", "Alice Liddell", cwd=repo)
+    assert GitStore.open(repo).identity() == f"Alice Liddell <alice@{socket.gethostname()}>".encode()
+
+
+def test_has_commit(repo: Path) -> None:
+    store = GitStore.open(repo)
+    commit = head(repo)
+    assert store.has_commit(commit)
+    assert not store.has_commit(store.commit_tree(commit))  # a tree, not a commit
+    assert not store.has_commit("0" * 40)
+
+
+def test_create_ref_refuses_an_existing_ref(repo: Path) -> None:
+    store = GitStore.open(repo)
+    first = head(repo)
+    second = store.write_commit(store.commit_tree(first), [first], "second\n")
+    store.create_ref(REF, first)
+    assert run("git", "rev-parse", REF, cwd=repo).stdout.strip() == first
+    with pytest.raises(RefConflictError, match=r"tut@1 already exists \(another run wrote it\)") as info:
+        store.create_ref(REF, second)
+    assert info.value.ref == REF
+    assert store.get_ref(REF) == first
+    with pytest.raises(RefConflictError):
+        store.create_ref(REF, first)  # even to the same commit
+
+
+def test_replace_ref_is_compare_and_swap(repo: Path) -> None:
+    store = GitStore.open(repo)
+    a = head(repo)
+    b = store.write_commit(store.commit_tree(a), [a], "b\n")
+    c = store.write_commit(store.commit_tree(a), [b], "c\n")
+    store.create_ref(REF, a)
+    assert store.replace_ref(REF, b, expected=a) is True
+    assert store.get_ref(REF) == b
+    assert store.replace_ref(REF, c, expected=a) is False  # stale: someone moved it to b
+    assert store.get_ref(REF) == b
+    assert run("git", "rev-parse", REF, cwd=repo).stdout.strip() == b
+    assert store.replace_ref("refs/exps/ab/cdef/missing@1", c, expected=a) is False
+    assert store.get_ref("refs/exps/ab/cdef/missing@1") is None
+
+
+def test_delete_ref_is_compare_and_swap(repo: Path) -> None:
+    store = GitStore.open(repo)
+    a = head(repo)
+    b = store.write_commit(store.commit_tree(a), [a], "b\n")
+    store.create_ref(REF, b)
+    assert store.delete_ref(REF, expected=a) is False
+    assert store.get_ref(REF) == b
+    assert store.delete_ref(REF, expected=b) is True
+    assert store.get_ref(REF) is None
+    assert run("git", "show-ref", "--verify", REF, cwd=repo, check=False).returncode != 0
+
+
+def test_ref_updates_are_seen_by_git_and_vice_versa(repo: Path) -> None:
+    store = GitStore.open(repo)
+    a = head(repo)
+    b = store.write_commit(store.commit_tree(a), [a], "b\n")
+    run("git", "update-ref", REF, a, cwd=repo)
+    assert store.replace_ref(REF, b, expected=a)
+    run("git", "pack-refs", "--all", cwd=repo)  # packed refs are honoured too
+    assert store.get_ref(REF) == b
+    assert store.delete_ref(REF, expected=b)
+    assert run("git", "for-each-ref", "refs/exps", cwd=repo).stdout == ""
+
+
+def test_list_refs_returns_commits_times_and_messages(repo: Path) -> None:
+    store = GitStore.open(repo)
+    a = head(repo)
+    messages = {
+        "refs/exps/ab/cdef/tut@0": "dvc: commit experiment 1\n\nfirst body\n\nexpckpt-meta: {}\n",
+        "refs/exps/ab/cdef/tut@1": "one line\n",
+        "refs/exps/01/2345/other@3": "subject\n\n- with\n- list\n",
+    }
+    commits = {}
+    for ref, message in messages.items():
+        commits[ref] = store.write_commit(store.commit_tree(a), [a], message)
+        store.create_ref(ref, commits[ref])
+    store.create_ref("refs/heads/tut@5", a)
+
+    entries = store.list_refs("refs/exps/")
+    assert [e.ref for e in entries] == sorted(messages)
+    for entry in entries:
+        assert isinstance(entry, RefEntry)
+        assert entry.commit == commits[entry.ref]
+        assert entry.message == messages[entry.ref]
+        timestamp = run("git", "log", "-1", "--format=%ct", entry.commit, cwd=repo).stdout.strip()
+        assert entry.time == int(timestamp) > 0
+    assert [e.ref for e in store.list_refs("refs/exps/ab/")] == ["refs/exps/ab/cdef/tut@0", "refs/exps/ab/cdef/tut@1"]
+    assert store.list_refs("refs/nothing/") == []
+
+
+def test_read_file_and_list_dir(repo: Path) -> None:
+    store = GitStore.open(repo)
+    commit = head(repo)
+    assert store.read_file(commit, "a.txt") == b"a\n"
+    assert store.read_file(commit, "dir/sub/c.txt") == b"c\n"
+    assert store.read_file(commit, "dir/sub") is None  # a directory
+    assert store.read_file(commit, "missing.txt") is None
+    assert store.read_file(commit, "dir/missing/c.txt") is None
+    assert store.read_file(commit, "a.txt/below-a-file") is None
+    assert store.read_file("0" * 40, "a.txt") is None
+
+    assert store.list_dir(commit, "dir") == {"dir/b.txt": b"b\n", "dir/sub/c.txt": b"c\n", "dir/sub/d.txt": b"d\n"}
+    assert store.list_dir(commit, "dir/sub/") == {"dir/sub/c.txt": b"c\n", "dir/sub/d.txt": b"d\n"}
+    assert store.list_dir(commit, "missing") == {}
+    assert store.list_dir(commit, "a.txt") == {}  # a file, not a directory
+    assert store.list_dir(commit, "a.txt/below-a-file") == {}
+
+
+# -- snapshot_tracked ---------------------------------------------------------------------------
+
+
+def index_digest(path: Path) -> str:
+    return hashlib.sha256((path / ".git" / "index").read_bytes()).hexdigest()
+
+
+def status(path: Path) -> str:
+    return run("git", "status", "--porcelain=v1", "--untracked-files=all", cwd=path).stdout
+
+
+def test_snapshot_tracked_leaves_the_real_index_alone(repo: Path) -> None:
+    store = GitStore.open(repo)
+    baseline = head(repo)
+    (repo / "a.txt").write_text("modified\n")
+    (repo / "dir" / "b.txt").unlink()
+    (repo / "untracked.txt").write_text("u\n")
+    (repo / "dir" / "sub" / "c.txt").write_text("staged\n")
+    run("git", "add", "dir/sub/c.txt", cwd=repo)
+    (repo / "dir" / "sub" / "c.txt").write_text("staged, then modified again\n")
+
+    before, index_before = status(repo), index_digest(repo)
+    tree = store.snapshot_tracked(repo, baseline)
+    assert (status(repo), index_digest(repo)) == (before, index_before)
+    assert ls_tree(repo, tree) == {
+        "a.txt": "modified\n",
+        "dir/sub/c.txt": "staged, then modified again\n",
+        "dir/sub/d.txt": "d\n",
+        "keep/e.txt": "e\n",
+    }
+
+
+def test_snapshot_tracked_of_a_clean_workspace_is_the_baseline_tree(repo: Path) -> None:
+    store = GitStore.open(repo)
+    baseline = head(repo)
+    assert store.snapshot_tracked(repo, baseline) == store.commit_tree(baseline)
+
+
+def test_snapshot_tracked_from_a_separate_worktree(repo: Path, tmp_path: Path) -> None:
+    """Like ``dvc exp run --temp``: the workspace is a copy elsewhere, objects go to the main repo."""
+    store = GitStore.open(repo)
+    baseline = head(repo)
+    temp = tmp_path / "elsewhere" / "exps" / "tmp123"
+    shutil.copytree(repo, temp, ignore=shutil.ignore_patterns(".git"))
+    (temp / "a.txt").write_text("changed in the temp copy\n")
+    (temp / "keep" / "e.txt").unlink()
+    (temp / "new-untracked.txt").write_text("n\n")
+    before, index_before = status(repo), index_digest(repo)
+
+    tree = store.snapshot_tracked(temp, baseline)
+    assert ls_tree(repo, tree) == {
+        "a.txt": "changed in the temp copy\n",
+        "dir/b.txt": "b\n",
+        "dir/sub/c.txt": "c\n",
+        "dir/sub/d.txt": "d\n",
+    }
+    assert (repo / "a.txt").read_text() == "a\n" and (repo / "keep" / "e.txt").exists()
+    assert (status(repo), index_digest(repo)) == (before, index_before) and before == ""
+    assert not (temp / ".git").exists()
+
+
+def test_git_errors_are_project_errors(repo: Path) -> None:
+    store = GitStore.open(repo)
+    with pytest.raises(ProjectError, match="git read-tree failed"):
+        store.snapshot_tracked(repo, "0" * 40)
