@@ -145,6 +145,8 @@ class Checkpointer:
         if not self.path.exists():
             return None
         record, rolled_back = self._match_record() if self.committer else (None, False)
+        if not self.path.exists():  # an unfinished first checkpoint, dropped
+            return None
         payload = load_checkpoint(self.path)
         check_architecture(state.model, payload.get("model"), self.path)
         state.restore(payload)
@@ -176,6 +178,16 @@ class Checkpointer:
                     f" resuming from the last complete one, {last.name}"
                 )
                 return last, True
+        if note is None and md5 in cache.written_objects() and cache.has(md5):
+            # The first checkpoint in this workspace was cut short after its file was published
+            # (no ref, no note): there is nothing complete to go back to. Its bytes stay in the
+            # cache, so removing the file loses nothing.
+            self.path.unlink()
+            self.echo(
+                f"expckpt: {self.rel_path} was written by a checkpoint that did not finish, and"
+                " none finished before it; starting from scratch"
+            )
+            return None, True
         return None, False
 
     def _restore_live_files(self, commit: str) -> None:

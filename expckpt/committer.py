@@ -1,4 +1,5 @@
-"""One checkpoint, published in order: cache object, workspace file, Git commit, ref, note.
+"""One checkpoint, published in order: cache object, workspace file, Git commit, workspace
+dvc.lock, ref, note.
 
 Each step makes the next one safe: the ref (what users and DVC see) moves only after its commit
 and cache object exist, and the workspace note only after the ref. A crash at any point leaves
@@ -12,6 +13,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from expckpt.atomic import atomic_write_bytes
 from expckpt.cache import DvcCache
 from expckpt.checkpoint_file import WrittenFile
 from expckpt.errors import RefConflictError
@@ -111,6 +113,11 @@ class Committer:
         message = format_message(ref, parent=parent, outs=outs, metrics=metrics, time=now)
         commit = self.store.write_commit(tree, [self.run.baseline], message)
         crash_point("after-commit", step)
+        # The workspace dvc.lock follows the checkpoint too: `dvc exp run` starts by checking
+        # outputs out of it (force), so after a crash it puts back this checkpoint's file, not the
+        # one of whatever run wrote dvc.lock before. Written before the ref: a crash in between
+        # leaves a file no ref names, which resuming rolls back (see Checkpointer.restore).
+        atomic_write_bytes(self.project.workspace / "dvc.lock", files["dvc.lock"], durable=False)
 
         existing = self.store.get_ref(ref.ref)
         if existing is None:

@@ -1,0 +1,190 @@
+"""Crash safety, proven by killing training at every step of a checkpoint (issue: crash-safe,
+tamper-safe checkpoints).
+
+For each crash point of ``expckpt.faults`` (SIGKILL: no clean-up of any kind) and for SIGKILLs
+of the whole ``dvc exp run`` process group at random times, after the crash:
+
+- every checkpoint ref resolves to a commit whose dvc.lock names a model.pt object that is in
+  the DVC cache with the right hash (``expckpt verify --all`` and an independent check);
+- no temp file is mistaken for a checkpoint (no ref, no ``expckpt list`` row, no commit holds one);
+- training started again resumes from the last complete checkpoint (its step + 1), finishes, and
+  ends with weights bitwise equal to an uninterrupted run's.
+
+The long form, 100+ random trials, is ``bench/crash_trials.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from expckpt.faults import POINTS
+from faultkit import (
+    EPOCHS,
+    TEMP_MARK,
+    Background,
+    check_consistent,
+    clone,
+    dvc_env,
+    dvc_exp_run,
+    first_epoch,
+    leftover_temps,
+    reference,
+    resumed_from,
+    same_state,
+    set_param,
+    steps,
+    train,
+)
+
+CRASH_STEP = 1
+
+
+def assert_resumed(stdout: str, exp: str, last_complete: int | None) -> None:
+    """The run printed in ``stdout`` went on from checkpoint ``exp@last_complete`` (None: scratch)."""
+    name, next_step = resumed_from(stdout)
+    expected = 0 if last_complete is None else last_complete + 1
+    assert next_step == expected, f"resumed at step {next_step}, expected {expected}:\n{stdout}"
+    if last_complete is not None and next_step < EPOCHS:
+        assert name == f"{exp}@{last_complete}", stdout
+    if next_step < EPOCHS:
+        assert first_epoch(stdout) == expected, f"a completed step was trained again:\n{stdout}"
+
+
+def assert_finished_like_straight_run(project: Path, exp: str, ref_model: Path) -> None:
+    assert steps(project, exp) == list(range(EPOCHS))
+    check_consistent(project)
+    assert same_state(project / "model.pt", ref_model) == [], "resumed run differs from the straight run"
+
+
+@pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
+def test_crash_at_every_point_then_resume(async_save: bool, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """One workspace is killed at each crash point of checkpoint ``crash@1`` in turn.
+
+    Each run resumes what the crash before it left (stale temp files included) and is killed at
+    the next point; the last one finishes. Every crash is checked as if it were the only one.
+    """
+    ref_model = reference(tmp_path_factory)
+    project = clone(tmp_path_factory, tmp_path / "p")
+    if async_save:
+        set_param(project, "checkpoint", {**_checkpoint_params(project), "async": True})
+    last: int | None = None
+    for point in POINTS:
+        crashed = train(project, "crash", check=False, EXPCKPT_CRASH_AT=f"{point}:{CRASH_STEP}")
+
+        assert crashed.returncode == -signal.SIGKILL, f"{point}: {crashed.stderr}"
+        if last is not None:
+            assert_resumed(crashed.stdout, "crash", last)
+        last = CRASH_STEP if point == "after-ref" else CRASH_STEP - 1
+        assert steps(project, "crash") == list(range(last + 1)), point
+        refs = check_consistent(project)
+        assert not any(TEMP_MARK in name for name in refs)
+        if point in ("after-temp", "after-cache"):
+            assert [p for p in leftover_temps(project) if p.parent == project], "the complete temp file is left"
+
+    resumed = train(project, "crash")
+
+    assert_resumed(resumed.stdout, "crash", CRASH_STEP)
+    assert_finished_like_straight_run(project, "crash", ref_model)
+
+
+def _checkpoint_params(project: Path) -> dict:
+    import yaml
+
+    return dict(yaml.safe_load((project / "params.yaml").read_text())["checkpoint"])
+
+
+@pytest.mark.parametrize("point", ["after-publish", "after-commit"])
+def test_unfinished_first_checkpoint_is_not_resumed(point: str, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """Killed after publishing model.pt for step 0 but before its ref: nothing was complete,
+    so the next run starts from scratch (the file is dropped; its bytes stay in the cache)."""
+    ref_model = reference(tmp_path_factory)
+    project = clone(tmp_path_factory, tmp_path / "p")
+
+    crashed = train(project, "first", check=False, EXPCKPT_CRASH_AT=f"{point}:0")
+
+    assert crashed.returncode == -signal.SIGKILL
+    assert (project / "model.pt").is_file() and steps(project, "first") == []
+    check_consistent(project)
+    resumed = train(project, "first")
+    assert "none finished before it; starting from scratch" in resumed.stdout
+    assert_resumed(resumed.stdout, "first", None)
+    assert_finished_like_straight_run(project, "first", ref_model)
+
+
+@pytest.mark.slow
+def test_crash_under_dvc_exp_run_resumes_the_crashed_run(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """Through the real ``dvc exp run``, whose first act is a forced checkout of dvc.lock's outputs.
+
+    The workspace dvc.lock names the checkpoint of an earlier, finished run (``first@0``);
+    after the crash, resuming must go on from the crashed run's last complete checkpoint
+    (``crash@1``), not from that older one.
+    """
+    ref_model = reference(tmp_path_factory)
+    project = clone(tmp_path_factory, tmp_path / "p")
+    dvc_exp_run(project, "-n", "first", "-S", "epochs=1")
+
+    crashed = dvc_exp_run(
+        project, "-n", "crash", "-S", f"epochs={EPOCHS}", check=False, EXPCKPT_CRASH_AT=f"after-ref:{CRASH_STEP}"
+    )
+
+    assert crashed.returncode != 0
+    assert steps(project, "crash") == [CRASH_STEP]
+    check_consistent(project)
+
+    resumed = dvc_exp_run(project, "-n", "crash")
+
+    assert_resumed(resumed.stdout, "crash", CRASH_STEP)
+    assert steps(project, "crash") == list(range(CRASH_STEP, EPOCHS))
+    check_consistent(project)
+    assert same_state(project / "model.pt", ref_model) == []
+
+
+def _kill_at_random(args: list[str], project: Path, env: dict[str, str], rng: random.Random) -> Background:
+    """Start ``args`` in its own process group; SIGKILL the group at a random moment of training."""
+    bg = Background.start(args, project, env, group=True)
+    bg.wait_for("Checkpoint experiment", timeout=300)
+    time.sleep(rng.uniform(0.0, 1.5))
+    os.killpg(bg.proc.pid, signal.SIGKILL)
+    bg.wait()
+    return bg
+
+
+def _last(project: Path, exp: str) -> int | None:
+    done = steps(project, exp)
+    assert done == list(range(len(done))), f"checkpoints are not a prefix of the steps: {done}"
+    return done[-1] if done else None
+
+
+@pytest.mark.slow
+def test_random_sigkill_of_dvc_exp_run(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """``dvc exp run`` and train.py killed together, at a random moment after the first checkpoint."""
+    ref_model = reference(tmp_path_factory)
+    project = clone(tmp_path_factory, tmp_path / "p")
+
+    _kill_at_random(["dvc", "exp", "run", "-n", "rnd"], project, {}, random.Random(1))
+
+    check_consistent(project)
+    last = _last(project, "rnd")
+    resumed = dvc_exp_run(project, "-n", "rnd")
+    assert_resumed(resumed.stdout, "rnd", last)
+    assert_finished_like_straight_run(project, "rnd", ref_model)
+
+
+def test_random_sigkill_of_training(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """train.py's process group killed at a random moment while it trains and checkpoints."""
+    ref_model = reference(tmp_path_factory)
+    project = clone(tmp_path_factory, tmp_path / "p")
+
+    _kill_at_random(["python", "train.py"], project, dvc_env(project, "rnd"), random.Random(3))
+
+    check_consistent(project)
+    last = _last(project, "rnd")
+    resumed = train(project, "rnd")
+    assert_resumed(resumed.stdout, "rnd", last)
+    assert_finished_like_straight_run(project, "rnd", ref_model)
