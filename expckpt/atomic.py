@@ -40,6 +40,12 @@ class HashingWriter:
         return self._md5.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename inside ``path`` durable."""
     with contextlib.suppress(OSError):
@@ -73,6 +79,7 @@ def atomic_writer(path: Path, *, durable: bool = True) -> Iterator[tuple[BinaryI
         raise _storage_error(path, exc) from exc
     tmp_path = Path(tmp)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as handle:
             yield handle, tmp_path
             handle.flush()
