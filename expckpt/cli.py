@@ -144,7 +144,7 @@ def cmd_gc(args: argparse.Namespace, ctx: Context) -> int:
     verb = "Would remove" if args.dry_run else "Removing"
     for record in plan.remove:
         print(f"{verb} checkpoint {record.name} ({record.commit[:7]}, {_size(record.size)})")
-    print(f"{verb[:-6] + ('free' if args.dry_run else 'Freeing')} {_size(plan.bytes)} in {len(plan.objects)} cache objects".replace("Would free", "Would free").strip())
+    print(f"{'Would free' if args.dry_run else 'Freeing'} {_size(plan.bytes)} in {len(plan.objects)} cache objects")
     if args.dry_run:
         return 0
     if not args.force:
