@@ -61,6 +61,28 @@ def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     return flat
 
 
+_HPARAMS_KEY = "optimizer_hparams"
+
+
+def _optimizer_hparams(optimizer: Any) -> dict[str, Any]:
+    """The optimizer's constructor settings (``lr``, ``weight_decay``, ...) that are plain values."""
+    plain = (int, float, bool, str, type(None))
+    defaults = getattr(optimizer, "defaults", None) or {}
+    return {
+        k: v
+        for k, v in defaults.items()
+        if isinstance(v, plain) or (isinstance(v, tuple) and all(isinstance(x, plain) for x in v))
+    }
+
+
+def _capture(state: TrainingState) -> dict[str, Any]:
+    """``state.capture()`` plus the optimizer's settings, to notice on resume what changed."""
+    payload = state.capture()
+    if state.optimizer is not None:
+        payload[_HPARAMS_KEY] = _optimizer_hparams(state.optimizer)
+    return payload
+
+
 class Checkpointer:
     """Saves and restores one checkpoint file, and publishes each save as a checkpoint experiment."""
 
@@ -90,7 +112,7 @@ class Checkpointer:
         self._metrics_checked = False
         self._warned: set[str] = set()
         self._writer: AsyncWriter | None = None
-        self.stop = GracefulStop(self.describe_last)
+        self.stop = GracefulStop(self.describe_last, settle=self.drain)
         self._save_policy = config.save_policy(start=time.time())
         self._keep_policy = config.keep_policy()
 
@@ -149,13 +171,31 @@ class Checkpointer:
             return None
         payload = load_checkpoint(self.path)
         check_architecture(state.model, payload.get("model"), self.path)
+        chosen = _optimizer_hparams(state.optimizer)
         state.restore(payload)
+        self._keep_changed_hparams(state, chosen, payload.get(_HPARAMS_KEY))
         if record is not None:
             self.parent = record.commit
             self.last_record = record
             self._restore_live_files(record.commit)
         self._last_saved = CheckpointInfo(step=state.step, metrics={}, time=time.time())
         return Resumed(step=state.step, record=record, rolled_back=rolled_back)
+
+    def _keep_changed_hparams(self, state: TrainingState, chosen: dict[str, Any], saved: Any) -> None:
+        """Keep optimizer settings changed since the checkpoint (``-S lr=...``): loading the
+        optimizer's state would otherwise silently put the checkpoint's values back."""
+        if state.optimizer is None or not isinstance(saved, Mapping):
+            return
+        changed = {k: v for k, v in chosen.items() if k in saved and saved[k] != v}
+        for group in state.optimizer.param_groups:
+            for key, value in changed.items():
+                group[key] = value
+                if key == "lr" and "initial_lr" in group:
+                    group["initial_lr"] = value
+        if "lr" in changed and isinstance(getattr(state.scheduler, "base_lrs", None), list):
+            state.scheduler.base_lrs = [changed["lr"]] * len(state.scheduler.base_lrs)
+        for key, value in changed.items():
+            self.echo(f"expckpt: optimizer {key} is {value!r} now ({saved[key]!r} in the checkpoint); training goes on with {value!r}")
 
     def _match_record(self) -> tuple[CheckpointRecord | None, bool]:
         assert self.committer is not None
@@ -169,6 +209,10 @@ class Checkpointer:
             noted = note.commit if note else None
             matching.sort(key=lambda r: (r.commit == applied, r.commit == noted, r.time))
             return matching[-1], False
+        if md5 not in cache.written_objects():
+            # Not a file expckpt wrote (the user's own, or damaged): used as it is, never
+            # replaced; a corrupt or foreign one fails loading with a clear error.
+            return None, False
         if note is not None:
             last = next((r for r in records if r.commit == note.commit), None)
             if last is not None and cache.has(note.md5):
@@ -178,7 +222,7 @@ class Checkpointer:
                     f" resuming from the last complete one, {last.name}"
                 )
                 return last, True
-        if note is None and md5 in cache.written_objects() and cache.has(md5):
+        if note is None and cache.has(md5):
             # The first checkpoint in this workspace was cut short after its file was published
             # (no ref, no note): there is nothing complete to go back to. Its bytes stay in the
             # cache, so removing the file loses nothing.
@@ -239,10 +283,12 @@ class Checkpointer:
         previous = best if best is not None else (-math.inf if self.config.mode == "max" else math.inf)
         if better:
             state.best = {"metric": monitor, "value": value, "step": step}
-        return improvement_line(step, monitor, previous, value, self.config.mode, kept=better)
+        return improvement_line(
+            step, monitor, previous, value, self.config.mode, kept=better and self.config.keep_best > 0
+        )
 
     def _save(self, state: TrainingState, step: int, metrics: Mapping[str, float], note: str | None = None) -> None:
-        payload = state.capture()
+        payload = _capture(state)
         live_files = self.committer.read_live_files() if self.committer else {}
         job = (step, metrics, live_files, note)
         if self.config.async_save:
@@ -273,7 +319,9 @@ class Checkpointer:
         self.parent = record.commit
         self.last_record = record
         self._chain.append(record)
-        self.echo(f"Checkpoint experiment '{record.name}' ({record.commit[:7]})" + (f"; {note}" if note else ""))
+        if note:
+            self.echo(note)
+        self.echo(f"Checkpoint experiment '{record.name}' ({record.commit[:7]})")
         self._apply_retention()
 
     def _apply_retention(self) -> None:
@@ -319,7 +367,7 @@ class Checkpointer:
         if not self._last_step_saved and state.step >= 0:
             history = state.extras.get("_expckpt_history") or [[state.step, {}]]
             if self.config.every == 0:
-                written = write_temp(state.capture(), self.path)
+                written = write_temp(_capture(state), self.path)
                 written.publish()
             else:
                 self._save(state, state.step, dict(history[-1][1]))
