@@ -20,32 +20,51 @@ __all__ = ["AsyncWriter", "StateCopier"]
 
 
 class StateCopier:
-    """Copies nested state into preallocated CPU tensors, reused from one step to the next."""
+    """Copies nested state into preallocated CPU tensors, reused from one step to the next.
+
+    The copy has the same structure *and sharing* as the original (an object met twice is
+    copied once), so it serialises to exactly the bytes a synchronous save would write.
+    """
 
     def __init__(self) -> None:
         self._buffers: dict[tuple[Any, ...], torch.Tensor] = {}
 
-    def copy(self, obj: Any, path: tuple[Any, ...] = ()) -> Any:
+    def copy(self, obj: Any) -> Any:
+        return self._copy(obj, (), {})
+
+    def _copy(self, obj: Any, path: tuple[Any, ...], memo: dict[int, Any]) -> Any:
+        if id(obj) in memo:
+            return memo[id(obj)]
         if isinstance(obj, torch.Tensor):
-            buf = self._buffers.get(path)
-            src = obj.detach()
-            if buf is None or buf.shape != src.shape or buf.dtype != src.dtype:
-                buf = torch.empty(src.shape, dtype=src.dtype, device="cpu")
-                self._buffers[path] = buf
-            buf.copy_(src)
-            return buf
-        if isinstance(obj, dict):
+            copied: Any = self._tensor(obj, path)
+        elif isinstance(obj, dict):
             copied = type(obj)() if isinstance(obj, OrderedDict) else {}
+            memo[id(obj)] = copied
             for key, value in obj.items():
-                copied[key] = self.copy(value, (*path, key))
+                copied[key] = self._copy(value, (*path, key), memo)
             if hasattr(obj, "_metadata"):
-                copied._metadata = obj._metadata  # type: ignore[attr-defined]
-            return copied
-        if isinstance(obj, list):
-            return [self.copy(v, (*path, i)) for i, v in enumerate(obj)]
-        if isinstance(obj, tuple):
-            return tuple(self.copy(v, (*path, i)) for i, v in enumerate(obj))
-        return obj
+                copied._metadata = obj._metadata
+        elif isinstance(obj, list):
+            copied = []
+            memo[id(obj)] = copied
+            copied.extend(self._copy(v, (*path, i), memo) for i, v in enumerate(obj))
+        elif isinstance(obj, tuple):
+            items = [self._copy(v, (*path, i), memo) for i, v in enumerate(obj)]
+            unchanged = all(a is b for a, b in zip(items, obj))
+            copied = obj if unchanged else tuple(items)
+        else:
+            return obj  # immutable scalars and strings are shared, as in the original
+        memo[id(obj)] = copied
+        return copied
+
+    def _tensor(self, tensor: torch.Tensor, path: tuple[Any, ...]) -> torch.Tensor:
+        src = tensor.detach()
+        buf = self._buffers.get(path)
+        if buf is None or buf.shape != src.shape or buf.dtype != src.dtype:
+            buf = torch.empty(src.shape, dtype=src.dtype, device="cpu")
+            self._buffers[path] = buf
+        buf.copy_(src)
+        return buf
 
 
 class AsyncWriter:
