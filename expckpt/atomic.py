@@ -56,10 +56,20 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+_FULL = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for the file-size limit",
+}
+"""Write errors that mean "out of room": each gets the same advice."""
+
+
 def _storage_error(path: Path, exc: OSError) -> StorageError:
-    if exc.errno == errno.ENOSPC:
+    """One clear error for a failed write; running out of room (full disk, quota, file-size
+    limit) says so and what to do."""
+    if exc.errno in _FULL:
         return StorageError(
-            f"no space left on the device while writing {path}; free some space"
+            f"{_FULL[exc.errno]} while writing {path}; free some space"
             " (e.g. `expckpt gc --workspace`) and run again; the previous checkpoint is intact",
             path=path,
         )

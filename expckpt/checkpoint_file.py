@@ -133,7 +133,9 @@ def _is_whole_pickle(path: Path) -> bool:
 
 
 def _corrupt(path: Path, exc: BaseException) -> CorruptCheckpointError:
-    reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+    # The first sentence of the first line: torch's zip errors go on with advice for its own
+    # developers ("This is an internal miniz error. If you ..."), cut off mid-word otherwise.
+    reason = str(exc).splitlines()[0].split(". ")[0].rstrip(".")[:120] if str(exc).strip() else type(exc).__name__
     return CorruptCheckpointError(
         f"{path} is truncated or corrupt ({reason}); restore a good one with"
         " `dvc exp apply <exp>@<step>` (see `expckpt list`) or start over with `expckpt reset`",

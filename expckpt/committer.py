@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from expckpt.atomic import atomic_write_bytes
+from expckpt.atomic import _storage_error, atomic_write_bytes
 from expckpt.cache import DvcCache
 from expckpt.checkpoint_file import WrittenFile
 from expckpt.errors import RefConflictError
@@ -87,7 +87,10 @@ class Committer:
         ref = CheckpointRef(baseline=self.run.baseline, exp=self.run.exp_name, step=step)
         crash_point("after-temp", step)
         with gc_lock(self.store.git_dir, exclusive=False):
-            return self._publish_locked(ref, written, step=step, metrics=metrics, live_files=live_files, parent=parent)
+            try:
+                return self._publish_locked(ref, written, step=step, metrics=metrics, live_files=live_files, parent=parent)
+            except OSError as exc:  # Git objects or refs could not be written (disk full, ...)
+                raise _storage_error(Path(exc.filename or self.store.git_dir), exc) from exc
 
     def _publish_locked(
         self,

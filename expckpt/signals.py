@@ -1,6 +1,7 @@
 """Ctrl+C and SIGTERM during training: finish the checkpoint in progress, then stop.
 
-The first signal stops training at once, except inside a checkpoint, which is finished first.
+The first signal stops training at once, except inside a checkpoint, which is finished first
+(in asynchronous mode, every checkpoint already handed to the background writer).
 A second signal exits immediately; that is still safe, because a checkpoint becomes visible
 only when its ref moves, and that is the last thing it does.
 """
@@ -31,8 +32,9 @@ class TrainingInterrupted(SystemExit):
 class GracefulStop:
     """Installs SIGINT/SIGTERM handlers (main thread only) for the duration of training."""
 
-    def __init__(self, describe: Callable[[], str]) -> None:
+    def __init__(self, describe: Callable[[], str], settle: Callable[[], None] | None = None) -> None:
         self._describe = describe
+        self._settle = settle
         self._busy = 0
         self.pending: int | None = None
         self._previous: dict[int, object] = {}
@@ -62,6 +64,15 @@ class GracefulStop:
     def _stop(self) -> None:
         signum = self.pending
         assert signum is not None
+        if self._settle is not None:
+            # Checkpoints still being written in the background are finished first, so the
+            # line below names the checkpoint that really is the last; a second signal while
+            # waiting exits at once.
+            self._busy += 1
+            try:
+                self._settle()
+            finally:
+                self._busy -= 1
         print(f"expckpt: stopped by {_NAMES.get(signum, signum)}; {self._describe()}", file=sys.stderr, flush=True)
         raise TrainingInterrupted(signum)
 
