@@ -73,6 +73,39 @@ def reference(factory) -> Path:
     return project / "model.pt"
 
 
+def trained(factory, dest: Path) -> Path:
+    """A private copy of the reference project: checkpoints ``straight@0..EPOCHS-1`` complete.
+
+    copytree does not keep hard links, so the one expckpt makes between model.pt and the newest
+    checkpoint's cache object is made again: the copy is laid out as training left it.
+    """
+    shutil.copytree(reference(factory).parent, dest, symlinks=True)
+    model = dest / "model.pt"
+    obj = cache_object(dest, hashlib.md5(model.read_bytes()).hexdigest())
+    model.unlink()
+    os.link(obj, model)
+    return dest
+
+
+def snapshot(project: Path) -> dict[str, object]:
+    """Everything a failed run must leave alone: all refs, the cache objects and their bytes'
+    hashes, the checkpoint note and the workspace dvc.lock."""
+    refs = run("git", "for-each-ref", "--format=%(refname) %(objectname)", cwd=project).stdout
+    objects = {
+        str(p.relative_to(project)): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in sorted((project / ".dvc" / "cache").rglob("*"))
+        if p.is_file()
+    }
+    note = project / ".dvc" / "tmp" / "expckpt" / "model.pt.json"
+    lock = project / "dvc.lock"
+    return {
+        "refs": refs,
+        "objects": objects,
+        "note": note.read_text() if note.exists() else None,
+        "dvc.lock": lock.read_text() if lock.exists() else None,
+    }
+
+
 def head(project: Path) -> str:
     return run("git", "rev-parse", "HEAD", cwd=project).stdout.strip()
 

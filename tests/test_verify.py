@@ -1,0 +1,71 @@
+"""``expckpt verify [EXP] [--all]``: every checkpoint's object is rehashed; tampering and loss
+are caught and named (issue: crash-safe, tamper-safe checkpoints)."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from faultkit import EPOCHS, cache_object, checkpoint_refs, cli, locked_model, run, trained
+
+
+@pytest.fixture
+def project(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Path:
+    """A project with checkpoints straight@0..2 (a copy of the session's reference run)."""
+    return trained(tmp_path_factory, tmp_path / "p")
+
+
+def object_of(project: Path, name: str) -> tuple[str, Path]:
+    md5, _ = locked_model(project, checkpoint_refs(project)[name].commit)
+    return md5, cache_object(project, md5)
+
+
+def test_intact_checkpoints_verify(project: Path) -> None:
+    result = run("expckpt", "verify", "--all", cwd=project, check=False)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{EPOCHS} of {EPOCHS} checkpoints verified"
+    assert result.stderr == ""
+    assert cli(project, "verify").returncode == 0, "HEAD's experiments, without --all"
+    assert cli(project, "verify", "straight").returncode == 0
+
+
+def test_corrupt_object_is_named_and_fails(project: Path) -> None:
+    md5, obj = object_of(project, "straight@1")
+    assert not obj.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH), "cache objects are read-only"
+    obj.chmod(0o644)
+    with open(obj, "r+b") as handle:  # flip bytes in place, as bit rot or a careless edit would
+        handle.seek(obj.stat().st_size // 2)
+        handle.write(b"\x00tampered\x00")
+
+    result = run("expckpt", "verify", "--all", cwd=project, check=False)
+
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("expckpt: straight@1 (") and "corrupt" in lines[0] and md5 in lines[0]
+    assert result.stdout.strip() == f"{EPOCHS - 1} of {EPOCHS} checkpoints verified, 1 broken"
+    only = cli(project, "verify", "straight")
+    assert only.returncode == 1 and "straight@1" in only.stderr
+
+
+def test_missing_object_is_named_and_fails(project: Path) -> None:
+    md5, obj = object_of(project, "straight@0")
+    obj.unlink()
+
+    result = cli(project, "verify", "--all")
+
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("expckpt: straight@0 (") and "missing" in lines[0], result.stderr
+    assert "1 broken" in result.stdout
+
+
+def test_verify_of_unknown_experiment_suggests(project: Path) -> None:
+    result = cli(project, "verify", "straigth")
+
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("expckpt: error: no checkpoint named 'straigth'; did you mean 'straight'")
