@@ -245,6 +245,10 @@ def check_consistent(project: Path) -> dict[str, Ref]:
     return refs
 
 
+def md5_of(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
 def leftover_temps(project: Path) -> list[Path]:
     return [p for p in project.rglob(f"*{TEMP_MARK}*") if ".git" not in p.parts]
 

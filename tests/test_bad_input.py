@@ -4,7 +4,6 @@ nothing (the previous good checkpoint's refs, cache objects, note and dvc.lock a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import resource
 from pathlib import Path
@@ -27,6 +26,7 @@ from faultkit import (
     dvc_exp_run,
     leftover_temps,
     locked_model,
+    md5_of,
     reference,
     resumed_from,
     run,
@@ -221,10 +221,6 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(good: Path) -> No
     assert resumed_from(again.stdout) == (f"straight@{EPOCHS}", EPOCHS + 1)
     assert f"Checkpoint experiment 'straight@{EPOCHS + 1}'" in again.stdout
     check_consistent(good)
-
-
-def md5_of(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def test_missing_params_key_names_it(good: Path) -> None:
