@@ -14,10 +14,12 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dulwich.file import FileLocked
 from dulwich.object_store import commit_tree_changes
 from dulwich.objects import Blob, Commit, Tree
 from dulwich.repo import Repo
@@ -145,9 +147,25 @@ class GitStore:
         except KeyError:
             return None
 
+    @contextlib.contextmanager
+    def _ref_lock(self, ref: str) -> Iterator[None]:
+        """Turn dulwich's ``FileLocked`` (a ``<ref>.lock`` file exists) into one clear error."""
+        try:
+            yield
+        except FileLocked as exc:
+            lock = Path(os.fsdecode(exc.lockfilename))
+            raise RefConflictError(
+                f"{ref} is locked: {lock} exists (another process is updating it, or one was"
+                " killed while it did); if no other run uses this experiment name, delete that"
+                " file and run again",
+                ref=ref,
+            ) from exc
+
     def create_ref(self, ref: str, commit: str) -> None:
         """Create ``ref`` at ``commit``; fail loudly if it already exists."""
-        if not self._repo.refs.add_if_new(ref.encode(), commit.encode()):
+        with self._ref_lock(ref):
+            created = self._repo.refs.add_if_new(ref.encode(), commit.encode())
+        if not created:
             raise RefConflictError(
                 f"{ref} already exists (another run wrote it); use another experiment name",
                 ref=ref,
@@ -155,11 +173,13 @@ class GitStore:
 
     def replace_ref(self, ref: str, commit: str, expected: str) -> bool:
         """Point ``ref`` at ``commit`` only if it still points at ``expected``."""
-        return bool(self._repo.refs.set_if_equals(ref.encode(), expected.encode(), commit.encode()))
+        with self._ref_lock(ref):
+            return bool(self._repo.refs.set_if_equals(ref.encode(), expected.encode(), commit.encode()))
 
     def delete_ref(self, ref: str, expected: str) -> bool:
         """Delete ``ref`` only if it still points at ``expected``; report whether it did."""
-        return bool(self._repo.refs.remove_if_equals(ref.encode(), expected.encode()))
+        with self._ref_lock(ref):
+            return bool(self._repo.refs.remove_if_equals(ref.encode(), expected.encode()))
 
     def list_refs(self, prefix: str) -> list[RefEntry]:
         """All refs under ``prefix`` with commit time and message, in one ``git`` call."""
