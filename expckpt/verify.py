@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+import yaml
 
 from expckpt.cache import DvcCache
 from expckpt.gitstore import GitStore
@@ -12,7 +13,22 @@ from expckpt.records import CheckpointRecord
 
 __all__ = ["Problem", "verify_records"]
 
-_OUT = re.compile(r"- path: (?P<path>\S+)\n\s+hash: md5\n\s+md5: (?P<md5>[0-9a-f]{32})\n")
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _locked_outputs(lock: bytes | None) -> dict[str, str | None]:
+    """Output path -> md5 over every stage of a dvc.lock (empty if missing or unreadable)."""
+    try:
+        data = yaml.load(lock, Loader=_Loader) if lock else None
+    except yaml.YAMLError:
+        return {}
+    found: dict[str, str | None] = {}
+    stages = data.get("stages") if isinstance(data, dict) else None
+    for stage in stages.values() if isinstance(stages, dict) else []:
+        for out in (stage.get("outs") or []) if isinstance(stage, dict) else []:
+            if isinstance(out, dict) and isinstance(out.get("path"), str):
+                found[out["path"]] = out.get("md5")
+    return found
 
 
 @dataclass(frozen=True)
@@ -34,8 +50,7 @@ def verify_records(records: Iterable[CheckpointRecord], store: GitStore, cache: 
         if not store.has_commit(record.commit):
             problems.append(Problem(record, "commit object is missing"))
             continue
-        lock = store.read_file(record.commit, "dvc.lock")
-        locked = {m["path"]: m["md5"] for m in _OUT.finditer(lock.decode(errors="replace"))} if lock else {}
+        locked = _locked_outputs(store.read_file(record.commit, "dvc.lock"))
         for path, out in record.outs.items():
             if locked.get(path) != out.md5:
                 problems.append(Problem(record, f"dvc.lock does not record {path} as {out.md5}"))

@@ -69,3 +69,27 @@ def test_verify_of_unknown_experiment_suggests(project: Path) -> None:
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("expckpt: error: no checkpoint named 'straigth'; did you mean 'straight'")
+
+
+def test_checkpoint_commit_whose_dvc_lock_was_edited_fails(project: Path, tmp_path: Path) -> None:
+    """A checkpoint ref moved to a look-alike commit whose dvc.lock names other bytes."""
+    target = checkpoint_refs(project)["straight@1"]
+    md5, _ = locked_model(project, target.commit)
+    lock = run("git", "show", f"{target.commit}:dvc.lock", cwd=project).stdout.replace(md5, "0" * 32)
+    (tmp_path / "dvc.lock").write_text(lock)
+    blob = run("git", "hash-object", "-w", str(tmp_path / "dvc.lock"), cwd=project).stdout.strip()
+    index = {"GIT_INDEX_FILE": str(tmp_path / "index")}
+    run("git", "read-tree", target.commit, cwd=project, env=index)
+    run("git", "update-index", "--cacheinfo", f"100644,{blob},dvc.lock", cwd=project, env=index)
+    tree = run("git", "write-tree", cwd=project, env=index).stdout.strip()
+    (tmp_path / "message").write_text(run("git", "log", "-1", "--format=%B", target.commit, cwd=project).stdout)
+    parent = run("git", "rev-parse", f"{target.commit}^", cwd=project).stdout.strip()
+    forged = run("git", "commit-tree", tree, "-p", parent, "-F", str(tmp_path / "message"), cwd=project).stdout.strip()
+    run("git", "update-ref", target.ref, forged, target.commit, cwd=project)
+
+    result = cli(project, "verify", "--all")
+
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"expckpt: straight@1 ({forged[:7]})"), result.stderr
+    assert f"dvc.lock does not record model.pt as {md5}" in lines[0]
