@@ -121,6 +121,7 @@ class Committer:
         # one of whatever run wrote dvc.lock before. Written before the ref: a crash in between
         # leaves a file no ref names, which resuming rolls back (see Checkpointer.restore).
         atomic_write_bytes(self.project.workspace / "dvc.lock", files["dvc.lock"], durable=False)
+        crash_point("after-lock", step)
 
         existing = self.store.get_ref(ref.ref)
         if existing is None:

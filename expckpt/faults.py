@@ -5,7 +5,10 @@
 ``EXPCKPT_PAUSE_SECONDS`` seconds (default 10), after printing one line to stderr that starts
 with ``expckpt: fault injection: pausing``; tests use it to send a signal while a checkpoint is
 half written. Unset, each check is two dict lookups. Points, in the order a checkpoint passes
-them: ``after-temp``, ``after-cache``, ``after-publish``, ``after-commit``, ``after-ref``.
+them: ``after-temp`` (temp file written), ``after-cache`` (hard-linked into the DVC cache),
+``after-publish`` (renamed onto the checkpoint file), ``after-commit`` (Git commit written),
+``after-lock`` (workspace dvc.lock written), ``after-ref`` (ref created; the workspace note is
+the only step left).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import time
 
 __all__ = ["PAUSE_MESSAGE", "POINTS", "crash_point"]
 
-POINTS = ("after-temp", "after-cache", "after-publish", "after-commit", "after-ref")
+POINTS = ("after-temp", "after-cache", "after-publish", "after-commit", "after-lock", "after-ref")
 PAUSE_MESSAGE = "expckpt: fault injection: pausing"
 
 
