@@ -162,9 +162,13 @@ class Checkpointer:
 
         Inside ``dvc exp run``, a file left by a checkpoint that did not finish (crash between
         writing it and moving its ref) is replaced by the last complete checkpoint, and the
-        dvclive history is put back to match the checkpoint's step.
+        dvclive history is put back to match the checkpoint's step. After ``expckpt reset`` the
+        file is ignored (``dvc exp run`` checks it out of dvc.lock again) until a new checkpoint.
         """
         if not self.path.exists():
+            return None
+        if SessionNote.was_reset(self.workspace, self.rel_path):
+            self.echo(f"expckpt: starting from scratch (expckpt reset); ignoring {self.rel_path} as DVC checked it out")
             return None
         record, rolled_back = self._match_record() if self.committer else (None, False)
         if not self.path.exists():  # an unfinished first checkpoint, dropped
@@ -307,6 +311,7 @@ class Checkpointer:
         try:
             if self.committer is None:
                 written.publish()
+                SessionNote.forget_reset(self.workspace, self.rel_path)
                 if note:
                     self.echo(note)
                 return

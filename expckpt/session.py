@@ -17,6 +17,8 @@ from expckpt.atomic import atomic_write_bytes, md5_file
 
 __all__ = ["SessionNote", "hash_with_note"]
 
+_RESET_MARK = {"reset": True}
+
 
 @dataclass(frozen=True)
 class SessionNote:
@@ -48,8 +50,29 @@ class SessionNote:
 
     @staticmethod
     def clear(workspace: Path, checkpoint: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            SessionNote.path_for(workspace, checkpoint).unlink()
+        """Forget the last checkpoint: the next run in this workspace starts from scratch.
+
+        Leaves a reset mark where the note was, because ``dvc exp run`` checks the checkpoint
+        file out of dvc.lock again (forced) before training starts; the next run ignores that
+        file, and its first checkpoint's note replaces the mark.
+        """
+        path = SessionNote.path_for(workspace, checkpoint)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, json.dumps(_RESET_MARK).encode(), durable=False)
+
+    @staticmethod
+    def was_reset(workspace: Path, checkpoint: str) -> bool:
+        """Whether ``clear`` was the last thing to happen to this workspace's note."""
+        with contextlib.suppress(OSError, ValueError):
+            return json.loads(SessionNote.path_for(workspace, checkpoint).read_text()) == _RESET_MARK
+        return False
+
+    @staticmethod
+    def forget_reset(workspace: Path, checkpoint: str) -> None:
+        """Drop the reset mark (a checkpoint was saved since), leaving a real note alone."""
+        if SessionNote.was_reset(workspace, checkpoint):
+            with contextlib.suppress(FileNotFoundError):
+                SessionNote.path_for(workspace, checkpoint).unlink()
 
 
 def hash_with_note(path: Path, note: SessionNote | None) -> tuple[str, int]:
