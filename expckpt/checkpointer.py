@@ -7,6 +7,7 @@ still written atomically and resumed from, so ``python train.py`` works the same
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from expckpt.atomic import TEMP_MARK
 from expckpt.cache import DvcCache
 from expckpt.checkpoint_file import WrittenFile, check_architecture, load_checkpoint, write_temp
 from expckpt.committer import Committer
@@ -32,6 +34,16 @@ from expckpt.state import TrainingState
 from expckpt.writer import AsyncWriter
 
 __all__ = ["Checkpointer", "Resumed", "StopTraining"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class StopTraining(Exception):
@@ -164,7 +176,9 @@ class Checkpointer:
         writing it and moving its ref) is replaced by the last complete checkpoint, and the
         dvclive history is put back to match the checkpoint's step. After ``expckpt reset`` the
         file is ignored (``dvc exp run`` checks it out of dvc.lock again) until a new checkpoint.
+        Temp files that killed runs left beside the checkpoint file are removed first.
         """
+        self._remove_stale_temps()
         if not self.path.exists():
             return None
         if SessionNote.was_reset(self.workspace, self.rel_path):
@@ -200,6 +214,20 @@ class Checkpointer:
             state.scheduler.base_lrs = [changed["lr"]] * len(state.scheduler.base_lrs)
         for key, value in changed.items():
             self.echo(f"expckpt: optimizer {key} is {value!r} now ({saved[key]!r} in the checkpoint); training goes on with {value!r}")
+
+    def _remove_stale_temps(self) -> None:
+        """Delete ``<TEMP_MARK><name>.<pid>.<thread>`` files of processes that no longer exist.
+
+        A checkpoint killed before its rename leaves a complete temp file as big as the state;
+        without this, every crash would leak one. Files of live processes are left alone.
+        """
+        prefix = f"{TEMP_MARK}{self.path.name}."
+        with contextlib.suppress(OSError):
+            for tmp in self.path.parent.iterdir():
+                pid = tmp.name[len(prefix):].split(".", 1)[0] if tmp.name.startswith(prefix) else ""
+                if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                    with contextlib.suppress(OSError):
+                        tmp.unlink()
 
     def _match_record(self) -> tuple[CheckpointRecord | None, bool]:
         assert self.committer is not None
