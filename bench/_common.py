@@ -193,9 +193,10 @@ def machine(packages: Iterable[str] = ("dvc", "dvclive", "torch", "dulwich", "ex
         dirty = subprocess.run(
             ["git", "-C", str(REPO), "status", "--porcelain", "--", "expckpt", "train.py", "dvc.yaml", "params.yaml"],
             capture_output=True, text=True, check=True,
-        ).stdout.strip()
-        if dirty:
-            commit += " + uncommitted changes in " + ", ".join(sorted({l[3:] for l in dirty.splitlines()}))
+        ).stdout
+        changed = sorted({line[3:] for line in dirty.splitlines() if line.strip()})
+        if changed:
+            commit += " + uncommitted changes in " + ", ".join(changed)
     except (OSError, subprocess.CalledProcessError):
         pass
     return {

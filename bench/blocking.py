@@ -13,7 +13,9 @@ DVC_STAGE), and times ``checkpointer.step_completed(state, step, metrics)`` -- w
   if a training step longer than the background write had gone by;
 
 against ``torch.save({"model": ..., "optimizer": ...}, path)`` of the same tensors, in the same
-run, alternating (the order rotates every repetition). ``sync`` is written before each timed
+run, alternating (the order rotates every repetition). A second, durable baseline --
+``torch.save`` into an open file, then flush + ``os.fsync`` -- shows how much of the sync ratio
+is the price of durability (plain torch.save leaves its bytes in the page cache). ``sync`` is written before each timed
 operation so no one pays for another's dirty pages. Medians exclude the first checkpoint of each
 mode (it also snapshots the workspace and hashes the dependencies once per run; reported apart).
 
@@ -24,6 +26,7 @@ tree/commit/ref (dulwich), the session note, retention.
 
     python bench/blocking.py                 # 12, 100 and 500 MB
     python bench/blocking.py --sizes 12      # quick
+    python bench/blocking.py --threads 1     # torch.set_num_threads(1): see README (async copy)
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from expckpt.committer import Committer  # noqa: E402
 from expckpt.gitstore import GitStore  # noqa: E402
 from expckpt.lockfile import LockBuilder  # noqa: E402
 from expckpt.session import SessionNote  # noqa: E402
+from expckpt.writer import AsyncWriter  # noqa: E402
 
 TARGET_SYNC = 1.5
 TARGET_ASYNC = 0.25
@@ -168,6 +172,7 @@ def instrument() -> None:
     if hasattr(committer_mod, "atomic_write_bytes"):  # the workspace dvc.lock, where the committer writes one
         _wrap(committer_mod, "atomic_write_bytes", "ws_lock")
     _wrap(Checkpointer, "_apply_retention", "retention")
+    _wrap(AsyncWriter, "submit", "submit")
 
 
 def uninstrument() -> None:
@@ -284,8 +289,9 @@ def measure_size(megabytes: int, reps: int, repos: dict[str, Path], baseline_dir
         for mode in ("sync", "async")
     }
     base_path = baseline_dir / "baseline.pt"
-    times: dict[str, list[float]] = {"torch.save": [], "sync": [], "async": [], "async_background": []}
+    times: dict[str, list[float]] = {"torch.save": [], "torch.save+fsync": [], "sync": [], "async": [], "async_background": []}
     breakdowns: list[dict[str, float]] = []
+    async_parts: list[dict[str, float]] = []
     first: dict[str, float] = {}
     file_size = 0
 
@@ -293,7 +299,7 @@ def measure_size(megabytes: int, reps: int, repos: dict[str, Path], baseline_dir
         nonlocal file_size
         train_a_little(model)
         metrics = {"acc": 0.5 + 0.001 * step, "loss": 1.0 / (step + 1)}
-        if kind != "torch.save":
+        if kind in repos:
             write_live_files(repos[kind], step, metrics)
         base_path.unlink(missing_ok=True)
         gc.collect()
@@ -301,6 +307,13 @@ def measure_size(megabytes: int, reps: int, repos: dict[str, Path], baseline_dir
         if kind == "torch.save":
             start = time.perf_counter()
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, base_path)
+            elapsed = time.perf_counter() - start
+        elif kind == "torch.save+fsync":
+            start = time.perf_counter()
+            with open(base_path, "wb") as handle:
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
             elapsed = time.perf_counter() - start
         elif kind == "sync":
             REC.active = timed
@@ -313,22 +326,32 @@ def measure_size(megabytes: int, reps: int, repos: dict[str, Path], baseline_dir
                 breakdowns.append(derive(sample, elapsed))
             file_size = (repos["sync"] / "model.pt").stat().st_size
         else:
+            REC.active = timed
             start = time.perf_counter()
             ckpts["async"].step_completed(states["async"], step, metrics)
             elapsed = time.perf_counter() - start
+            sample = REC.take()  # only the main thread's parts; the writer thread's are dropped below
             ckpts["async"].drain()
+            REC.active = False
+            REC.take()
             if timed:
                 times["async_background"].append(time.perf_counter() - start)
+                submit = sample.get("submit", 0.0)
+                async_parts.append({
+                    "submit": submit,
+                    "capture_and_live": sample.get("capture", 0.0) + sample.get("read_live", 0.0),
+                    "rest": max(0.0, elapsed - submit - sample.get("capture", 0.0) - sample.get("read_live", 0.0)),
+                })
         if timed:
             times[kind].append(elapsed)
         else:
             first[kind] = elapsed
 
-    order = ["torch.save", "sync", "async"]
+    order = ["torch.save", "sync", "async", "torch.save+fsync"]
     for kind in order:
         do(kind, 0, timed=False)
     for rep in range(1, reps + 1):
-        rotated = order[rep % 3 :] + order[: rep % 3]
+        rotated = order[rep % len(order) :] + order[: rep % len(order)]
         for kind in rotated:
             do(kind, rep, timed=True)
     for ck in ckpts.values():
@@ -344,7 +367,10 @@ def measure_size(megabytes: int, reps: int, repos: dict[str, Path], baseline_dir
         "checkpoint_file_bytes": file_size,
         "layers": layers,
         "repetitions": reps,
+        "torch_threads": torch.get_num_threads(),
         "torch_save_s": med["torch.save"],
+        "torch_save_fsync_s": med["torch.save+fsync"],
+        "sync_ratio_to_durable_torch_save": med["sync"]["median"] / med["torch.save+fsync"]["median"],
         "sync_s": med["sync"],
         "async_s": med["async"],
         "async_submit_to_published_s": med["async_background"],
@@ -354,6 +380,7 @@ def measure_size(megabytes: int, reps: int, repos: dict[str, Path], baseline_dir
         "sync_target": TARGET_SYNC,
         "async_target": TARGET_ASYNC,
         "sync_breakdown_median_s": parts,
+        "async_breakdown_median_s": {k: C.summary(p[k] for p in async_parts)["median"] for k in ("submit", "capture_and_live", "rest")},
         "sync_breakdown_samples": breakdowns,
     }
     for mode in ("sync", "async"):
@@ -366,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="12,100,500", help="comma-separated state sizes in MB (default 12,100,500)")
     parser.add_argument("--reps", type=int, help="timed repetitions per size (default 9 / 5 / 5)")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads(N) first (default: torch's own choice)")
     parser.add_argument("--keep", action="store_true", help="keep the temp repositories")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.replace(" ", ",").split(",") if s]
@@ -378,7 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     baselines = {mode: C.head(repo, env) for mode, repo in repos.items()}
     baseline_dir = root / "plain"
     baseline_dir.mkdir()
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"   torch intra-op threads: {torch.get_num_threads()}\n")
 
     instrument()
     results = []
@@ -400,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
             C.verdict(r["sync_ratio"], TARGET_SYNC),
             C.ms(r["async_s"]["median"]), f"{r['async_ratio']:.2f}x", C.verdict(r["async_ratio"], TARGET_ASYNC),
             C.ms(r["async_submit_to_published_s"]["median"]), C.ms(r["first_checkpoint_s"].get("sync")),
+            C.ms(r["torch_save_fsync_s"]["median"]), f"{r['sync_ratio_to_durable_torch_save']:.2f}x",
         ])
     print(C.table(rows))
     print("\nwhere the sync time goes (median per checkpoint):")
@@ -408,9 +439,18 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([label, *[f"{C.ms(r['sync_breakdown_median_s'][key])} ({100 * r['sync_breakdown_median_s'][key] / r['sync_s']['median']:.0f}%)" for r in results]])
     rows.append(["total (median of totals)", *[C.ms(r["sync_s"]["median"]) for r in results]])
     rows.append(["torch.save baseline", *[C.ms(r["torch_save_s"]["median"]) for r in results]])
+    rows.append(["torch.save + fsync (durable baseline)", *[C.ms(r["torch_save_fsync_s"]["median"]) for r in results]])
     print(C.table(rows))
     print("(parts are medians of each part, so they need not add up exactly to the median total)")
-    C.write_result("blocking", {"sizes": results})
+    print("\nwhere the async blocking time goes (median per checkpoint):")
+    rows = [["part", *[f"{r['size_mb']} MB" for r in results]]]
+    for key, label in (("submit", "AsyncWriter.submit (copy into buffers, enqueue)"),
+                       ("capture_and_live", "capture state + read dvclive files"),
+                       ("rest", "rest (policy, watch; GIL shared with the writer thread)")):
+        rows.append([label, *[C.ms(r["async_breakdown_median_s"][key]) for r in results]])
+    rows.append(["total", *[C.ms(r["async_s"]["median"]) for r in results]])
+    print(C.table(rows))
+    C.write_result("blocking" if not args.threads else f"blocking-threads{args.threads}", {"sizes": results})
     return 0
 
 

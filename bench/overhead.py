@@ -10,11 +10,23 @@ and the session note removed), so every run trains from scratch. Variants altern
 Two figures per variant, medians over the repetitions:
 * wall: the whole ``dvc exp run -n <name> -S epochs=N -S checkpoint.every=...`` command;
 * loop: from the ``epoch 0:`` line to the ``epoch N-1:`` line of the training output
-  (timestamped by a reader thread as they arrive): N-1 epochs and, with checkpointing, the N-1
-  checkpoints taken in between, without DVC's and Python's start-up.
+  (timestamped by a reader thread as they arrive; PYTHONUNBUFFERED=1 for every variant): N-1
+  epochs and, with checkpointing, the N-1 checkpoints taken in between, without DVC's and
+  Python's start-up;
+* in-run checkpoint time (sync): for each step, from its ``epoch k:`` line to its
+  ``Checkpoint experiment '...@k'`` line, i.e. how long next_step() blocked training; summed
+  and divided by the every: 0 run's wall time. On a shared, busy machine epoch times swing by
+  seconds, so this is the steadier estimate of the overhead; wall and loop are reported too.
+
+Training threads: by default the runs get OMP_NUM_THREADS=1. With torch's default (2 intra-op
+threads on this 2-core machine) any other busy process -- or expckpt's own background writer
+in async mode -- makes every small parallel op wait for a descheduled thread, and the example's
+epochs swing between 0.1 s and 15 s, which buries the effect being measured (see README).
+``--threads 0`` keeps torch's default.
 
     python bench/overhead.py                 # 20 epochs, 3 repetitions, off/sync/async
     python bench/overhead.py --reps 2 --no-async
+    python bench/overhead.py --threads 0     # torch's default thread count
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ import _common as C  # noqa: E402
 
 TARGET = 10.0  # percent
 EPOCH = re.compile(r"^epoch (\d+): ")
+CHECKPOINT = re.compile(r"Checkpoint experiment '[^']*@(\d+)'")
 
 
 def timed_lines(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, list[tuple[float, str]], int, str]:
@@ -86,7 +99,11 @@ def one_run(repo: Path, env: dict[str, str], variant: str, name: str, epochs: in
     if rc != 0:
         raise RuntimeError(f"{' '.join(args)} exited {rc}:\n{err[-3000:]}\n" + "\n".join(l for _, l in lines[-30:]))
     epochs_seen = {int(m.group(1)): t for t, l in lines if (m := EPOCH.match(l))}
-    checkpoints = sum(1 for _, l in lines if l.startswith("Checkpoint experiment"))
+    published = {int(m.group(1)): t for t, l in lines if (m := CHECKPOINT.search(l))}
+    checkpoints = len(published)
+    # sync: the training process prints `epoch k:` and then blocks in next_step() until it
+    # prints `Checkpoint experiment '...@k'`; the gap is that checkpoint's in-run cost.
+    gaps = [published[k] - epochs_seen[k] for k in published if k in epochs_seen]
     first, last = min(epochs_seen), max(epochs_seen)
     return {
         "variant": variant,
@@ -95,6 +112,8 @@ def one_run(repo: Path, env: dict[str, str], variant: str, name: str, epochs: in
         "loop_s": epochs_seen[last] - epochs_seen[first],
         "loop_epochs": f"{first}..{last}",
         "checkpoint_lines": checkpoints,
+        "in_run_checkpoint_s": sum(gaps) if variant == "sync" else None,
+        "in_run_checkpoint_median_s": C.summary(gaps).get("median") if variant == "sync" and gaps else None,
     }
 
 
@@ -103,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--no-async", action="store_true", help="only off and sync")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="OMP_NUM_THREADS for the runs (default 1; 0 = torch's default, 2 threads here)")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
     variants = ["off", "sync"] + ([] if args.no_async else ["async"])
@@ -110,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     C.header(f"whole-run overhead of checkpointing every step ({args.epochs} epochs of the example)")
     root = C.workdir("overhead", keep=args.keep)
     env = C.isolated_env(root / "home")
+    env["PYTHONUNBUFFERED"] = "1"  # output lines arrive (and are timestamped) when printed; all variants
+    if args.threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
+    print(f"   training threads: OMP_NUM_THREADS={env.get('OMP_NUM_THREADS', '(unset: torch default)')}\n")
     repo = prepare(root, env, args.epochs)
 
     runs: list[dict[str, Any]] = []
@@ -118,12 +143,14 @@ def main(argv: list[str] | None = None) -> int:
         for variant in order:
             run = one_run(repo, env, variant, f"{variant}-{rep}", args.epochs)
             runs.append(run)
+            extra = (f"; epoch line -> checkpoint line: {C.secs(run['in_run_checkpoint_s'])} in all,"
+                     f" {C.ms(run['in_run_checkpoint_median_s'])} median" if run["in_run_checkpoint_s"] is not None else "")
             print(f"   rep {rep + 1} {variant:5}: wall {C.secs(run['wall_s'])}, loop {C.secs(run['loop_s'])}"
-                  f" ({run['checkpoint_lines']} checkpoint lines)", flush=True)
+                  f" ({run['checkpoint_lines']} checkpoints{extra})", flush=True)
 
     med = {v: {k: C.summary(r[k] for r in runs if r["variant"] == v) for k in ("wall_s", "loop_s")} for v in variants}
     base_wall, base_loop = med["off"]["wall_s"]["median"], med["off"]["loop_s"]["median"]
-    result: dict[str, Any] = {"epochs": args.epochs, "repetitions": args.reps, "target_percent": TARGET, "runs": runs, "variants": {}}
+    result: dict[str, Any] = {"epochs": args.epochs, "repetitions": args.reps, "omp_num_threads": args.threads or None, "target_percent": TARGET, "runs": runs, "variants": {}}
     rows = [["variant", "wall (median)", "overhead", f"target <= {TARGET:.0f}%", "loop (median)", "loop overhead", "per checkpoint"]]
     for v in variants:
         wall, loop = med[v]["wall_s"]["median"], med[v]["loop_s"]["median"]
@@ -141,6 +168,16 @@ def main(argv: list[str] | None = None) -> int:
         ])
     print()
     print(C.table(rows))
+    sync_runs = [r for r in runs if r["variant"] == "sync"]
+    in_run = C.summary(r["in_run_checkpoint_s"] for r in sync_runs)
+    per = C.summary(r["in_run_checkpoint_median_s"] for r in sync_runs)
+    share = 100 * in_run["median"] / base_wall
+    result["sync_in_run_checkpoint_s"] = in_run
+    result["sync_in_run_checkpoint_per_step_s"] = per
+    result["sync_in_run_checkpoint_percent_of_off_wall"] = share
+    print(f"\nsync, measured inside the runs (robust to epoch-time noise): {args.epochs} checkpoints took"
+          f" {C.secs(in_run['median'])} in all ({C.ms(per['median'])} each, median) = {share:.1f}% of the"
+          f" every: 0 run's wall time (target <= {TARGET:.0f}%: {C.verdict(share, TARGET)})")
     C.write_result("overhead", result)
     return 0
 
