@@ -5,9 +5,9 @@ commands (``exp show``, ``exp apply``, ``metrics diff``, ``exp push`` ...) under
 checkpoint file in the DVC cache. Resume is exact; loading never runs code.
 """
 
-from expckpt.checkpoint_file import load_checkpoint, load_model
-from expckpt.checkpointer import Checkpointer, Resumed, StopTraining
-from expckpt.config import CheckpointConfig
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from expckpt.errors import (
     ArchitectureMismatchError,
     CheckpointError,
@@ -23,9 +23,41 @@ from expckpt.errors import (
     UnknownCheckpointError,
     UnsafeCheckpointError,
 )
-from expckpt.live import CheckpointLive
-from expckpt.refs import CheckpointRef
-from expckpt.state import TrainingState
+
+# Exports that pull in torch or dvclive load on first use, so `expckpt show` and friends start
+# in a fraction of a second (importing torch alone takes seconds).
+_LAZY = {
+    "load_checkpoint": "expckpt.checkpoint_file",
+    "load_model": "expckpt.checkpoint_file",
+    "Checkpointer": "expckpt.checkpointer",
+    "Resumed": "expckpt.checkpointer",
+    "StopTraining": "expckpt.checkpointer",
+    "CheckpointConfig": "expckpt.config",
+    "CheckpointLive": "expckpt.live",
+    "CheckpointRef": "expckpt.refs",
+    "TrainingState": "expckpt.state",
+}
+
+if TYPE_CHECKING:
+    from expckpt.checkpoint_file import load_checkpoint, load_model
+    from expckpt.checkpointer import Checkpointer, Resumed, StopTraining
+    from expckpt.config import CheckpointConfig
+    from expckpt.live import CheckpointLive
+    from expckpt.refs import CheckpointRef
+    from expckpt.state import TrainingState
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'expckpt' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "ArchitectureMismatchError",
