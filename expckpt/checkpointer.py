@@ -237,9 +237,14 @@ class Checkpointer:
         records = [r for r in load_records(store) if self.rel_path in r.outs]
         matching = [r for r in records if r.outs[self.rel_path].md5 == md5]
         if matching:
+            # Byte-identical checkpoints are common (same seed, same steps). The note wins while
+            # the file is untouched since this workspace's last checkpoint: DVC keeps
+            # EXEC_APPLY until HEAD moves, so it may name an apply that came before that run.
             applied = store.get_ref("refs/exps/exec/EXEC_APPLY")
             noted = note.commit if note else None
-            matching.sort(key=lambda r: (r.commit == applied, r.commit == noted, r.time))
+            st = os.stat(self.path)
+            untouched = note is not None and (note.size, note.mtime_ns, note.inode) == (st.st_size, st.st_mtime_ns, st.st_ino)
+            matching.sort(key=lambda r: (untouched and r.commit == noted, r.commit == applied, r.commit == noted, r.time))
             return matching[-1], False
         if md5 not in cache.written_objects():
             # Not a file expckpt wrote (the user's own, or damaged): used as it is, never
