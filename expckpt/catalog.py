@@ -33,8 +33,13 @@ class Chain:
 
     @property
     def origin(self) -> str | None:
-        """Commit of the checkpoint this experiment continued from, if it did."""
-        return self.records[0].parent
+        """Commit of the checkpoint this experiment continued from, if it did.
+
+        Only a run's first checkpoint records a branch point; when earlier checkpoints of the
+        same run were removed, the chain still started from scratch.
+        """
+        first = self.records[0]
+        return first.parent if first.resumed else None
 
 
 class Catalog:

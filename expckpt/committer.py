@@ -49,6 +49,7 @@ class Committer:
         self.checkpoint_path = checkpoint_path
         self.live_paths = live_paths
         self._base_tree: str | None = None
+        self._published = False
         self._lock: LockBuilder | None = None
 
     def _prepare(self) -> None:
@@ -113,7 +114,8 @@ class Committer:
         files["dvc.lock"] = self._lock.render(outs)
         tree = self.store.tree_with_files(self._base_tree, files)
         now = time.time()
-        message = format_message(ref, parent=parent, outs=outs, metrics=metrics, time=now)
+        resumed = parent is not None and not self._published
+        message = format_message(ref, parent=parent, outs=outs, metrics=metrics, time=now, resumed=resumed)
         commit = self.store.write_commit(tree, [self.run.baseline], message)
         crash_point("after-commit", step)
         # The workspace dvc.lock follows the checkpoint too: `dvc exp run` starts by checking
@@ -140,6 +142,7 @@ class Committer:
             mtime_ns=st.st_mtime_ns,
             inode=st.st_ino,
         ).write(self.project.workspace, self.checkpoint_path)
+        self._published = True
         return CheckpointRecord(
-            ref=ref, commit=commit, parent=parent, outs=outs, metrics=dict(metrics), time=now
+            ref=ref, commit=commit, parent=parent, outs=outs, metrics=dict(metrics), time=now, resumed=resumed
         )

@@ -40,6 +40,8 @@ class CheckpointRecord:
     metrics: Mapping[str, float]
     time: float
     params: Mapping[str, object] = field(default_factory=dict)
+    resumed: bool = False
+    """True for the first checkpoint of a run that continued from ``parent`` (a branch point)."""
 
     @property
     def name(self) -> str:
@@ -71,6 +73,7 @@ def format_message(
     outs: Mapping[str, OutputHash],
     metrics: Mapping[str, float],
     time: float,
+    resumed: bool = False,
 ) -> str:
     """The commit message of a checkpoint: DVC's subject line plus one JSON metadata line."""
     meta = {
@@ -78,6 +81,7 @@ def format_message(
         "exp": ref.exp,
         "step": ref.step,
         "parent": parent,
+        "resumed": resumed,
         "outs": {path: {"md5": o.md5, "size": o.size} for path, o in outs.items()},
         "metrics": {k: _finite_or_str(v) for k, v in metrics.items()},
         "time": round(time, 3),
@@ -115,6 +119,7 @@ def parse_message(ref: CheckpointRef, commit: str, message: str) -> CheckpointRe
                     outs=outs,
                     metrics=metrics,
                     time=float(meta.get("time", 0.0)),
+                    resumed=bool(meta.get("resumed", False)),
                 )
             except (ValueError, KeyError, TypeError, AttributeError):
                 return None

@@ -17,7 +17,9 @@ B1 = "1" * 40
 B2 = "2" * 40
 
 
-def rec(exp: str, step: int, time: float, *, commit: str, baseline: str = B1, parent: str | None = None) -> CheckpointRecord:
+def rec(
+    exp: str, step: int, time: float, *, commit: str, baseline: str = B1, parent: str | None = None, resumed: bool = False
+) -> CheckpointRecord:
     return CheckpointRecord(
         ref=CheckpointRef(baseline, exp, step),
         commit=commit.ljust(40, "0"),
@@ -25,13 +27,17 @@ def rec(exp: str, step: int, time: float, *, commit: str, baseline: str = B1, pa
         outs={"model.pt": OutputHash("a" * 32, 100)},
         metrics={"acc": step / 10},
         time=time,
+        resumed=resumed,
     )
 
 
 # tut: steps 0, 2, 5, 9 under B1; a continuation 'tut-more' from tut@5; 'lr' under B2;
 # and a second 'tut' under B2 (same names, other baseline), written last.
 TUT = [rec("tut", s, 100 + s, commit=f"a{s}a{s}") for s in (0, 2, 5, 9)]
-MORE = [rec("tut-more", s, 200 + s, commit=f"b{s}", parent=TUT[2].commit) for s in (6, 7)]
+MORE = [
+    rec("tut-more", 6, 206, commit="b6", parent=TUT[2].commit, resumed=True),
+    rec("tut-more", 7, 207, commit="b7", parent="b6".ljust(40, "0")),
+]
 LR = [rec("lr", s, 150 + s, commit=f"c{s}", baseline=B2) for s in (0, 1)]
 TUT_B2 = [rec("tut", 0, 300, commit="d0d0", baseline=B2)]
 ALL = TUT + MORE + LR + TUT_B2
@@ -147,6 +153,12 @@ def test_chains_group_by_baseline_and_experiment(catalog: Catalog) -> None:
     assert [r.step for r in more.records] == [6, 7] and more.origin == TUT[2].commit
     assert catalog.by_commit(more.origin).name == "tut@5"
     assert Catalog([]).chains() == []
+
+
+def test_a_chain_whose_first_checkpoints_were_removed_is_not_a_branch() -> None:
+    # tut@0 was removed: tut@2 still names it as parent, but the run started from scratch
+    catalog = Catalog([rec("tut", 2, 102, commit="a2", parent="a0".ljust(40, "0"))])
+    assert catalog.chains()[0].origin is None
 
 
 def test_load_from_a_repository(tmp_path: Path) -> None:
