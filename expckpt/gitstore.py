@@ -8,16 +8,17 @@ argument lists (never a shell string). Every ref update is a compare-and-swap.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import getpass
 import os
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dulwich.file import FileLocked
 from dulwich.object_store import commit_tree_changes
@@ -29,6 +30,7 @@ from expckpt.errors import ProjectError, RefConflictError
 __all__ = ["GitStore", "RefEntry"]
 
 FILE_MODE = 0o100644
+_T = TypeVar("_T")
 _SEP = "\x1f\x1e"
 _INHERITED_GIT_VARS = {"GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY"}
 
@@ -88,15 +90,19 @@ class GitStore:
     def tree_with_files(self, base_tree: str, files: dict[str, bytes | None]) -> str:
         """Write blobs for ``files`` (None deletes) over ``base_tree``; return the new tree."""
         store = self._repo.object_store
-        changes = []
-        for path, data in sorted(files.items()):
-            if data is None:
-                changes.append((path.encode(), None, None))
-                continue
-            blob = Blob.from_string(data)
-            store.add_object(blob)
-            changes.append((path.encode(), FILE_MODE, blob.id))
-        return commit_tree_changes(store, base_tree.encode(), changes).decode()
+
+        def write() -> str:
+            changes = []
+            for path, data in sorted(files.items()):
+                if data is None:
+                    changes.append((path.encode(), None, None))
+                    continue
+                blob = Blob.from_string(data)
+                store.add_object(blob)
+                changes.append((path.encode(), FILE_MODE, blob.id))
+            return commit_tree_changes(store, base_tree.encode(), changes).decode()
+
+        return self._write("the checkpoint's Git tree", write)
 
     def write_commit(self, tree: str, parents: list[str], message: str) -> str:
         commit = Commit()
@@ -107,7 +113,7 @@ class GitStore:
         offset = -time.timezone if not time.localtime().tm_isdst else -time.altzone
         commit.author_timezone = commit.commit_timezone = offset
         commit.message = message.encode()
-        self._repo.object_store.add_object(commit)
+        self._write("the checkpoint's Git commit", lambda: self._repo.object_store.add_object(commit))
         return commit.id.decode()
 
     def read_file(self, commit: str, path: str) -> bytes | None:
@@ -148,24 +154,47 @@ class GitStore:
             return None
 
     @contextlib.contextmanager
-    def _ref_lock(self, ref: str) -> Iterator[None]:
-        """Turn dulwich's ``FileLocked`` (a ``<ref>.lock`` file exists) into one clear error."""
+    def _writers_lock(self) -> Iterator[None]:
+        """Exclusive among expckpt's Git writers in this repository; the kernel drops it when
+        its holder dies, however it dies."""
+        path = self.git_dir / "expckpt" / "git-writes.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
-        except FileLocked as exc:
-            lock = Path(os.fsdecode(exc.lockfilename))
-            raise RefConflictError(
-                f"{ref} is locked: {lock} exists (another process is updating it, or one was"
-                " killed while it did); if no other run uses this experiment name, delete that"
-                " file and run again",
-                ref=ref,
-            ) from exc
+        finally:
+            os.close(fd)
+
+    def _write(self, what: str, write: Callable[[], _T]) -> _T:
+        """Run a dulwich write of objects or refs, recovering from a writer that was killed.
+
+        dulwich writes each loose object and ref through ``<name>.lock`` (created exclusively,
+        renamed into place when complete). A process killed in between leaves the ``.lock``
+        behind, and every later write of that name fails, e.g. the ref ``<exp>@<step>`` when the
+        run resumes and redoes that step. expckpt's writes all hold ``_writers_lock``, so a
+        ``.lock`` met while holding it was left by a writer that is gone: it is removed and the
+        write tried once more.
+        """
+        with self._writers_lock():
+            try:
+                return write()
+            except FileLocked as exc:
+                with contextlib.suppress(FileNotFoundError):
+                    Path(os.fsdecode(exc.lockfilename)).unlink()
+            try:
+                return write()
+            except FileLocked as exc:
+                lock = Path(os.fsdecode(exc.lockfilename))
+                raise RefConflictError(
+                    f"could not write {what}: {lock} was locked again by another process at once;"
+                    " if no other Git command is running in this repository, run again",
+                    ref=str(lock),
+                ) from exc
 
     def create_ref(self, ref: str, commit: str) -> None:
         """Create ``ref`` at ``commit``; fail loudly if it already exists."""
-        with self._ref_lock(ref):
-            created = self._repo.refs.add_if_new(ref.encode(), commit.encode())
-        if not created:
+        if not self._write(ref, lambda: self._repo.refs.add_if_new(ref.encode(), commit.encode())):
             raise RefConflictError(
                 f"{ref} already exists (another run wrote it); use another experiment name",
                 ref=ref,
@@ -173,13 +202,11 @@ class GitStore:
 
     def replace_ref(self, ref: str, commit: str, expected: str) -> bool:
         """Point ``ref`` at ``commit`` only if it still points at ``expected``."""
-        with self._ref_lock(ref):
-            return bool(self._repo.refs.set_if_equals(ref.encode(), expected.encode(), commit.encode()))
+        return bool(self._write(ref, lambda: self._repo.refs.set_if_equals(ref.encode(), expected.encode(), commit.encode())))
 
     def delete_ref(self, ref: str, expected: str) -> bool:
         """Delete ``ref`` only if it still points at ``expected``; report whether it did."""
-        with self._ref_lock(ref):
-            return bool(self._repo.refs.remove_if_equals(ref.encode(), expected.encode()))
+        return bool(self._write(ref, lambda: self._repo.refs.remove_if_equals(ref.encode(), expected.encode())))
 
     def list_refs(self, prefix: str) -> list[RefEntry]:
         """All refs under ``prefix`` with commit time and message, in one ``git`` call."""
