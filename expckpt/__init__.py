@@ -30,7 +30,7 @@ _LAZY = {
     "load_checkpoint": "expckpt.checkpoint_file",
     "load_model": "expckpt.checkpoint_file",
     "Checkpointer": "expckpt.checkpointer",
-    "Resumed": "expckpt.checkpointer",
+    "Resumed": "expckpt.resume",
     "StopTraining": "expckpt.checkpointer",
     "CheckpointConfig": "expckpt.config",
     "CheckpointLive": "expckpt.live",
@@ -40,7 +40,8 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from expckpt.checkpoint_file import load_checkpoint, load_model
-    from expckpt.checkpointer import Checkpointer, Resumed, StopTraining
+    from expckpt.checkpointer import Checkpointer, StopTraining
+    from expckpt.resume import Resumed
     from expckpt.config import CheckpointConfig
     from expckpt.live import CheckpointLive
     from expckpt.refs import CheckpointRef

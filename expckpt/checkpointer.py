@@ -7,28 +7,25 @@ still written atomically and resumed from, so ``python train.py`` works the same
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from expckpt.atomic import TEMP_MARK
 from expckpt.cache import DvcCache
-from expckpt.checkpoint_file import WrittenFile, check_architecture, load_checkpoint, write_temp
+from expckpt.checkpoint_file import check_architecture, load_checkpoint, write_temp
 from expckpt.committer import Committer
 from expckpt.config import CheckpointConfig
 from expckpt.errors import ProjectError
 from expckpt.gitstore import GitStore
 from expckpt.policy import CheckpointInfo
 from expckpt.project import Project, RunContext
-from expckpt.records import CheckpointRecord, load_records
+from expckpt.records import CheckpointRecord
 from expckpt.report import analyse, improvement_line
-from expckpt.session import SessionNote, hash_with_note
+from expckpt.resume import ResumePoint, Resumed, find_resume_point, remove_stale_temps, restore_live_files
+from expckpt.session import SessionNote
 from expckpt.signals import GracefulStop
 from expckpt.state import TrainingState
 from expckpt.writer import AsyncWriter
@@ -36,30 +33,8 @@ from expckpt.writer import AsyncWriter
 __all__ = ["Checkpointer", "Resumed", "StopTraining"]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class StopTraining(Exception):
     """Raised by ``next_step`` to end training cleanly (divergence or plateau, if configured)."""
-
-
-@dataclass(frozen=True)
-class Resumed:
-    """Where a run resumed from."""
-
-    step: int
-    """The last completed step in the checkpoint (training goes on at ``step + 1``)."""
-    record: CheckpointRecord | None
-    """The checkpoint experiment it matches, if any."""
-    rolled_back: bool = False
-    """True when an unfinished checkpoint was discarded for the last complete one."""
 
 
 def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -71,28 +46,6 @@ def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
         elif isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
             flat[name] = float(value)
     return flat
-
-
-_HPARAMS_KEY = "optimizer_hparams"
-
-
-def _optimizer_hparams(optimizer: Any) -> dict[str, Any]:
-    """The optimizer's constructor settings (``lr``, ``weight_decay``, ...) that are plain values."""
-    plain = (int, float, bool, str, type(None))
-    defaults = getattr(optimizer, "defaults", None) or {}
-    return {
-        k: v
-        for k, v in defaults.items()
-        if isinstance(v, plain) or (isinstance(v, tuple) and all(isinstance(x, plain) for x in v))
-    }
-
-
-def _capture(state: TrainingState) -> dict[str, Any]:
-    """``state.capture()`` plus the optimizer's settings, to notice on resume what changed."""
-    payload = state.capture()
-    if state.optimizer is not None:
-        payload[_HPARAMS_KEY] = _optimizer_hparams(state.optimizer)
-    return payload
 
 
 class Checkpointer:
@@ -178,115 +131,30 @@ class Checkpointer:
         file is ignored (``dvc exp run`` checks it out of dvc.lock again) until a new checkpoint.
         Temp files that killed runs left beside the checkpoint file are removed first.
         """
-        self._remove_stale_temps()
+        remove_stale_temps(self.path)
         if not self.path.exists():
             return None
         if SessionNote.was_reset(self.workspace, self.rel_path):
             self.echo(f"expckpt: starting from scratch (expckpt reset); ignoring {self.rel_path} as DVC checked it out")
             return None
-        record, rolled_back = self._match_record() if self.committer else (None, False)
+        point = ResumePoint(None, rolled_back=False)
+        if self.committer is not None:
+            point = find_resume_point(
+                self.path, self.rel_path, self.workspace, self.committer.store, self.committer.cache, self.echo
+            )
         if not self.path.exists():  # an unfinished first checkpoint, dropped
             return None
         payload = load_checkpoint(self.path)
         check_architecture(state.model, payload.get("model"), self.path)
-        chosen = _optimizer_hparams(state.optimizer)
-        state.restore(payload)
-        self._keep_changed_hparams(state, chosen, payload.get(_HPARAMS_KEY))
-        if record is not None:
-            self.parent = record.commit
-            self.last_record = record
-            self._restore_live_files(record.commit)
+        for key, (saved, now) in state.restore(payload).items():
+            self.echo(f"expckpt: optimizer {key} is {now!r} now ({saved!r} in the checkpoint); training goes on with {now!r}")
+        if point.record is not None:
+            assert self.committer is not None
+            self.parent = point.record.commit
+            self.last_record = point.record
+            restore_live_files(self.committer.store, point.record.commit, self.workspace, self.live_dir)
         self._last_saved = CheckpointInfo(step=state.step, metrics={}, time=time.time())
-        return Resumed(step=state.step, record=record, rolled_back=rolled_back)
-
-    def _keep_changed_hparams(self, state: TrainingState, chosen: dict[str, Any], saved: Any) -> None:
-        """Keep optimizer settings changed since the checkpoint (``-S lr=...``): loading the
-        optimizer's state would otherwise silently put the checkpoint's values back."""
-        if state.optimizer is None or not isinstance(saved, Mapping):
-            return
-        changed = {k: v for k, v in chosen.items() if k in saved and saved[k] != v}
-        for group in state.optimizer.param_groups:
-            for key, value in changed.items():
-                group[key] = value
-                if key == "lr" and "initial_lr" in group:
-                    group["initial_lr"] = value
-        if "lr" in changed and isinstance(getattr(state.scheduler, "base_lrs", None), list):
-            state.scheduler.base_lrs = [changed["lr"]] * len(state.scheduler.base_lrs)
-        for key, value in changed.items():
-            self.echo(f"expckpt: optimizer {key} is {value!r} now ({saved[key]!r} in the checkpoint); training goes on with {value!r}")
-
-    def _remove_stale_temps(self) -> None:
-        """Delete ``<TEMP_MARK><name>.<pid>.<thread>`` files of processes that no longer exist.
-
-        A checkpoint killed before its rename leaves a complete temp file as big as the state;
-        without this, every crash would leak one. Files of live processes are left alone.
-        """
-        prefix = f"{TEMP_MARK}{self.path.name}."
-        with contextlib.suppress(OSError):
-            for tmp in self.path.parent.iterdir():
-                pid = tmp.name[len(prefix):].split(".", 1)[0] if tmp.name.startswith(prefix) else ""
-                if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-                    with contextlib.suppress(OSError):
-                        tmp.unlink()
-
-    def _match_record(self) -> tuple[CheckpointRecord | None, bool]:
-        assert self.committer is not None
-        store, cache = self.committer.store, self.committer.cache
-        note = SessionNote.read(self.workspace, self.rel_path)
-        md5, _ = hash_with_note(self.path, note)
-        records = [r for r in load_records(store) if self.rel_path in r.outs]
-        matching = [r for r in records if r.outs[self.rel_path].md5 == md5]
-        if matching:
-            # Byte-identical checkpoints are common (same seed, same steps). The note wins while
-            # the file is untouched since this workspace's last checkpoint: DVC keeps
-            # EXEC_APPLY until HEAD moves, so it may name an apply that came before that run.
-            applied = store.get_ref("refs/exps/exec/EXEC_APPLY")
-            noted = note.commit if note else None
-            st = os.stat(self.path)
-            untouched = note is not None and (note.size, note.mtime_ns, note.inode) == (st.st_size, st.st_mtime_ns, st.st_ino)
-            matching.sort(key=lambda r: (untouched and r.commit == noted, r.commit == applied, r.commit == noted, r.time))
-            return matching[-1], False
-        if md5 not in cache.written_objects():
-            # Not a file expckpt wrote (the user's own, or damaged): used as it is, never
-            # replaced; a corrupt or foreign one fails loading with a clear error.
-            return None, False
-        if note is not None:
-            last = next((r for r in records if r.commit == note.commit), None)
-            if last is not None and cache.has(note.md5):
-                cache.checkout(note.md5, self.path)
-                self.echo(
-                    f"expckpt: {self.rel_path} was written by a checkpoint that did not finish;"
-                    f" resuming from the last complete one, {last.name}"
-                )
-                return last, True
-        if note is None and cache.has(md5):
-            # The first checkpoint in this workspace was cut short after its file was published
-            # (no ref, no note): there is nothing complete to go back to. Its bytes stay in the
-            # cache, so removing the file loses nothing.
-            self.path.unlink()
-            self.echo(
-                f"expckpt: {self.rel_path} was written by a checkpoint that did not finish, and"
-                " none finished before it; starting from scratch"
-            )
-            return None, True
-        return None, False
-
-    def _restore_live_files(self, commit: str) -> None:
-        assert self.committer is not None
-        wanted = self.committer.store.list_dir(commit, self.live_dir)
-        if not wanted:
-            return
-        live_root = self.workspace / self.live_dir
-        for root, _, names in os.walk(live_root):
-            for name in names:
-                full = Path(root, name)
-                if full.relative_to(self.workspace).as_posix() not in wanted:
-                    full.unlink()
-        for rel, data in wanted.items():
-            target = self.workspace / rel
-            if not target.is_file() or target.read_bytes() != data:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(data)
+        return Resumed(step=state.step, record=point.record, rolled_back=point.rolled_back)
 
     # -- training hooks ----------------------------------------------------------------------
     def step_completed(self, state: TrainingState, step: int, metrics: Mapping[str, Any]) -> None:
@@ -325,7 +193,7 @@ class Checkpointer:
         )
 
     def _save(self, state: TrainingState, step: int, metrics: Mapping[str, float], note: str | None = None) -> None:
-        payload = _capture(state)
+        payload = state.capture()
         live_files = self.committer.read_live_files() if self.committer else {}
         job = (step, metrics, live_files, note)
         if self.config.async_save:
@@ -405,7 +273,7 @@ class Checkpointer:
         if not self._last_step_saved and state.step >= 0:
             history = state.extras.get("_expckpt_history") or [[state.step, {}]]
             if self.config.every == 0:
-                written = write_temp(_capture(state), self.path)
+                written = write_temp(state.capture(), self.path)
                 written.publish()
             else:
                 self._save(state, state.step, dict(history[-1][1]))
@@ -430,6 +298,3 @@ class Checkpointer:
         if self.committer is None and self.path.exists():
             return f"last checkpoint: {self.rel_path}"
         return "no checkpoint was completed"
-
-    def note_fatal(self, message: str) -> None:
-        print(message, file=sys.stderr)

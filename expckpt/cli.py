@@ -11,8 +11,6 @@ import json
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
 
 import yaml
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["FORMAT", "TrainingState", "capture_rng", "restore_rng"]
+__all__ = ["FORMAT", "TrainingState", "capture_rng", "optimizer_hparams", "restore_rng"]
 
 FORMAT = "expckpt/1"
 
@@ -51,6 +51,17 @@ def restore_rng(rng: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
+def optimizer_hparams(optimizer: Any) -> dict[str, Any]:
+    """An optimizer's constructor settings (``lr``, ``weight_decay``, ...) that are plain values."""
+    plain = (int, float, bool, str, type(None))
+    defaults = getattr(optimizer, "defaults", None) or {}
+    return {
+        k: v
+        for k, v in defaults.items()
+        if isinstance(v, plain) or (isinstance(v, tuple) and all(isinstance(x, plain) for x in v))
+    }
+
+
 @dataclass(kw_only=True, eq=False)
 class TrainingState:
     """What training needs to continue exactly where it stopped.
@@ -80,10 +91,17 @@ class TrainingState:
             "rng": capture_rng(),
             "best": dict(self.best) if self.best else None,
             "extras": dict(self.extras),
+            "optimizer_hparams": optimizer_hparams(self.optimizer),
         }
 
-    def restore(self, payload: Mapping[str, Any]) -> None:
-        """Load a captured state back (the model was checked against it beforehand)."""
+    def restore(self, payload: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """Load a captured state back (the model was checked against it beforehand).
+
+        Optimizer settings chosen differently now than when the checkpoint was saved (say
+        ``dvc exp run -S lr=0.001``) are kept: loading the optimizer's state would otherwise put
+        the old values back silently. Returns them as ``{name: (saved, now)}``.
+        """
+        chosen = optimizer_hparams(self.optimizer)
         self.model.load_state_dict(payload["model"])
         if self.optimizer is not None and payload.get("optimizer") is not None:
             self.optimizer.load_state_dict(payload["optimizer"])
@@ -96,3 +114,20 @@ class TrainingState:
         self.extras.clear()
         self.extras.update(payload.get("extras") or {})
         self.step = int(payload.get("step", -1))
+        saved = payload.get("optimizer_hparams")
+        if not isinstance(saved, Mapping):
+            return {}
+        changed = {k: (saved[k], v) for k, v in chosen.items() if k in saved and saved[k] != v}
+        self._apply_hparams({k: now for k, (_, now) in changed.items()})
+        return changed
+
+    def _apply_hparams(self, values: Mapping[str, Any]) -> None:
+        if self.optimizer is None or not values:
+            return
+        for group in self.optimizer.param_groups:
+            for key, value in values.items():
+                group[key] = value
+                if key == "lr" and "initial_lr" in group:
+                    group["initial_lr"] = value
+        if "lr" in values and isinstance(getattr(self.scheduler, "base_lrs", None), list):
+            self.scheduler.base_lrs = [values["lr"]] * len(self.scheduler.base_lrs)

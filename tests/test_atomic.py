@@ -87,7 +87,7 @@ def test_os_error_in_the_body_becomes_a_storage_error(tmp_path: Path) -> None:
 def test_a_write_that_fails_mid_way(tmp_path: Path) -> None:
     target = tmp_path / "model.pt"
     target.write_bytes(b"previous checkpoint")
-    with file_size_limit(64 * 1024), pytest.raises(StorageError, match=f"could not write {target}") as info:
+    with file_size_limit(64 * 1024), pytest.raises(StorageError, match=f"writing {target}") as info:
         with atomic_writer(target) as (handle, _):
             for _ in range(64):
                 handle.write(b"\0" * 4096)

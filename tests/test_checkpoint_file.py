@@ -77,7 +77,7 @@ def test_write_temp_that_fails_mid_way_leaves_nothing(tmp_path: Path) -> None:
     previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))  # like a disk that fills up
     try:
-        with pytest.raises(StorageError, match=f"could not write {dest}"):
+        with pytest.raises(StorageError, match=f"writing {dest}"):
             write_temp({"w": torch.zeros(100_000)}, dest)
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
