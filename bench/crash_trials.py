@@ -80,8 +80,14 @@ def trial_env(base: dict[str, str], project: Path, head: str, runner: str, extra
     return env
 
 
-def command(runner: str) -> list[str]:
-    return ["python", "train.py"] if runner == "direct" else ["dvc", "exp", "run", "-n", EXP]
+def command(runner: str, name: str = EXP) -> list[str]:
+    return ["python", "train.py"] if runner == "direct" else ["dvc", "exp", "run", "-n", name]
+
+
+def dvc_finished(project: Path, env: dict[str, str]) -> bool:
+    """Whether DVC wrote its own experiment ref for the trial (it does so once training is done)."""
+    refs = git(project, env, "for-each-ref", "--format=%(refname)", "refs/exps").split()
+    return any(ref.rsplit("/", 1)[-1] == EXP and not ref.startswith("refs/exps/exec/") for ref in refs)
 
 
 def run_and_kill(args: list[str], project: Path, env: dict[str, str], delay: float | None, timeout: float) -> tuple[int, str, str, bool]:
@@ -266,7 +272,13 @@ def one_trial(i: int, rng: random.Random, args: argparse.Namespace, root: Path, 
             expected = trial["step"] if trial["point"] == "after-ref" else trial["step"] - 1
             check(last == (expected if expected >= 0 else None), f"expected last complete step {expected}, found {last}")
 
-        code, out, err, _ = run_and_kill(command(runner), project, trial_env(env, project, head, runner, {}), None, args.timeout)
+        # Killed after DVC recorded the finished experiment: `dvc exp run -n trial` would now
+        # refuse the name (it exists), so the next run gets another one, as a user would do.
+        again = EXP
+        if runner == "dvc" and dvc_finished(project, env):
+            check(last == args.epochs - 1, f"DVC recorded experiment {EXP} finished, but its last checkpoint is {last}")
+            again = trial["rerun_as"] = f"{EXP}-again"
+        code, out, err, _ = run_and_kill(command(runner, again), project, trial_env(env, project, head, runner, {}), None, args.timeout)
         check(code == 0, f"the resumed run exited {code}: {err.strip()[-800:]}")
         check("Traceback" not in err, f"traceback in the resumed run: {err[-800:]}")
         match, done = RESUMED.search(out), DONE.search(out)

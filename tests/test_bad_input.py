@@ -108,21 +108,6 @@ def test_truncated_model_pt_is_refused_not_replaced(good: Path) -> None:
     assert check_consistent(good).keys() == {f"straight@{i}" for i in range(EPOCHS)}
 
 
-@pytest.mark.slow
-def test_dvc_exp_run_puts_back_the_checkpoint_that_dvc_lock_names(good: Path) -> None:
-    """``dvc exp run`` checks outputs out of dvc.lock first, which expckpt keeps at the last
-    complete checkpoint: a damaged model.pt is replaced by it and nothing is retrained."""
-    good_bytes = (good / "model.pt").read_bytes()
-    replace(good / "model.pt", b"garbage")
-
-    result = dvc_exp_run(good, "-n", "again", check=False)
-
-    assert result.returncode == 0, result.stderr
-    assert f"model.pt already has {EPOCHS} epochs" in result.stdout
-    assert (good / "model.pt").read_bytes() == good_bytes
-    check_consistent(good)
-
-
 def test_checkpoint_of_another_architecture(good: Path) -> None:
     before = snapshot(good)
     other = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
