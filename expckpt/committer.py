@@ -8,9 +8,10 @@ either the previous checkpoint or the new one complete, never half of one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from expckpt.atomic import _storage_error, atomic_write_bytes
@@ -27,6 +28,15 @@ from expckpt.refs import CheckpointRef
 from expckpt.session import SessionNote
 
 __all__ = ["Committer"]
+
+
+@contextlib.contextmanager
+def _git_write_errors(git_dir: Path) -> Iterator[None]:
+    """Git objects or refs that cannot be written (disk full, ...) become one StorageError."""
+    try:
+        yield
+    except OSError as exc:
+        raise _storage_error(Path(exc.filename or git_dir), exc) from exc
 
 
 class Committer:
@@ -87,62 +97,46 @@ class Committer:
         assert self._base_tree is not None and self._lock is not None
         ref = CheckpointRef(baseline=self.run.baseline, exp=self.run.exp_name, step=step)
         crash_point("after-temp", step)
-        with gc_lock(self.store.git_dir, exclusive=False):
-            try:
-                return self._publish_locked(ref, written, step=step, metrics=metrics, live_files=live_files, parent=parent)
-            except OSError as exc:  # Git objects or refs could not be written (disk full, ...)
-                raise _storage_error(Path(exc.filename or self.store.git_dir), exc) from exc
+        with gc_lock(self.store.git_dir, exclusive=False), _git_write_errors(self.store.git_dir):
+            self.cache.add(written.tmp, written.md5, written.size)
+            crash_point("after-cache", step)
+            written.publish()
+            crash_point("after-publish", step)
 
-    def _publish_locked(
-        self,
-        ref: CheckpointRef,
-        written: WrittenFile,
-        *,
-        step: int,
-        metrics: Mapping[str, float],
-        live_files: Mapping[str, bytes],
-        parent: str | None,
-    ) -> CheckpointRecord:
-        assert self._base_tree is not None and self._lock is not None
-        self.cache.add(written.tmp, written.md5, written.size)
-        crash_point("after-cache", step)
-        written.publish()
-        crash_point("after-publish", step)
+            outs = {self.checkpoint_path: OutputHash(written.md5, written.size)}
+            files = dict(live_files)
+            files["dvc.lock"] = self._lock.render(outs)
+            tree = self.store.tree_with_files(self._base_tree, files)
+            now = time.time()
+            resumed = parent is not None and not self._published
+            message = format_message(ref, parent=parent, outs=outs, metrics=metrics, time=now, resumed=resumed)
+            commit = self.store.write_commit(tree, [self.run.baseline], message)
+            crash_point("after-commit", step)
+            # The workspace dvc.lock follows the checkpoint too: `dvc exp run` starts by checking
+            # outputs out of it (force), so after a crash it puts back this checkpoint's file, not the
+            # one of whatever run wrote dvc.lock before. Written before the ref: a crash in between
+            # leaves a file no ref names, which resuming rolls back (see Checkpointer.restore).
+            atomic_write_bytes(self.project.workspace / "dvc.lock", files["dvc.lock"], durable=False)
+            crash_point("after-lock", step)
 
-        outs = {self.checkpoint_path: OutputHash(written.md5, written.size)}
-        files = dict(live_files)
-        files["dvc.lock"] = self._lock.render(outs)
-        tree = self.store.tree_with_files(self._base_tree, files)
-        now = time.time()
-        resumed = parent is not None and not self._published
-        message = format_message(ref, parent=parent, outs=outs, metrics=metrics, time=now, resumed=resumed)
-        commit = self.store.write_commit(tree, [self.run.baseline], message)
-        crash_point("after-commit", step)
-        # The workspace dvc.lock follows the checkpoint too: `dvc exp run` starts by checking
-        # outputs out of it (force), so after a crash it puts back this checkpoint's file, not the
-        # one of whatever run wrote dvc.lock before. Written before the ref: a crash in between
-        # leaves a file no ref names, which resuming rolls back (see Checkpointer.restore).
-        atomic_write_bytes(self.project.workspace / "dvc.lock", files["dvc.lock"], durable=False)
-        crash_point("after-lock", step)
+            existing = self.store.get_ref(ref.ref)
+            if existing is None:
+                self.store.create_ref(ref.ref, commit)
+            elif not self.store.replace_ref(ref.ref, commit, existing):
+                raise RefConflictError(f"{ref.ref} changed while checkpointing; another run uses the name {ref.exp!r}", ref=ref.ref)
+            crash_point("after-ref", step)
 
-        existing = self.store.get_ref(ref.ref)
-        if existing is None:
-            self.store.create_ref(ref.ref, commit)
-        elif not self.store.replace_ref(ref.ref, commit, existing):
-            raise RefConflictError(f"{ref.ref} changed while checkpointing; another run uses the name {ref.exp!r}", ref=ref.ref)
-        crash_point("after-ref", step)
-
-        st = os.stat(written.dest)
-        SessionNote(
-            ref=ref.ref,
-            commit=commit,
-            md5=written.md5,
-            size=written.size,
-            step=step,
-            mtime_ns=st.st_mtime_ns,
-            inode=st.st_ino,
-        ).write(self.project.workspace, self.checkpoint_path)
-        self._published = True
-        return CheckpointRecord(
-            ref=ref, commit=commit, parent=parent, outs=outs, metrics=dict(metrics), time=now, resumed=resumed
-        )
+            st = os.stat(written.dest)
+            SessionNote(
+                ref=ref.ref,
+                commit=commit,
+                md5=written.md5,
+                size=written.size,
+                step=step,
+                mtime_ns=st.st_mtime_ns,
+                inode=st.st_ino,
+            ).write(self.project.workspace, self.checkpoint_path)
+            self._published = True
+            return CheckpointRecord(
+                ref=ref, commit=commit, parent=parent, outs=outs, metrics=dict(metrics), time=now, resumed=resumed
+            )
