@@ -54,7 +54,7 @@ import expckpt.checkpointer as ckpt_mod  # noqa: E402
 import expckpt.committer as committer_mod  # noqa: E402
 from expckpt import Checkpointer, TrainingState  # noqa: E402
 from expckpt.cache import DvcCache  # noqa: E402
-from expckpt.checkpoint_file import WrittenFile  # noqa: E402
+from expckpt.atomic import WrittenFile  # noqa: E402
 from expckpt.committer import Committer  # noqa: E402
 from expckpt.gitstore import GitStore  # noqa: E402
 from expckpt.lockfile import LockBuilder  # noqa: E402

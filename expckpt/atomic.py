@@ -8,12 +8,13 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from expckpt.errors import StorageError
 
-__all__ = ["HashingWriter", "atomic_write_bytes", "atomic_writer", "fsync_dir", "md5_file", "TEMP_MARK"]
+__all__ = ["HashingWriter", "WrittenFile", "atomic_write_bytes", "atomic_writer", "fsync_dir", "md5_file", "TEMP_MARK"]
 
 TEMP_MARK = ".expckpt-tmp-"
 """Every temp file expckpt writes has this in its name, so none is mistaken for a checkpoint."""
@@ -121,3 +122,24 @@ def md5_file(path: Path, chunk: int = 1 << 22) -> tuple[str, int]:
             digest.update(block)
             size += len(block)
     return digest.hexdigest(), size
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    """A complete, fsynced temp file beside its final name, and its DVC hash."""
+
+    tmp: Path
+    dest: Path
+    md5: str
+    size: int
+
+    def publish(self) -> None:
+        """Rename the temp file onto its final name (atomic) and make that durable."""
+        os.replace(self.tmp, self.dest)
+        fsync_dir(self.dest.parent)
+
+    def discard(self) -> None:
+        try:
+            self.tmp.unlink()
+        except FileNotFoundError:
+            pass

@@ -15,46 +15,24 @@ import re
 import threading
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from expckpt.atomic import TEMP_MARK, _storage_error, fsync_dir
+from expckpt.atomic import TEMP_MARK, WrittenFile, _storage_error
 from expckpt.errors import (
     ArchitectureMismatchError,
     CorruptCheckpointError,
     UnsafeCheckpointError,
 )
 
-__all__ = ["WrittenFile", "check_architecture", "load_checkpoint", "load_model", "write_temp"]
+__all__ = ["check_architecture", "load_checkpoint", "load_model", "write_temp"]
 
 # What torch's weights-only unpickler says when a file asks to import or call something.
 _ASKS_FOR_CODE = re.compile(
     r"GLOBAL \S+|unrecognized function|Can only create new object|Can only build|must be \S+ to load"
 )
-
-
-@dataclass(frozen=True)
-class WrittenFile:
-    """A complete, fsynced temp file beside its final name, and its DVC hash."""
-
-    tmp: Path
-    dest: Path
-    md5: str
-    size: int
-
-    def publish(self) -> None:
-        """Rename the temp file onto its final name (atomic) and make that durable."""
-        os.replace(self.tmp, self.dest)
-        fsync_dir(self.dest.parent)
-
-    def discard(self) -> None:
-        try:
-            self.tmp.unlink()
-        except FileNotFoundError:
-            pass
 
 
 def write_temp(payload: Mapping[str, Any], dest: Path, *, durable: bool = True) -> WrittenFile:

@@ -14,14 +14,13 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from expckpt.atomic import _storage_error, atomic_write_bytes
+from expckpt.atomic import WrittenFile, _storage_error, atomic_write_bytes
 from expckpt.cache import DvcCache
-from expckpt.checkpoint_file import WrittenFile
 from expckpt.errors import RefConflictError
-from expckpt.faults import crash_point
 from expckpt.gclock import gc_lock
 from expckpt.gitstore import GitStore
 from expckpt.lockfile import LockBuilder
+from expckpt.phases import phase
 from expckpt.project import Project, RunContext
 from expckpt.records import CheckpointRecord, OutputHash, format_message
 from expckpt.refs import CheckpointRef
@@ -96,12 +95,12 @@ class Committer:
         self._prepare()
         assert self._base_tree is not None and self._lock is not None
         ref = CheckpointRef(baseline=self.run.baseline, exp=self.run.exp_name, step=step)
-        crash_point("after-temp", step)
+        phase("after-temp", step)
         with gc_lock(self.store.git_dir, exclusive=False), _git_write_errors(self.store.git_dir):
             self.cache.add(written.tmp, written.md5, written.size)
-            crash_point("after-cache", step)
+            phase("after-cache", step)
             written.publish()
-            crash_point("after-publish", step)
+            phase("after-publish", step)
 
             outs = {self.checkpoint_path: OutputHash(written.md5, written.size)}
             files = dict(live_files)
@@ -111,20 +110,20 @@ class Committer:
             resumed = parent is not None and not self._published
             message = format_message(ref, parent=parent, outs=outs, metrics=metrics, time=now, resumed=resumed)
             commit = self.store.write_commit(tree, [self.run.baseline], message)
-            crash_point("after-commit", step)
+            phase("after-commit", step)
             # The workspace dvc.lock follows the checkpoint too: `dvc exp run` starts by checking
             # outputs out of it (force), so after a crash it puts back this checkpoint's file, not the
             # one of whatever run wrote dvc.lock before. Written before the ref: a crash in between
             # leaves a file no ref names, which resuming rolls back (see Checkpointer.restore).
             atomic_write_bytes(self.project.workspace / "dvc.lock", files["dvc.lock"], durable=False)
-            crash_point("after-lock", step)
+            phase("after-lock", step)
 
             existing = self.store.get_ref(ref.ref)
             if existing is None:
                 self.store.create_ref(ref.ref, commit)
             elif not self.store.replace_ref(ref.ref, commit, existing):
                 raise RefConflictError(f"{ref.ref} changed while checkpointing; another run uses the name {ref.exp!r}", ref=ref.ref)
-            crash_point("after-ref", step)
+            phase("after-ref", step)
 
             st = os.stat(written.dest)
             SessionNote(
@@ -136,6 +135,7 @@ class Committer:
                 mtime_ns=st.st_mtime_ns,
                 inode=st.st_ino,
             ).write(self.project.workspace, self.checkpoint_path)
+            phase("after-note", step)
             self._published = True
             return CheckpointRecord(
                 ref=ref, commit=commit, parent=parent, outs=outs, metrics=dict(metrics), time=now, resumed=resumed

@@ -9,6 +9,8 @@ them: ``after-temp`` (temp file written), ``after-cache`` (hard-linked into the 
 ``after-publish`` (renamed onto the checkpoint file), ``after-commit`` (Git commit written),
 ``after-lock`` (workspace dvc.lock written), ``after-ref`` (ref created; the workspace note is
 the only step left).
+
+It is a subscriber of ``expckpt.phases``, installed there when either variable is set.
 """
 
 from __future__ import annotations

@@ -6,49 +6,18 @@ loads with ``torch.load(weights_only=True)``: a checkpoint never runs code.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from expckpt.rng import capture_rng, restore_rng
+
 __all__ = ["FORMAT", "TrainingState", "capture_rng", "optimizer_hparams", "restore_rng"]
 
+
 FORMAT = "expckpt/1"
-
-
-def capture_rng() -> dict[str, Any]:
-    """Python, NumPy, torch CPU and (when present) CUDA generator states."""
-    version, internal, gauss = random.getstate()
-    rng: dict[str, Any] = {"python": [version, list(internal), gauss], "torch": torch.get_rng_state()}
-    try:
-        import numpy as np
-
-        kind, keys, pos, has_gauss, cached = np.random.get_state()
-        rng["numpy"] = [kind, torch.from_numpy(keys.copy()), int(pos), int(has_gauss), float(cached)]
-    except ImportError:
-        pass
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    return rng
-
-
-def restore_rng(rng: Mapping[str, Any]) -> None:
-    """Put back what ``capture_rng`` took (CUDA only when this machine has as many GPUs)."""
-    if "python" in rng:
-        version, internal, gauss = rng["python"]
-        random.setstate((version, tuple(internal), gauss))
-    if "torch" in rng:
-        torch.set_rng_state(rng["torch"])
-    if "numpy" in rng:
-        import numpy as np
-
-        kind, keys, pos, has_gauss, cached = rng["numpy"]
-        np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
-    cuda = rng.get("cuda")
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
 
 
 def optimizer_hparams(optimizer: Any) -> dict[str, Any]:

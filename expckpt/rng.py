@@ -1,0 +1,48 @@
+"""Random number generator states: captured with every checkpoint, put back on resume.
+
+Python's ``random``, NumPy's global generator, torch's CPU generator and, when CUDA is in use,
+every CUDA device's generator.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+__all__ = ["capture_rng", "restore_rng"]
+
+
+def capture_rng() -> dict[str, Any]:
+    """Python, NumPy, torch CPU and (when present) CUDA generator states."""
+    version, internal, gauss = random.getstate()
+    rng: dict[str, Any] = {"python": [version, list(internal), gauss], "torch": torch.get_rng_state()}
+    try:
+        import numpy as np
+
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        rng["numpy"] = [kind, torch.from_numpy(keys.copy()), int(pos), int(has_gauss), float(cached)]
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def restore_rng(rng: Mapping[str, Any]) -> None:
+    """Put back what ``capture_rng`` took (CUDA only when this machine has as many GPUs)."""
+    if "python" in rng:
+        version, internal, gauss = rng["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "torch" in rng:
+        torch.set_rng_state(rng["torch"])
+    if "numpy" in rng:
+        import numpy as np
+
+        kind, keys, pos, has_gauss, cached = rng["numpy"]
+        np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
+    cuda = rng.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
