@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import traceback
@@ -22,8 +23,9 @@ import torch
 import yaml
 from torch import nn
 
-from expckpt import Checkpointer, CheckpointLive, ConfigError, DataError, ExpCkptError, TrainingState
+from expckpt import CheckpointLive, ConfigError, DataError, ExpCkptError, TrainingState
 from expckpt.atomic import atomic_write_bytes
+from expckpt.progress import Progress
 
 PROG = "train.py"
 REQUIRED = {"seed": int, "epochs": int, "batch_size": int, "lr": float, "weight_decay": float}
@@ -64,6 +66,27 @@ def load_params(path: Path) -> dict[str, Any]:
     return params
 
 
+def pick_device(choice: object) -> torch.device:
+    """``device`` in params.yaml: ``auto`` (a GPU when there is one), ``cpu`` or ``cuda``."""
+    if choice not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"params.yaml key 'device' must be auto, cpu or cuda, got {choice!r}", key="device", value=choice)
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("params.yaml asks for device: cuda, but torch sees no GPU; use auto or cpu", key="device")
+    if choice == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    # Bitwise-exact resume on a GPU needs deterministic kernels (cuBLAS reads this at start-up).
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    return torch.device("cuda")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def load_split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         with np.load(path, allow_pickle=False) as arrays:
@@ -84,51 +107,42 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     return loss, (predicted == y).float().mean().item(), predicted
 
 
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> None:
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                batch_size: int, progress: Progress) -> None:
     order = torch.randperm(len(x))  # global torch RNG: restored on resume
     for start in range(0, len(x), batch_size):
-        batch = order[start : start + batch_size]
+        batch = order[start : start + batch_size].to(x.device)
         optimizer.zero_grad()
         nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
         optimizer.step()
+        progress.advance(len(batch))
 
 
 def write_predictions(path: Path, actual: torch.Tensor, predicted: torch.Tensor) -> None:
-    rows = [{"actual": int(a), "predicted": int(p)} for a, p in zip(actual, predicted)]
+    rows = [{"actual": int(a), "predicted": int(p)} for a, p in zip(actual.tolist(), predicted.tolist())]
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, json.dumps(rows).encode(), durable=False)
 
 
 def train(params: dict[str, Any]) -> int:
-    seed = params["seed"]
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    train_x, train_y = load_split(Path("data/train.npz"))
-    test_x, test_y = load_split(Path("data/test.npz"))
-
-    model = ConvNet(train_x.shape[2], train_x.shape[3])
+    device = pick_device(params.get("device", "auto"))
+    train_x, train_y = (t.to(device) for t in load_split(Path("data/train.npz")))
+    test_x, test_y = (t.to(device) for t in load_split(Path("data/test.npz")))
+    seed_everything(params["seed"])
+    model = ConvNet(train_x.shape[2], train_x.shape[3]).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=params["lr"], weight_decay=params["weight_decay"])
-    state = TrainingState(model=model, optimizer=optimizer)
-    checkpointer = Checkpointer.from_env("model.pt", params.get("checkpoint"))
-    resumed = checkpointer.restore(state)
-    epochs = params["epochs"]
-    if resumed is not None:
-        origin = f" ({resumed.record.name})" if resumed.record else ""
-        print(f"Resuming from model.pt{origin}: {resumed.step + 1} epochs done")
-    if state.step + 1 >= epochs:
-        print(f"model.pt already has {state.step + 1} epochs (epochs: {epochs}); nothing to train")
-        return 0
 
-    with CheckpointLive(checkpointer, state) as live:
-        for epoch in range(live.step, epochs):
-            train_epoch(model, optimizer, train_x, train_y, params["batch_size"])
+    state = TrainingState(model=model, optimizer=optimizer)
+    with CheckpointLive.from_env(state, params) as live:  # restores model.pt when there is one
+        for epoch in live.steps(params["epochs"]):  # epochs is the total to reach
+            with Progress(f"epoch {epoch}", len(train_x)) as progress:
+                train_epoch(model, optimizer, train_x, train_y, params["batch_size"], progress)
             loss, acc, predicted = evaluate(model, test_x, test_y)
             live.log_metric("loss", loss)
             live.log_metric("acc", acc)
             write_predictions(Path(live.dir) / "predictions.json", test_y, predicted)
             print(f"epoch {epoch}: loss {loss:.4f} acc {acc:.4f}", flush=True)
-            live.next_step()
+            live.next_step()  # -> checkpoint experiment '<exp>@<epoch>'
     return 0
 
 

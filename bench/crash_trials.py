@@ -53,8 +53,8 @@ import _common as C  # noqa: E402
 
 TEMP_MARK = ".expckpt-tmp-"
 from expckpt.faults import POINTS  # noqa: E402
-RESUMED = re.compile(r"Resuming from model\.pt(?: \((?P<name>[^)]+)\))?: (?P<done>\d+) epochs done")
-DONE = re.compile(r"model\.pt already has (\d+) epochs")
+RESUMED = re.compile(r"Resuming from model\.pt(?: \((?P<name>[^)]+)\))?: (?P<done>\d+) steps done")
+DONE = re.compile(r"model\.pt already has (\d+) steps")
 EPOCH = re.compile(r"^epoch (\d+):", re.M)
 EXP = "trial"
 

@@ -30,6 +30,7 @@ _LAZY = {
     "load_checkpoint": "expckpt.checkpoint_file",
     "load_model": "expckpt.checkpoint_file",
     "Checkpointer": "expckpt.checkpointer",
+    "Decision": "expckpt.checkpointer",
     "Resumed": "expckpt.resume",
     "StopTraining": "expckpt.checkpointer",
     "CheckpointConfig": "expckpt.config",
@@ -40,7 +41,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from expckpt.checkpoint_file import load_checkpoint, load_model
-    from expckpt.checkpointer import Checkpointer, StopTraining
+    from expckpt.checkpointer import Checkpointer, Decision, StopTraining
     from expckpt.resume import Resumed
     from expckpt.config import CheckpointConfig
     from expckpt.live import CheckpointLive
@@ -70,6 +71,7 @@ __all__ = [
     "ConfigError",
     "CorruptCheckpointError",
     "DataError",
+    "Decision",
     "ExpCkptError",
     "InvalidNameError",
     "ProjectError",

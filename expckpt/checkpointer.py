@@ -1,40 +1,58 @@
-"""The training-side engine: restore where training stopped, checkpoint each completed step.
+"""The training-side orchestrator: restore where training stopped, save each completed step.
 
-``Checkpointer.from_env()`` finds out where it runs. Inside ``dvc exp run`` every checkpoint
-becomes an experiment ref ``<exp>@<step>`` (see ``committer``); outside, the checkpoint file is
-still written atomically and resumed from, so ``python train.py`` works the same way.
+    checkpointer = Checkpointer.from_env(config=params.get("checkpoint"))
+    checkpointer.restore(state)                       # None on a fresh start
+    for step in range(state.step + 1, total):
+        ...
+        if checkpointer.save(state, step, metrics).stop:
+            break
+    checkpointer.close(state)                         # final save if skipped, then wait
+
+It wires the parts and decides nothing itself: the save policy says when (the final and the
+stop save are policies too), the training watch says how training goes, the committer publishes
+(inside ``dvc exp run`` every checkpoint becomes an experiment ref ``<exp>@<step>``), retention
+drops what the keep policy no longer keeps. Outside ``dvc exp run`` the file is still written
+atomically and resumed from, so ``python train.py`` works the same way.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from expckpt.cache import DvcCache
 from expckpt.checkpoint_file import check_architecture, load_checkpoint, write_temp
-from expckpt.committer import Committer
 from expckpt.config import CheckpointConfig
-from expckpt.errors import ProjectError
-from expckpt.gitstore import GitStore
-from expckpt.policy import CheckpointInfo
-from expckpt.project import Project, RunContext
+from expckpt.errors import CheckpointError
+from expckpt.policy import CheckpointInfo, SaveContext
 from expckpt.records import CheckpointRecord
-from expckpt.report import analyse, improvement_line
+from expckpt.report import improvement_line
 from expckpt.resume import ResumePoint, Resumed, find_resume_point, remove_stale_temps, restore_live_files
+from expckpt.retention import RunRetention
 from expckpt.session import SessionNote
 from expckpt.signals import GracefulStop
 from expckpt.state import TrainingState
+from expckpt.watch import TrainingWatch
+from expckpt.wiring import Wiring, wire
 from expckpt.writer import AsyncWriter
 
-__all__ = ["Checkpointer", "Resumed", "StopTraining"]
+__all__ = ["Checkpointer", "Decision", "Resumed", "StopTraining"]
 
 
 class StopTraining(Exception):
-    """Raised by ``next_step`` to end training cleanly (divergence or plateau, if configured)."""
+    """Raised by ``CheckpointLive.next_step`` outside ``live.steps()`` to end training cleanly."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What ``Checkpointer.save`` did with a completed step."""
+
+    saved: bool
+    stop: str | None = None
+    """Why training should stop now (``on_divergence: stop``), or None to go on."""
 
 
 def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -49,252 +67,245 @@ def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
 
 
 class Checkpointer:
-    """Saves and restores one checkpoint file, and publishes each save as a checkpoint experiment."""
+    """Saves and restores one checkpoint file; publishes each save as a checkpoint experiment."""
 
-    def __init__(
-        self,
-        *,
-        path: Path,
-        rel_path: str,
-        config: CheckpointConfig,
-        workspace: Path,
-        committer: Committer | None = None,
-        live_dir: str = "dvclive",
-        echo: Callable[[str], None] = print,
-    ) -> None:
-        self.path = path
-        self.rel_path = rel_path
+    def __init__(self, wiring: Wiring, config: CheckpointConfig, *, echo: Callable[[str], None] = print) -> None:
+        self.wiring = wiring
         self.config = config
-        self.workspace = workspace
-        self.committer = committer
-        self.live_dir = live_dir
         self.echo = echo
+        self.watch = TrainingWatch(
+            monitor=config.monitor, mode=config.mode, divergence_metric=config.divergence_metric,
+            divergence_steps=config.divergence_steps, patience=config.patience,
+            stop_on_problem=config.on_divergence == "stop")
+        self.stop = GracefulStop(self.describe_last, settle=self.wait)
+        self.resumed: Resumed | None = None
         self.parent: str | None = None
         self.last_record: CheckpointRecord | None = None
-        self._chain: list[CheckpointRecord] = []
-        self._last_saved: CheckpointInfo | None = None
-        self._last_step_saved = True
-        self._metrics_checked = False
-        self._warned: set[str] = set()
-        self._writer: AsyncWriter | None = None
-        self.stop = GracefulStop(self.describe_last, settle=self.drain)
         self._save_policy = config.save_policy(start=time.time())
-        self._keep_policy = config.keep_policy()
+        self._last_saved: CheckpointInfo | None = None
+        self._unsaved: tuple[int, dict[str, float]] | None = None
+        self._metrics_checked = False
+        self._file_stat: tuple[int, int, int] | None = None
+        self._writer: AsyncWriter | None = None
+        self._retention = (
+            RunRetention(config.keep_policy(), wiring.committer.store, echo, free=wiring.free)
+            if wiring.committer is not None else None
+        )
 
-    # -- construction ------------------------------------------------------------------------
     @classmethod
     def from_env(
         cls,
-        path: str | os.PathLike[str] = "model.pt",
+        path: str | os.PathLike[str] | None = None,
         config: CheckpointConfig | Mapping[str, Any] | None = None,
         *,
         live_dir: str = "dvclive",
         env: Mapping[str, str] | None = None,
     ) -> Checkpointer:
-        """Set up for this process: inside ``dvc exp run`` checkpoints become experiments."""
+        """Set up for this process. ``path`` defaults to the stage's ``checkpoint: true`` output."""
         if not isinstance(config, CheckpointConfig):
             config = CheckpointConfig.from_params(config)
-        run = RunContext.from_env(env)
-        rel = Path(path).as_posix()
-        if run is None:
-            return cls(path=Path(path).resolve(), rel_path=rel, config=config, workspace=Path.cwd(), live_dir=live_dir)
-        project = Project.discover(env=env)
-        project.checkpoint_output(rel, run.stage)
-        store = GitStore.open(project.root)
-        if not store.has_commit(run.baseline):
-            raise ProjectError(f"baseline {run.baseline} of this run is not in {project.root}", path=project.root)
-        cache = DvcCache.for_project(project.root, store.git_dir)
-        live_paths = [live_dir, *(p for p in project.tracked_live_paths() if not p.startswith(live_dir))]
-        committer = Committer(
-            project=project, run=run, store=store, cache=cache, checkpoint_path=rel, live_paths=live_paths
-        )
-        return cls(
-            path=project.workspace / rel,
-            rel_path=rel,
-            config=config,
-            workspace=project.workspace,
-            committer=committer,
-            live_dir=live_dir,
-        )
+        return cls(wire(path, live_dir=live_dir, env=env), config)
+
+    # -- compatibility with expckpt 0.1 ---------------------------------------------------------
+    @property
+    def path(self) -> Path:
+        return self.wiring.path
 
     @property
-    def run(self) -> RunContext | None:
-        return self.committer.run if self.committer else None
+    def rel_path(self) -> str:
+        return self.wiring.rel_path
 
-    # -- resume ------------------------------------------------------------------------------
-    def restore(self, state: TrainingState) -> Resumed | None:
+    @property
+    def live_dir(self) -> str:
+        return self.wiring.live_dir
+
+    @property
+    def committer(self) -> Any:
+        return self.wiring.committer
+
+    # -- resume ----------------------------------------------------------------------------------
+    def restore(self, state: TrainingState, *, defer_rng: bool = False) -> Resumed | None:
         """Load the checkpoint file into ``state`` if there is one; ``None`` means a fresh start.
 
-        Inside ``dvc exp run``, a file left by a checkpoint that did not finish (crash between
-        writing it and moving its ref) is replaced by the last complete checkpoint, and the
-        dvclive history is put back to match the checkpoint's step. After ``expckpt reset`` the
-        file is ignored (``dvc exp run`` checks it out of dvc.lock again) until a new checkpoint.
-        Temp files that killed runs left beside the checkpoint file are removed first.
+        The rules for which checkpoint that is are in ``expckpt.resume``. With ``defer_rng`` the
+        RNG states wait for ``state.apply_rng()`` (``CheckpointLive`` calls it at the first step).
         """
-        remove_stale_temps(self.path)
-        if not self.path.exists():
-            return None
-        if SessionNote.was_reset(self.workspace, self.rel_path):
-            self.echo(f"expckpt: starting from scratch (expckpt reset); ignoring {self.rel_path} as DVC checked it out")
+        w = self.wiring
+        remove_stale_temps(w.path)
+        if SessionNote.was_reset(w.workspace, w.rel_path) and w.path.exists():
+            self.echo(f"expckpt: starting from scratch (expckpt reset); ignoring {w.rel_path} as DVC checked it out")
             return None
         point = ResumePoint(None, rolled_back=False)
-        if self.committer is not None:
-            point = find_resume_point(
-                self.path, self.rel_path, self.workspace, self.committer.store, self.committer.cache, self.echo
-            )
-        if not self.path.exists():  # an unfinished first checkpoint, dropped
+        if w.committer is not None and w.path.exists():
+            c = w.committer
+            point = find_resume_point(w.path, w.rel_path, w.workspace, c.store, c.cache, self.echo)
+        if not w.path.exists():
             return None
-        payload = load_checkpoint(self.path)
-        check_architecture(state.model, payload.get("model"), self.path)
-        for key, (saved, now) in state.restore(payload).items():
-            self.echo(f"expckpt: optimizer {key} is {now!r} now ({saved!r} in the checkpoint); training goes on with {now!r}")
+        payload = load_checkpoint(w.path)
+        for name, module in state.modules().items():
+            check_architecture(module, payload.get(name), w.path)
+        for line in state.restore(payload, defer_rng=defer_rng):
+            self.echo(line)
+        self.watch.load_state_dict(state.library.get("watch") or {})
         if point.record is not None:
-            assert self.committer is not None
+            assert w.committer is not None
             self.parent = point.record.commit
             self.last_record = point.record
-            restore_live_files(self.committer.store, point.record.commit, self.workspace, self.live_dir)
+            restore_live_files(w.committer.store, point.record.commit, w.workspace, w.live_dir)
         self._last_saved = CheckpointInfo(step=state.step, metrics={}, time=time.time())
-        return Resumed(step=state.step, record=point.record, rolled_back=point.rolled_back)
+        self._file_stat = _stat(w.path)
+        self.resumed = Resumed(step=state.step, record=point.record, rolled_back=point.rolled_back)
+        origin = f" ({point.record.name})" if point.record else ""
+        self.echo(f"Resuming from {w.rel_path}{origin}: {state.step + 1} steps done")
+        return self.resumed
 
-    # -- training hooks ----------------------------------------------------------------------
-    def step_completed(self, state: TrainingState, step: int, metrics: Mapping[str, Any]) -> None:
-        """Called once per completed step (after dvclive has written its files)."""
+    # -- training hooks --------------------------------------------------------------------------
+    def save(self, state: TrainingState, step: int, metrics: Mapping[str, Any]) -> Decision:
+        """Step ``step`` completed with ``metrics``: save it if the save policy says so."""
         flat = _flatten(metrics)
-        if not self._metrics_checked and flat:
-            self.config.check_metrics(flat.keys())
-            self._metrics_checked = True
+        self._check_metrics(flat)
         state.step = step
-        history = state.extras.setdefault("_expckpt_history", [])
-        history.append([step, flat])
-        line = self._update_best(state, step, flat)
-        now = time.time()
-        save = self._save_policy.should_save(step, now, self._last_saved)
-        if save:
-            self._save(state, step, flat, note=line)
-        elif line:
-            self.echo(line)
-        self._last_step_saved = save
-        self._watch(state, step)
+        seen = self.watch.observe(step, flat)
+        for warning in seen.warnings:
+            self.echo(f"expckpt: warning: {warning}")
+        note = None
+        if self.config.monitor and seen.value is not None:
+            kept = seen.improved and self.config.keep_best > 0
+            note = improvement_line(step, self.config.monitor, seen.previous_best, seen.value, self.config.mode, kept)
+        event = "stop" if seen.stop else "step"
+        saved = self._save_if(state, step, flat, event, note)
+        if seen.stop:
+            self.echo(f"expckpt: stopping training at step {step} ({seen.stop}; checkpoint.on_divergence: stop)")
+        return Decision(saved=saved, stop=seen.stop)
 
-    def _update_best(self, state: TrainingState, step: int, metrics: Mapping[str, float]) -> str | None:
-        monitor = self.config.monitor
-        if not monitor or monitor not in metrics:
-            return None
-        value = metrics[monitor]
-        best = state.best["value"] if state.best else None
-        better = math.isfinite(value) and (
-            best is None or (value > best if self.config.mode == "max" else value < best)
-        )
-        previous = best if best is not None else (-math.inf if self.config.mode == "max" else math.inf)
-        if better:
-            state.best = {"metric": monitor, "value": value, "step": step}
-        return improvement_line(
-            step, monitor, previous, value, self.config.mode, kept=better and self.config.keep_best > 0
-        )
+    step_completed = save  # expckpt 0.1's name
 
-    def _save(self, state: TrainingState, step: int, metrics: Mapping[str, float], note: str | None = None) -> None:
+    def _check_metrics(self, flat: Mapping[str, float]) -> None:
+        if self._metrics_checked or not flat:
+            return
+        self._metrics_checked = True
+        self.config.check_metrics(flat.keys())
+        if self.config.divergence_metric not in flat:
+            self.echo(f"expckpt: divergence detection is off: this run logs no metric named"
+                      f" {self.config.divergence_metric!r} (set checkpoint.divergence_metric to one it logs)")
+
+    def _save_if(self, state: TrainingState, step: int, flat: dict[str, float], event: str, note: str | None) -> bool:
+        ctx = SaveContext(step=step, now=time.time(), last_saved=self._last_saved, event=event)
+        if not self._save_policy.should_save(ctx):
+            self._unsaved = (step, flat)
+            if note:
+                self.echo(note)
+            return False
+        self._unsaved = None
+        state.library["watch"] = self.watch.state_dict()
+        self._guard_file()
         payload = state.capture()
-        live_files = self.committer.read_live_files() if self.committer else {}
-        job = (step, metrics, live_files, note)
-        if self.config.async_save:
-            if self._writer is None:
-                self._writer = AsyncWriter(self._write_job)
-            with self.stop.critical():
+        live_files = self.wiring.committer.read_live_files() if self.wiring.committer else {}
+        job = (step, flat, live_files, note)
+        with self.stop.critical():
+            if self.config.async_save:
+                if self._writer is None:
+                    self._writer = AsyncWriter(self._write_job)
                 self._writer.submit(payload, lambda snapshot: (snapshot, *job))
-        else:
-            with self.stop.critical():
+            else:
                 self._write_job((payload, *job))
-        self._last_saved = CheckpointInfo(step=step, metrics=metrics, time=time.time())
+        self._last_saved = CheckpointInfo(step=step, metrics=flat, time=ctx.now)
+        return True
 
     def _write_job(self, job: tuple[Any, int, Mapping[str, float], dict[str, bytes], str | None]) -> None:
         payload, step, metrics, live_files, note = job
-        written = write_temp(payload, self.path)
+        w = self.wiring
+        written = write_temp(payload, w.path)
         try:
-            if self.committer is None:
+            if w.committer is None:
                 written.publish()
-                SessionNote.forget_reset(self.workspace, self.rel_path)
-                if note:
-                    self.echo(note)
-                return
-            record = self.committer.publish(
-                written, step=step, metrics=metrics, live_files=live_files, parent=self.parent
-            )
+                SessionNote.forget_reset(w.workspace, w.rel_path)
+            else:
+                record = w.committer.publish(written, step=step, metrics=metrics, live_files=live_files, parent=self.parent)
         except BaseException:
             written.discard()
             raise
-        self.parent = record.commit
-        self.last_record = record
-        self._chain.append(record)
+        self._file_stat = _stat(w.path)
         if note:
             self.echo(note)
+        if w.committer is None:
+            return
+        self.parent, self.last_record = record.commit, record
         self.echo(f"Checkpoint experiment '{record.name}' ({record.commit[:7]})")
-        self._apply_retention()
+        if self._retention is not None:
+            self._retention.add(record)
 
-    def _apply_retention(self) -> None:
-        assert self.committer is not None
-        infos = [CheckpointInfo(step=r.step, metrics=r.metrics, time=r.time) for r in self._chain]
-        reasons = self._keep_policy.reasons(infos)
-        kept = []
-        for record, why in zip(self._chain, reasons):
-            if why:
-                kept.append(record)
-            else:
-                self.committer.store.delete_ref(record.ref.ref, record.commit)
-        self._chain = kept
+    def _guard_file(self) -> None:
+        """Stop if something else wrote the checkpoint file since expckpt last did."""
+        if self._file_stat is None or _stat(self.wiring.path) == self._file_stat:
+            return
+        self.wait()
+        if _stat(self.wiring.path) == self._file_stat:
+            return
+        last = f" since {self.last_record.name}" if self.last_record else ""
+        raise CheckpointError(
+            f"{self.wiring.rel_path} was changed by something other than expckpt{last} (your own"
+            f" torch.save(..., {self.wiring.rel_path!r})? a `dvc exp apply` during the run?); expckpt writes"
+            " that file itself: save anything else to another path, then run again")
 
-    def _watch(self, state: TrainingState, step: int) -> None:
-        cfg = self.config
-        report = analyse(
-            state.extras.get("_expckpt_history", []),
-            monitor=cfg.monitor,
-            mode=cfg.mode,
-            divergence_metric=cfg.divergence_metric,
-            divergence_steps=cfg.divergence_steps,
-            patience=cfg.patience,
-        )
-        problems = []
-        if report.diverging:
-            problems.append("diverging")
-        if report.plateau:
-            problems.append("plateau")
-        for problem in problems:
-            if problem not in self._warned:
-                self._warned.add(problem)
-                self.echo(f"expckpt: warning: step {step}: " + "; ".join(report.lines()))
-        if problems and cfg.on_divergence == "stop":
-            if not self._last_step_saved:
-                self._save(state, step, dict(state.extras["_expckpt_history"][-1][1]))
-                self._last_step_saved = True
-            self.echo(f"expckpt: stopping training at step {step} ({', '.join(problems)}; checkpoint.on_divergence: stop)")
-            raise StopTraining(", ".join(problems))
-
-    def finish(self, state: TrainingState, metrics: Mapping[str, Any] | None = None) -> None:
-        """End of training: make sure the last completed step is saved, and wait for writes."""
-        if not self._last_step_saved and state.step >= 0:
-            history = state.extras.get("_expckpt_history") or [[state.step, {}]]
+    # -- the end -----------------------------------------------------------------------------------
+    def finish(self, state: TrainingState) -> None:
+        """End of training: save the last completed step if the policy skipped it, and wait."""
+        if self._unsaved is not None and state.step >= 0:
+            step, flat = self._unsaved
             if self.config.every == 0:
-                written = write_temp(state.capture(), self.path)
+                self._guard_file()
+                written = write_temp(state.capture(), self.wiring.path)
                 written.publish()
+                self._file_stat = _stat(self.wiring.path)
             else:
-                self._save(state, state.step, dict(history[-1][1]))
-            self._last_step_saved = True
-        self.drain()
+                self._save_if(state, step, flat, "final", None)
+        self.wait()
+        self._put_back_last()
 
-    def drain(self) -> None:
+    def _put_back_last(self) -> None:
+        """``dvc exp run`` commits the workspace when training ends: make sure it holds the last
+        checkpoint's file and dvc.lock, even if something replaced them during the run."""
+        c, record = self.wiring.committer, self.last_record
+        if c is None or record is None or self._file_stat is None or _stat(self.wiring.path) == self._file_stat:
+            return
+        out = record.outs.get(self.wiring.rel_path)
+        if out is None or not c.cache.has(out.md5):
+            return
+        c.cache.checkout(out.md5, self.wiring.path)
+        c.restore_lock(record)
+        self.echo(f"expckpt: warning: {self.wiring.rel_path} was changed during the run; put back {record.name}'s")
+
+    def wait(self) -> None:
+        """Wait until every background checkpoint is published (re-raises a failure)."""
         if self._writer is not None:
             self._writer.drain()
 
-    def close(self) -> None:
-        if self._writer is not None:
-            try:
-                self._writer.drain()
-            finally:
+    drain = wait  # expckpt 0.1's name
+
+    def close(self, state: TrainingState | None = None) -> None:
+        """Finish (when given the state), then stop the background writer."""
+        try:
+            if state is not None:
+                self.finish(state)
+            else:
+                self.wait()
+        finally:
+            if self._writer is not None:
                 self._writer.close()
                 self._writer = None
 
     def describe_last(self) -> str:
         if self.last_record is not None:
             return f"last complete checkpoint: {self.last_record.name} ({self.last_record.commit[:7]})"
-        if self.committer is None and self.path.exists():
-            return f"last checkpoint: {self.rel_path}"
+        if self.wiring.committer is None and self.wiring.path.exists():
+            return f"last checkpoint: {self.wiring.rel_path}"
         return "no checkpoint was completed"
+
+
+def _stat(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ino

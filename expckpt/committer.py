@@ -140,3 +140,9 @@ class Committer:
             return CheckpointRecord(
                 ref=ref, commit=commit, parent=parent, outs=outs, metrics=dict(metrics), time=now, resumed=resumed
             )
+
+    def restore_lock(self, record: CheckpointRecord) -> None:
+        """Make the workspace dvc.lock the one of ``record``'s commit again."""
+        lock = self.store.read_file(record.commit, "dvc.lock")
+        if lock is not None:
+            atomic_write_bytes(self.project.workspace / "dvc.lock", lock, durable=False)

@@ -59,6 +59,7 @@ from expckpt.policy import (
     KeepNewest,
     KeepPolicy,
     Never,
+    OnEvents,
     SavePolicy,
 )
 
@@ -212,10 +213,10 @@ class CheckpointConfig:
         """When to save. ``start`` (the run's start, unix seconds) starts the ``every_minutes`` clock."""
         if self.every == 0:
             return Never()
-        steps = EverySteps(n=self.every)
-        if self.every_minutes is None:
-            return steps
-        return AnyOfSave(policies=(steps, EveryMinutes(minutes=self.every_minutes, start=start)))
+        rules: list[SavePolicy] = [EverySteps(n=self.every), OnEvents()]
+        if self.every_minutes is not None:
+            rules.append(EveryMinutes(minutes=self.every_minutes, start=start))
+        return AnyOfSave(policies=tuple(rules))
 
     def keep_policy(self) -> AnyOf:
         """What to keep: keep_last (or all) and keep_best, always united with the newest checkpoint."""

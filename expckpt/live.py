@@ -1,22 +1,23 @@
-"""dvclive integration: ``next_step()`` checkpoints the step it completes.
+"""dvclive integration: each ``next_step()`` checkpoints the step it completes.
 
-    state = TrainingState(model=model, optimizer=optimizer)
-    checkpointer = Checkpointer.from_env("model.pt", params.get("checkpoint"))
-    checkpointer.restore(state)
-    with CheckpointLive(checkpointer, state) as live:
-        for epoch in range(live.step, params["epochs"]):
+    state = TrainingState(model=model, optimizer=optimizer, scheduler=scheduler)
+    with CheckpointLive.from_env(state, params) as live:     # restores; live.resumed says from what
+        for epoch in live.steps(params["epochs"]):           # empty when already trained
             ...
             live.log_metric("acc", acc)
-            live.next_step()        # -> checkpoint experiment '<exp>@<step>'
+            live.next_step()                                  # -> checkpoint experiment '<exp>@<step>'
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from dvclive import Live
 
 from expckpt.checkpointer import Checkpointer, StopTraining
+from expckpt.resume import Resumed
 from expckpt.state import TrainingState
 
 __all__ = ["CheckpointLive"]
@@ -25,7 +26,7 @@ __all__ = ["CheckpointLive"]
 class CheckpointLive(Live):
     """A dvclive ``Live`` whose ``next_step()`` also saves and publishes a checkpoint.
 
-    It resumes dvclive's step from the restored state, so metrics and checkpoints agree; it
+    It continues dvclive's step from the restored state, so metrics and checkpoints agree; it
     writes no dvc.yaml of its own (declare metrics and plots in dvc.yaml); and on leaving the
     ``with`` block it saves the last step if the save policy skipped it and waits for
     background writes.
@@ -39,27 +40,74 @@ class CheckpointLive(Live):
         super().__init__(**kwargs)
         self.checkpointer = checkpointer
         self.state = state
+        self.resumed: Resumed | None = checkpointer.resumed
+        """What was restored (``None``: a fresh start)."""
+        self._in_steps = False
+        self._stop: str | None = None
         if state.step >= 0:
             self.step = state.step + 1
+
+    @classmethod
+    def from_env(
+        cls,
+        state: TrainingState,
+        params: Mapping[str, Any] | None = None,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        **live_kwargs: Any,
+    ) -> CheckpointLive:
+        """Restore ``state`` from the workspace's checkpoint and start logging after its step.
+
+        ``params`` is the parsed params.yaml (its ``checkpoint`` section configures saving and
+        retention); ``path`` defaults to the stage's ``checkpoint: true`` output. The RNG
+        states are put back when the first step begins, so seeding before the loop is safe.
+        """
+        config = params.get("checkpoint") if isinstance(params, Mapping) else None
+        checkpointer = Checkpointer.from_env(path, config, live_dir=live_kwargs.get("dir", "dvclive"))
+        checkpointer.restore(state, defer_rng=True)
+        return cls(checkpointer, state, **live_kwargs)
+
+    def steps(self, total: int) -> Iterator[int]:
+        """The steps left to reach ``total`` (none when already there); stops early on request."""
+        start = self.state.step + 1
+        if start >= total:
+            what = self.checkpointer.rel_path
+            print(f"{what} already has {start} steps (total {total}); nothing to train")
+            return
+        self.state.apply_rng()
+        self._in_steps = True
+        try:
+            for step in range(start, total):
+                yield step
+                if self._stop:
+                    return
+        finally:
+            self._in_steps = False
 
     def next_step(self) -> None:
         step = self.step
         metrics = dict(self.summary)
         super().next_step()
-        self.checkpointer.step_completed(self.state, step, metrics)
+        decision = self.checkpointer.save(self.state, step, metrics)
+        if decision.stop:
+            self._stop = decision.stop
+            if not self._in_steps:
+                raise StopTraining(decision.stop)
 
     def __enter__(self) -> CheckpointLive:
         self.checkpointer.stop.install()
+        # Loops written without live.steps() begin right after entering; steps() puts the RNGs
+        # back once more as its first step begins (the latest moment, whatever ran in between).
+        self.state.apply_rng(keep=True)
         return super().__enter__()
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> bool:
         try:
             if exc_type is None or exc_type is StopTraining:
-                self.checkpointer.finish(self.state)
+                self.checkpointer.close(self.state)
             else:
                 self.checkpointer.close()
         finally:
             self.checkpointer.stop.uninstall()
             super().__exit__(exc_type, exc_val, exc_tb)
-        self.checkpointer.close()
         return exc_type is StopTraining

@@ -14,8 +14,11 @@ order checkpoints by ``step``. Combine rules with ``AnyOf`` (a union of reasons)
 ``CheckpointConfig.keep_policy()`` always includes ``KeepNewest`` so that a best-only rule can
 never evict the most recent checkpoint (orbax #526, HF #15089).
 
-Save policies answer ``should_save(step, now, last_saved)`` once per training step:
-``EverySteps``, ``EveryMinutes``, ``Never`` and the union ``AnyOfSave``.
+Save policies answer ``should_save(context)`` for each completed step, given a ``SaveContext``
+(step, time, the last save, and the event: an ordinary ``"step"``, the ``"final"`` step when
+training ends, or the ``"stop"`` step when the training watch ends it): ``EverySteps``,
+``EveryMinutes``, ``OnEvents`` (the final and the stop save are policies, not special cases),
+``Never`` and the union ``AnyOfSave`` (orbax's ``DecisionContext`` is the model).
 
 ``EveryMinutes`` and the first save: the clock runs from ``last_saved.time`` when there is a
 previous checkpoint, otherwise from ``start`` (the run's start, unix seconds). When neither is
@@ -43,6 +46,8 @@ __all__ = [
     "KeepNewest",
     "KeepPolicy",
     "Never",
+    "OnEvents",
+    "SaveContext",
     "SavePolicy",
     "finite_metric",
 ]
@@ -200,11 +205,25 @@ class AnyOf(KeepPolicy):
 # --------------------------------------------------------------------------- save policies
 
 
+@dataclass(frozen=True, kw_only=True)
+class SaveContext:
+    """What a save policy is told about the step just completed."""
+
+    step: int
+    """The step that completed."""
+    now: float = 0.0
+    """Unix time now."""
+    last_saved: CheckpointInfo | None = None
+    """The last checkpoint saved (or restored), if any."""
+    event: str = "step"
+    """``"step"``, ``"final"`` (training ends) or ``"stop"`` (the training watch stops it)."""
+
+
 class SavePolicy:
     """Base of save policies: subclasses implement ``should_save``."""
 
-    def should_save(self, step: int, now: float, last_saved: CheckpointInfo | None) -> bool:
-        """Whether to save a checkpoint after ``step`` at unix time ``now``."""
+    def should_save(self, context: SaveContext) -> bool:
+        """Whether to save a checkpoint of ``context.step``."""
         raise NotImplementedError
 
 
@@ -219,8 +238,8 @@ class EverySteps(SavePolicy):
         _positive_int(self.n, what="EverySteps.n (checkpoint.every)", key="checkpoint.every",
                       fix="use 1 to save every step, or Never() to turn checkpointing off")
 
-    def should_save(self, step: int, now: float, last_saved: CheckpointInfo | None) -> bool:
-        return (step + 1) % self.n == 0
+    def should_save(self, context: SaveContext) -> bool:
+        return (context.step + 1) % self.n == 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -243,16 +262,26 @@ class EveryMinutes(SavePolicy):
                 "use e.g. 30 to save every half hour, or null to save by steps only",
                 key="checkpoint.every_minutes", value=m)
 
-    def should_save(self, step: int, now: float, last_saved: CheckpointInfo | None) -> bool:
-        since = last_saved.time if last_saved is not None else self.start
-        return since is None or now - since >= self.minutes * 60
+    def should_save(self, context: SaveContext) -> bool:
+        since = context.last_saved.time if context.last_saved is not None else self.start
+        return since is None or context.now - since >= self.minutes * 60
+
+
+@dataclass(frozen=True, kw_only=True)
+class OnEvents(SavePolicy):
+    """Save at the listed events: ``"final"`` (the last step of a run) and ``"stop"``."""
+
+    events: tuple[str, ...] = ("final", "stop")
+
+    def should_save(self, context: SaveContext) -> bool:
+        return context.event in self.events
 
 
 @dataclass(frozen=True, kw_only=True)
 class Never(SavePolicy):
     """Never save (``checkpoint.every: 0``)."""
 
-    def should_save(self, step: int, now: float, last_saved: CheckpointInfo | None) -> bool:
+    def should_save(self, context: SaveContext) -> bool:
         return False
 
 
@@ -271,7 +300,7 @@ class AnyOfSave(SavePolicy):
         for policy in self.policies:
             if not isinstance(policy, SavePolicy):
                 raise ConfigError(f"AnyOfSave.policies must be save policies, got {policy!r}; "
-                                  "use EverySteps, EveryMinutes or Never", value=policy)
+                                  "use EverySteps, EveryMinutes, OnEvents or Never", value=policy)
 
-    def should_save(self, step: int, now: float, last_saved: CheckpointInfo | None) -> bool:
-        return any(p.should_save(step, now, last_saved) for p in self.policies)
+    def should_save(self, context: SaveContext) -> bool:
+        return any(p.should_save(context) for p in self.policies)

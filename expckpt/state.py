@@ -1,102 +1,169 @@
-"""The whole training state, captured and restored: model, optimizer, scheduler, RNGs, extras.
+"""The whole training state, captured and restored: any stateful objects, by name, plus RNGs.
 
-Everything in a captured state is a tensor, a number, a string or a container of those, so it
-loads with ``torch.load(weights_only=True)``: a checkpoint never runs code.
+    state = TrainingState(model=model, optimizer=optimizer, scheduler=scheduler,
+                          sampler=sampler, ema=ema_weights, progress={"batches": 0})
+
+Each named object is either *stateful* (has ``state_dict()`` and ``load_state_dict()``: modules,
+optimizers, schedulers, GradScaler, samplers, your own classes) or a plain ``dict`` of values,
+which is restored **in place** (nested dicts, lists, tensors and NumPy arrays keep their
+identity, so a reference you hold stays the one that is saved). What is saved must load with
+``torch.load(weights_only=True)``: tensors, numbers, strings, bytes, lists, tuples and dicts;
+NumPy arrays and scalars are stored as tensors and come back as NumPy. Anything else is refused
+at save time with one line naming the key.
+
+The RNG states (Python, NumPy, torch, CUDA when in use) are captured with every checkpoint.
+``restore(payload, defer_rng=True)`` keeps them until ``apply_rng()``: ``CheckpointLive`` puts
+them back as the first step begins, so seeding after restoring cannot make a resume inexact.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from expckpt.errors import CheckpointError, ConfigError
+from expckpt.hparams import Fresh, optimizer_hparams, reconcile, snapshot
 from expckpt.rng import capture_rng, restore_rng
+from expckpt.safe_values import decode, encode, restore_in_place
 
-__all__ = ["FORMAT", "TrainingState", "capture_rng", "optimizer_hparams", "restore_rng"]
-
+__all__ = ["FORMAT", "RESERVED", "TrainingState", "capture_rng", "optimizer_hparams", "restore_rng"]
 
 FORMAT = "expckpt/1"
+RESERVED = frozenset({"format", "step", "rng", "expckpt", "best", "optimizer_hparams"})
+"""Top-level checkpoint keys that are not user objects."""
 
 
-def optimizer_hparams(optimizer: Any) -> dict[str, Any]:
-    """An optimizer's constructor settings (``lr``, ``weight_decay``, ...) that are plain values."""
-    plain = (int, float, bool, str, type(None))
-    defaults = getattr(optimizer, "defaults", None) or {}
-    return {
-        k: v
-        for k, v in defaults.items()
-        if isinstance(v, plain) or (isinstance(v, tuple) and all(isinstance(x, plain) for x in v))
-    }
+def _stateful(obj: Any) -> bool:
+    return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
 
 
-@dataclass(kw_only=True, eq=False)
 class TrainingState:
-    """What training needs to continue exactly where it stopped.
+    """What training needs to continue exactly where it stopped; see the module docstring.
 
-    ``step`` is the last completed dvclive step (-1 before the first); ``best`` holds the best
-    monitored value so far (``{"metric", "value", "step"}``); ``extras`` is any user dict of
-    plain values and tensors (a sampler position, a plateau counter, ...).
+    ``step`` is the last completed step (-1 before the first). ``best`` is kept for scripts
+    written against expckpt 0.1 (the training watch keeps its own best now).
     """
 
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer | None = None
-    scheduler: Any = None
-    scaler: Any = None
-    extras: dict[str, Any] = field(default_factory=dict)
-    best: dict[str, Any] | None = None
-    step: int = -1
+    def __init__(self, *, step: int = -1, best: dict[str, Any] | None = None, **objects: Any) -> None:
+        self.step = step
+        self.best = best
+        self.objects: dict[str, Any] = {}
+        self.library: dict[str, Any] = {}
+        """expckpt's own state (the training watch), saved under the ``expckpt`` key."""
+        self._pending_rng: Mapping[str, Any] | None = None
+        for name, obj in objects.items():
+            if obj is not None:
+                self.add(name, obj)
 
+    def add(self, name: str, obj: Any) -> None:
+        """Track one more object under ``name``."""
+        if name in RESERVED or not name.isidentifier():
+            raise ConfigError(f"TrainingState cannot hold an object named {name!r} (reserved or not an identifier);"
+                              " pick another name", key=name)
+        if not (_stateful(obj) or isinstance(obj, dict)):
+            raise ConfigError(
+                f"TrainingState({name}=...) needs an object with state_dict() and load_state_dict(), or a dict;"
+                f" got a {type(obj).__name__}; keep plain values in a dict, e.g. {name}={{'value': ...}}",
+                key=name, value=type(obj).__name__)
+        self.objects[name] = obj
+
+    # -- the usual names, for convenience ------------------------------------------------------
+    @property
+    def model(self) -> Any:
+        return self.objects.get("model")
+
+    @property
+    def optimizer(self) -> Any:
+        return self.objects.get("optimizer")
+
+    @property
+    def scheduler(self) -> Any:
+        return self.objects.get("scheduler")
+
+    @property
+    def extras(self) -> dict[str, Any]:
+        """A dict of plain values saved with the state (created on first use)."""
+        if "extras" not in self.objects:
+            self.objects["extras"] = {}
+        return self.objects["extras"]
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {n: o for n, o in self.objects.items() if isinstance(o, torch.nn.Module)}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {n: o for n, o in self.objects.items() if isinstance(o, torch.optim.Optimizer)}
+
+    # -- capture and restore -------------------------------------------------------------------
     def capture(self) -> dict[str, Any]:
-        """The state as a dict of references (no copies: serialise it before training goes on)."""
-        return {
-            "format": FORMAT,
-            "step": self.step,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": capture_rng(),
-            "best": dict(self.best) if self.best else None,
-            "extras": dict(self.extras),
-            "optimizer_hparams": optimizer_hparams(self.optimizer),
-        }
+        """The state as nested references (serialise it before training goes on).
 
-    def restore(self, payload: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-        """Load a captured state back (the model was checked against it beforehand).
-
-        Optimizer settings chosen differently now than when the checkpoint was saved (say
-        ``dvc exp run -S lr=0.001``) are kept: loading the optimizer's state would otherwise put
-        the old values back silently. Returns them as ``{name: (saved, now)}``.
+        Raises ``CheckpointError`` naming the key of a value a safe checkpoint cannot hold.
         """
-        chosen = optimizer_hparams(self.optimizer)
-        self.model.load_state_dict(payload["model"])
-        if self.optimizer is not None and payload.get("optimizer") is not None:
-            self.optimizer.load_state_dict(payload["optimizer"])
-        if self.scheduler is not None and payload.get("scheduler") is not None:
-            self.scheduler.load_state_dict(payload["scheduler"])
-        if self.scaler is not None and payload.get("scaler") is not None:
-            self.scaler.load_state_dict(payload["scaler"])
-        restore_rng(payload.get("rng") or {})
-        self.best = dict(payload["best"]) if payload.get("best") else None
-        self.extras.clear()
-        self.extras.update(payload.get("extras") or {})
-        self.step = int(payload.get("step", -1))
-        saved = payload.get("optimizer_hparams")
-        if not isinstance(saved, Mapping):
-            return {}
-        changed = {k: (saved[k], v) for k, v in chosen.items() if k in saved and saved[k] != v}
-        self._apply_hparams({k: now for k, (_, now) in changed.items()})
-        return changed
+        payload: dict[str, Any] = {"format": FORMAT, "step": self.step}
+        for name, obj in self.objects.items():
+            payload[name] = encode(obj.state_dict() if _stateful(obj) else obj, name)
+        payload["rng"] = capture_rng()
+        if self.best:
+            payload["best"] = dict(self.best)
+        payload["expckpt"] = {
+            **encode(self.library, "expckpt"),
+            "hparams": {name: optimizer_hparams(o) for name, o in self.optimizers().items()},
+        }
+        return payload
 
-    def _apply_hparams(self, values: Mapping[str, Any]) -> None:
-        if self.optimizer is None or not values:
-            return
-        for group in self.optimizer.param_groups:
-            for key, value in values.items():
-                group[key] = value
-                if key == "lr" and "initial_lr" in group:
-                    group["initial_lr"] = value
-        if "lr" in values and isinstance(getattr(self.scheduler, "base_lrs", None), list):
-            self.scheduler.base_lrs = [values["lr"]] * len(self.scheduler.base_lrs)
+    def restore(self, payload: Mapping[str, Any], *, defer_rng: bool = False) -> list[str]:
+        """Load a captured state back (modules were checked against it beforehand).
+
+        Returns lines saying which optimizer settings differ now and what happens (see
+        ``expckpt.hparams``). With ``defer_rng`` the RNG states wait for ``apply_rng()``.
+        """
+        library = payload.get("expckpt") if isinstance(payload.get("expckpt"), Mapping) else {}
+        saved_hparams = dict(library.get("hparams") or {})
+        if "optimizer" not in saved_hparams and isinstance(payload.get("optimizer_hparams"), Mapping):
+            saved_hparams["optimizer"] = payload["optimizer_hparams"]  # checkpoints of expckpt 0.1
+        fresh: dict[str, tuple[Any, Fresh]] = {}
+        for name, opt in self.optimizers().items():
+            sched = self._scheduler_of(opt)
+            fresh[name] = (sched, snapshot(opt, sched))
+        for name, obj in self.objects.items():
+            if payload.get(name) is None:
+                continue
+            saved = decode(payload[name])
+            if _stateful(obj):
+                obj.load_state_dict(saved)
+            elif isinstance(saved, dict):
+                restore_in_place(obj, saved)
+        lines: list[str] = []
+        for name, (sched, before) in fresh.items():
+            sched_name = next((n for n, o in self.objects.items() if o is sched), None)
+            saved_sched = payload.get(sched_name) if sched_name else None
+            lines += reconcile(name, self.objects[name], sched, before, saved_hparams.get(name), saved_sched)
+        self.library = decode({k: v for k, v in library.items() if k != "hparams"})
+        self.best = dict(payload["best"]) if payload.get("best") else None
+        self.step = int(payload.get("step", -1))
+        self._pending_rng = payload.get("rng") or {}
+        if not defer_rng:
+            self.apply_rng()
+        return lines
+
+    def apply_rng(self, *, keep: bool = False) -> None:
+        """Put back the RNG states of the restored checkpoint, if any are waiting (``keep``:
+        leave them waiting, to be put back again later)."""
+        if self._pending_rng is not None:
+            restore_rng(self._pending_rng)
+            if not keep:
+                self._pending_rng = None
+
+    def _scheduler_of(self, optimizer: Any) -> Any:
+        for obj in self.objects.values():
+            if getattr(obj, "optimizer", None) is optimizer and _stateful(obj):
+                return obj
+        return None
+
+    def check_saveable(self) -> None:
+        """Fail now, with the key named, if a value could not be saved safely."""
+        if not self.objects:
+            raise CheckpointError("TrainingState holds nothing to save; pass model=..., optimizer=..., ...")
+        self.capture()

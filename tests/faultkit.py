@@ -38,7 +38,7 @@ FAST = {"OMP_NUM_THREADS": "1"}
 TEMP_MARK = ".expckpt-tmp-"
 _CACHE: dict[str, Path] = {}
 _LOCK = threading.Lock()
-RESUMED = re.compile(r"Resuming from model\.pt(?: \((?P<name>[^)]+)\))?: (?P<done>\d+) epochs done")
+RESUMED = re.compile(r"Resuming from model\.pt(?: \((?P<name>[^)]+)\))?: (?P<done>\d+) steps done")
 EPOCH = re.compile(r"^epoch (?P<n>\d+):", re.M)
 
 
@@ -259,7 +259,7 @@ def resumed_from(stdout: str) -> tuple[str | None, int]:
     match = RESUMED.search(stdout)
     if match:
         return match["name"], int(match["done"])
-    done = re.search(r"model\.pt already has (\d+) epochs", stdout)
+    done = re.search(r"model\.pt already has (\d+) steps", stdout)
     return None, int(done.group(1)) if done else 0
 
 

@@ -19,6 +19,7 @@ from expckpt.policy import (
     KeepLast,
     KeepNewest,
     Never,
+    OnEvents,
 )
 
 
@@ -136,11 +137,11 @@ def test_constructor_validates_too():
 @pytest.mark.parametrize(
     ("section", "policy"),
     [
-        ({}, EverySteps(n=1)),
-        ({"every": 5}, EverySteps(n=5)),
+        ({}, AnyOfSave(policies=(EverySteps(n=1), OnEvents()))),
+        ({"every": 5}, AnyOfSave(policies=(EverySteps(n=5), OnEvents()))),
         ({"every": 0}, Never()),
         ({"every": 2, "every_minutes": 30},
-         AnyOfSave(policies=(EverySteps(n=2), EveryMinutes(minutes=30, start=100.0)))),
+         AnyOfSave(policies=(EverySteps(n=2), OnEvents(), EveryMinutes(minutes=30, start=100.0)))),
     ],
 )
 def test_save_policy(section, policy):

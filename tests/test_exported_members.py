@@ -20,6 +20,7 @@ EXPORTED = [
     "ConfigError",
     "CorruptCheckpointError",
     "DataError",
+    "Decision",
     "ExpCkptError",
     "InvalidNameError",
     "ProjectError",

@@ -6,8 +6,10 @@ import math
 
 import pytest
 
+from expckpt.config import CheckpointConfig
 from expckpt.errors import ConfigError
 from expckpt.policy import (
+    SaveContext,
     AnyOf,
     AnyOfSave,
     CheckpointInfo,
@@ -121,7 +123,7 @@ def test_invalid_policies(make, match):
 )
 def test_every_steps(n, saved):
     policy = EverySteps(n=n)
-    assert [s for s in range(12) if policy.should_save(s, 0.0, None)] == saved
+    assert [s for s in range(12) if policy.should_save(SaveContext(step=s))] == saved
 
 
 def at(time):
@@ -144,9 +146,24 @@ def at(time):
     ],
 )
 def test_time_and_union_save(policy, now, last, expected):
-    assert policy.should_save(2, now, last) is expected
+    assert policy.should_save(SaveContext(step=2, now=now, last_saved=last)) is expected
 
 
 def test_any_of_save_by_steps():
     policy = AnyOfSave(policies=[EverySteps(n=5), Never()])
-    assert [s for s in range(10) if policy.should_save(s, 0.0, None)] == [4, 9]
+    assert [s for s in range(10) if policy.should_save(SaveContext(step=s))] == [4, 9]
+
+
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [("step", False), ("final", True), ("stop", True)],
+)
+def test_final_and_stop_saves_are_policies(event, expected):
+    """every: 5 skips step 2, but the last step of a run and a stop are saved all the same."""
+    policy = CheckpointConfig.from_params({"every": 5}).save_policy(start=0.0)
+    assert policy.should_save(SaveContext(step=2, event=event)) is expected
+
+
+def test_checkpointing_off_saves_nothing_even_at_the_end():
+    policy = CheckpointConfig.from_params({"every": 0}).save_policy()
+    assert not any(policy.should_save(SaveContext(step=2, event=e)) for e in ("step", "final", "stop"))

@@ -63,7 +63,7 @@ def test_stop_after_k_epochs_then_resume_matches_straight_run(straight: Path, tm
 
     second = run("dvc", "exp", "run", "-n", "rest", "-S", "epochs=4", cwd=project)
 
-    assert f"{k} epochs done" in second.stdout
+    assert f"{k} steps done" in second.stdout
     assert f"epoch {k - 1}:" not in second.stdout, "a finished epoch was trained again"
     assert f"Checkpoint experiment 'rest@{k}'" in second.stdout
     assert_same_weights(project / "model.pt", straight / "model.pt")
@@ -80,7 +80,7 @@ def test_finished_run_says_so_and_exits_0(tmp_path: Path) -> None:
 
     again = run("dvc", "exp", "run", "-n", "again", cwd=project)
 
-    assert "already has 2 epochs (epochs: 2); nothing to train" in again.stdout
+    assert "already has 2 steps (total 2); nothing to train" in again.stdout
     assert (project / "model.pt").read_bytes() == before
 
 
@@ -98,7 +98,7 @@ def test_python_train_py_outside_dvc_saves_and_resumes(tmp_path: Path) -> None:
 
     resumed = run("python", "train.py", cwd=project)
 
-    assert "1 epochs done" in resumed.stdout
+    assert "1 steps done" in resumed.stdout
     assert "epoch 0:" not in resumed.stdout and "epoch 2:" in resumed.stdout
     assert_same_weights(project / "model.pt", straight / "model.pt")
     assert run("git", "for-each-ref", "refs/exps", cwd=project).stdout == "", "no refs outside dvc exp run"

@@ -262,7 +262,7 @@ def test_run_again_with_more_epochs_continues_the_chain(wf: Workflow) -> None:
     p, tut = wf.project, wf.seen["tut"]
     out = wf.sh("dvc", "exp", "run", "-S", "epochs=5").stdout
     name = REPRODUCING.search(out)["name"]
-    assert f"Resuming from model.pt (tut@2): 3 epochs done" in out
+    assert f"Resuming from model.pt (tut@2): 3 steps done" in out
     more = checkpoint_refs(p, wf.baseline, name)
     assert sorted(more) == [3, 4]
     assert printed_checkpoints(out) == [(f"{name}@{n}", more[n][:7]) for n in (3, 4)]
@@ -291,7 +291,7 @@ def test_apply_a_checkpoint_and_branch_off_it(wf: Workflow) -> None:
     assert json.loads((p / "dvclive" / "metrics.json").read_text())["step"] == 1
 
     out = wf.sh("dvc", "exp", "run", "-n", "tut2").stdout
-    assert "Resuming from model.pt (tut@1): 2 epochs done" in out
+    assert "Resuming from model.pt (tut@1): 2 steps done" in out
     tut2 = checkpoint_refs(p, wf.baseline, "tut2")
     assert sorted(tut2) == [2]
     assert printed_checkpoints(out) == [("tut2@2", tut2[2][:7])]
@@ -306,7 +306,7 @@ def test_apply_a_checkpoint_and_branch_off_it(wf: Workflow) -> None:
     # a modified checkpoint experiment: same starting point, another learning rate
     wf.sh("dvc", "exp", "apply", "tut@1")
     out = wf.sh("dvc", "exp", "run", "-n", "tut-lr", "-S", "lr=0.001").stdout
-    assert "Resuming from model.pt (tut@1): 2 epochs done" in out
+    assert "Resuming from model.pt (tut@1): 2 steps done" in out
     assert "optimizer lr is 0.001 now (0.003 in the checkpoint)" in out
     tut_lr = checkpoint_refs(p, wf.baseline, "tut-lr")
     assert sorted(tut_lr) == [2]
@@ -386,7 +386,7 @@ def test_push_pull_resume_in_clone(wf: Workflow) -> None:
 
     out = wf.sh("dvc", "exp", "run", "-n", "cont", "-S", "epochs=4", cwd=clone).stdout
     assert "Stage 'download' didn't change, skipping" in out
-    assert "Resuming from model.pt (tut@2): 3 epochs done" in out
+    assert "Resuming from model.pt (tut@2): 3 steps done" in out
     cont = checkpoint_refs(clone, wf.baseline, "cont")
     assert sorted(cont) == [3]
     assert printed_checkpoints(out) == [("cont@3", cont[3][:7])]
@@ -519,7 +519,7 @@ def test_sigkill_leaves_only_complete_checkpoints_and_resumes(wf: Workflow) -> N
     # the next run goes on from the last complete checkpoint
     last = max(killed)
     out = wf.sh("dvc", "exp", "run", "-n", "after-kill", "-S", f"epochs={last + 2}").stdout
-    assert f"Resuming from model.pt (killed@{last}): {last + 1} epochs done" in out
+    assert f"Resuming from model.pt (killed@{last}): {last + 1} steps done" in out
     after = checkpoint_refs(p, wf.baseline, "after-kill")
     assert sorted(after) == [last + 1]
     assert meta(p, after[last + 1])["parent"] == killed[last]

@@ -1,0 +1,148 @@
+"""Watching training as it goes: best value, divergence and plateau, in O(1) per step.
+
+The watch is kept apart from saving (Lightning keeps ``EarlyStopping`` apart from
+``ModelCheckpoint``): it observes each completed step's metrics and *returns* what it saw, with
+an optional stop reason, and the checkpointer decides what to do. Its state travels inside the
+checkpoint under expckpt's own key (never in the user's objects), so a resumed run keeps its
+best value and its counters.
+
+The definitions are those of ``expckpt.report`` (which reads a whole history after the fact):
+diverging = ``divergence_metric`` went NaN/inf, or rose strictly ``divergence_steps`` times in a
+row; plateau = ``patience`` steps since ``monitor`` last improved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from expckpt.ranking import better, finite
+
+__all__ = ["Observation", "TrainingWatch"]
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one step showed."""
+
+    improved: bool = False
+    """``monitor`` reached a new best at this step."""
+    previous_best: float | None = None
+    """The best value before this step (None: none yet)."""
+    value: float | None = None
+    """This step's ``monitor`` value (None: not logged)."""
+    problems: tuple[str, ...] = ()
+    """``"diverging"`` and/or ``"plateau"`` when they hold at this step."""
+    warnings: tuple[str, ...] = ()
+    """Lines to print once: each problem the first time it shows."""
+    stop: str | None = None
+    """Why training should stop now (``on_divergence: stop``), or None to go on."""
+
+
+@dataclass
+class _Counters:
+    best_value: float | None = None
+    best_step: int | None = None
+    last_finite: float | None = None
+    rises: int = 0
+    rise_start: int | None = None
+    nonfinite_step: int | None = None
+    warned: list[str] = field(default_factory=list)
+
+
+class TrainingWatch:
+    """Observes ``(step, metrics)`` in step order; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        monitor: str | None = None,
+        mode: str = "max",
+        divergence_metric: str = "loss",
+        divergence_steps: int = 3,
+        patience: int | None = None,
+        stop_on_problem: bool = False,
+    ) -> None:
+        self.monitor = monitor
+        self.mode = mode
+        self.divergence_metric = divergence_metric
+        self.divergence_steps = divergence_steps
+        self.patience = patience
+        self.stop_on_problem = stop_on_problem
+        self._c = _Counters()
+
+    @property
+    def best(self) -> tuple[float, int] | None:
+        """``(value, step)`` of the best ``monitor`` so far."""
+        if self._c.best_value is None or self._c.best_step is None:
+            return None
+        return self._c.best_value, self._c.best_step
+
+    def observe(self, step: int, metrics: Mapping[str, Any]) -> Observation:
+        c = self._c
+        previous = c.best_value
+        value = metrics.get(self.monitor) if self.monitor else None
+        improved = self.monitor is not None and better(value, previous, self.mode)
+        if improved:
+            c.best_value, c.best_step = finite(value), step
+        problems = []
+        if self._diverging(step, metrics):
+            problems.append("diverging")
+        if self.patience is not None and c.best_step is not None and step - c.best_step >= self.patience:
+            problems.append("plateau")
+        warnings = tuple(self._describe(p, step) for p in problems if p not in c.warned)
+        c.warned.extend(p for p in problems if p not in c.warned)
+        stop = ", ".join(problems) if problems and self.stop_on_problem else None
+        return Observation(improved=improved, previous_best=previous, value=_as_float(value),
+                           problems=tuple(problems), warnings=warnings, stop=stop)
+
+    def _diverging(self, step: int, metrics: Mapping[str, Any]) -> bool:
+        c = self._c
+        if c.nonfinite_step is not None:
+            return True  # values after the first NaN/inf are not read (as in the report)
+        if self.divergence_metric not in metrics:
+            return c.rises >= self.divergence_steps
+        value = finite(metrics[self.divergence_metric])
+        if value is None:
+            if _as_float(metrics[self.divergence_metric]) is not None:
+                c.nonfinite_step = step
+                return True
+            return c.rises >= self.divergence_steps
+        if c.last_finite is not None and value > c.last_finite:
+            if c.rises == 0:
+                c.rise_start = step
+            c.rises += 1
+        else:
+            c.rises, c.rise_start = 0, None
+        c.last_finite = value
+        return c.rises >= self.divergence_steps
+
+    def _describe(self, problem: str, step: int) -> str:
+        c = self._c
+        if problem == "plateau":
+            return (f"step {step}: {self.monitor} has not improved for {step - (c.best_step or 0)} steps "
+                    f"(patience {self.patience}): plateau")
+        if c.nonfinite_step is not None:
+            return f"step {step}: {self.divergence_metric} is NaN/inf since step {c.nonfinite_step}: diverging"
+        return (f"step {step}: {self.divergence_metric} rose {c.rises} steps in a row since step "
+                f"{c.rise_start}: diverging")
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self._c)
+
+    def load_state_dict(self, saved: Mapping[str, Any]) -> None:
+        known = {k: v for k, v in saved.items() if k in _Counters.__dataclass_fields__}
+        self._c = _Counters(**known)
+        self._c.warned = list(self._c.warned)
+
+
+def _as_float(value: object) -> float | None:
+    """Any number as a float (NaN and inf included), None for non-numbers."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number
