@@ -22,7 +22,8 @@ __all__ = ["decode", "encode", "restore_in_place"]
 
 _ARRAY = "__expckpt_ndarray__"
 _SCALAR = "__expckpt_npscalar__"
-_ATOMS = (type(None), bool, int, float, complex, str, bytes, torch.Tensor, torch.dtype, torch.device, torch.Size)
+_PLAIN = (type(None), bool, int, float, complex, str, bytes)
+_TORCH = (torch.Tensor, torch.dtype, torch.device, torch.Size)
 
 
 def _numpy() -> Any:
@@ -33,7 +34,7 @@ def _numpy() -> Any:
 
 def encode(value: Any, where: str) -> Any:
     """``value`` made safe to save; ``where`` names it in errors (``extras['ema']``)."""
-    if isinstance(value, _ATOMS):
+    if type(value) in _PLAIN or isinstance(value, _TORCH):  # exact types: np.float64 is a float too
         return value
     np = _numpy()
     if np is not None and isinstance(value, np.ndarray):
