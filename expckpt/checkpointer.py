@@ -225,7 +225,11 @@ class Checkpointer:
         except BaseException:
             written.discard()
             raise
-        self._file_stat = _stat(w.path)
+        if w.committer is None:
+            self._file_stat = _stat(w.path)
+        else:  # the stat the committer noted right after the rename, not whatever is there now
+            noted = SessionNote.read(w.workspace, w.rel_path)
+            self._file_stat = (noted.size, noted.mtime_ns, noted.inode) if noted else _stat(w.path)
         if note:
             self.echo(note)
         if w.committer is None:
@@ -294,6 +298,8 @@ class Checkpointer:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
+            if state is None:  # training failed: still leave the last checkpoint in the workspace
+                self._put_back_last()
 
     def describe_last(self) -> str:
         if self.last_record is not None:
