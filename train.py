@@ -25,6 +25,7 @@ from torch import nn
 
 from expckpt import CheckpointLive, ConfigError, DataError, ExpCkptError, TrainingState
 from expckpt.atomic import atomic_write_bytes
+from expckpt.phases import log_phases
 from expckpt.progress import Progress
 
 PROG = "train.py"
@@ -149,8 +150,10 @@ def train(params: dict[str, Any]) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and checkpoint phases")
     args = parser.parse_args(argv)
+    if args.verbose:
+        log_phases()  # each checkpoint's publishing phases, timed
     try:
         return train(load_params(args.params))
     except ExpCkptError as exc:

@@ -19,10 +19,13 @@ instead of patching internals::
 from __future__ import annotations
 
 import os
+import sys
 import threading
+import time
 from collections.abc import Callable
+from typing import TextIO
 
-__all__ = ["PHASES", "Listener", "phase", "subscribe"]
+__all__ = ["PHASES", "Listener", "log_phases", "phase", "subscribe"]
 
 PHASES = ("after-temp", "after-cache", "after-publish", "after-commit", "after-lock", "after-ref", "after-note")
 
@@ -49,6 +52,22 @@ def phase(name: str, step: int) -> None:
     """Announce that the checkpoint of ``step`` reached phase ``name``."""
     for listener in _listeners:
         listener(name, step)
+
+
+def log_phases(stream: TextIO | None = None) -> Callable[[], None]:
+    """``-v``: print each phase with the milliseconds since the previous one of the same step."""
+    out = stream if stream is not None else sys.stderr
+    last: dict[int, float] = {}
+
+    def log(name: str, step: int) -> None:
+        now = time.perf_counter()
+        since = f" (+{(now - last[step]) * 1000:.1f} ms)" if step in last else ""
+        last[step] = now
+        if name == PHASES[-1]:
+            last.pop(step, None)
+        print(f"expckpt: step {step}: {name}{since}", file=out, flush=True)
+
+    return subscribe(log)
 
 
 if os.environ.get("EXPCKPT_CRASH_AT") or os.environ.get("EXPCKPT_PAUSE_AT"):
