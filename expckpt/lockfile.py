@@ -80,17 +80,15 @@ class LockBuilder:
     @classmethod
     def prepare(cls, project: Project, stage: str) -> LockBuilder:
         """Load the stage and hash its deps and params once per run (they do not change)."""
-        from dvc.dependency.base import DependencyDoesNotExistError
         from dvc.repo import Repo
         from dvc.stage.serialize import to_single_stage_lockfile
         from dvc.utils.serialize import dumps_yaml, parse_yaml_for_update
 
         repo = Repo(str(project.workspace))
         loaded = load_stage(repo, stage)
-        try:
-            loaded.save_deps()
-        except DependencyDoesNotExistError as exc:
-            raise ProjectError(f"stage {stage!r}: {exc}; run its upstream stages first", path=project.workspace) from exc
+        # A missing dep is written as DVC's --allow-missing writes it (path, no hash): the run
+        # has started, and a checkpoint is worth more than refusing the lock entry.
+        loaded.save_deps(allow_missing=True)
         lock_path = project.workspace / "dvc.lock"
         try:
             base = parse_yaml_for_update(lock_path.read_text(), str(lock_path))
