@@ -14,8 +14,18 @@ the only part that depends on the type.
 It also says whether this filesystem supports reflinks (FICLONE); where it does not, the
 ``reflink,copy`` row (DVC's default) is a failed reflink attempt plus a copy.
 
+Second part (``--exp-run MB``): does ``dvc exp run``'s own commit at the end of the run re-hash
+the checkpoint file? A one-checkpoint stage publishes a MB-sized model.pt through the real
+Committer inside a real ``dvc exp run``, writes the time it finished, and exits; the figure is
+the time from there to the end of ``dvc exp run`` (DVC hashes outputs, commits them, writes
+dvc.lock and the experiment commit). Variants, alternating: expckpt records the hash in DVC's
+state database (this code); the same with model.pt's mtime bumped after publishing (the state
+entry no longer matches, so DVC must hash); and, with ``--before-src DIR``, the expckpt code in
+DIR (e.g. a checkout of the previous commit).
+
     python bench/cache_types.py                    # 12, 100, 500 MB; 3 repetitions
     python bench/cache_types.py --sizes 12 --reps 5
+    python bench/cache_types.py --sizes --exp-run 300 --before-src /work/main
 """
 
 from __future__ import annotations
@@ -76,11 +86,92 @@ def temp_checkpoint(dest: Path, size: int, salt: str) -> tuple[Any, float]:
     return WrittenFile(tmp=tmp, dest=dest, md5=digest.hexdigest(), size=size), time.perf_counter() - start
 
 
+STAGE_SCRIPT = """\
+import hashlib, os, sys, time
+from pathlib import Path
+from expckpt.atomic import TEMP_MARK, WrittenFile
+from expckpt.cache import DvcCache
+from expckpt.committer import Committer
+from expckpt.gitstore import GitStore
+from expckpt.project import Project, RunContext
+
+run = RunContext.from_env()
+project = Project.discover()
+store = GitStore.open(project.root)
+cache = DvcCache.for_project(project.root, store.git_dir)
+c = Committer(project=project, run=run, store=store, cache=cache, checkpoint_path="model.pt", live_paths=[])
+data = os.urandom(int(os.environ["CKPT_MB"]) << 20)
+dest = project.workspace / "model.pt"
+tmp = dest.with_name(TEMP_MARK + "model.pt")
+with open(tmp, "wb") as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+c.publish(WrittenFile(tmp, dest, hashlib.md5(data).hexdigest(), len(data)), step=1, metrics={}, live_files={}, parent=None)
+if os.environ.get("BUMP_MTIME"):
+    st = os.stat(dest)
+    os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+Path(os.environ["DONE_FILE"]).write_text(repr(time.time()))
+"""
+
+STAGE_YAML = """\
+stages:
+  train:
+    cmd: python ckpt.py
+    deps: [ckpt.py]
+    outs:
+      - model.pt:
+          checkpoint: true
+          persist: true
+    always_changed: true
+"""
+
+
+def measure_exp_run(size_mb: int, reps: int, before_src: Path | None) -> None:
+    """Seconds from the stage's exit to the end of ``dvc exp run``, per variant."""
+    root = C.workdir("exp-run-rehash")
+    base_env = C.isolated_env(root / "home")
+    here = str(Path(__file__).resolve().parent.parent)
+    variants: dict[str, dict[str, str]] = {
+        "state db recorded (this code)": {"PYTHONPATH": here},
+        "state entry invalidated (mtime bumped)": {"PYTHONPATH": here, "BUMP_MTIME": "1"},
+    }
+    if before_src is not None:
+        variants[f"before ({before_src})"] = {"PYTHONPATH": str(before_src)}
+    repo = root / "repo"
+    repo.mkdir()
+    (repo / "dvc.yaml").write_text(STAGE_YAML)
+    (repo / "ckpt.py").write_text(STAGE_SCRIPT)
+    (repo / ".gitignore").write_text("/model.pt\n")
+    for args in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "stage"]):
+        C.run(args, cwd=repo, env=base_env)
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for rep in range(reps):
+        for name, extra in variants.items():
+            done = root / "done"
+            done.unlink(missing_ok=True)
+            env = {**base_env, **extra, "CKPT_MB": str(size_mb), "DONE_FILE": str(done)}
+            C.run(["dvc", "exp", "run", "-n", f"r{rep}-{len(samples[name])}-{abs(hash(name)) % 1000}"], cwd=repo, env=env)
+            samples[name].append(time.time() - float(done.read_text()))
+            C.run(["dvc", "gc", "-w", "-f"], cwd=repo, env=env)  # keep the disk from filling
+    rows: list[list[Any]] = [["variant", f"stage exit -> dvc exp run done ({size_mb} MB model.pt)", "runs"]]
+    for name, values in samples.items():
+        rows.append([name, C.secs(C.summary(values)["median"]), " ".join(f"{v:.2f}" for v in values)])
+    print(C.table(rows))
+    C.write_result("exp_run_rehash", {"size_mb": size_mb, "reps": reps, "samples": samples}, command=C.reproduce_command())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[12, 100, 500], help="checkpoint sizes in MB")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[12, 100, 500], help="checkpoint sizes in MB")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--exp-run", type=int, metavar="MB", help="also time dvc exp run's final commit with a MB model.pt")
+    parser.add_argument("--before-src", type=Path, help="expckpt source tree to compare against in --exp-run")
     args = parser.parse_args()
+    if args.exp_run:
+        measure_exp_run(args.exp_run, args.reps, args.before_src)
+    if not args.sizes:
+        return
 
     C.header("cache.type: hardlink vs reflink vs copy, blocking ms per checkpoint")
     root = C.workdir("cache-types")
