@@ -12,6 +12,7 @@ import hashlib
 import os
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import run
@@ -179,3 +180,44 @@ def test_dvc_state_db_knows_the_checkpoint_hash(tmp_path: Path) -> None:
     with Repo(str(proj)) as repo:
         _, hash_info = repo.state.get(str(proj / "model-lr1.pt"), repo.fs)
     assert hash_info is not None and hash_info.value == hashlib.md5(data).hexdigest()
+
+
+STAGE_SCRIPT = """\
+import hashlib, os, sys
+from pathlib import Path
+from expckpt.atomic import TEMP_MARK, WrittenFile
+from expckpt.cache import DvcCache
+from expckpt.committer import Committer
+from expckpt.gitstore import GitStore
+from expckpt.project import Project, RunContext
+
+run = RunContext.from_env()
+project = Project.discover()
+store = GitStore.open(project.root)
+c = Committer(project=project, run=run, store=store, cache=DvcCache.for_project(project.root, store.git_dir),
+              checkpoint_path="model.pt", live_paths=[])
+for step in range(2):
+    Path("preds.bin").write_bytes(b"preds %d" % step)
+    Path("scores.json").write_text('{"step": %d}' % step)
+    data = os.urandom(2000)
+    tmp = Path(TEMP_MARK + "model.pt")
+    tmp.write_bytes(data)
+    c.publish(WrittenFile(tmp.resolve(), (project.workspace / "model.pt"), hashlib.md5(data).hexdigest(), len(data)),
+              step=step, metrics={}, live_files={}, parent=None)
+"""
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_writes_the_same_lock_as_the_last_checkpoint(tmp_path: Path) -> None:
+    """End to end: DVC's own dvc.lock at the end of `dvc exp run` equals the last checkpoint's."""
+    proj = make_pipeline(tmp_path / "proj", STAGE_WITH_OUTPUTS.replace("python train.py", "python ckpt.py"))
+    (proj / "ckpt.py").write_text(STAGE_SCRIPT)
+    (proj / "dvc.yaml").write_text((proj / "dvc.yaml").read_text().replace("deps: [data, train.py]", "deps: [data, ckpt.py]"))
+    run("git", "add", "-A", cwd=proj)
+    run("git", "commit", "-qm", "stage script", cwd=proj)
+    run("dvc", "exp", "run", "-n", "e2e", cwd=proj)
+    refs = run("git", "for-each-ref", "--format=%(refname)", "refs/exps", cwd=proj).stdout.split()
+    last = next(r for r in refs if r.endswith("/e2e@1"))
+    final = next(r for r in refs if r.endswith("/e2e"))
+    assert show(proj, last, "dvc.lock") == show(proj, final, "dvc.lock")
+    assert show(proj, last, "scores.json") == show(proj, final, "scores.json") == '{"step": 1}'
