@@ -64,6 +64,21 @@ stages:
 """
 
 
+MATRIX_STAGE = """\
+stages:
+  train:
+    matrix:
+      lr: [lr1, lr2]
+    cmd: python train.py ${item.lr}
+    deps: [train.py]
+    params: [lr]
+    outs:
+      - model-${item.lr}.pt:
+          checkpoint: true
+          persist: true
+"""
+
+
 def make_pipeline(path: Path, dvc_yaml: str) -> Path:
     path.mkdir(parents=True)
     files = {
@@ -152,6 +167,15 @@ def test_params_from_a_second_file_and_directory_deps(tmp_path: Path) -> None:
     data = next(d for d in entry["deps"] if d["path"] == "data")
     assert data["md5"].endswith(".dir") and data["nfiles"] == 2
     assert show(proj, commit, "dvc.lock") == dvc_commit_lock(proj, "train")
+
+
+def test_matrix_stage(tmp_path: Path) -> None:
+    proj = make_pipeline(tmp_path / "proj", MATRIX_STAGE)
+    assert Project(root=proj, workspace=proj).checkpoint_output("model-lr1.pt", "train@lr1").persist
+    commit = checkpoint(committer(proj, "train@lr1", "model-lr1.pt"), 1, b"lr1 weights")
+    lock = show(proj, commit, "dvc.lock")
+    assert yaml.safe_load(lock)["stages"]["train@lr1"]["cmd"] == "python train.py lr1"
+    assert lock == dvc_commit_lock(proj, "train@lr1")
 
 
 def test_foreach_stage_named_as_dvc_stage_says(tmp_path: Path) -> None:
