@@ -65,7 +65,7 @@ def fill(repo: Path, env: dict[str, str], n: int, kind: str) -> float:
         outs = {"model.pt": OutputHash(md5, 139_453)}
         metrics = {"acc": round(0.5 + 0.02 * step, 4), "loss": round(2.0 / (step + 1), 4)}
         files = {
-            "dvc.lock": lock.render(outs),
+            "dvc.lock": lock.render(outs).lock,
             "dvclive/metrics.json": json.dumps({"step": step, **metrics}, indent=4).encode(),
         }
         tree = store.tree_with_files(base_tree, files)

@@ -1,43 +1,103 @@
 """The DVC 3 cache, as far as checkpoints need it: put, check, hash and drop file objects.
 
-Layout (DVC 3): ``<cache>/files/md5/<md5[:2]>/<md5[2:]>``, objects read-only. Every object
-expckpt adds is appended to a log in the Git directory, so ``expckpt gc`` only ever removes
-objects that expckpt wrote.
+Layout (DVC 3): ``<cache>/files/md5/<md5[:2]>/<md5[2:]>``, objects read-only. Where the cache is
+and how files get into it come from DVC's own config, read by DVC (project, local, global and
+system levels: ``cache.dir``, ``cache.type``, ``cache.shared``). Every object expckpt adds is
+appended to a log in the Git directory, so ``expckpt gc`` only ever removes objects that expckpt
+wrote.
 """
 
 from __future__ import annotations
 
-import configparser
 import contextlib
+import errno
 import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from expckpt.atomic import TEMP_MARK, fsync_dir, md5_file
-from expckpt.errors import StorageError
+from expckpt.errors import ProjectError, StorageError
 
-__all__ = ["DvcCache"]
+__all__ = ["CacheSettings", "DvcCache"]
+
+DEFAULT_LINK_TYPES = ("reflink", "copy")
+"""DVC's default ``cache.type``."""
+
+_UNSUPPORTED = {errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.ENOTTY, errno.ENOSYS, errno.EINVAL, errno.EAGAIN}
+"""Errors that make DVC try the next link type (``dvc_objects.fs.generic._try_links``)."""
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The cache as DVC sees it."""
+
+    root: Path
+    """The cache directory (``dvc cache dir``); objects live under ``files/md5``."""
+    link_types: tuple[str, ...] = DEFAULT_LINK_TYPES
+    """``cache.type`` in order of preference: how the checkpoint file and its object relate."""
+    dir_mode: int | None = None
+    """Mode of new cache directories: ``0o2775`` with ``cache.shared = group``, else the umask's."""
+
+    @classmethod
+    def from_dvc(cls, dvc_root: Path) -> CacheSettings:
+        """Ask DVC (``Repo(...).cache``), which merges its config levels and resolves paths."""
+        from dvc.exceptions import DvcException
+        from dvc.repo import Repo
+
+        try:
+            with Repo(os.fspath(dvc_root)) as repo:
+                odb = repo.cache.local
+                shared = repo.config["cache"].get("shared")
+                return cls(
+                    root=Path(odb.path).parent.parent,
+                    link_types=tuple(odb.cache_types),
+                    dir_mode=0o2775 if shared == "group" else None,
+                )
+        except DvcException as exc:
+            raise ProjectError(
+                f"DVC cannot read its cache settings in {dvc_root}: {exc}; check `dvc config --list`",
+                path=dvc_root,
+            ) from exc
 
 
 class DvcCache:
     """A DVC cache directory plus expckpt's log of the objects it wrote there."""
 
-    def __init__(self, root: Path, written_log: Path) -> None:
-        self.root = Path(root)
+    def __init__(
+        self,
+        root: Path | None,
+        written_log: Path,
+        *,
+        link_types: tuple[str, ...] = DEFAULT_LINK_TYPES,
+        dir_mode: int | None = None,
+        dvc_root: Path | None = None,
+    ) -> None:
         self.written_log = Path(written_log)
+        self._settings = None if root is None else CacheSettings(Path(root), tuple(link_types), dir_mode)
+        self._dvc_root = dvc_root
 
     @classmethod
     def for_project(cls, dvc_root: Path, git_dir: Path) -> DvcCache:
-        """The cache ``dvc`` itself would use in ``dvc_root`` (honours ``cache.dir``)."""
-        root = Path(dvc_root) / ".dvc" / "cache"
-        for name in ("config", "config.local"):
-            parser = configparser.ConfigParser()
-            with contextlib.suppress(configparser.Error, OSError):
-                parser.read(Path(dvc_root) / ".dvc" / name)
-                if parser.has_option("cache", "dir"):
-                    root = (Path(dvc_root) / ".dvc" / parser.get("cache", "dir")).resolve()
-        return cls(root, Path(git_dir) / "expckpt" / "cache-objects.log")
+        """The cache ``dvc`` itself would use in ``dvc_root``; DVC's config is read on first use,
+        so commands that never touch the cache (``expckpt show``) do not import DVC."""
+        return cls(None, Path(git_dir) / "expckpt" / "cache-objects.log", dvc_root=Path(dvc_root))
+
+    @property
+    def settings(self) -> CacheSettings:
+        if self._settings is None:
+            assert self._dvc_root is not None
+            self._settings = CacheSettings.from_dvc(self._dvc_root)
+        return self._settings
+
+    @property
+    def root(self) -> Path:
+        return self.settings.root
+
+    @property
+    def link_types(self) -> tuple[str, ...]:
+        return self.settings.link_types
 
     def object_path(self, md5: str) -> Path:
         return self.root / "files" / "md5" / md5[:2] / md5[2:]
@@ -48,29 +108,28 @@ class DvcCache:
     def add(self, src: Path, md5: str, size: int) -> Path:
         """Put the file ``src`` (whose hash is ``md5``) in the cache; a no-op if present.
 
-        Hard-links when possible (no copy), else copies through a temp file; either way the
-        object appears under its final name only when complete.
+        ``src`` is the checkpoint's temp file, renamed onto the workspace file afterwards. How the
+        object relates to it follows ``cache.type``, tried in order as DVC does: ``hardlink``
+        shares the inode (an in-place write to the workspace file then changes the object),
+        ``reflink`` shares blocks copy-on-write, ``copy`` (also used for ``symlink``: the
+        checkpoint file is published by rename, not checked out) is independent. The object
+        appears under its final name only when complete.
         """
         dest = self.object_path(md5)
         if dest.is_file() and dest.stat().st_size == size:
             return dest
+        tmp = dest.with_name(f"{TEMP_MARK}{dest.name}.{os.getpid()}")
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f"{TEMP_MARK}{dest.name}.{os.getpid()}")
+            self._makedirs(dest.parent)
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
-            try:
-                os.link(src, tmp)
-            except OSError:
-                shutil.copyfile(src, tmp)
-                with open(tmp, "rb+") as handle:
-                    os.fsync(handle.fileno())
+            self._link_or_copy(src, tmp)
             os.chmod(tmp, 0o444)
             os.replace(tmp, dest)
             fsync_dir(dest.parent)
             self._log_written(md5, size)
         except OSError as exc:
-            with contextlib.suppress(OSError, UnboundLocalError):
+            with contextlib.suppress(OSError):
                 tmp.unlink()
             raise StorageError(
                 f"could not add {src} to the DVC cache at {self.root}: {exc.strerror or exc};"
@@ -78,6 +137,38 @@ class DvcCache:
                 path=dest,
             ) from exc
         return dest
+
+    def _makedirs(self, path: Path) -> None:
+        mode = self.settings.dir_mode
+        if mode is None:
+            path.mkdir(parents=True, exist_ok=True)
+            return
+        for missing in reversed([p for p in (path, *path.parents) if not p.exists()]):
+            with contextlib.suppress(FileExistsError):
+                missing.mkdir()
+                os.chmod(missing, mode)  # mkdir's mode is masked by the umask; DVC's is not
+
+    def _link_or_copy(self, src: Path, tmp: Path) -> str:
+        for kind in self.link_types:
+            if kind in ("copy", "symlink"):
+                break
+            try:
+                if kind == "hardlink":
+                    os.link(src, tmp)
+                elif kind == "reflink":
+                    from dvc_objects.fs.system import reflink
+
+                    reflink(os.fspath(src), os.fspath(tmp))
+                else:
+                    continue
+                return kind
+            except OSError as exc:
+                if exc.errno not in _UNSUPPORTED:
+                    raise
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        return "copy"
 
     def _log_written(self, md5: str, size: int) -> None:
         self.written_log.parent.mkdir(parents=True, exist_ok=True)

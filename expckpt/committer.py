@@ -103,8 +103,10 @@ class Committer:
             phase("after-publish", step)
 
             outs = {self.checkpoint_path: OutputHash(written.md5, written.size)}
-            files = dict(live_files)
-            files["dvc.lock"] = self._lock.render(outs)
+            # DVC's state db learns the hash, so `dvc exp run`'s own commit does not re-hash it.
+            self._lock.remember(written.dest, outs[self.checkpoint_path])
+            rendered = self._lock.render(outs)
+            files = {**live_files, **rendered.files, "dvc.lock": rendered.lock}
             tree = self.store.tree_with_files(self._base_tree, files)
             now = time.time()
             resumed = parent is not None and not self._published

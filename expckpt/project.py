@@ -98,9 +98,27 @@ class Project:
             raise ProjectError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}", path=path)
         return data
 
+    def stage_specs(self) -> dict[str, Any]:
+        """Stage name -> definition; ``foreach``/``matrix`` stages (``train@lr1``) and ``${...}``
+        are resolved by DVC's own resolver, which keeps ``checkpoint: true`` (DVC's loader drops it)."""
+        data = self.dvc_yaml()
+        stages = data.get("stages") or {}
+        if not any(isinstance(s, dict) and ("foreach" in s or "matrix" in s) for s in stages.values()) and "${" not in str(data):
+            return dict(stages)
+        from dvc.exceptions import DvcException
+        from dvc.dvcfile import ProjectFile
+        from dvc.repo import Repo
+
+        path = self.workspace / "dvc.yaml"
+        try:
+            with Repo(str(self.workspace)) as repo:
+                return dict(ProjectFile(repo, str(path)).resolver.resolve().get("stages") or {})
+        except DvcException as exc:
+            raise ProjectError(f"DVC cannot resolve {path}: {exc}", path=path) from exc
+
     def outputs(self) -> list[StageOutput]:
         found = []
-        for stage, spec in (self.dvc_yaml().get("stages") or {}).items():
+        for stage, spec in self.stage_specs().items():
             for out in (spec or {}).get("outs") or []:
                 path, flags = (out, {}) if isinstance(out, str) else next(iter(out.items()))
                 flags = flags or {}
@@ -140,9 +158,6 @@ class Project:
             key="path",
             value=path,
         )
-
-    def stage_spec(self, stage: str) -> dict[str, Any]:
-        return dict((self.dvc_yaml().get("stages") or {}).get(stage) or {})
 
     def tracked_live_paths(self) -> list[str]:
         """Metrics and plots files declared in dvc.yaml (committed with each checkpoint)."""

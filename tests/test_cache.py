@@ -1,10 +1,13 @@
-"""The DVC 3 cache: layout, hard links and copies, the written-objects log, verify, remove, checkout."""
+"""The DVC 3 cache: layout, cache.type (hard link, reflink, copy), the written-objects log, verify,
+remove, checkout, and DVC's own reading of its config."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import stat
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -31,17 +34,75 @@ def cache(tmp_path: Path) -> DvcCache:
     return DvcCache(tmp_path / "cache", tmp_path / "git" / "expckpt" / "cache-objects.log")
 
 
-def test_add_hard_links_into_the_dvc3_layout(cache: DvcCache, tmp_path: Path) -> None:
+def test_add_copies_by_default_into_the_dvc3_layout(cache: DvcCache, tmp_path: Path) -> None:
+    """DVC's default cache.type is reflink,copy: the object never shares the workspace file's inode."""
     src, md5, size = make_file(tmp_path / "ws" / "model.pt", b"weights" * 100)
     dest = cache.add(src, md5, size)
     assert dest == cache.root / "files" / "md5" / md5[:2] / md5[2:] == cache.object_path(md5)
     assert dest.read_bytes() == src.read_bytes()
-    assert os.stat(dest).st_ino == os.stat(src).st_ino  # no copy on the same filesystem
+    assert os.stat(dest).st_ino != os.stat(src).st_ino
     assert stat.S_IMODE(dest.stat().st_mode) == 0o444
+    assert stat.S_IMODE(src.stat().st_mode) == 0o644
     assert cache.has(md5) and cache.verify(md5) is None
     assert cache.written_objects() == {md5: size}
     assert list(cache.iter_objects()) == [(md5, dest)]
     assert temp_files(cache.root, src.parent) == []
+
+
+def test_add_hard_links_only_when_configured(tmp_path: Path) -> None:
+    cache = DvcCache(tmp_path / "cache", tmp_path / "log", link_types=("hardlink", "copy"))
+    src, md5, size = make_file(tmp_path / "ws" / "model.pt", b"weights" * 100)
+    dest = cache.add(src, md5, size)
+    assert os.stat(dest).st_ino == os.stat(src).st_ino  # no copy on the same filesystem
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o444 and cache.verify(md5) is None
+
+
+def publish_like_the_committer(cache: DvcCache, workspace: Path, data: bytes) -> tuple[Path, str]:
+    """Temp file -> cache -> renamed onto the workspace file, the order Committer.publish uses."""
+    tmp, md5, size = make_file(workspace / f"{TEMP_MARK}model.pt", data)
+    cache.add(tmp, md5, size)
+    os.replace(tmp, workspace / "model.pt")
+    return workspace / "model.pt", md5
+
+
+def overwrite_in_place(path: Path, data: bytes) -> None:
+    """What the user's own ``torch.save(..., "model.pt")`` does as root: write into the inode."""
+    with open(path, "r+b") as handle:
+        handle.write(data)
+
+
+@pytest.mark.parametrize("link_types", [("reflink", "copy"), ("copy",), ("symlink", "copy")])
+def test_in_place_write_to_the_workspace_file_leaves_the_checkpoint_intact(tmp_path: Path, link_types: tuple[str, ...]) -> None:
+    """Regression (issue #14.2): the workspace file was a hard link to the read-only object, so an
+    in-place write as root corrupted the checkpoint; without hardlink configured it cannot."""
+    cache = DvcCache(tmp_path / "cache", tmp_path / "log", link_types=link_types)
+    (tmp_path / "ws").mkdir()
+    path, md5 = publish_like_the_committer(cache, tmp_path / "ws", os.urandom(50_000))
+    assert os.stat(path).st_ino != os.stat(cache.object_path(md5)).st_ino
+    overwrite_in_place(path, b"user's own torch.save")
+    assert cache.verify(md5) is None
+
+
+def test_in_place_write_through_a_configured_hard_link_changes_the_object(tmp_path: Path) -> None:
+    """The hazard the user opts into with cache.type = hardlink (DVC's own caveat)."""
+    cache = DvcCache(tmp_path / "cache", tmp_path / "log", link_types=("hardlink",))
+    (tmp_path / "ws").mkdir()
+    path, md5 = publish_like_the_committer(cache, tmp_path / "ws", os.urandom(50_000))
+    assert os.stat(path).st_ino == os.stat(cache.object_path(md5)).st_ino
+    overwrite_in_place(path, b"user's own torch.save")
+    assert cache.verify(md5) is not None and cache.verify(md5).startswith("corrupt")
+
+
+def test_unsupported_link_types_fall_back_to_a_copy(tmp_path: Path) -> None:
+    """reflink is not supported on ext4/tmpfs; a hard link across filesystems is not either."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs a second filesystem (/dev/shm)")
+    cache = DvcCache(tmp_path / "cache", tmp_path / "log", link_types=("reflink", "hardlink"))
+    with tempfile.TemporaryDirectory(dir=shm) as other:
+        src, md5, size = make_file(Path(other) / "model.pt", os.urandom(10_000))
+        dest = cache.add(src, md5, size)
+        assert os.stat(dest).st_ino != os.stat(src).st_ino and cache.verify(md5) is None
 
 
 def test_add_copies_across_filesystems(cache: DvcCache) -> None:
@@ -179,6 +240,7 @@ def dvc_project(path: Path) -> Path:
 
 
 def test_for_project_default_location(tmp_path: Path) -> None:
+    dvc_project(tmp_path / "proj")
     cache = DvcCache.for_project(tmp_path / "proj", tmp_path / "proj" / ".git")
     assert cache.root == tmp_path / "proj" / ".dvc" / "cache"
     assert cache.written_log == tmp_path / "proj" / ".git" / "expckpt" / "cache-objects.log"
@@ -202,8 +264,7 @@ def test_for_project_honours_cache_dir_as_real_dvc_does(tmp_path: Path) -> None:
 
 
 def test_config_local_overrides_config(tmp_path: Path) -> None:
-    proj = tmp_path / "proj"
-    (proj / ".dvc").mkdir(parents=True)
+    proj = dvc_project(tmp_path / "proj")
     # The format dvc writes: configobj, indented keys, quoted section names.
     (proj / ".dvc" / "config").write_text(
         "[core]\n    remote = r\n['remote \"r\"']\n    url = /tmp/x\n[cache]\n    dir = ../../team-cache\n"
@@ -211,3 +272,49 @@ def test_config_local_overrides_config(tmp_path: Path) -> None:
     assert DvcCache.for_project(proj, proj / ".git").root == (tmp_path / "team-cache").resolve()
     (proj / ".dvc" / "config.local").write_text(f"[cache]\n    dir = {tmp_path / 'mine'}\n")
     assert DvcCache.for_project(proj, proj / ".git").root == tmp_path / "mine"
+
+
+@pytest.mark.parametrize(
+    ("level", "value", "expected"),
+    [
+        ("--project", "hardlink", ("hardlink",)),
+        ("--local", "copy", ("copy",)),
+        ("--global", "hardlink,copy", ("hardlink", "copy")),
+        ("--system", "symlink,copy", ("symlink", "copy")),
+    ],
+)
+def test_cache_type_is_read_through_dvc_at_every_level(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, level: str, value: str, expected: tuple[str, ...]
+) -> None:
+    monkeypatch.setenv("DVC_GLOBAL_CONFIG_DIR", str(tmp_path / "global"))
+    monkeypatch.setenv("DVC_SYSTEM_CONFIG_DIR", str(tmp_path / "system"))
+    proj = dvc_project(tmp_path / "proj")
+    assert DvcCache.for_project(proj, proj / ".git").link_types == ("reflink", "copy")  # DVC's default
+    run("dvc", "config", level, "cache.type", value, cwd=proj)
+    cache = DvcCache.for_project(proj, proj / ".git")
+    assert cache.link_types == expected
+    src, md5, size = make_file(proj / "model.pt", os.urandom(2000))
+    dest = cache.add(src, md5, size)
+    assert (os.stat(dest).st_ino == os.stat(src).st_ino) == (expected[0] == "hardlink")
+
+
+def test_cache_shared_group_makes_group_writable_directories(tmp_path: Path) -> None:
+    proj = dvc_project(tmp_path / "proj")
+    run("dvc", "config", "cache.shared", "group", cwd=proj)
+    cache = DvcCache.for_project(proj, proj / ".git")
+    src, md5, size = make_file(proj / "model.pt", b"shared checkpoint")
+    dest = cache.add(src, md5, size)
+    assert stat.S_IMODE(dest.parent.stat().st_mode) == 0o2775
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o444
+
+
+def test_for_project_does_not_import_dvc_until_the_cache_is_used(tmp_path: Path) -> None:
+    """``expckpt show`` builds a DvcCache and must stay fast: DVC is imported on first use only."""
+    proj = dvc_project(tmp_path / "proj")
+    code = (
+        "import sys; from pathlib import Path; from expckpt.cache import DvcCache\n"
+        f"c = DvcCache.for_project(Path({str(proj)!r}), Path({str(proj / '.git')!r}))\n"
+        "c.written_objects(); assert 'dvc' not in sys.modules, 'imported too early'\n"
+        "c.root; assert 'dvc' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
