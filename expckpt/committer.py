@@ -61,7 +61,7 @@ class Committer:
         self._published = False
         self._lock: LockBuilder | None = None
 
-    def _prepare(self) -> None:
+    def prepare(self) -> None:
         """Snapshot the tracked files and dependency hashes once per run (they don't change)."""
         if self._base_tree is None:
             self._base_tree = self.store.snapshot_tracked(self.project.workspace, self.run.baseline)
@@ -92,7 +92,7 @@ class Committer:
         parent: str | None,
     ) -> CheckpointRecord:
         """Publish a complete temp file as checkpoint ``<exp>@<step>``; return its record."""
-        self._prepare()
+        self.prepare()
         assert self._base_tree is not None and self._lock is not None
         ref = CheckpointRef(baseline=self.run.baseline, exp=self.run.exp_name, step=step)
         phase("after-temp", step)

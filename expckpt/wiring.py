@@ -66,5 +66,8 @@ def wire(path: str | os.PathLike[str] | None, *, live_dir: str = "dvclive", env:
     cache = DvcCache.for_project(project.root, store.git_dir)
     live_paths = [live_dir, *(p for p in project.tracked_live_paths() if not p.startswith(live_dir))]
     committer = Committer(project=project, run=run, store=store, cache=cache, checkpoint_path=rel, live_paths=live_paths)
+    # DVC's view of the stage and the cache settings, read at start-up, not at the first checkpoint
+    committer.prepare()
+    cache.settings  # noqa: B018
     return Wiring(path=project.workspace / rel, rel_path=rel, workspace=project.workspace, live_dir=live_dir,
                   committer=committer)
