@@ -352,7 +352,7 @@ def test_bad_test_fraction_is_a_config_error(value: object) -> None:
 
 
 @pytest.mark.parametrize(("text", "fragment"), [
-    (None, "'nope.yaml' not found"),
+    (None, "cannot read params file 'nope.yaml' (No such file or directory)"),
     ("data: [1, 2", "is not valid YAML"),
     ("data: digits", "data in 'nope.yaml' must be a mapping"),
 ])
