@@ -87,12 +87,23 @@ def lock_holders(git_dir: Path, *, exclude_pid: int | None = None) -> list[LockH
     return found
 
 
+def _own_command() -> str:
+    """This process's command line, program name shortened (``python train.py``)."""
+    try:
+        argv = [a.decode(errors="replace") for a in Path("/proc/self/cmdline").read_bytes().split(b"\0") if a]
+    except OSError:
+        argv = [sys.executable, *sys.argv]
+    if argv:
+        argv[0] = os.path.basename(argv[0])
+    return " ".join(argv) or "python"
+
+
 @contextlib.contextmanager
 def _holder_note(holders_dir: Path, mode: str) -> Iterator[None]:
     with _counter_lock:
         n = next(_counter)
     note = holders_dir / f"{os.getpid()}-{n}.json"
-    command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv)) or "python"
+    command = _own_command()
     try:
         holders_dir.mkdir(parents=True, exist_ok=True)
         note.write_text(json.dumps({"pid": os.getpid(), "mode": mode, "command": command, "since": time.time()}))
