@@ -316,6 +316,13 @@ class GitStore:
                 tips[name] = shas[-1]
         return tips
 
+    def worktree_files(self, worktree: Path, pathspecs: Iterable[str]) -> list[str]:
+        """Files under ``worktree`` matching ``pathspecs`` that Git tracks or would track
+        (untracked ones too; ignored ones not), relative paths."""
+        out = self.git("ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", *pathspecs,
+                       env={"GIT_WORK_TREE": str(worktree)}, cwd=Path(worktree))
+        return sorted({p for p in out.split("\0") if p})
+
     def blob(self, sha: str) -> bytes | None:
         """A blob's content by sha, or None when it is missing or not a blob."""
         try:

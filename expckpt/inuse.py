@@ -19,6 +19,7 @@ A metafile DVC cannot read is not skipped: every 32-hex token in it counts as in
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -34,6 +35,9 @@ _LOCK = "dvc.lock"
 _PIPELINE = "dvc.yaml"
 _CONTEXT = frozenset({".dvcignore", "params.yaml", "params.yml", "params.json", "params.toml", "params.py"})
 _SKIP_DIRS = frozenset({".git", ".dvc"})
+_WORKSPACE_PATTERNS = (
+    ":(glob)**/dvc.yaml", ":(glob)**/dvc.lock", ":(glob)**/*.dvc", ":(glob)**/.dvcignore", ":(glob)**/params.*",
+)
 _HEX32 = re.compile(rb"(?<![0-9a-f])[0-9a-f]{32}(?![0-9a-f])")
 
 
@@ -75,6 +79,7 @@ class InUse:
         self._repos: dict[Path, Any] = {}
         self._units: dict[tuple[Any, ...], frozenset[str]] = {}
         self._commits: dict[str, frozenset[str]] = {}
+        self._ws_dvcfiles: dict[tuple[Any, ...], dict[str, Any]] = {}
 
     def _repo(self, root: Path) -> Any:
         root = Path(root).resolve()
@@ -145,11 +150,11 @@ class InUse:
                 if not pending:
                     continue
                 with repo.switch(commit):
-                    dvcfiles: dict[str, Any] = {}  # one parsed dvc.yaml per folder, for all its locks
+                    dvcfiles: dict[str, dict[str, Any]] = {}  # one parsed dvc.yaml per folder, for all its locks
                     for key, lock in pending:
                         self._units[key] = frozenset(self._ask_dvc(repo, key, lock, dvcfiles))
 
-    def _ask_dvc(self, repo: Any, key: tuple[Any, ...], lock: str | None, dvcfiles: dict[str, Any]) -> set[str]:
+    def _ask_dvc(self, repo: Any, key: tuple[Any, ...], lock: str | None, dvcfiles: dict[str, dict[str, Any]]) -> set[str]:
         from dvc.exceptions import DvcException
 
         try:
@@ -157,7 +162,9 @@ class InUse:
                 from dvc.repo.index import Index
 
                 return _values(Index.from_file(repo, f"/{key[1]}").used_objs(force=True))
-            return self._pipeline(repo, key[1], lock, dvcfiles)
+            folder = key[1]
+            path = f"/{folder}/{_PIPELINE}" if folder else f"/{_PIPELINE}"
+            return self._pipeline(repo, path, self.store.blob(lock) if lock else None, dvcfiles.setdefault(path, {}))
         except (DvcException, ValueError, TypeError, KeyError, OSError):
             names = set()
             for sha in (key[2], lock):
@@ -165,20 +172,23 @@ class InUse:
                     names |= _named(self.store.blob(sha))
             return names
 
-    def _pipeline(self, repo: Any, folder: str, lock: str | None, dvcfiles: dict[str, Any]) -> set[str]:
-        """DVC's used objects of ``<folder>/dvc.yaml`` filled from the lock blob ``lock``."""
+    @staticmethod
+    def _pipeline(repo: Any, path: str, lock: bytes | None, dvcfile_box: dict[str, Any]) -> set[str]:
+        """DVC's used objects of the ``dvc.yaml`` at ``path`` (in ``repo.fs``) filled from ``lock``.
+
+        ``dvcfile_box`` keeps the parsed ``dvc.yaml`` for the next lock of the same file.
+        """
         import yaml
         from dvc.dvcfile import Lockfile, ProjectFile
         from dvc.stage.loader import StageLoader
 
-        path = f"/{folder}/{_PIPELINE}" if folder else f"/{_PIPELINE}"
-        dvcfile = dvcfiles.get(path)
+        dvcfile = dvcfile_box.get("dvcfile")
         if dvcfile is None:
-            dvcfile = dvcfiles[path] = ProjectFile(repo, path)
+            dvcfile = dvcfile_box["dvcfile"] = ProjectFile(repo, path)
         lock_data: dict[str, Any] = {}
-        if lock is not None:
-            loaded = yaml.load(self.store.blob(lock) or b"", Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-            lock_data = Lockfile.validate(loaded or {}, fname=path) if loaded else {}
+        if lock:
+            loaded = yaml.load(lock, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+            lock_data = Lockfile.validate(loaded, fname=path) if loaded else {}
         used: set[str] = set()
         for stage in StageLoader(dvcfile, dvcfile.contents, lock_data).values():
             used |= _values(stage.get_used_objs(force=True))
@@ -188,6 +198,66 @@ class InUse:
     # -- workspaces -----------------------------------------------------------------------------
     def of_workspace(self, workspace: Path) -> set[str]:
         """Objects the workspace's metafiles (committed or not, any directory) and notes name."""
+        workspace = Path(workspace).resolve()
+        listed = None
+        if workspace == self.store.git_dir.parent.resolve():
+            listed = self.store.worktree_files(workspace, _WORKSPACE_PATTERNS)
+        used = self._listed_workspace(workspace, listed) if listed is not None else self._whole_workspace(workspace)
+        notes = workspace / ".dvc" / "tmp" / "expckpt"
+        for note in notes.glob("*.json") if notes.is_dir() else []:
+            parsed = SessionNote.read(workspace, note.stem.replace("__", "/"))
+            if parsed is not None:
+                used.add(parsed.md5)
+        return used
+
+    def _listed_workspace(self, workspace: Path, listed: list[str]) -> set[str]:
+        """Per metafile, DVC's answer memoised on content (the training loop rewrites only dvc.lock).
+
+        Like DVC's own collection, files Git ignores are not metafiles; unlike it, files
+        ``.dvcignore`` hides still count (keeping more is safe).
+        """
+        from dvc.exceptions import DvcException
+        from dvc.repo.index import Index
+
+        contents: dict[str, bytes] = {}
+        for rel in listed:
+            if _metafile_or_context(rel.rpartition("/")[2]):
+                with contextlib.suppress(OSError):
+                    contents[rel] = (workspace / rel).read_bytes()
+        digest = {rel: hashlib.sha1(data).hexdigest() for rel, data in contents.items()}
+        context = tuple(sorted((r, d) for r, d in digest.items() if r.rpartition("/")[2] in _CONTEXT))
+        repo = self._repo(workspace)
+        used: set[str] = set()
+        with _quiet_dvc():
+            for rel, data in contents.items():
+                name, folder = rel.rpartition("/")[2], _dirname(rel)
+                lock_rel = f"{folder}/{_LOCK}" if folder else _LOCK
+                if name == _PIPELINE:
+                    templated = b"${" in data or b"vars" in data
+                    group = ("ws", str(workspace), rel, digest[rel], context if templated else None)
+                    key = (*group, digest.get(lock_rel))
+                elif name.endswith(".dvc"):
+                    group = key = ("ws", str(workspace), rel, digest[rel])
+                elif name == _LOCK and f"{folder}/{_PIPELINE}".lstrip("/") not in contents:
+                    used |= _named(data)
+                    continue
+                else:
+                    continue
+                if key not in self._units:
+                    try:
+                        if name == _PIPELINE:
+                            box = self._ws_dvcfiles.setdefault(group, {})
+                            found = self._pipeline(repo, str(workspace / rel), contents.get(lock_rel), box)
+                        else:
+                            found = _values(Index.from_file(repo, str(workspace / rel)).used_objs(force=True))
+                    except (DvcException, ValueError, TypeError, KeyError, OSError):
+                        found = _named(data) | _named(contents.get(lock_rel) if name == _PIPELINE else None)
+                    self._units[key] = frozenset(found)
+                used |= self._units[key]
+        return used
+
+    def _whole_workspace(self, workspace: Path) -> set[str]:
+        """DVC's own collection over a workspace this store does not list (a ``--temp`` copy)."""
         from dvc.exceptions import DvcException
         from dvc.repo.index import Index
 
@@ -200,16 +270,11 @@ class InUse:
                 used |= _values(index.used_objs(force=True))
             except DvcException:
                 unreadable.extend(
-                    str(p) for p in Path(workspace).rglob("*")
+                    str(p) for p in workspace.rglob("*")
                     if p.is_file() and _metafile_or_context(p.name)
                     and not {".git", ".dvc"} & set(p.relative_to(workspace).parts)
                 )
         for rel in unreadable:
             with contextlib.suppress(OSError):
                 used |= _named(Path(rel).resolve().read_bytes())
-        notes = Path(workspace) / ".dvc" / "tmp" / "expckpt"
-        for note in notes.glob("*.json") if notes.is_dir() else []:
-            parsed = SessionNote.read(Path(workspace), note.stem.replace("__", "/"))
-            if parsed is not None:
-                used.add(parsed.md5)
         return used
