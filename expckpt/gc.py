@@ -125,6 +125,7 @@ def needed_objects(
     needed |= in_use.of_commits(commits)
     for workspace in dict.fromkeys(Path(w).resolve() for w in workspaces):
         needed |= in_use.of_workspace(workspace)
+    in_use.save()
     return needed
 
 

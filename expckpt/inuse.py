@@ -19,13 +19,16 @@ A metafile DVC cannot read is not skipped: every 32-hex token in it counts as in
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import json
 import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from expckpt.atomic import atomic_write_bytes
 from expckpt.gitstore import GitStore
 from expckpt.session import SessionNote
 
@@ -38,7 +41,19 @@ _SKIP_DIRS = frozenset({".git", ".dvc"})
 _WORKSPACE_PATTERNS = (
     ":(glob)**/dvc.yaml", ":(glob)**/dvc.lock", ":(glob)**/*.dvc", ":(glob)**/.dvcignore", ":(glob)**/params.*",
 )
+_OBJECT_ID = re.compile(r"[0-9a-f]{32}(\.dir)?")
 _HEX32 = re.compile(rb"(?<![0-9a-f])[0-9a-f]{32}(?![0-9a-f])")
+
+
+@functools.cache
+def _dvc_version() -> str:
+    from importlib.metadata import version
+
+    return version("dvc")
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, list) else value
 
 
 def _metafile_or_context(name: str) -> bool:
@@ -80,6 +95,42 @@ class InUse:
         self._units: dict[tuple[Any, ...], frozenset[str]] = {}
         self._commits: dict[str, frozenset[str]] = {}
         self._ws_dvcfiles: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._disk = Path(store.git_dir) / "expckpt" / "in-use.json"
+        self._loaded = False
+        self._touched: set[tuple[Any, ...]] = set()
+        self._dirty = False
+
+    # -- the answers kept on disk -------------------------------------------------------------
+    def _load(self) -> None:
+        """Answers of earlier runs (same DVC version): they depend on blob content only."""
+        if self._loaded:
+            return
+        self._loaded = True
+        try:
+            data = json.loads(self._disk.read_text())
+            if data.get("v") != 1 or data.get("dvc") != _dvc_version():
+                return
+            for key, values in data["units"]:
+                if all(isinstance(v, str) and _OBJECT_ID.fullmatch(v) for v in values):
+                    self._units.setdefault(_as_tuple(key), frozenset(values))
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return
+
+    def save(self) -> None:
+        """Keep the answers this process used, for the next run (a cache: losing it costs time only).
+
+        Answers that involve a directory output are not kept: they depend on whether its ``.dir``
+        manifest was in the cache, not only on the metafile.
+        """
+        if not self._dirty:
+            return
+        units = [[list(k), sorted(self._units[k])] for k in self._touched
+                 if k in self._units and not any(v.endswith(".dir") for v in self._units[k])]
+        payload = {"v": 1, "dvc": _dvc_version(), "units": units}
+        with contextlib.suppress(OSError):
+            self._disk.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self._disk, json.dumps(payload, default=list).encode(), durable=False)
+        self._dirty = False
 
     def _repo(self, root: Path) -> Any:
         root = Path(root).resolve()
@@ -92,6 +143,7 @@ class InUse:
     # -- commits ------------------------------------------------------------------------------
     def of_commits(self, commit_trees: Mapping[str, str]) -> set[str]:
         """Objects the metafiles of these commits (sha -> root tree) name."""
+        self._load()
         plans: dict[str, list[tuple[tuple[Any, ...], str | None]]] = {}
         todo: dict[tuple[Any, ...], tuple[str, tuple[Any, ...], str | None]] = {}
         for commit, tree in commit_trees.items():
@@ -99,11 +151,13 @@ class InUse:
                 continue
             units = self._units_of(tree)
             plans[commit] = units
+            self._touched.update(k for k, _ in units)
             for key, lock in units:
                 if key not in self._units and key not in todo:
                     todo[key] = (commit, key, lock)
         if todo:
             self._compute(todo.values())
+            self._dirty = True
         used: set[str] = set()
         for commit in commit_trees:
             if commit not in self._commits:
@@ -216,9 +270,6 @@ class InUse:
         Like DVC's own collection, files Git ignores are not metafiles; unlike it, files
         ``.dvcignore`` hides still count (keeping more is safe).
         """
-        from dvc.exceptions import DvcException
-        from dvc.repo.index import Index
-
         contents: dict[str, bytes] = {}
         for rel in listed:
             if _metafile_or_context(rel.rpartition("/")[2]):
@@ -226,7 +277,7 @@ class InUse:
                     contents[rel] = (workspace / rel).read_bytes()
         digest = {rel: hashlib.sha1(data).hexdigest() for rel, data in contents.items()}
         context = tuple(sorted((r, d) for r, d in digest.items() if r.rpartition("/")[2] in _CONTEXT))
-        repo = self._repo(workspace)
+        self._load()
         used: set[str] = set()
         with _quiet_dvc():
             for rel, data in contents.items():
@@ -243,7 +294,13 @@ class InUse:
                     continue
                 else:
                     continue
+                self._touched.add(key)
                 if key not in self._units:
+                    from dvc.exceptions import DvcException
+                    from dvc.repo.index import Index
+
+                    self._dirty = True
+                    repo = self._repo(workspace)
                     try:
                         if name == _PIPELINE:
                             box = self._ws_dvcfiles.setdefault(group, {})
