@@ -11,7 +11,8 @@ so the work is deduplicated on content: a metafile's answer depends only on its 
 ``dvc.yaml``, on the pair with its ``dvc.lock``, and on the params files when the ``dvc.yaml`` is
 templated). Checkpoints of a run differ only in ``dvc.lock``; their ``dvc.yaml`` is parsed once
 and each distinct lock is filled in with DVC's own lock loader. Answers are kept for the life of
-the ``InUse`` object, so the training loop pays only for its newest commit.
+the ``InUse`` object, so the training loop pays only for its newest commit, and on disk
+(``.git/expckpt/in-use.json``, per DVC version), so a repeated gc need not even import DVC.
 
 A metafile DVC cannot read is not skipped: every 32-hex token in it counts as in use.
 """
