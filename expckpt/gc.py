@@ -170,12 +170,17 @@ def plan_gc(
 
 
 def _delete(store: GitStore, record: CheckpointRecord) -> str | None:
-    """Delete the ref if it still points at the listed commit; else where it points now (``""`` = gone)."""
+    """Delete the ref if it still points at the listed commit; else where it points now (``""`` = gone).
+
+    Works with a ``delete_ref`` that reports a lost compare-and-swap by returning False and with
+    one that raises ``RefConflictError`` (returning at all then means it was deleted).
+    """
     try:
-        if store.delete_ref(record.ref.ref, record.commit):
-            return None
+        deleted = store.delete_ref(record.ref.ref, record.commit)
     except RefConflictError:
-        pass
+        deleted = False
+    if deleted is None or deleted:
+        return None
     now = store.get_ref(record.ref.ref)
     if now == record.commit:
         raise RefConflictError(
