@@ -33,7 +33,7 @@ class RunRetention:
     def add(self, record: CheckpointRecord) -> list[CheckpointRecord]:
         """Take in a new checkpoint and apply the policy; return the checkpoints dropped."""
         self.chain.append(record)
-        infos = [CheckpointInfo(step=r.step, metrics=r.metrics, time=r.time) for r in self.chain]
+        infos = [CheckpointInfo.of(r) for r in self.chain]
         kept, dropped = [], []
         for rec, keep in zip(self.chain, self.policy.should_keep(infos)):
             (kept if keep else dropped).append(rec)

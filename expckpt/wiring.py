@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from expckpt.cache import DvcCache
 from expckpt.committer import Committer
 from expckpt.errors import ProjectError
+from expckpt.gc import free_dropped
 from expckpt.gitstore import GitStore
 from expckpt.project import Project, RunContext
 from expckpt.records import CheckpointRecord
@@ -70,4 +72,4 @@ def wire(path: str | os.PathLike[str] | None, *, live_dir: str = "dvclive", env:
     committer.prepare()
     cache.settings  # noqa: B018
     return Wiring(path=project.workspace / rel, rel_path=rel, workspace=project.workspace, live_dir=live_dir,
-                  committer=committer)
+                  committer=committer, free=partial(free_dropped, store, cache, project.workspace))

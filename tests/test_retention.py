@@ -36,13 +36,12 @@ def test_twelve_epochs_keep_last_3_keep_best_1_then_gc_frees_the_rest(tmp_path: 
 
     cache = DvcCache.for_project(project, project / ".git")
     written = cache.written_objects()
-    assert len([m for m in written if cache.has(m)]) == 12, "evicted refs' objects stay until gc"
+    kept_objects = {o.md5 for r in records(project, "long") for o in r.outs.values()}
+    # Dropped checkpoints' objects were freed during training: the cache holds the kept ones only.
+    assert len(written) == 12 and {m for m in written if cache.has(m)} == kept_objects
 
     gc = run("expckpt", "gc", "--workspace", "--force", cwd=project)
-
-    kept_objects = {o.md5 for r in records(project, "long") for o in r.outs.values()}
-    assert {m for m in written if cache.has(m)} == kept_objects
-    assert "Removed 0 checkpoints" in gc.stdout and "freed" in gc.stdout
+    assert "Nothing to collect." in gc.stdout
     assert run("expckpt", "verify", cwd=project).returncode == 0
     listing = json.loads(run("expckpt", "list", "long", "--json", cwd=project).stdout)
     assert {c["name"]: c["kept_by"] for c in listing} == {
