@@ -10,14 +10,18 @@ from __future__ import annotations
 import configparser
 import contextlib
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 from expckpt.atomic import TEMP_MARK, fsync_dir, md5_file
-from expckpt.errors import StorageError
+from expckpt.errors import CorruptCheckpointError, StorageError
+from expckpt.text import terminal_safe
 
 __all__ = ["DvcCache"]
+
+_MD5 = re.compile(r"[0-9a-f]{32}")
 
 
 class DvcCache:
@@ -40,6 +44,18 @@ class DvcCache:
         return cls(root, Path(git_dir) / "expckpt" / "cache-objects.log")
 
     def object_path(self, md5: str) -> Path:
+        """Where the object ``md5`` lives; refuses anything but an MD5 (32 lowercase hex digits).
+
+        The hash comes from Git-sourced records and logs: a crafted one (``../../..``) must not
+        make ``verify`` hash, or ``gc`` delete, a file outside the cache.
+        """
+        if not isinstance(md5, str) or not _MD5.fullmatch(md5):
+            shown = repr(md5) if len(repr(md5)) <= 60 else f"{repr(md5)[:57]}..."
+            raise CorruptCheckpointError(
+                f"{terminal_safe(shown)} is not a DVC md5 (32 lowercase hex digits), so it names no"
+                " cache object; the record or log holding it is damaged or crafted:"
+                " run `expckpt verify --all` to find it"
+            )
         return self.root / "files" / "md5" / md5[:2] / md5[2:]
 
     def has(self, md5: str) -> bool:

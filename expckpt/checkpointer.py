@@ -24,7 +24,14 @@ from expckpt.policy import CheckpointInfo
 from expckpt.project import Project, RunContext
 from expckpt.records import CheckpointRecord
 from expckpt.report import analyse, improvement_line
-from expckpt.resume import ResumePoint, Resumed, find_resume_point, remove_stale_temps, restore_live_files
+from expckpt.resume import (
+    ResumePoint,
+    Resumed,
+    find_resume_point,
+    refuse_lost_checkpoint,
+    remove_stale_temps,
+    restore_live_files,
+)
 from expckpt.session import SessionNote
 from expckpt.signals import GracefulStop
 from expckpt.state import TrainingState
@@ -133,6 +140,8 @@ class Checkpointer:
         """
         remove_stale_temps(self.path)
         if not self.path.exists():
+            if self.committer is not None:  # a lost checkpoint is not a fresh start
+                refuse_lost_checkpoint(self.path, self.rel_path, self.workspace, self.committer.store, self.committer.cache)
             return None
         if SessionNote.was_reset(self.workspace, self.rel_path):
             self.echo(f"expckpt: starting from scratch (expckpt reset); ignoring {self.rel_path} as DVC checked it out")

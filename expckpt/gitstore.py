@@ -27,7 +27,7 @@ from dulwich.repo import Repo
 
 from expckpt.errors import ProjectError, RefConflictError
 
-__all__ = ["GitStore", "RefEntry"]
+__all__ = ["GitStore", "RefEntry", "TreeEntry"]
 
 FILE_MODE = 0o100644
 _T = TypeVar("_T")
@@ -258,9 +258,61 @@ class GitStore:
             raise ProjectError(f"git {args[0]} failed: {message}", path=self.git_dir)
         return proc.stdout if binary else proc.stdout.decode(errors="replace")
 
+    # -- untrusted trees (self-contained; added for restoring dvclive files safely) ----------
+    def list_tree(self, commit: str, path: str) -> list[TreeEntry]:
+        """Every non-directory entry under directory ``path`` at ``commit``, unchecked.
+
+        Unlike ``list_dir`` this keeps each entry's mode and reports symlinks, submodules and
+        entries whose object is missing or of the wrong type, with names exactly as the tree
+        holds them (``..``, ``/`` or non-UTF-8 bytes included): the caller decides what is safe.
+        Empty when ``path`` is not a directory at ``commit``.
+        """
+        repo = self._repo
+        try:
+            obj = repo[repo[commit.encode()].tree]
+            for part in path.strip("/").split("/"):
+                assert isinstance(obj, Tree)
+                mode, sha = obj[part.encode()]
+                if not mode & 0o170000 == _DIR_MODE:
+                    return []
+                obj = repo[sha]
+        except (KeyError, ValueError, AssertionError):
+            return []
+        if not isinstance(obj, Tree):
+            return []
+        found: list[TreeEntry] = []
+        pending: list[tuple[str, Tree]] = [(path.strip("/"), obj)]
+        while pending:
+            prefix, tree = pending.pop()
+            for item in tree.iteritems():
+                name = f"{prefix}/{item.path.decode(errors='surrogateescape')}"
+                child: Any = None
+                with contextlib.suppress(KeyError, ValueError):
+                    child = repo[item.sha]
+                if item.mode & 0o170000 == _DIR_MODE and isinstance(child, Tree):
+                    pending.append((name, child))
+                else:
+                    data = child.as_raw_string() if isinstance(child, Blob) else None
+                    found.append(TreeEntry(name, item.mode, item.sha.decode(), data))
+        return found
+
 
 def _username() -> str:
     try:
         return getpass.getuser()
     except Exception:  # no passwd entry in some containers
         return "expckpt"
+
+
+_DIR_MODE = 0o040000
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    """One entry of a tree listing: path (``/``-joined as stored), Git mode, object id, and the
+    content when the object is a blob (else ``None``)."""
+
+    path: str
+    mode: int
+    sha: str
+    data: bytes | None

@@ -10,23 +10,42 @@ The rules, in order:
 3. The file was written by a checkpoint that never got its ref (a crash in between): roll back
    to the workspace's last complete checkpoint from the cache, or, if none finished before it,
    start from scratch.
+4. The file is missing although the workspace's dvc.lock or note names a checkpoint, and that
+   checkpoint's cache object is gone too: stop (``refuse_lost_checkpoint``), never start over.
+
+Restoring the dvclive history reads a checkpoint commit's tree, which is untrusted: see
+``restore_live_files``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from expckpt.atomic import TEMP_MARK
+from expckpt.atomic import TEMP_MARK, atomic_write_bytes
 from expckpt.cache import DvcCache
+from expckpt.errors import MissingCheckpointError, UnsafeCheckpointError
 from expckpt.gitstore import GitStore
 from expckpt.records import CheckpointRecord, load_records
+from expckpt.refs import CheckpointRef
 from expckpt.session import SessionNote, hash_with_note
+from expckpt.text import is_printable, terminal_safe
+from expckpt.verify import locked_outputs
 
-__all__ = ["ResumePoint", "Resumed", "find_resume_point", "remove_stale_temps", "restore_live_files"]
+__all__ = [
+    "ResumePoint",
+    "Resumed",
+    "find_resume_point",
+    "refuse_lost_checkpoint",
+    "remove_stale_temps",
+    "restore_live_files",
+]
+
+_MD5 = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True)
@@ -121,18 +140,132 @@ def find_resume_point(
     return ResumePoint(None, rolled_back=False)
 
 
-def restore_live_files(store: GitStore, commit: str, workspace: Path, live_dir: str) -> None:
-    """Make the dvclive directory exactly what ``commit`` holds (history up to its step)."""
-    wanted = store.list_dir(commit, live_dir)
-    if not wanted:
+def _lost_checkpoint_name(
+    md5: str, rel_path: str, records: list[CheckpointRecord], note: SessionNote | None
+) -> str | None:
+    """The checkpoint whose ``rel_path`` had hash ``md5`` (the note's own one preferred)."""
+    holders = [r for r in records if rel_path in r.outs and r.outs[rel_path].md5 == md5]
+    holders.sort(key=lambda r: (note is not None and r.commit == note.commit, r.time))
+    if holders:
+        return f"{holders[-1].name} ({holders[-1].commit[:7]})"
+    if note is not None and note.md5 == md5:
+        ref = CheckpointRef.parse(note.ref)
+        return f"{ref.name if ref else note.ref} ({note.commit[:7]})"
+    return None
+
+
+def refuse_lost_checkpoint(path: Path, rel_path: str, workspace: Path, store: GitStore, cache: DvcCache) -> None:
+    """Raise ``MissingCheckpointError`` when ``path`` is gone but should hold a checkpoint.
+
+    The workspace's dvc.lock (what ``dvc exp run`` and ``dvc exp apply`` check out) and its note
+    of the last complete checkpoint say which checkpoint the file should be. When that file and
+    its cache object are both gone (``dvc gc -w`` without ``--all-experiments``, then a failed
+    ``dvc exp apply``), starting from step 0 would quietly throw the run's progress away.
+    After ``expckpt reset`` a missing file is the fresh start the user asked for.
+    """
+    if path.exists() or SessionNote.was_reset(workspace, rel_path):
         return
-    for root, _, names in os.walk(workspace / live_dir):
-        for name in names:
-            full = Path(root, name)
-            if full.relative_to(workspace).as_posix() not in wanted:
-                full.unlink()
-    for rel, data in wanted.items():
-        target = workspace / rel
-        if not target.is_file() or target.read_bytes() != data:
+    note = SessionNote.read(workspace, rel_path)
+    try:
+        lock = (workspace / "dvc.lock").read_bytes()
+    except OSError:
+        lock = None
+    named = [(locked_outputs(lock).get(rel_path), "the workspace's dvc.lock"),
+             (note.md5 if note else None, "the workspace's last checkpoint")]
+    records: list[CheckpointRecord] | None = None
+    for md5, source in named:
+        if not isinstance(md5, str) or not _MD5.fullmatch(md5) or cache.has(md5):
+            continue
+        if records is None:
+            records = load_records(store)
+        name = _lost_checkpoint_name(md5, rel_path, records, note)
+        if name is None and md5 not in cache.written_objects():
+            continue  # not a file expckpt wrote: a fresh start is not losing a checkpoint
+        shown = terminal_safe(name or f"{rel_path} (md5 {md5})")
+        short = shown.split(" (")[0] if name else "<exp>@<step>"
+        raise MissingCheckpointError(
+            f"{rel_path} should be checkpoint {shown} ({source}), but neither {rel_path} nor its"
+            f" cache object (md5 {md5}) exists, so training would start over from step 0;"
+            f" get it back with `dvc exp pull <remote> {short}` then `dvc exp apply {short}`,"
+            " resume from another checkpoint with `dvc exp apply <exp>@<step>`, or start from"
+            " scratch with `expckpt reset`",
+            path=path,
+            checkpoint=name,
+        )
+
+
+def _checked_parts(rel: str, what: str, commit: str) -> list[str]:
+    parts = rel.split("/")
+    for part in parts:
+        if part in ("", ".", "..") or not is_printable(part):
+            raise _unsafe(commit, f"{what} {terminal_safe(repr(rel))} is not a plain relative path")
+    return parts
+
+
+def _unsafe(commit: str, why: str) -> UnsafeCheckpointError:
+    return UnsafeCheckpointError(
+        f"refused to restore the dvclive files of checkpoint commit {commit[:7]}: {why};"
+        " nothing was written. A pulled ref may be crafted: remove it (`dvc exp remove"
+        " <exp>@<step>`), then resume from another checkpoint (`dvc exp apply`) or start over"
+        " (`expckpt reset`)"
+    )
+
+
+def _no_symlink_below(workspace: Path, parts: list[str], commit: str) -> None:
+    """Refuse when a directory on the way from ``workspace`` down ``parts`` is a symlink or not
+    a directory (writing there could land outside the workspace's dvclive directory)."""
+    current = workspace
+    for part in parts:
+        current = current / part
+        if current.is_symlink():
+            target = terminal_safe(os.readlink(current))
+            raise _unsafe(commit, f"{current} is a symlink (to {target}), so writing into it could leave the workspace")
+        if current.exists() and not current.is_dir():
+            raise _unsafe(commit, f"{current} is in the way: it is not a directory")
+
+
+def restore_live_files(store: GitStore, commit: str, workspace: Path, live_dir: str) -> None:
+    """Make the dvclive directory exactly what ``commit`` holds (history up to its step).
+
+    The commit's tree is untrusted (a pulled ref is anyone's): every entry must be a regular
+    file with a plain relative name, and nothing may resolve outside ``<workspace>/<live_dir>``,
+    also not through a symlink already in the workspace. Anything else refuses the whole
+    restore with ``UnsafeCheckpointError`` before a single file is written or removed: resuming
+    from a tampered checkpoint would make it the parent of every new one, so it stops the run
+    (one line) rather than continuing with a warning.
+    """
+    entries = store.list_tree(commit, live_dir)
+    if not entries:
+        return
+    live_parts = _checked_parts(live_dir.strip("/"), "the dvclive directory", commit)
+    prefix = "/".join(live_parts) + "/"
+    wanted: dict[tuple[str, ...], bytes] = {}
+    for entry in entries:
+        rel = entry.path[len(prefix) :] if entry.path.startswith(prefix) else entry.path
+        parts = tuple(_checked_parts(rel, "entry", commit))
+        if entry.mode & 0o170000 != 0o100000 or entry.data is None:
+            kind = {0o120000: "a symlink", 0o160000: "a submodule", 0o040000: "a broken directory"}
+            what = kind.get(entry.mode & 0o170000, f"mode {entry.mode:o}")
+            raise _unsafe(commit, f"entry {terminal_safe(repr(entry.path))} is {what}, not a file")
+        wanted[parts] = entry.data
+    base = workspace / Path(*live_parts)
+    _no_symlink_below(workspace, live_parts, commit)
+    for parts in wanted:
+        _no_symlink_below(base, list(parts[:-1]), commit)
+    root_real = os.path.realpath(workspace)
+    base_real = os.path.join(root_real, *live_parts)
+    for parts in wanted:
+        target = os.path.realpath(base.joinpath(*parts).parent)
+        if os.path.commonpath([target, base_real]) != base_real:
+            raise _unsafe(commit, f"{terminal_safe('/'.join(parts))} resolves outside {base}")
+    if base.is_dir():
+        for root, _, names in os.walk(base):  # does not follow symlinked directories
+            for name in names:
+                full = Path(root, name)
+                if tuple(full.relative_to(base).parts) not in wanted:
+                    full.unlink()  # a symlink itself is removed, never its target
+    for parts, data in wanted.items():
+        target = base.joinpath(*parts)
+        if target.is_symlink() or not target.is_file() or target.read_bytes() != data:
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
+            atomic_write_bytes(target, data, durable=False)  # replaces a symlink, not its target

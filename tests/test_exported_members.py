@@ -22,6 +22,7 @@ EXPORTED = [
     "DataError",
     "ExpCkptError",
     "InvalidNameError",
+    "MissingCheckpointError",
     "ProjectError",
     "RefConflictError",
     "RefError",
