@@ -120,8 +120,7 @@ class BadRecord:
     why: str
 
     def warning(self) -> str:
-        name = self.ref.removeprefix(EXPS_PREFIX)
-        return f"expckpt: warning: skipping {terminal_safe(name)}: {terminal_safe(self.why)}"
+        return f"expckpt: warning: skipping {terminal_safe(self.ref)}: {terminal_safe(self.why)}"
 
 
 _MD5 = re.compile(r"[0-9a-f]{32}")

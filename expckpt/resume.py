@@ -140,17 +140,18 @@ def find_resume_point(
     return ResumePoint(None, rolled_back=False)
 
 
-def _lost_checkpoint_name(
+def _lost_checkpoint(
     md5: str, rel_path: str, records: list[CheckpointRecord], note: SessionNote | None
-) -> str | None:
-    """The checkpoint whose ``rel_path`` had hash ``md5`` (the note's own one preferred)."""
+) -> tuple[str, str] | None:
+    """Name and commit of the checkpoint whose ``rel_path`` had hash ``md5`` (the workspace's
+    own last one preferred)."""
     holders = [r for r in records if rel_path in r.outs and r.outs[rel_path].md5 == md5]
     holders.sort(key=lambda r: (note is not None and r.commit == note.commit, r.time))
     if holders:
-        return f"{holders[-1].name} ({holders[-1].commit[:7]})"
+        return holders[-1].name, holders[-1].commit
     if note is not None and note.md5 == md5:
         ref = CheckpointRef.parse(note.ref)
-        return f"{ref.name if ref else note.ref} ({note.commit[:7]})"
+        return (ref.name if ref else note.ref), note.commit
     return None
 
 
@@ -167,30 +168,33 @@ def refuse_lost_checkpoint(path: Path, rel_path: str, workspace: Path, store: Gi
         return
     note = SessionNote.read(workspace, rel_path)
     try:
-        lock = (workspace / "dvc.lock").read_bytes()
+        lock: bytes | None = (workspace / "dvc.lock").read_bytes()
     except OSError:
         lock = None
-    named = [(locked_outputs(lock).get(rel_path), "the workspace's dvc.lock"),
-             (note.md5 if note else None, "the workspace's last checkpoint")]
+    named = [
+        (locked_outputs(lock).get(rel_path), "named by the workspace's dvc.lock"),
+        (note.md5 if note else None, "the workspace's last checkpoint"),
+    ]
     records: list[CheckpointRecord] | None = None
     for md5, source in named:
         if not isinstance(md5, str) or not _MD5.fullmatch(md5) or cache.has(md5):
             continue
         if records is None:
             records = load_records(store)
-        name = _lost_checkpoint_name(md5, rel_path, records, note)
-        if name is None and md5 not in cache.written_objects():
-            continue  # not a file expckpt wrote: a fresh start is not losing a checkpoint
-        shown = terminal_safe(name or f"{rel_path} (md5 {md5})")
-        short = shown.split(" (")[0] if name else "<exp>@<step>"
+        found = _lost_checkpoint(md5, rel_path, records, note)
+        if found is None and md5 not in cache.written_objects():
+            continue  # not a file expckpt wrote: a fresh start loses no checkpoint
+        name = terminal_safe(found[0]) if found else None
+        what = f"checkpoint {name} ({found[1][:7]})" if found else "a checkpoint expckpt wrote"
+        pull = name or "<exp>@<step>"
         raise MissingCheckpointError(
-            f"{rel_path} should be checkpoint {shown} ({source}), but neither {rel_path} nor its"
-            f" cache object (md5 {md5}) exists, so training would start over from step 0;"
-            f" get it back with `dvc exp pull <remote> {short}` then `dvc exp apply {short}`,"
-            " resume from another checkpoint with `dvc exp apply <exp>@<step>`, or start from"
-            " scratch with `expckpt reset`",
+            f"{rel_path} should be {what} ({source}), but neither {rel_path} nor its cache object"
+            f" (md5 {md5}) exists, so training would start over from step 0; get it back with"
+            f" `dvc exp pull <remote> {pull}` then `dvc exp apply {pull}`, resume from another"
+            " checkpoint with `dvc exp apply <exp>@<step>`, or start from scratch with"
+            " `expckpt reset`",
             path=path,
-            checkpoint=name,
+            checkpoint=found[0] if found else None,
         )
 
 

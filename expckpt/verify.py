@@ -56,12 +56,14 @@ def remedy(problems: Iterable[Problem]) -> str | None:
     if not names:
         return None
     example = terminal_safe(names[0])
-    count = f"{len(names)} checkpoint{'s have' if len(names) != 1 else ' has'}"
+    one = len(names) == 1
+    them = "it" if one else "them"
     return (
-        f"{count} no cache object: a plain `dvc gc -w` removes every checkpoint's object but the"
-        " workspace's, so collect with `dvc gc -w --all-experiments` (or `expckpt gc`); get them"
-        f" back with `dvc exp pull <remote> {example}` (each one that was pushed), or drop them"
-        f" with `dvc exp remove {example}`"
+        f"{len(names)} checkpoint{' has' if one else 's have'} no cache object: a plain `dvc gc -w`"
+        " removes every checkpoint's object but the workspace's, so collect with"
+        f" `dvc gc -w --all-experiments` (or `expckpt gc`); get {them} back with"
+        f" `dvc exp pull <remote> {example}`{'' if one else ' (each one that was pushed)'},"
+        f" or drop {them} with `dvc exp remove {example}`"
     )
 
 
