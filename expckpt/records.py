@@ -170,18 +170,31 @@ def _output(path: str, value: object) -> OutputHash:
     return OutputHash(md5, size)  # type: ignore[arg-type]
 
 
+def _finite(value: object) -> float | None:
+    """``value`` as a float if it is a finite JSON number (an int too big for a float is not)."""
+    if not (_is_int(value) or isinstance(value, float)):
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _metric(name: str, value: object) -> float:
     """A finite JSON number, or one of the strings ``format_message`` writes for NaN/inf."""
     if isinstance(value, str) and value in _NON_FINITE:
         return _NON_FINITE[value]
-    if (_is_int(value) or isinstance(value, float)) and math.isfinite(value):  # type: ignore[arg-type]
-        return float(value)  # type: ignore[arg-type]
+    number = _finite(value)
+    if number is not None:
+        return number
     raise BadRecordError(f"metric {_show(name)} is {_show(value)}, not a finite number or 'nan'/'inf'/'-inf'")
 
 
 def _time(value: object) -> float:
-    if (_is_int(value) or isinstance(value, float)) and math.isfinite(value) and 0 <= value <= _MAX_TIME:  # type: ignore[operator,arg-type]
-        return float(value)  # type: ignore[arg-type]
+    number = _finite(value)
+    if number is not None and 0 <= number <= _MAX_TIME:
+        return number
     raise BadRecordError(f"time {_show(value)} is not a Unix time between 0 and {_MAX_TIME:.0f}")
 
 
@@ -231,7 +244,12 @@ def parse_message(ref: CheckpointRef, commit: str, message: str) -> CheckpointRe
                 meta = json.loads(line[len(_META) :], parse_constant=_reject_constant)
             except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
                 raise BadRecordError(f"its metadata is not valid JSON ({exc})") from None
-            return _record(ref, commit, meta)
+            try:
+                return _record(ref, commit, meta)
+            except BadRecordError:
+                raise
+            except (ArithmeticError, TypeError, ValueError) as exc:  # a case the checks missed
+                raise BadRecordError(f"its metadata does not parse ({type(exc).__name__}: {exc})") from None
     return None
 
 

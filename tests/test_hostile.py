@@ -31,6 +31,7 @@ from faultkit import (
     EPOCHS,
     cache_object,
     checkpoint_refs,
+    dvc_exp_run,
     first_epoch,
     head,
     locked_model,
@@ -170,6 +171,9 @@ def test_a_metric_name_from_a_checkpoint_tree_is_escaped_in_report(project: Path
     [
         ({"time": 1e400}, "bare Infinity is not JSON"),
         ({"time": -1}, "time -1"),
+        ({"time": 10**400}, "time 1000"),  # an int too big for a float
+        ({"metrics": {"acc": 10**400}}, "metric 'acc' is 1000"),
+        ({"metrics": {"acc": True}}, "metric 'acc' is True"),
         ({"time": True}, "time True"),
         ({"parent": "../../../etc"}, "parent"),
         ({"resumed": "yes"}, "resumed"),
@@ -430,3 +434,22 @@ def test_the_library_error_names_the_checkpoint(project: Path) -> None:
         refuse_lost_checkpoint(project / "model.pt", "model.pt", project, store, cache)
     assert info.value.checkpoint == "straight@2"
     assert info.value.path == project / "model.pt"
+
+
+@pytest.mark.slow
+def test_dvc_gc_then_apply_then_exp_run_stops_naming_the_lost_checkpoint(project: Path) -> None:
+    """Issue #9 item 4 as a user meets it, through the real `dvc`: a plain `dvc gc -w`, then
+    `dvc exp apply straight@1` (whose object is gone), then `dvc exp run`."""
+    run("dvc", "gc", "-w", "-f", cwd=project)
+    applied = run("dvc", "exp", "apply", "straight@1", cwd=project, check=False)
+    assert not (project / "model.pt").exists(), applied.stdout + applied.stderr
+    refs_before = checkpoint_refs(project)
+
+    result = dvc_exp_run(project, check=False)
+
+    assert result.returncode != 0
+    assert first_epoch(result.stdout) is None, "started over from epoch 0"
+    errors = [line for line in result.stderr.splitlines() if line.startswith("train.py: error: ")]
+    assert len(errors) == 1 and errors[0].startswith("train.py: error: model.pt should be checkpoint straight@1 ("), result.stderr
+    assert "`dvc exp pull <remote> straight@1`" in errors[0] and "`expckpt reset`" in errors[0]
+    assert checkpoint_refs(project) == refs_before
