@@ -31,7 +31,6 @@ __all__ = ["GitStore", "RefEntry", "TreeEntry"]
 
 FILE_MODE = 0o100644
 _T = TypeVar("_T")
-_SEP = "\x1f\x1e"
 _INHERITED_GIT_VARS = {"GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY"}
 
 
@@ -209,17 +208,32 @@ class GitStore:
         return bool(self._write(ref, lambda: self._repo.refs.remove_if_equals(ref.encode(), expected.encode())))
 
     def list_refs(self, prefix: str) -> list[RefEntry]:
-        """All refs under ``prefix`` with commit time and message, in one ``git`` call."""
-        fmt = f"%(refname){_SEP}%(objectname){_SEP}%(committerdate:unix){_SEP}%(contents){_SEP}"
-        out = self.git("for-each-ref", f"--format={fmt}", *([prefix] if prefix else []))
-        entries = []
-        fields = out.split(_SEP)
-        for i in range(0, len(fields) - 1, 4):
-            ref = fields[i].lstrip("\n")
-            stamp = fields[i + 2]
-            entries.append(
-                RefEntry(ref, fields[i + 1], int(stamp) if stamp.isdigit() else 0, fields[i + 3])
-            )
+        """All refs under ``prefix`` with commit time and message, in two ``git`` calls.
+
+        Messages are untrusted (a pulled ref is anyone's), so they are read length-prefixed
+        through ``cat-file --batch``: no bytes in one message can forge or hide another ref.
+        """
+        listing = self.git("for-each-ref", "--format=%(objectname) %(refname)", *([prefix] if prefix else []))
+        pairs = [line.split(" ", 1) for line in listing.splitlines() if " " in line]
+        if not pairs:
+            return []
+        raw = self.git("cat-file", "--batch", input="".join(f"{sha}\n" for sha, _ in pairs), binary=True)
+        entries, pos = [], 0
+        for sha, ref in pairs:
+            end = raw.index(b"\n", pos)
+            header = raw[pos:end].split()
+            pos = end + 1
+            time, message = 0, ""
+            if len(header) == 3 and header[2].isdigit():  # b"<sha> <type> <size>", else missing
+                body = raw[pos : pos + int(header[2])]
+                pos += int(header[2]) + 1
+                head, _, text = body.partition(b"\n\n")
+                message = text.decode(errors="replace")
+                for line in head.split(b"\n"):
+                    if line.startswith(b"committer "):
+                        stamp = line.rsplit(b" ", 2)[-2] if line.count(b" ") >= 2 else b""
+                        time = int(stamp) if stamp.isdigit() else 0
+            entries.append(RefEntry(ref, sha, time, message))
         return entries
 
     # -- workspace --------------------------------------------------------------------------

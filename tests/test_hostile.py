@@ -31,6 +31,7 @@ from faultkit import (
     EPOCHS,
     cache_object,
     checkpoint_refs,
+    clone,
     dvc_exp_run,
     first_epoch,
     head,
@@ -144,6 +145,21 @@ def test_hostile_records_are_skipped_with_one_warning_by_every_command(project: 
     verified = run("expckpt", "verify", "--all", cwd=project, check=False)
     assert verified.stdout.strip() == f"{EPOCHS} of {EPOCHS} checkpoints verified"
     assert "a\\x9b2J\\u202e" in run("expckpt", "show", cwd=project).stdout, "the branch is shown, escaped"
+
+
+def test_bytes_in_a_message_cannot_forge_or_hide_other_refs(project: Path) -> None:
+    """Ref listing once split `for-each-ref` output on a separator that a message can contain."""
+    good = meta_of(project, checkpoint_refs(project)[f"straight@{EPOCHS - 1}"].commit)
+    ghost = json.dumps({**good, "exp": "ghost", "step": 1})
+    forged = f"\x1f\x1erefs/exps/00/{'0' * 38}/ghost@1\x1f\x1e{'1' * 40}\x1f\x1e0\x1f\x1eexpckpt-meta: {ghost}"
+    plant(project, "sep@5", json.dumps({**good, "exp": "sep", "step": 5}) + "\n\n" + forged)
+
+    result = run("expckpt", "list", "-A", "--json", cwd=project, check=False)
+
+    assert result.returncode == 0, result.stderr
+    assert sorted(row["name"] for row in json.loads(result.stdout)) == sorted(
+        [*(f"straight@{s}" for s in range(EPOCHS)), "sep@5"]
+    )
 
 
 def test_a_metric_name_from_a_checkpoint_tree_is_escaped_in_report(project: Path, tmp_path: Path) -> None:
@@ -453,3 +469,25 @@ def test_dvc_gc_then_apply_then_exp_run_stops_naming_the_lost_checkpoint(project
     assert len(errors) == 1 and errors[0].startswith("train.py: error: model.pt should be checkpoint straight@1 ("), result.stderr
     assert "`dvc exp pull <remote> straight@1`" in errors[0] and "`expckpt reset`" in errors[0]
     assert checkpoint_refs(project) == refs_before
+
+
+@pytest.mark.slow
+def test_dvc_exp_pull_brings_a_lost_checkpoint_back(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """The remedy `expckpt verify` names works: a pushed checkpoint lost to a plain `dvc gc -w`
+    comes back with `dvc exp pull <remote> <name>` (the DVC remote committed before training)."""
+    project = clone(tmp_path_factory, tmp_path / "p")
+    run("git", "init", "-q", "--bare", str(tmp_path / "remote.git"), cwd=tmp_path)
+    run("git", "remote", "add", "origin", str(tmp_path / "remote.git"), cwd=project)
+    run("dvc", "remote", "add", "-d", "store", str(tmp_path / "dvc-store"), cwd=project)
+    run("git", "commit", "-qm", "DVC remote", "--", ".dvc/config", cwd=project)
+    train(project, "straight")
+    run("dvc", "exp", "push", "origin", "straight@0", cwd=project)
+    run("dvc", "gc", "-w", "-f", cwd=project)
+    lost = run("expckpt", "verify", "--all", cwd=project, check=False)
+    assert lost.returncode == 1 and "`dvc exp pull <remote> straight@0`" in lost.stderr
+
+    run("dvc", "exp", "pull", "origin", "straight@0", cwd=project)
+
+    result = run("expckpt", "verify", "straight", cwd=project, check=False)
+    assert "straight@0" not in result.stderr, result.stderr
+    assert "straight@1" in result.stderr, "not pushed, so still lost"
