@@ -147,6 +147,22 @@ def test_hostile_records_are_skipped_with_one_warning_by_every_command(project: 
     assert "a\\x9b2J\\u202e" in run("expckpt", "show", cwd=project).stdout, "the branch is shown, escaped"
 
 
+def test_training_resumes_beside_hostile_refs(project: Path, tmp_path: Path) -> None:
+    """`dvc exp run` used to fail to resume when any checkpoint ref had a bad record."""
+    bad = hostile_refs(project, tmp_path / "secret.txt")
+    set_param(project, "epochs", EPOCHS + 1)
+
+    result = train(project, "straight", check=False)
+
+    assert result.returncode == 0, result.stderr
+    assert f"Resuming from model.pt (straight@{EPOCHS - 1}): {EPOCHS} epochs done" in result.stdout
+    assert first_epoch(result.stdout) == EPOCHS
+    assert sorted(WARNING.findall(result.stderr)) == sorted(
+        f"refs/exps/{head(project)[:2]}/{head(project)[2:]}/{n}" for n in bad
+    ), result.stderr
+    assert_terminal_safe(result.stdout, result.stderr)
+
+
 def test_bytes_in_a_message_cannot_forge_or_hide_other_refs(project: Path) -> None:
     """Ref listing once split `for-each-ref` output on a separator that a message can contain."""
     good = meta_of(project, checkpoint_refs(project)[f"straight@{EPOCHS - 1}"].commit)
