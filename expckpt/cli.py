@@ -212,7 +212,10 @@ def cmd_report(args: argparse.Namespace, ctx: Context) -> int:
         patience=cfg.patience,
     )
     if args.json:
-        print(json.dumps({"experiment": chain.exp, **{k: v for k, v in vars(report).items()}}, indent=2, default=str))
+        fields = {k: v for k, v in vars(report).items() if k not in ("nonfinite", "nonfinite_kind")}
+        nonfinite = [{"step": step, "metric": metric, "kind": report.nonfinite_kind.get((step, metric), "NaN")}
+                     for step, metric in report.nonfinite]  # tuple keys are not JSON
+        print(json.dumps({"experiment": chain.exp, **fields, "nonfinite": nonfinite}, indent=2, default=str))
         return 0
     # Metric names in the report come from file names in a checkpoint commit's tree.
     print(terminal_safe(f"Experiment {chain.exp} (steps {chain.records[0].step}-{chain.newest.step}):"))

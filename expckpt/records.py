@@ -3,6 +3,12 @@
 Each checkpoint commit's message carries one ``expckpt-meta:`` line of JSON (experiment, step,
 parent checkpoint, output hashes, metrics, time). Listing every checkpoint is then a single
 ``git for-each-ref`` call, with no tree reads: that is what keeps ``expckpt show`` fast.
+
+A pulled ref is anyone's, so every field of the metadata is checked before it is used: md5s are
+32 lowercase hex digits (they become cache paths), sizes non-negative ints, times finite Unix
+times, parents 40-hex shas, metric names printable and their values finite numbers or the
+``"nan"``/``"inf"``/``"-inf"`` markers ``format_message`` writes. A ref that fails is skipped
+with one warning naming it and why; every other checkpoint stays usable.
 """
 
 from __future__ import annotations

@@ -176,9 +176,11 @@ def refuse_lost_checkpoint(path: Path, rel_path: str, workspace: Path, store: Gi
         (note.md5 if note else None, "the workspace's last checkpoint"),
     ]
     records: list[CheckpointRecord] | None = None
-    for md5, source in named:
-        if not isinstance(md5, str) or not _MD5.fullmatch(md5) or cache.has(md5):
+    for md5, source in named:  # dvc.lock first: it is what DVC checks out
+        if not isinstance(md5, str) or not _MD5.fullmatch(md5):
             continue
+        if cache.has(md5):
+            return  # DVC can check the file out again: nothing is lost
         if records is None:
             records = load_records(store)
         found = _lost_checkpoint(md5, rel_path, records, note)

@@ -196,6 +196,10 @@ def test_a_metric_name_from_a_checkpoint_tree_is_escaped_in_report(project: Path
     assert result.returncode == 0, result.stderr
     assert "loss\\x1b[2J\\x1b[1;1Hforged" in result.stdout
     assert_terminal_safe(result.stdout, result.stderr)
+    as_json = run("expckpt", "report", "inj", "--json", cwd=project, check=False)
+    assert as_json.returncode == 0, as_json.stderr  # a NaN once crashed it: tuple keys are not JSON
+    assert json.loads(as_json.stdout)["nonfinite"] == [{"step": 0, "metric": name, "kind": "NaN"}]
+    assert_terminal_safe(as_json.stdout)
 
 
 @pytest.mark.parametrize(
