@@ -24,14 +24,8 @@ from expckpt.policy import CheckpointInfo
 from expckpt.project import Project, RunContext
 from expckpt.records import CheckpointRecord
 from expckpt.report import analyse, improvement_line
-from expckpt.resume import (
-    ResumePoint,
-    Resumed,
-    find_resume_point,
-    refuse_lost_checkpoint,
-    remove_stale_temps,
-    restore_live_files,
-)
+from expckpt.resume import ResumePoint, Resumed, find_resume_point, remove_stale_temps, restore_live_files
+from expckpt.resume import refuse_lost_checkpoint
 from expckpt.session import SessionNote
 from expckpt.signals import GracefulStop
 from expckpt.state import TrainingState
