@@ -217,17 +217,15 @@ def _unsafe(commit: str, why: str) -> UnsafeCheckpointError:
     )
 
 
-def _no_symlink_below(workspace: Path, parts: list[str], commit: str) -> None:
-    """Refuse when a directory on the way from ``workspace`` down ``parts`` is a symlink or not
-    a directory (writing there could land outside the workspace's dvclive directory)."""
-    current = workspace
+def _no_symlink_below(start: Path, parts: list[str] | tuple[str, ...], commit: str) -> None:
+    """Refuse when a directory on the way from ``start`` down ``parts`` is a symlink (writing
+    there could land outside the workspace's dvclive directory)."""
+    current = start
     for part in parts:
         current = current / part
         if current.is_symlink():
             target = terminal_safe(os.readlink(current))
             raise _unsafe(commit, f"{current} is a symlink (to {target}), so writing into it could leave the workspace")
-        if current.exists() and not current.is_dir():
-            raise _unsafe(commit, f"{current} is in the way: it is not a directory")
 
 
 def restore_live_files(store: GitStore, commit: str, workspace: Path, live_dir: str) -> None:
@@ -256,8 +254,10 @@ def restore_live_files(store: GitStore, commit: str, workspace: Path, live_dir: 
         wanted[parts] = entry.data
     base = workspace / Path(*live_parts)
     _no_symlink_below(workspace, live_parts, commit)
+    if base.exists() and not base.is_dir():
+        raise _unsafe(commit, f"{base} is in the way: it is not a directory")
     for parts in wanted:
-        _no_symlink_below(base, list(parts[:-1]), commit)
+        _no_symlink_below(base, parts[:-1], commit)
     root_real = os.path.realpath(workspace)
     base_real = os.path.join(root_real, *live_parts)
     for parts in wanted:

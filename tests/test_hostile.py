@@ -400,6 +400,18 @@ def test_a_safe_tree_is_restored_exactly(store_with_live: tuple[Path, GitStore, 
     assert outside.read_text() == "keep"
 
 
+def test_a_file_where_the_tree_has_a_directory_is_replaced(store_with_live: tuple[Path, GitStore, Repo]) -> None:
+    root, store, repo = store_with_live
+    (root / "dvclive" / "plots").write_text("a file, inside dvclive")
+    metrics = _tree(repo, [(b"acc.tsv", 0o100644, _blob(repo, b"1\n"))])
+    live = _tree(repo, [(b"plots", 0o040000, metrics)])
+    commit = run("git", "commit-tree", _tree(repo, [(b"dvclive", 0o040000, live)]).decode(), "-m", "ok", cwd=root).stdout.strip()
+
+    restore_live_files(store, commit, root, "dvclive")
+
+    assert (root / "dvclive" / "plots" / "acc.tsv").read_bytes() == b"1\n"
+
+
 # -- item 4: `dvc gc -w` takes checkpoint objects; verify names the cause and the remedies ---------
 def test_plain_dvc_gc_loses_checkpoints_and_verify_names_the_remedy(project: Path) -> None:
     objects = {name: cache_object(project, locked_model(project, ref.commit)[0]) for name, ref in checkpoint_refs(project).items()}
