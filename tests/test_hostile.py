@@ -2,9 +2,9 @@
 4, 5, 7-10).
 
 Hostile refs are made the way an attacker would make them: real Git objects written with
-``git hash-object`` / ``git commit-tree`` / ``git update-ref`` (and dulwich for tree entries that
-``git mktree`` refuses, such as ``..``), then read through the real ``expckpt`` and ``train.py``
-processes.
+``git hash-object`` / ``git mktree`` / ``git commit-tree`` / ``git update-ref`` (and dulwich
+``Tree`` objects for crafted dvclive trees: ``..`` entries, symlinks, submodules, non-UTF-8
+names), then read through the real ``expckpt``, ``train.py`` and ``dvc`` processes.
 """
 
 from __future__ import annotations
@@ -147,6 +147,22 @@ def test_hostile_records_are_skipped_with_one_warning_by_every_command(project: 
     assert "a\\x9b2J\\u202e" in run("expckpt", "show", cwd=project).stdout, "the branch is shown, escaped"
 
 
+def test_verify_never_hashes_a_file_outside_the_cache(project: Path, tmp_path: Path) -> None:
+    """An md5 of ``..`` + an absolute path made ``verify`` hash that file (item 10)."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("private\n")
+    good = meta_of(project, checkpoint_refs(project)[f"straight@{EPOCHS - 1}"].commit)
+    plant(project, "outside@5", json.dumps({**good, "outs": {"model.pt": {"md5": ".." + str(secret), "size": 8}}}))
+
+    result = run("expckpt", "verify", "--all", cwd=project, check=False)
+
+    assert hashlib.md5(secret.read_bytes()).hexdigest() not in result.stdout + result.stderr
+    assert result.returncode == 0 and WARNING.findall(result.stderr) == [
+        f"refs/exps/{head(project)[:2]}/{head(project)[2:]}/outside@5"
+    ], result.stderr
+    assert f"md5 '..{str(secret)[:20]}" in result.stderr and "is not 32 lowercase hex digits" in result.stderr
+
+
 def test_training_resumes_beside_hostile_refs(project: Path, tmp_path: Path) -> None:
     """`dvc exp run` used to fail to resume when any checkpoint ref had a bad record."""
     bad = hostile_refs(project, tmp_path / "secret.txt")
@@ -281,8 +297,7 @@ def _blob(repo: Repo, data: bytes) -> bytes:
 
 
 def traversal_commit(project: Path, base_commit: str, dvclive_entries: list[tuple[bytes, int, bytes]]) -> str:
-    """A copy of ``base_commit`` whose dvclive tree also holds ``dvclive_entries`` (written with
-    dulwich: ``git mktree`` refuses names such as ``..``)."""
+    """A copy of ``base_commit`` whose dvclive tree also holds ``dvclive_entries``."""
     repo = Repo(str(project))
     root = repo[repo[base_commit.encode()].tree]
     _, live_sha = root[b"dvclive"]
