@@ -12,13 +12,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from expckpt.atomic import TEMP_MARK, fsync_dir, md5_file
-from expckpt.errors import ProjectError, StorageError
+from expckpt.errors import CorruptCheckpointError, ProjectError, StorageError
+from expckpt.text import terminal_safe
 
 __all__ = ["CacheSettings", "DvcCache"]
 
@@ -61,6 +63,8 @@ class CacheSettings:
                 path=dvc_root,
             ) from exc
 
+_MD5 = re.compile(r"[0-9a-f]{32}")
+
 
 class DvcCache:
     """A DVC cache directory plus expckpt's log of the objects it wrote there."""
@@ -100,6 +104,18 @@ class DvcCache:
         return self.settings.link_types
 
     def object_path(self, md5: str) -> Path:
+        """Where the object ``md5`` lives; refuses anything but an MD5 (32 lowercase hex digits).
+
+        The hash comes from Git-sourced records and logs: a crafted one (``../../..``) must not
+        make ``verify`` hash, or ``gc`` delete, a file outside the cache.
+        """
+        if not isinstance(md5, str) or not _MD5.fullmatch(md5):
+            shown = repr(md5) if len(repr(md5)) <= 60 else f"{repr(md5)[:57]}..."
+            raise CorruptCheckpointError(
+                f"{terminal_safe(shown)} is not a DVC md5 (32 lowercase hex digits), so it names no"
+                " cache object; the record or log holding it is damaged or crafted:"
+                " run `expckpt verify --all` to find it"
+            )
         return self.root / "files" / "md5" / md5[:2] / md5[2:]
 
     def has(self, md5: str) -> bool:

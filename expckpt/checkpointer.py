@@ -31,6 +31,7 @@ from expckpt.policy import CheckpointInfo, SaveContext
 from expckpt.records import CheckpointRecord
 from expckpt.report import improvement_line
 from expckpt.resume import ResumePoint, Resumed, find_resume_point, remove_stale_temps, restore_live_files
+from expckpt.resume import refuse_lost_checkpoint
 from expckpt.retention import RunRetention
 from expckpt.session import SessionNote
 from expckpt.signals import GracefulStop
@@ -132,7 +133,11 @@ class Checkpointer:
         """
         w = self.wiring
         remove_stale_temps(w.path)
-        if SessionNote.was_reset(w.workspace, w.rel_path) and w.path.exists():
+        if not w.path.exists():
+            if w.committer is not None:  # a lost checkpoint is not a fresh start
+                refuse_lost_checkpoint(w.path, w.rel_path, w.workspace, w.committer.store, w.committer.cache)
+            return None
+        if SessionNote.was_reset(w.workspace, w.rel_path):
             self.echo(f"expckpt: starting from scratch (expckpt reset); ignoring {w.rel_path} as DVC checked it out")
             return None
         point = ResumePoint(None, rolled_back=False)

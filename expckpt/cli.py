@@ -23,7 +23,8 @@ from expckpt.policy import CheckpointInfo
 from expckpt.project import Project
 from expckpt.report import analyse
 from expckpt.reset import reset_workspace
-from expckpt.verify import verify_records
+from expckpt.text import terminal_safe
+from expckpt.verify import remedy, verify_records
 
 __all__ = ["main"]
 
@@ -104,6 +105,7 @@ def cmd_list(args: argparse.Namespace, ctx: Context) -> int:
     for r, why in rows:
         table.append([r.name, str(r.step), r.commit[:7], *[f"{r.metrics[m]:.5g}" if m in r.metrics else "-" for m in metrics],
                       _size(r.size), ",".join(why) or "- (outside policy)"])
+    table = [[terminal_safe(cell) for cell in row] for row in table]  # metric names come from Git
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
@@ -184,6 +186,9 @@ def cmd_verify(args: argparse.Namespace, ctx: Context) -> int:
     problems = verify_records(records, ctx.store, ctx.cache)
     for problem in problems:
         print(f"expckpt: {problem}", file=sys.stderr)
+    advice = remedy(problems)
+    if advice:
+        print(f"expckpt: {advice}", file=sys.stderr)
     bad = {p.record.commit for p in problems}
     print(f"{len(records) - len(bad)} of {len(records)} checkpoints verified" + (f", {len(bad)} broken" if bad else ""))
     return 1 if problems else 0
@@ -196,7 +201,7 @@ def _history(ctx: Context, chain: Chain) -> list[tuple[int, dict[str, float]]]:
         if not path.endswith(".tsv"):
             continue
         metric = path[len("dvclive/plots/metrics/"):-4]
-        lines = data.decode().splitlines()
+        lines = data.decode(errors="replace").splitlines()
         header = lines[0].split("\t") if lines else []
         if "step" not in header:
             continue
@@ -227,16 +232,20 @@ def cmd_report(args: argparse.Namespace, ctx: Context) -> int:
         patience=cfg.patience,
     )
     if args.json:
-        print(json.dumps({"experiment": chain.exp, **{k: v for k, v in vars(report).items()}}, indent=2, default=str))
+        fields = {k: v for k, v in vars(report).items() if k not in ("nonfinite", "nonfinite_kind")}
+        nonfinite = [{"step": step, "metric": metric, "kind": report.nonfinite_kind.get((step, metric), "NaN")}
+                     for step, metric in report.nonfinite]  # tuple keys are not JSON
+        print(json.dumps({"experiment": chain.exp, **fields, "nonfinite": nonfinite}, indent=2, default=str))
         return 0
-    print(f"Experiment {chain.exp} (steps {chain.records[0].step}-{chain.newest.step}):")
+    # Metric names in the report come from file names in a checkpoint commit's tree.
+    print(terminal_safe(f"Experiment {chain.exp} (steps {chain.records[0].step}-{chain.newest.step}):"))
     for line in report.lines():
         if not line.startswith("apply:"):
-            print(f"  {line}")
+            print(f"  {terminal_safe(line)}")
     if report.recommended_step is not None:
         target = Catalog(chain.records).last_at_or_before(chain.exp, report.recommended_step)
         if target is not None:
-            print(f"  checkpoint to apply: dvc exp apply {target.name}")
+            print(f"  checkpoint to apply: dvc exp apply {terminal_safe(target.name)}")
     return 0
 
 
@@ -296,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ExpCkptError as exc:
         if args.verbose:
             traceback.print_exc()
-        print(f"expckpt: error: {exc}", file=sys.stderr)
+        print(f"expckpt: error: {terminal_safe(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("expckpt: interrupted", file=sys.stderr)

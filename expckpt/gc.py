@@ -26,7 +26,7 @@ from expckpt.gclock import LockHolder, gc_lock
 from expckpt.gitstore import GitStore
 from expckpt.inuse import InUse
 from expckpt.policy import CheckpointInfo, keep_policy
-from expckpt.records import CheckpointRecord, parse_message
+from expckpt.records import BadRecordError, CheckpointRecord, parse_message
 from expckpt.refs import CheckpointRef
 
 __all__ = ["GcPlan", "GcResult", "GcScope", "collect", "execute_gc", "free_dropped", "plan_gc"]
@@ -120,7 +120,10 @@ def needed_objects(
     needed: set[str] = set()
     for entry in entries:  # checkpoint records name their outputs in the message as well
         ref = CheckpointRef.parse(entry.ref)
-        record = parse_message(ref, entry.commit, entry.message) if ref else None
+        try:
+            record = parse_message(ref, entry.commit, entry.message) if ref else None
+        except BadRecordError:  # said once by the catalog; its commit's metafiles still count below
+            record = None
         if record is not None:
             needed.update(o.md5 for o in record.outs.values())
     commits = store.commit_trees([e.commit for e in entries] + ([head] if head else []))

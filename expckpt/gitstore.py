@@ -28,11 +28,10 @@ from dulwich.repo import Repo
 
 from expckpt.errors import ProjectError, RefConflictError
 
-__all__ = ["GitStore", "RefEntry"]
+__all__ = ["GitStore", "RefEntry", "TreeEntry"]
 
 FILE_MODE = 0o100644
 _T = TypeVar("_T")
-_SEP = "\x1f\x1e"
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 _INHERITED_GIT_VARS = {"GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY"}
 
@@ -211,17 +210,32 @@ class GitStore:
         return bool(self._write(ref, lambda: self._repo.refs.remove_if_equals(ref.encode(), expected.encode())))
 
     def list_refs(self, prefix: str) -> list[RefEntry]:
-        """All refs under ``prefix`` with commit time and message, in one ``git`` call."""
-        fmt = f"%(refname){_SEP}%(objectname){_SEP}%(committerdate:unix){_SEP}%(contents){_SEP}"
-        out = self.git("for-each-ref", f"--format={fmt}", *([prefix] if prefix else []))
-        entries = []
-        fields = out.split(_SEP)
-        for i in range(0, len(fields) - 1, 4):
-            ref = fields[i].lstrip("\n")
-            stamp = fields[i + 2]
-            entries.append(
-                RefEntry(ref, fields[i + 1], int(stamp) if stamp.isdigit() else 0, fields[i + 3])
-            )
+        """All refs under ``prefix`` with commit time and message, in two ``git`` calls.
+
+        Messages are untrusted (a pulled ref is anyone's), so they are read length-prefixed
+        through ``cat-file --batch``: no bytes in one message can forge or hide another ref.
+        """
+        listing = self.git("for-each-ref", "--format=%(objectname) %(refname)", *([prefix] if prefix else []))
+        pairs = [line.split(" ", 1) for line in listing.splitlines() if " " in line]
+        if not pairs:
+            return []
+        raw = self.git("cat-file", "--batch", input="".join(f"{sha}\n" for sha, _ in pairs), binary=True)
+        entries, pos = [], 0
+        for sha, ref in pairs:
+            end = raw.index(b"\n", pos)
+            header = raw[pos:end].split()
+            pos = end + 1
+            time, message = 0, ""
+            if len(header) == 3 and header[2].isdigit():  # b"<sha> <type> <size>", else missing
+                body = raw[pos : pos + int(header[2])]
+                pos += int(header[2]) + 1
+                head, _, text = body.partition(b"\n\n")
+                message = text.decode(errors="replace")
+                for line in head.split(b"\n"):
+                    if line.startswith(b"committer "):
+                        stamp = line.rsplit(b" ", 2)[-2] if line.count(b" ") >= 2 else b""
+                        time = int(stamp) if stamp.isdigit() else 0
+            entries.append(RefEntry(ref, sha, time, message))
         return entries
 
     # -- workspace --------------------------------------------------------------------------
@@ -331,9 +345,60 @@ class GitStore:
             return None
         return obj.as_raw_string() if isinstance(obj, Blob) else None
 
+    # -- untrusted trees (self-contained; added for restoring dvclive files safely) ----------
+    def list_tree(self, commit: str, path: str) -> list[TreeEntry]:
+        """Every non-directory entry under directory ``path`` at ``commit``, unchecked.
+
+        Unlike ``list_dir`` this keeps each entry's mode and reports symlinks, submodules and
+        entries whose object is missing or of the wrong type, with names exactly as the tree
+        holds them (``..``, ``/`` or non-UTF-8 bytes included): the caller decides what is safe.
+        Empty when ``path`` is not a directory at ``commit``.
+        """
+        repo = self._repo
+        try:
+            obj = repo[repo[commit.encode()].tree]
+            for part in path.strip("/").split("/"):
+                assert isinstance(obj, Tree)
+                mode, sha = obj[part.encode()]
+                if not mode & 0o170000 == _DIR_MODE:
+                    return []
+                obj = repo[sha]
+        except (KeyError, ValueError, AssertionError):
+            return []
+        if not isinstance(obj, Tree):
+            return []
+        found: list[TreeEntry] = []
+        pending: list[tuple[str, Tree]] = [(path.strip("/"), obj)]
+        while pending:
+            prefix, tree = pending.pop()
+            for item in tree.iteritems():
+                name = f"{prefix}/{item.path.decode(errors='surrogateescape')}"
+                child: Any = None
+                with contextlib.suppress(KeyError, ValueError):
+                    child = repo[item.sha]
+                if item.mode & 0o170000 == _DIR_MODE and isinstance(child, Tree):
+                    pending.append((name, child))
+                else:
+                    data = child.as_raw_string() if isinstance(child, Blob) else None
+                    found.append(TreeEntry(name, item.mode, item.sha.decode(), data))
+        return found
 
 def _username() -> str:
     try:
         return getpass.getuser()
     except Exception:  # no passwd entry in some containers
         return "expckpt"
+
+
+_DIR_MODE = 0o040000
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    """One entry of a tree listing: path (``/``-joined as stored), Git mode, object id, and the
+    content when the object is a blob (else ``None``)."""
+
+    path: str
+    mode: int
+    sha: str
+    data: bytes | None

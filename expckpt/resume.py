@@ -10,23 +10,42 @@ The rules, in order:
 3. The file was written by a checkpoint that never got its ref (a crash in between): roll back
    to the workspace's last complete checkpoint from the cache, or, if none finished before it,
    start from scratch.
+4. The file is missing although the workspace's dvc.lock or note names a checkpoint, and that
+   checkpoint's cache object is gone too: stop (``refuse_lost_checkpoint``), never start over.
+
+Restoring the dvclive history reads a checkpoint commit's tree, which is untrusted: see
+``restore_live_files``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from expckpt.atomic import TEMP_MARK
+from expckpt.atomic import TEMP_MARK, atomic_write_bytes
 from expckpt.cache import DvcCache
+from expckpt.errors import MissingCheckpointError, UnsafeCheckpointError
 from expckpt.gitstore import GitStore
 from expckpt.records import CheckpointRecord, load_records
+from expckpt.refs import CheckpointRef
 from expckpt.session import SessionNote, hash_with_note
+from expckpt.text import is_printable, terminal_safe
+from expckpt.verify import locked_outputs
 
-__all__ = ["ResumePoint", "Resumed", "find_resume_point", "remove_stale_temps", "restore_live_files"]
+__all__ = [
+    "ResumePoint",
+    "Resumed",
+    "find_resume_point",
+    "refuse_lost_checkpoint",
+    "remove_stale_temps",
+    "restore_live_files",
+]
+
+_MD5 = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True)
@@ -121,18 +140,138 @@ def find_resume_point(
     return ResumePoint(None, rolled_back=False)
 
 
-def restore_live_files(store: GitStore, commit: str, workspace: Path, live_dir: str) -> None:
-    """Make the dvclive directory exactly what ``commit`` holds (history up to its step)."""
-    wanted = store.list_dir(commit, live_dir)
-    if not wanted:
+def _lost_checkpoint(
+    md5: str, rel_path: str, records: list[CheckpointRecord], note: SessionNote | None
+) -> tuple[str, str] | None:
+    """Name and commit of the checkpoint whose ``rel_path`` had hash ``md5`` (the workspace's
+    own last one preferred)."""
+    holders = [r for r in records if rel_path in r.outs and r.outs[rel_path].md5 == md5]
+    holders.sort(key=lambda r: (note is not None and r.commit == note.commit, r.time))
+    if holders:
+        return holders[-1].name, holders[-1].commit
+    if note is not None and note.md5 == md5:
+        ref = CheckpointRef.parse(note.ref)
+        return (ref.name if ref else note.ref), note.commit
+    return None
+
+
+def refuse_lost_checkpoint(path: Path, rel_path: str, workspace: Path, store: GitStore, cache: DvcCache) -> None:
+    """Raise ``MissingCheckpointError`` when ``path`` is gone but should hold a checkpoint.
+
+    The workspace's dvc.lock (what ``dvc exp run`` and ``dvc exp apply`` check out) and its note
+    of the last complete checkpoint say which checkpoint the file should be. When that file and
+    its cache object are both gone (``dvc gc -w`` without ``--all-experiments``, then a failed
+    ``dvc exp apply``), starting from step 0 would quietly throw the run's progress away.
+    After ``expckpt reset`` a missing file is the fresh start the user asked for.
+    """
+    if path.exists() or SessionNote.was_reset(workspace, rel_path):
         return
-    for root, _, names in os.walk(workspace / live_dir):
-        for name in names:
-            full = Path(root, name)
-            if full.relative_to(workspace).as_posix() not in wanted:
-                full.unlink()
-    for rel, data in wanted.items():
-        target = workspace / rel
-        if not target.is_file() or target.read_bytes() != data:
+    note = SessionNote.read(workspace, rel_path)
+    try:
+        lock: bytes | None = (workspace / "dvc.lock").read_bytes()
+    except OSError:
+        lock = None
+    named = [
+        (locked_outputs(lock).get(rel_path), "named by the workspace's dvc.lock"),
+        (note.md5 if note else None, "the workspace's last checkpoint"),
+    ]
+    records: list[CheckpointRecord] | None = None
+    for md5, source in named:  # dvc.lock first: it is what DVC checks out
+        if not isinstance(md5, str) or not _MD5.fullmatch(md5):
+            continue
+        if cache.has(md5):
+            return  # DVC can check the file out again: nothing is lost
+        if records is None:
+            records = load_records(store)
+        found = _lost_checkpoint(md5, rel_path, records, note)
+        if found is None and md5 not in cache.written_objects():
+            continue  # not a file expckpt wrote: a fresh start loses no checkpoint
+        name = terminal_safe(found[0]) if found else None
+        what = f"checkpoint {name} ({found[1][:7]})" if found else "a checkpoint expckpt wrote"
+        pull = name or "<exp>@<step>"
+        raise MissingCheckpointError(
+            f"{rel_path} should be {what} ({source}), but neither {rel_path} nor its cache object"
+            f" (md5 {md5}) exists, so training would start over from step 0; get it back with"
+            f" `dvc exp pull <remote> {pull}` then `dvc exp apply {pull}`, resume from another"
+            " checkpoint with `dvc exp apply <exp>@<step>`, or start from scratch with"
+            " `expckpt reset`",
+            path=path,
+            checkpoint=found[0] if found else None,
+        )
+
+
+def _checked_parts(rel: str, what: str, commit: str) -> list[str]:
+    parts = rel.split("/")
+    for part in parts:
+        if part in ("", ".", "..") or not is_printable(part):
+            raise _unsafe(commit, f"{what} {terminal_safe(repr(rel))} is not a plain relative path")
+    return parts
+
+
+def _unsafe(commit: str, why: str) -> UnsafeCheckpointError:
+    return UnsafeCheckpointError(
+        f"refused to restore the dvclive files of checkpoint commit {commit[:7]}: {why};"
+        " nothing was written. A pulled ref may be crafted: remove it (`dvc exp remove"
+        " <exp>@<step>`), then resume from another checkpoint (`dvc exp apply`) or start over"
+        " (`expckpt reset`)"
+    )
+
+
+def _no_symlink_below(start: Path, parts: list[str] | tuple[str, ...], commit: str) -> None:
+    """Refuse when a directory on the way from ``start`` down ``parts`` is a symlink (writing
+    there could land outside the workspace's dvclive directory)."""
+    current = start
+    for part in parts:
+        current = current / part
+        if current.is_symlink():
+            target = terminal_safe(os.readlink(current))
+            raise _unsafe(commit, f"{current} is a symlink (to {target}), so writing into it could leave the workspace")
+
+
+def restore_live_files(store: GitStore, commit: str, workspace: Path, live_dir: str) -> None:
+    """Make the dvclive directory exactly what ``commit`` holds (history up to its step).
+
+    The commit's tree is untrusted (a pulled ref is anyone's): every entry must be a regular
+    file with a plain relative name, and nothing may resolve outside ``<workspace>/<live_dir>``,
+    also not through a symlink already in the workspace. Anything else refuses the whole
+    restore with ``UnsafeCheckpointError`` before a single file is written or removed: resuming
+    from a tampered checkpoint would make it the parent of every new one, so it stops the run
+    (one line) rather than continuing with a warning.
+    """
+    entries = store.list_tree(commit, live_dir)
+    if not entries:
+        return
+    live_parts = _checked_parts(live_dir.strip("/"), "the dvclive directory", commit)
+    prefix = "/".join(live_parts) + "/"
+    wanted: dict[tuple[str, ...], bytes] = {}
+    for entry in entries:
+        rel = entry.path[len(prefix) :] if entry.path.startswith(prefix) else entry.path
+        parts = tuple(_checked_parts(rel, "entry", commit))
+        if entry.mode & 0o170000 != 0o100000 or entry.data is None:
+            kind = {0o120000: "a symlink", 0o160000: "a submodule", 0o040000: "a broken directory"}
+            what = kind.get(entry.mode & 0o170000, f"mode {entry.mode:o}")
+            raise _unsafe(commit, f"entry {terminal_safe(repr(entry.path))} is {what}, not a file")
+        wanted[parts] = entry.data
+    base = workspace / Path(*live_parts)
+    _no_symlink_below(workspace, live_parts, commit)
+    if base.exists() and not base.is_dir():
+        raise _unsafe(commit, f"{base} is in the way: it is not a directory")
+    for parts in wanted:
+        _no_symlink_below(base, parts[:-1], commit)
+    root_real = os.path.realpath(workspace)
+    base_real = os.path.join(root_real, *live_parts)
+    for parts in wanted:
+        target = os.path.realpath(base.joinpath(*parts).parent)
+        if os.path.commonpath([target, base_real]) != base_real:
+            raise _unsafe(commit, f"{terminal_safe('/'.join(parts))} resolves outside {base}")
+    if base.is_dir():
+        for root, _, names in os.walk(base):  # does not follow symlinked directories
+            for name in names:
+                full = Path(root, name)
+                if tuple(full.relative_to(base).parts) not in wanted:
+                    full.unlink()  # a symlink itself is removed, never its target
+    for parts, data in wanted.items():
+        target = base.joinpath(*parts)
+        if target.is_symlink() or not target.is_file() or target.read_bytes() != data:
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
+            atomic_write_bytes(target, data, durable=False)  # replaces a symlink, not its target

@@ -23,6 +23,7 @@ EXPORTED = [
     "Decision",
     "ExpCkptError",
     "InvalidNameError",
+    "MissingCheckpointError",
     "ProjectError",
     "RefConflictError",
     "RefError",
