@@ -8,8 +8,9 @@ The rules, in order:
 1. The file matches a checkpoint expckpt published (by MD5): resume from that checkpoint and
    record it as the new chain's parent. Among byte-identical checkpoints the workspace's own
    last one wins while the file is untouched, then ``dvc exp apply``'s (unless the note had
-   already seen that apply: DVC keeps it until HEAD moves), then the workspace's own last one,
-   then the newest.
+   already seen that apply and the file still holds the noted checkpoint's bytes: DVC keeps
+   EXEC_APPLY until HEAD moves, and ``dvc exp run`` checks the file out again from dvc.lock),
+   then the workspace's own last one, then the newest.
 2. The file is not one expckpt ever wrote: use it as it is (a user's own file; a corrupt one
    fails loading with a clear error).
 3. The file was written by a checkpoint that never got its ref (a crash in between): roll back
@@ -103,8 +104,8 @@ def find_resume_point(
         # until HEAD moves, so it may name an apply that came before this workspace's last run.
         applied = store.get_ref(EXEC_APPLY)
         noted = note.commit if note else None
-        if note is not None and applied == note.applied:
-            applied = None  # seen before the last checkpoint: not a choice made since
+        if note is not None and applied == note.applied and md5 == note.md5:
+            applied = None  # seen before the last checkpoint, whose bytes the file holds: no new choice
         st = os.stat(path)
         untouched = note is not None and (note.size, note.mtime_ns, note.inode) == (
             st.st_size,

@@ -130,6 +130,19 @@ def test_rule1_twins_an_apply_seen_before_the_last_checkpoint_is_not_a_new_choic
     assert resumed_name(repo, "c") == "b@1"
 
 
+def test_rule1_twins_applying_the_same_checkpoint_again_is_a_new_choice(repo: Path) -> None:
+    train(repo, "a", 3)
+    reset(repo)
+    train(repo, "c", 2)  # c@1: a newer twin of a@1
+    apply(repo, "a@1")
+    train(repo, "b", 3)  # goes on from a@1: b@2; the note has seen EXEC_APPLY = a@1
+    assert refs(repo).keys() >= {"b@2"}
+
+    apply(repo, "a@1")  # the same choice once more
+
+    assert resumed_name(repo, "d") == "a@1"
+
+
 def test_rule2_a_file_expckpt_never_wrote_is_used_as_it_is(repo: Path) -> None:
     train(repo, "a", 2)
     own = new_state(seed=7)
