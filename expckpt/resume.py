@@ -93,7 +93,9 @@ def find_resume_point(
     records = [r for r in load_records(store) if rel_path in r.outs]
     matching = [r for r in records if r.outs[rel_path].md5 == md5]
     pending = SessionNote.pending(workspace, rel_path)
-    if pending is not None and pending[1] == md5:
+    if pending is not None and pending[1] != md5:  # killed before its file was replaced
+        SessionNote.clear_pending(workspace, rel_path)
+    elif pending is not None:
         finished = [r for r in matching if r.ref.ref == pending[0]]
         point = ResumePoint(finished[-1], rolled_back=False) if finished else _roll_back(
             path, rel_path, md5, note, records, cache, echo)

@@ -26,7 +26,7 @@ from expckpt.refs import EXEC_APPLY
 from expckpt.reset import reset_workspace
 from expckpt.resume import Resumed
 from expckpt.session import SessionNote
-from inprocess import checkpointer, crash_at, new_repo, new_state, refs, train, train_step
+from inprocess import baseline, checkpointer, crash_at, new_repo, new_state, refs, train, train_step
 
 
 # --------------------------------------------------------------------------- the rules, in process
@@ -217,6 +217,18 @@ def test_rule0_unfinished_checkpoint_is_rolled_back_even_when_a_twin_is_complete
     assert ckpt.last_record.parent == refs(repo)["b@1"]
     redone, twin = (load_checkpoint(cache_object(repo, locked_md5(repo, refs(repo)[n]))) for n in ("b@2", "a@2"))
     assert all(torch.equal(redone["model"][k], twin["model"][k]) for k in twin["model"])
+
+
+def test_rule0_a_mark_of_a_checkpoint_killed_before_its_file_is_dropped(repo: Path) -> None:
+    """Killed after the pending mark, before the rename: the file is still the last complete
+    checkpoint's, and the mark must not outlive the resume (it would overrule a later choice)."""
+    train(repo, "b", 1)
+    # (no phase lies between the mark and the rename: the mark is written as the kill leaves it)
+    base = baseline(repo)
+    SessionNote.mark_pending(repo, "model.pt", f"refs/exps/{base[:2]}/{base[2:]}/b@1", "0" * 32)
+
+    assert resumed_name(repo, "b") == "b@0"
+    assert SessionNote.pending(repo, "model.pt") is None
 
 
 # --------------------------------------------------------------------------- end to end (slow)
