@@ -1,5 +1,5 @@
-"""One checkpoint, published in order: cache object, workspace file, Git commit, workspace
-dvc.lock, ref, note.
+"""One checkpoint, published in order: cache object, pending mark, workspace file, Git commit,
+workspace dvc.lock, ref, note (which replaces the pending mark).
 
 Each step makes the next one safe: the ref (what users and DVC see) moves only after its commit
 and cache object exist, and the workspace note only after the ref. A crash at any point leaves
@@ -23,7 +23,7 @@ from expckpt.lockfile import LockBuilder
 from expckpt.phases import phase
 from expckpt.project import Project, RunContext
 from expckpt.records import CheckpointRecord, OutputHash, format_message
-from expckpt.refs import CheckpointRef
+from expckpt.refs import EXEC_APPLY, CheckpointRef
 from expckpt.session import SessionNote
 
 __all__ = ["Committer"]
@@ -99,6 +99,7 @@ class Committer:
         with gc_lock(self.store.git_dir, exclusive=False), _git_write_errors(self.store.git_dir):
             self.cache.add(written.tmp, written.md5, written.size)
             phase("after-cache", step)
+            SessionNote.mark_pending(self.project.workspace, self.checkpoint_path, ref.ref, written.md5)
             written.publish()
             phase("after-publish", step)
 
@@ -136,7 +137,9 @@ class Committer:
                 step=step,
                 mtime_ns=st.st_mtime_ns,
                 inode=st.st_ino,
+                applied=self.store.get_ref(EXEC_APPLY),
             ).write(self.project.workspace, self.checkpoint_path)
+            SessionNote.clear_pending(self.project.workspace, self.checkpoint_path)
             phase("after-note", step)
             self._published = True
             return CheckpointRecord(

@@ -2,9 +2,15 @@
 
 The rules, in order:
 
+0. The file is the one the workspace's pending mark names (a run was killed while publishing
+   it): if that checkpoint's ref exists, resume from it (killed between its ref and its note);
+   if not, it never finished: rule 3, even when another checkpoint holds the same bytes.
 1. The file matches a checkpoint expckpt published (by MD5): resume from that checkpoint and
    record it as the new chain's parent. Among byte-identical checkpoints the workspace's own
-   last one wins while the file is untouched, then ``dvc exp apply``'s, then the newest.
+   last one wins while the file is untouched, then ``dvc exp apply``'s (unless the note had
+   already seen that apply and the file still holds the noted checkpoint's bytes: DVC keeps
+   EXEC_APPLY until HEAD moves, and ``dvc exp run`` checks the file out again from dvc.lock),
+   then the workspace's own last one, then the newest.
 2. The file is not one expckpt ever wrote: use it as it is (a user's own file; a corrupt one
    fails loading with a clear error).
 3. The file was written by a checkpoint that never got its ref (a crash in between): roll back
@@ -31,7 +37,7 @@ from expckpt.cache import DvcCache
 from expckpt.errors import MissingCheckpointError, UnsafeCheckpointError
 from expckpt.gitstore import GitStore
 from expckpt.records import CheckpointRecord, load_records
-from expckpt.refs import CheckpointRef
+from expckpt.refs import EXEC_APPLY, CheckpointRef
 from expckpt.session import SessionNote, hash_with_note
 from expckpt.text import is_printable, terminal_safe
 from expckpt.verify import locked_outputs
@@ -104,11 +110,22 @@ def find_resume_point(
     md5, _ = hash_with_note(path, note)
     records = [r for r in load_records(store) if rel_path in r.outs]
     matching = [r for r in records if r.outs[rel_path].md5 == md5]
+    pending = SessionNote.pending(workspace, rel_path)
+    if pending is not None and pending[1] != md5:  # killed before its file was replaced
+        SessionNote.clear_pending(workspace, rel_path)
+    elif pending is not None:
+        finished = [r for r in matching if r.ref.ref == pending[0]]
+        point = ResumePoint(finished[-1], rolled_back=False) if finished else _roll_back(
+            path, rel_path, md5, note, records, cache, echo)
+        SessionNote.clear_pending(workspace, rel_path)  # decided: a later `dvc exp apply` is a choice
+        return point
     if matching:
         # Byte-identical checkpoints are common (same seed, same steps). DVC keeps EXEC_APPLY
         # until HEAD moves, so it may name an apply that came before this workspace's last run.
-        applied = store.get_ref("refs/exps/exec/EXEC_APPLY")
+        applied = store.get_ref(EXEC_APPLY)
         noted = note.commit if note else None
+        if note is not None and applied == note.applied and md5 == note.md5:
+            applied = None  # seen before the last checkpoint, whose bytes the file holds: no new choice
         st = os.stat(path)
         untouched = note is not None and (note.size, note.mtime_ns, note.inode) == (
             st.st_size,
@@ -119,6 +136,19 @@ def find_resume_point(
         return ResumePoint(matching[-1], rolled_back=False)
     if md5 not in cache.written_objects():
         return ResumePoint(None, rolled_back=False)
+    return _roll_back(path, rel_path, md5, note, records, cache, echo)
+
+
+def _roll_back(
+    path: Path,
+    rel_path: str,
+    md5: str,
+    note: SessionNote | None,
+    records: list[CheckpointRecord],
+    cache: DvcCache,
+    echo: Callable[[str], None],
+) -> ResumePoint:
+    """Rule 3: the file is an unfinished checkpoint's; go back to the last complete one."""
     if note is not None:
         last = next((r for r in records if r.commit == note.commit), None)
         if last is not None and cache.has(note.md5):

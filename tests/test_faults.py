@@ -25,24 +25,8 @@ import pytest
 import yaml
 
 from expckpt.faults import POINTS
-from faultkit import (
-    EPOCHS,
-    TEMP_MARK,
-    Background,
-    check_consistent,
-    clone,
-    dvc_env,
-    dvc_exp_run,
-    first_epoch,
-    head,
-    leftover_temps,
-    reference,
-    resumed_from,
-    same_state,
-    set_param,
-    steps,
-    train,
-)
+from faultkit import EPOCHS, Background, clone, dvc_env, dvc_exp_run, head, leftover_temps, reference, set_param, train
+from oracle import TEMP_MARK, check_consistent, final_problems, resume_problems, same_state, steps, unbroken_problems
 
 CRASH_STEP = 1
 UNFINISHED_FILE = ("after-publish", "after-commit", "after-lock")
@@ -51,19 +35,11 @@ UNFINISHED_FILE = ("after-publish", "after-commit", "after-lock")
 
 def assert_resumed(stdout: str, exp: str, last_complete: int | None) -> None:
     """The run printed in ``stdout`` went on from checkpoint ``exp@last_complete`` (None: scratch)."""
-    name, next_step = resumed_from(stdout)
-    expected = 0 if last_complete is None else last_complete + 1
-    assert next_step == expected, f"resumed at step {next_step}, expected {expected}:\n{stdout}"
-    if last_complete is not None and next_step < EPOCHS:
-        assert name == f"{exp}@{last_complete}", stdout
-    if next_step < EPOCHS:
-        assert first_epoch(stdout) == expected, f"a completed step was trained again:\n{stdout}"
+    assert resume_problems(stdout, exp, last_complete, EPOCHS) == [], stdout
 
 
 def assert_finished_like_straight_run(project: Path, exp: str, ref_model: Path) -> None:
-    assert steps(project, exp) == list(range(EPOCHS))
-    check_consistent(project)
-    assert same_state(project / "model.pt", ref_model) == [], "resumed run differs from the straight run"
+    assert final_problems(project, exp, EPOCHS, ref_model) == []
 
 
 @pytest.mark.parametrize(
@@ -179,8 +155,8 @@ def _kill_at_random(args: list[str], project: Path, env: dict[str, str], rng: ra
 
 
 def _last(project: Path, exp: str) -> int | None:
+    assert unbroken_problems(project, exp) == []
     done = steps(project, exp)
-    assert done == list(range(len(done))), f"checkpoints are not a prefix of the steps: {done}"
     return done[-1] if done else None
 
 
