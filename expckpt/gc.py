@@ -60,17 +60,16 @@ class GcPlan:
 def _kept_baselines(store: GitStore, scope: GcScope) -> set[str]:
     keep: set[str] = set()
     if scope.workspace:
-        keep.add(store.git("rev-parse", "HEAD").strip())
+        keep.add(store.head())
+    tips = store.branch_and_tag_tips()
     if scope.all_commits:
-        keep.update(store.git("rev-list", "--branches", "--tags", "HEAD").split())
+        keep.update(store.reachable_commits([*tips, "HEAD"]))
         return keep
-    listing = store.git("for-each-ref", "--format=%(refname) %(objectname) %(*objectname)", "refs/heads", "refs/tags")
-    for line in listing.splitlines():
-        name, *shas = line.split()
+    for name, commit in tips.items():
         if (scope.all_branches and name.startswith("refs/heads/")) or (
             scope.all_tags and name.startswith("refs/tags/")
         ):
-            keep.add(shas[-1])
+            keep.add(commit)
     return keep
 
 
@@ -90,11 +89,9 @@ def _retention(keep_last: int | None, keep_best: int | None, metric: str | None,
 def _needed_objects(store: GitStore, remaining_refs: Iterable[str], workspace: Path) -> set[str]:
     """md5s that dvc.lock files of every commit reachable from ``remaining_refs`` point to."""
     needed: set[str] = set()
-    tips = "\n".join(remaining_refs)
-    commits = store.git("rev-list", "--stdin", input=tips + "\n").split() if tips else []
-    if commits:
-        blobs = store.git("cat-file", "--batch", input="".join(f"{c}:dvc.lock\n" for c in commits), binary=True)
-        needed.update(m.decode() for m in _MD5.findall(blobs))
+    commits = store.reachable_commits(remaining_refs)
+    for blob in store.read_blobs((c, "dvc.lock") for c in commits).values():
+        needed.update(m.decode() for m in _MD5.findall(blob))
     lock = workspace / "dvc.lock"
     if lock.is_file():
         needed.update(m.decode() for m in _MD5.findall(lock.read_bytes()))

@@ -8,30 +8,35 @@ argument lists (never a shell string). Every ref update is a compare-and-swap.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import getpass
 import os
+import re
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dulwich.file import FileLocked
+from dulwich.file import FileLocked, GitFile, ensure_dir_exists
 from dulwich.object_store import commit_tree_changes
-from dulwich.objects import Blob, Commit, Tree
+from dulwich.objects import Blob, Commit, ShaFile, Tree
+from dulwich.refs import check_ref_format, locked_ref
 from dulwich.repo import Repo
 
-from expckpt.errors import ProjectError, RefConflictError
+from expckpt.errors import GitLockedError, ProjectError, RefConflictError
+from expckpt.gitlocks import WriterSlot, writer_slot
 
 __all__ = ["GitStore", "RefEntry"]
 
 FILE_MODE = 0o100644
 _T = TypeVar("_T")
 _SEP = "\x1f\x1e"
+_HEX40 = re.compile(r"[0-9a-f]{40}")
+LOCK_WAIT_S = 10.0
+"""How long a write waits for a ``.lock`` another process holds before it fails."""
 _INHERITED_GIT_VARS = {"GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY"}
 
 
@@ -52,6 +57,7 @@ class GitStore:
         self._repo = repo
         self.git_dir = Path(repo.controldir())
         self._identity: bytes | None = None
+        self.lock_wait = LOCK_WAIT_S
 
     @classmethod
     def open(cls, root: Path) -> GitStore:
@@ -89,9 +95,8 @@ class GitStore:
 
     def tree_with_files(self, base_tree: str, files: dict[str, bytes | None]) -> str:
         """Write blobs for ``files`` (None deletes) over ``base_tree``; return the new tree."""
-        store = self._repo.object_store
-
-        def write() -> str:
+        def write(slot: WriterSlot) -> str:
+            store = _RecordingStore(self._repo.object_store, slot, self.git_dir)
             changes = []
             for path, data in sorted(files.items()):
                 if data is None:
@@ -113,7 +118,10 @@ class GitStore:
         offset = -time.timezone if not time.localtime().tm_isdst else -time.altzone
         commit.author_timezone = commit.commit_timezone = offset
         commit.message = message.encode()
-        self._write("the checkpoint's Git commit", lambda: self._repo.object_store.add_object(commit))
+        self._write(
+            "the checkpoint's Git commit",
+            lambda slot: _RecordingStore(self._repo.object_store, slot, self.git_dir).add_object(commit),
+        )
         return commit.id.decode()
 
     def read_file(self, commit: str, path: str) -> bytes | None:
@@ -153,65 +161,153 @@ class GitStore:
         except KeyError:
             return None
 
-    @contextlib.contextmanager
-    def _writers_lock(self) -> Iterator[None]:
-        """Exclusive among expckpt's Git writers in this repository; the kernel drops it when
-        its holder dies, however it dies."""
-        path = self.git_dir / "expckpt" / "git-writes.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    def head(self) -> str:
+        """The commit HEAD points at; ``ProjectError`` in a repository without commits."""
+        sha = self.get_ref("HEAD")
+        if sha is None:
+            raise ProjectError("this repository has no commits yet; commit your project first", path=self.git_dir)
+        return sha
 
-    def _write(self, what: str, write: Callable[[], _T]) -> _T:
-        """Run a dulwich write of objects or refs, recovering from a writer that was killed.
+    def ref_targets(self, prefix: str) -> dict[str, str]:
+        """Every ref under ``prefix`` (e.g. ``refs/exps/ab/cdef/``) -> the sha it holds, in-process."""
+        base = prefix.rstrip("/").encode()
+        return {
+            f"{prefix.rstrip('/')}/{name.decode()}": sha.decode()
+            for name, sha in self._repo.refs.as_dict(base).items()
+        }
 
-        dulwich writes each loose object and ref through ``<name>.lock`` (created exclusively,
-        renamed into place when complete). A process killed in between leaves the ``.lock``
-        behind, and every later write of that name fails, e.g. the ref ``<exp>@<step>`` when the
-        run resumes and redoes that step. expckpt's writes all hold ``_writers_lock``, so a
-        ``.lock`` met while holding it was left by a writer that is gone: it is removed and the
-        write tried once more.
+    def branch_and_tag_tips(self) -> dict[str, str]:
+        """``refs/heads/*`` and ``refs/tags/*`` -> the commit each names (tags peeled), sorted."""
+        out = self._git("for-each-ref", "--format=%(refname) %(objectname) %(*objectname)", "refs/heads", "refs/tags")
+        tips = {}
+        for line in out.splitlines():
+            name, *shas = line.split()
+            tips[name] = shas[-1]
+        return tips
+
+    def reachable_commits(self, tips: Iterable[str]) -> list[str]:
+        """Every commit reachable from ``tips`` (full ref names, ``HEAD`` or 40-hex shas)."""
+        wanted = list(dict.fromkeys(tips))
+        for tip in wanted:
+            if not (tip == "HEAD" or tip.startswith("refs/") or _HEX40.fullmatch(tip)) or any(c.isspace() for c in tip):
+                raise ValueError(f"not a full ref name, HEAD or commit sha: {tip!r}")
+        if not wanted:
+            return []
+        return self._git("rev-list", "--stdin", input="\n".join(wanted) + "\n").split()
+
+    def read_blobs(self, wanted: Iterable[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+        """``(commit, path) -> content`` for each file that exists, in one ``git cat-file`` call."""
+        keys = list(dict.fromkeys(wanted))
+        for commit, path in keys:
+            if not _HEX40.fullmatch(commit) or not path or "\n" in path or "\r" in path:
+                raise ValueError(f"not a commit sha and file path: {commit!r}, {path!r}")
+        if not keys:
+            return {}
+        out = self._git("cat-file", "--batch", input="".join(f"{c}:{p}\n" for c, p in keys), binary=True)
+        found: dict[tuple[str, str], bytes] = {}
+        pos = 0
+        for key in keys:  # one "<sha> <type> <size>\n<content>\n" or "<input> missing\n" each
+            end = out.index(b"\n", pos)
+            header = out[pos:end].split()
+            pos = end + 1
+            if len(header) == 3 and header[2].isdigit():
+                size = int(header[2])
+                if header[1] == b"blob":
+                    found[key] = out[pos : pos + size]
+                pos += size + 1
+        return found
+
+    def set_ref(self, ref: str, new: str, old: str | None) -> None:
+        """Point ``ref`` at ``new`` if it holds ``old`` now (``None``: only if it does not exist).
+
+        Raises ``RefConflictError`` (with ``expected`` and ``actual``) when it does not: the
+        caller lost a race, and nothing was written.
         """
-        with self._writers_lock():
-            try:
-                return write()
-            except FileLocked as exc:
-                with contextlib.suppress(FileNotFoundError):
-                    Path(os.fsdecode(exc.lockfilename)).unlink()
-            try:
-                return write()
-            except FileLocked as exc:
-                lock = Path(os.fsdecode(exc.lockfilename))
-                raise RefConflictError(
-                    f"could not write {what}: {lock} was locked again by another process at once;"
-                    " if no other Git command is running in this repository, run again",
-                    ref=str(lock),
-                ) from exc
+        self._check_ref(ref)
+        _HEX40.fullmatch(new) or _bad_sha(new)
+        self._write(ref, lambda slot: self._swap(slot, ref, new, old))
 
     def create_ref(self, ref: str, commit: str) -> None:
-        """Create ``ref`` at ``commit``; fail loudly if it already exists."""
-        if not self._write(ref, lambda: self._repo.refs.add_if_new(ref.encode(), commit.encode())):
-            raise RefConflictError(
-                f"{ref} already exists (another run wrote it); use another experiment name",
-                ref=ref,
-            )
+        """``set_ref(ref, commit, None)``: create ``ref``, never replace one."""
+        self.set_ref(ref, commit, None)
 
-    def replace_ref(self, ref: str, commit: str, expected: str) -> bool:
-        """Point ``ref`` at ``commit`` only if it still points at ``expected``."""
-        return bool(self._write(ref, lambda: self._repo.refs.set_if_equals(ref.encode(), expected.encode(), commit.encode())))
+    def delete_ref(self, ref: str, old: str) -> None:
+        """Delete ``ref`` if it holds ``old`` now; else raise ``RefConflictError``.
 
-    def delete_ref(self, ref: str, expected: str) -> bool:
-        """Delete ``ref`` only if it still points at ``expected``; report whether it did."""
-        return bool(self._write(ref, lambda: self._repo.refs.remove_if_equals(ref.encode(), expected.encode())))
+        ``actual`` on the error says what happened instead: ``None``, someone else deleted it
+        already; a sha, it was moved (keep it: it is no longer the checkpoint you meant).
+        """
+        self._check_ref(ref)
+        current = self.get_ref(ref)
+        if current != old:  # no lock taken for a ref that is already gone or moved
+            raise _lost(ref, old, current)
+        self._write(ref, lambda slot: self._swap(slot, ref, None, old))
+
+    def _check_ref(self, ref: str) -> None:
+        if not ref.startswith("refs/") or not check_ref_format(ref.encode()):
+            raise RefConflictError(f"{ref!r} is not a valid Git ref name", ref=ref)
+
+    def _swap(self, slot: WriterSlot, ref: str, new: str | None, old: str | None) -> None:
+        """Compare-and-swap (``new=None``: delete) while holding ``<ref>.lock``."""
+        refs = self._repo.refs
+        name = ref.encode()
+        path = Path(os.fsdecode(refs.refpath(name)))
+        lock = path.with_name(path.name + ".lock")
+        if new is None:
+            with locked_ref(refs, name) as held:
+                slot.hold_ref_lock(lock)
+                current = held.get()
+                if (current.decode() if current else None) != old:
+                    raise _lost(ref, old, current.decode() if current else None)
+                held.delete()  # may lock packed-refs too (FileLocked while git pack-refs runs)
+            return
+        ensure_dir_exists(os.fsencode(path.parent))
+        file = GitFile(os.fsencode(path), "wb")
+        try:
+            slot.hold_ref_lock(lock)
+            current = refs.read_loose_ref(name) or refs.get_packed_refs().get(name)
+            actual = current.decode() if current else None
+            if actual != old:
+                raise _lost(ref, old, actual)
+            file.write(new.encode() + b"\n")
+            file.close()  # fsync + rename over the ref; a full disk fails here
+        finally:
+            _discard(file)
+
+    def _write(self, what: str, write: Callable[[WriterSlot], _T]) -> _T:
+        """Run a dulwich write of objects or refs; wait out locks other processes hold.
+
+        A ``.lock`` in the way is removed only when ``gitlocks`` proves a dead expckpt writer
+        left it. Any other (``git pack-refs``, ``git gc``, a ``git update-ref`` transaction) is
+        waited for with backoff, up to ``lock_wait`` seconds, then the write fails in one line.
+        """
+        deadline = time.monotonic() + self.lock_wait
+        delay = 0.005
+        lock: Path | None = None
+        while True:
+            with writer_slot(self.git_dir) as slot:
+                try:
+                    return write(slot)
+                except FileLocked as exc:
+                    lock = Path(os.fsdecode(exc.lockfilename))
+                    if slot.remove_if_owned(lock):
+                        continue
+                finally:
+                    slot.clear()
+            if time.monotonic() >= deadline:
+                raise GitLockedError(
+                    f"could not write {what}: {lock} is held by another process (a git command?)"
+                    f" for over {self.lock_wait:g} s; wait for it to finish and run again, or remove"
+                    " that file if no git command is running",
+                    ref=str(lock),
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
     def list_refs(self, prefix: str) -> list[RefEntry]:
         """All refs under ``prefix`` with commit time and message, in one ``git`` call."""
         fmt = f"%(refname){_SEP}%(objectname){_SEP}%(committerdate:unix){_SEP}%(contents){_SEP}"
-        out = self.git("for-each-ref", f"--format={fmt}", *([prefix] if prefix else []))
+        out = self._git("for-each-ref", f"--format={fmt}", *([prefix] if prefix else []))
         entries = []
         fields = out.split(_SEP)
         for i in range(0, len(fields) - 1, 4):
@@ -231,11 +327,11 @@ class GitStore:
         """
         with tempfile.TemporaryDirectory(prefix="expckpt-index-") as tmp:
             env = {"GIT_INDEX_FILE": str(Path(tmp) / "index"), "GIT_WORK_TREE": str(worktree)}
-            self.git("read-tree", baseline, env=env)
-            self.git("add", "-u", "--", ".", env=env, cwd=worktree)
-            return self.git("write-tree", env=env).strip()
+            self._git("read-tree", baseline, env=env)
+            self._git("add", "-u", "--", ".", env=env, cwd=worktree)
+            return self._git("write-tree", env=env).strip()
 
-    def git(
+    def _git(
         self,
         *args: str,
         env: dict[str, str] | None = None,
@@ -257,6 +353,53 @@ class GitStore:
             message = proc.stderr.decode(errors="replace").strip()
             raise ProjectError(f"git {args[0]} failed: {message}", path=self.git_dir)
         return proc.stdout if binary else proc.stdout.decode(errors="replace")
+
+
+class _RecordingStore:
+    """The object store as ``commit_tree_changes`` sees it: each loose object it writes is
+    recorded in the writer's intent first, so a lock a kill leaves behind is provably ours."""
+
+    def __init__(self, store: Any, slot: WriterSlot, git_dir: Path) -> None:
+        self._store = store
+        self._slot = slot
+        self._objects = git_dir / "objects"
+
+    def __getitem__(self, sha: bytes) -> ShaFile:
+        return self._store[sha]
+
+    def add_object(self, obj: ShaFile) -> None:
+        sha = obj.id.decode()
+        self._slot.will_write_object(self._objects / sha[:2] / f"{sha[2:]}.lock")
+        self._store.add_object(obj)
+
+
+def _lost(ref: str, expected: str | None, actual: str | None) -> RefConflictError:
+    want = "to be absent" if expected is None else f"at {expected[:7]}"
+    now = "is absent" if actual is None else f"is at {actual[:7]}"
+    return RefConflictError(
+        f"{ref} changed under us: expected it {want}, but it {now} (another process wrote it)",
+        ref=ref,
+        expected=expected,
+        actual=actual,
+    )
+
+
+def _bad_sha(value: str) -> None:
+    raise ValueError(f"not a 40-hex commit sha: {value!r}")
+
+
+def _discard(file: Any) -> None:
+    """Release a dulwich ``GitFile`` that was not renamed into place, and remove its ``.lock``.
+
+    After a failed write (disk full) the buffered data makes the first close fail again, but
+    it closes the descriptor; the second attempt then removes the lock. Without this the lock
+    stays behind and dulwich's finaliser prints an ``Exception ignored`` traceback later.
+    """
+    for _ in range(3):
+        if file.closed:
+            return
+        with contextlib.suppress(OSError):
+            file.abort()
 
 
 def _username() -> str:

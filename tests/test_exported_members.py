@@ -21,6 +21,7 @@ EXPORTED = [
     "CorruptCheckpointError",
     "DataError",
     "ExpCkptError",
+    "GitLockedError",
     "InvalidNameError",
     "ProjectError",
     "RefConflictError",

@@ -130,45 +130,64 @@ def test_has_commit(repo: Path) -> None:
     assert not store.has_commit("0" * 40)
 
 
-def test_create_ref_refuses_an_existing_ref(repo: Path) -> None:
+def test_set_ref_create_only_refuses_an_existing_ref(repo: Path) -> None:
     store = GitStore.open(repo)
     first = head(repo)
     second = store.write_commit(store.commit_tree(first), [first], "second\n")
-    store.create_ref(REF, first)
+    store.set_ref(REF, first, None)
     assert run("git", "rev-parse", REF, cwd=repo).stdout.strip() == first
-    with pytest.raises(RefConflictError, match=r"tut@1 already exists \(another run wrote it\)") as info:
-        store.create_ref(REF, second)
-    assert info.value.ref == REF
+    with pytest.raises(RefConflictError, match=r"tut@1 changed under us: expected it to be absent") as info:
+        store.set_ref(REF, second, None)
+    assert (info.value.ref, info.value.expected, info.value.actual) == (REF, None, first)
     assert store.get_ref(REF) == first
     with pytest.raises(RefConflictError):
         store.create_ref(REF, first)  # even to the same commit
+    assert not Path(repo, ".git", REF + ".lock").exists()
 
 
-def test_replace_ref_is_compare_and_swap(repo: Path) -> None:
+def test_set_ref_replaces_only_the_expected_commit(repo: Path) -> None:
     store = GitStore.open(repo)
     a = head(repo)
     b = store.write_commit(store.commit_tree(a), [a], "b\n")
     c = store.write_commit(store.commit_tree(a), [b], "c\n")
-    store.create_ref(REF, a)
-    assert store.replace_ref(REF, b, expected=a) is True
+    store.set_ref(REF, a, None)
+    store.set_ref(REF, b, a)
     assert store.get_ref(REF) == b
-    assert store.replace_ref(REF, c, expected=a) is False  # stale: someone moved it to b
-    assert store.get_ref(REF) == b
+    with pytest.raises(RefConflictError, match=f"expected it at {a[:7]}, but it is at {b[:7]}") as info:
+        store.set_ref(REF, c, a)  # stale: someone moved it to b
+    assert info.value.actual == b
     assert run("git", "rev-parse", REF, cwd=repo).stdout.strip() == b
-    assert store.replace_ref("refs/exps/ab/cdef/missing@1", c, expected=a) is False
+    with pytest.raises(RefConflictError, match="but it is absent") as info:
+        store.set_ref("refs/exps/ab/cdef/missing@1", c, a)
+    assert info.value.actual is None
     assert store.get_ref("refs/exps/ab/cdef/missing@1") is None
 
 
-def test_delete_ref_is_compare_and_swap(repo: Path) -> None:
+def test_delete_ref_raises_when_the_ref_moved_or_is_gone(repo: Path) -> None:
     store = GitStore.open(repo)
     a = head(repo)
     b = store.write_commit(store.commit_tree(a), [a], "b\n")
     store.create_ref(REF, b)
-    assert store.delete_ref(REF, expected=a) is False
+    with pytest.raises(RefConflictError) as moved:
+        store.delete_ref(REF, a)
+    assert (moved.value.expected, moved.value.actual) == (a, b)
     assert store.get_ref(REF) == b
-    assert store.delete_ref(REF, expected=b) is True
+    store.delete_ref(REF, b)
     assert store.get_ref(REF) is None
     assert run("git", "show-ref", "--verify", REF, cwd=repo, check=False).returncode != 0
+    with pytest.raises(RefConflictError) as gone:
+        store.delete_ref(REF, b)
+    assert gone.value.actual is None
+
+
+def test_bad_ref_names_and_shas_are_refused(repo: Path) -> None:
+    store = GitStore.open(repo)
+    a = head(repo)
+    for bad in ("refs/exps/../../HEAD", "HEAD", "refs/exps/ab/x y", "refs/exps/a..b"):
+        with pytest.raises(RefConflictError, match="is not a valid Git ref name"):
+            store.set_ref(bad, a, None)
+    with pytest.raises(ValueError, match="not a 40-hex commit sha"):
+        store.set_ref(REF, "HEAD", None)
 
 
 def test_ref_updates_are_seen_by_git_and_vice_versa(repo: Path) -> None:
@@ -176,11 +195,17 @@ def test_ref_updates_are_seen_by_git_and_vice_versa(repo: Path) -> None:
     a = head(repo)
     b = store.write_commit(store.commit_tree(a), [a], "b\n")
     run("git", "update-ref", REF, a, cwd=repo)
-    assert store.replace_ref(REF, b, expected=a)
+    store.set_ref(REF, b, a)
     run("git", "pack-refs", "--all", cwd=repo)  # packed refs are honoured too
     assert store.get_ref(REF) == b
-    assert store.delete_ref(REF, expected=b)
+    store.delete_ref(REF, b)
     assert run("git", "for-each-ref", "refs/exps", cwd=repo).stdout == ""
+    run("git", "update-ref", REF, a, cwd=repo)
+    run("git", "pack-refs", "--all", cwd=repo)
+    with pytest.raises(RefConflictError):
+        store.set_ref(REF, b, None)  # a packed ref exists too
+    store.set_ref(REF, b, a)
+    assert run("git", "rev-parse", REF, cwd=repo).stdout.strip() == b
 
 
 def test_list_refs_returns_commits_times_and_messages(repo: Path) -> None:
