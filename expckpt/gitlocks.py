@@ -25,6 +25,7 @@ space: it still works on a full disk, where the ref write it guards is the one t
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 from collections.abc import Iterator
@@ -67,10 +68,12 @@ class WriterSlot:
         self._start = process_start(self._pid)
 
     def _put(self, fields: str) -> None:
-        data = fields.encode()
-        if len(data) >= _RECORD:
+        """One line at offset 0 (what follows its newline is ignored), written in place."""
+        data = fields.encode() + b"\n"
+        if len(data) > _RECORD:
             raise ValueError(f"intent record too long: {fields!r}")
-        os.pwrite(self._fd, data + _BLANK[len(data) :], 0)
+        if os.pwrite(self._fd, data + _BLANK[len(data) :], 0) < len(data):
+            raise OSError(errno.EFBIG, "could not record the Git write in progress", str(self.git_dir / "expckpt"))
 
     def hold_ref_lock(self, lock: Path) -> None:
         """Record the ``.lock`` this writer has just created (by its device and inode)."""
@@ -88,14 +91,16 @@ class WriterSlot:
 
     def _record(self) -> list[str]:
         with contextlib.suppress(OSError, UnicodeDecodeError):
-            return os.pread(self._fd, _RECORD, 0).decode().split()
+            return os.pread(self._fd, _RECORD, 0).decode().split("\n", 1)[0].split()
         return []
 
     def owns(self, lock: Path) -> bool:
         """Whether ``lock`` is the file the record names, left by a writer that is gone (or by
         this process, whose write is over)."""
         fields = self._record()
-        if len(fields) != 5 or not (fields[1].isdigit() and fields[2].isdigit()):
+        if not fields or len(fields) != {"R": 5, "O": 4}.get(fields[0]) or not (
+            fields[1].isdigit() and fields[2].isdigit()
+        ):
             return False
         kind, pid, start = fields[0], int(fields[1]), int(fields[2])
         if pid != self._pid and _alive(pid, start):

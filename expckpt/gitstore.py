@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from dulwich.file import FileLocked, GitFile, ensure_dir_exists
 from dulwich.object_store import commit_tree_changes
 from dulwich.objects import Blob, Commit, ShaFile, Tree
-from dulwich.refs import check_ref_format, locked_ref
+from dulwich.refs import DiskRefsContainer, check_ref_format
 from dulwich.repo import Repo
 
 from expckpt.errors import GitLockedError, ProjectError, RefConflictError
@@ -155,9 +155,15 @@ class GitStore:
         return out
 
     # -- refs -----------------------------------------------------------------------------
+    def _refs(self) -> DiskRefsContainer:
+        """The refs as they are on disk now: a fresh container per call, because dulwich's
+        cached packed-refs can look unchanged after a fast ``git pack-refs`` (same size,
+        reused inode, same coarse timestamp)."""
+        return DiskRefsContainer(self._repo.commondir(), self._repo.controldir())
+
     def get_ref(self, ref: str) -> str | None:
         try:
-            return self._repo.refs[ref.encode()].decode()
+            return self._refs()[ref.encode()].decode()
         except KeyError:
             return None
 
@@ -173,7 +179,7 @@ class GitStore:
         base = prefix.rstrip("/").encode()
         return {
             f"{prefix.rstrip('/')}/{name.decode()}": sha.decode()
-            for name, sha in self._repo.refs.as_dict(base).items()
+            for name, sha in self._refs().as_dict(base).items()
         }
 
     def branch_and_tag_tips(self) -> dict[str, str]:
@@ -238,9 +244,7 @@ class GitStore:
         already; a sha, it was moved (keep it: it is no longer the checkpoint you meant).
         """
         self._check_ref(ref)
-        current = self.get_ref(ref)
-        if current != old:  # no lock taken for a ref that is already gone or moved
-            raise _lost(ref, old, current)
+        _HEX40.fullmatch(old) or _bad_sha(old)
         self._write(ref, lambda slot: self._swap(slot, ref, None, old))
 
     def _check_ref(self, ref: str) -> None:
@@ -249,28 +253,43 @@ class GitStore:
 
     def _swap(self, slot: WriterSlot, ref: str, new: str | None, old: str | None) -> None:
         """Compare-and-swap (``new=None``: delete) while holding ``<ref>.lock``."""
-        refs = self._repo.refs
+        refs = self._refs()
         name = ref.encode()
         path = Path(os.fsdecode(refs.refpath(name)))
         lock = path.with_name(path.name + ".lock")
         if new is None:
-            with locked_ref(refs, name) as held:
-                slot.hold_ref_lock(lock)
-                current = held.get()
-                if (current.decode() if current else None) != old:
-                    raise _lost(ref, old, current.decode() if current else None)
-                held.delete()  # may lock packed-refs too (FileLocked while git pack-refs runs)
-            return
-        ensure_dir_exists(os.fsencode(path.parent))
-        file = GitFile(os.fsencode(path), "wb")
+            # git itself deletes: it holds packed-refs.lock while it removes the ref from
+            # packed-refs *and* the loose file, so a concurrent `git pack-refs` can neither
+            # resurrect the old value nor lose the delete (dulwich removes the loose file first).
+            assert old is not None
+            proc = subprocess.run(
+                ["git", "update-ref", "--no-deref", "-d", ref, old],
+                env=self._git_env(),
+                capture_output=True,
+                check=False,
+            )
+            if proc.returncode == 0:
+                return
+            actual = self.get_ref(ref)
+            if actual != old:
+                raise _lost(ref, old, actual)
+            for held in (lock, self.git_dir / "packed-refs.lock"):
+                if held.exists():
+                    raise FileLocked(os.fsencode(held)[: -len(".lock")], os.fsencode(held))
+            message = proc.stderr.decode(errors="replace").strip().splitlines()
+            raise ProjectError(f"could not delete {ref}: {message[-1] if message else 'git update-ref failed'}")
+        file = _lock_ref(lambda: _git_file(path))
         try:
             slot.hold_ref_lock(lock)
             current = refs.read_loose_ref(name) or refs.get_packed_refs().get(name)
             actual = current.decode() if current else None
             if actual != old:
                 raise _lost(ref, old, actual)
-            file.write(new.encode() + b"\n")
-            file.close()  # fsync + rename over the ref; a full disk fails here
+            try:
+                file.write(new.encode() + b"\n")
+                file.close()  # fsync + rename over the ref; a full disk fails here
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, str(path)) from exc
         finally:
             _discard(file)
 
@@ -331,6 +350,11 @@ class GitStore:
             self._git("add", "-u", "--", ".", env=env, cwd=worktree)
             return self._git("write-tree", env=env).strip()
 
+    def _git_env(self, env: dict[str, str] | None = None) -> dict[str, str]:
+        full_env = {k: v for k, v in os.environ.items() if k not in _INHERITED_GIT_VARS}
+        full_env.update({"GIT_DIR": str(self.git_dir), **(env or {})})
+        return full_env
+
     def _git(
         self,
         *args: str,
@@ -339,11 +363,9 @@ class GitStore:
         input: str | None = None,
         binary: bool = False,
     ) -> Any:
-        full_env = {k: v for k, v in os.environ.items() if k not in _INHERITED_GIT_VARS}
-        full_env.update({"GIT_DIR": str(self.git_dir), **(env or {})})
         proc = subprocess.run(
             ["git", *args],
-            env=full_env,
+            env=self._git_env(env),
             cwd=cwd,
             input=input.encode() if input is not None else None,
             capture_output=True,
@@ -386,6 +408,22 @@ def _lost(ref: str, expected: str | None, actual: str | None) -> RefConflictErro
 
 def _bad_sha(value: str) -> None:
     raise ValueError(f"not a 40-hex commit sha: {value!r}")
+
+
+def _git_file(path: Path) -> Any:
+    ensure_dir_exists(os.fsencode(path.parent))
+    return GitFile(os.fsencode(path), "wb")
+
+
+def _lock_ref(take: Callable[[], _T]) -> _T:
+    """Create a ref's ``.lock``, again when ``git pack-refs --prune`` removed the (empty) ref
+    directory between our ``mkdir`` and ``open`` (git's own writers retry the same way)."""
+    for _ in range(100):
+        try:
+            return take()
+        except FileNotFoundError:
+            time.sleep(0.001)
+    return take()
 
 
 def _discard(file: Any) -> None:
