@@ -102,9 +102,10 @@ def test_apply_after_a_killed_run_then_reusing_the_name_is_refused(tmp_path: Pat
     assert checkpoints(p, "tut") == before
 
 
-def _queue_status(p: Path, names: tuple[str, ...]) -> list[str]:
+def _queue_status(p: Path, names: tuple[str, ...]) -> dict[str, str]:
+    """task id -> status of the queued tasks named one of ``names``."""
     rows = run("dvc", "queue", "status", cwd=p).stdout.splitlines()
-    return [cells[-1] for cells in (r.split() for r in rows) if len(cells) >= 4 and cells[1] in names]
+    return {cells[0]: cells[-1] for cells in (r.split() for r in rows) if len(cells) >= 4 and cells[1] in names}
 
 
 def _stop_workers(p: Path) -> None:
@@ -132,12 +133,16 @@ def test_two_queued_runs_with_the_same_name_never_interleave(tmp_path: Path) -> 
     try:
         while time.monotonic() < deadline:
             states = _queue_status(p, ("q",))
-            if len(states) == 2 and all(s in ("Success", "Failed") for s in states):
+            if len(states) == 2 and all(s in ("Success", "Failed") for s in states.values()):
                 break
             time.sleep(1)
     finally:
         _stop_workers(p)
-    assert sorted(states) == ["Failed", "Success"], states
+    assert sorted(states.values()) == ["Failed", "Success"], states
+    failed = next(task for task, state in states.items() if state == "Failed")
+    log = run("dvc", "queue", "logs", failed, cwd=p, check=False)
+    assert "train.py: error: checkpoint 'q@" in log.stdout + log.stderr, log.stdout + log.stderr
+    assert "already exists" in log.stdout + log.stderr and "Traceback" not in log.stdout + log.stderr
 
     chain = checkpoints(p, "q")
     assert sorted(chain) == [0, 1]
