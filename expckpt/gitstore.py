@@ -1,8 +1,15 @@
 """The Git operations expckpt needs, behind one narrow, typed interface.
 
-Objects and refs go through dulwich in-process (fast enough for the training loop's hot
-path); the one-off workspace snapshot and the bulk ref listing use the ``git`` executable with
-argument lists (never a shell string). Every ref update is a compare-and-swap.
+Nothing outside this module runs ``git``: callers get typed reads (``head``, ``get_ref``,
+``ref_targets``, ``branch_and_tag_tips``, ``reachable_commits``, ``read_blobs``, ``list_refs``,
+``read_file``, ``list_dir``) and compare-and-swap writes in scmrepo's style:
+``set_ref(name, new, old)`` (``old=None``: create only) and ``delete_ref(name, old)`` raise
+``RefConflictError`` when they lose a race, never return a flag to be ignored.
+
+Objects and ref updates go through dulwich in-process (fast enough for the training loop's hot
+path); deletes, the workspace snapshot and bulk listings use the ``git`` executable with
+argument lists (never a shell string). How writes live beside git's own (locks, ``git
+pack-refs``) is in ``gitwrites`` and ``gitlocks``.
 """
 
 from __future__ import annotations
@@ -20,14 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dulwich.file import FileLocked, GitFile, ensure_dir_exists
 from dulwich.object_store import commit_tree_changes
-from dulwich.objects import Blob, Commit, ShaFile, Tree
+from dulwich.objects import Blob, Commit, Tree
 from dulwich.refs import DiskRefsContainer, check_ref_format
 from dulwich.repo import Repo
 
-from expckpt.errors import GitLockedError, ProjectError, RefConflictError
-from expckpt.gitlocks import WriterSlot, writer_slot
+from expckpt.errors import ProjectError, RefConflictError
+from expckpt.gitlocks import WriterSlot
+from expckpt.gitwrites import LOCK_WAIT_S, RecordingStore, delete_ref_with_git, swap_ref, write_waiting_for_locks
 
 __all__ = ["GitStore", "RefEntry"]
 
@@ -35,8 +42,6 @@ FILE_MODE = 0o100644
 _T = TypeVar("_T")
 _SEP = "\x1f\x1e"
 _HEX40 = re.compile(r"[0-9a-f]{40}")
-LOCK_WAIT_S = 10.0
-"""How long a write waits for a ``.lock`` another process holds before it fails."""
 _INHERITED_GIT_VARS = {"GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY"}
 
 
@@ -96,7 +101,7 @@ class GitStore:
     def tree_with_files(self, base_tree: str, files: dict[str, bytes | None]) -> str:
         """Write blobs for ``files`` (None deletes) over ``base_tree``; return the new tree."""
         def write(slot: WriterSlot) -> str:
-            store = _RecordingStore(self._repo.object_store, slot, self.git_dir)
+            store = RecordingStore(self._repo.object_store, slot, self.git_dir)
             changes = []
             for path, data in sorted(files.items()):
                 if data is None:
@@ -120,7 +125,7 @@ class GitStore:
         commit.message = message.encode()
         self._write(
             "the checkpoint's Git commit",
-            lambda slot: _RecordingStore(self._repo.object_store, slot, self.git_dir).add_object(commit),
+            lambda slot: RecordingStore(self._repo.object_store, slot, self.git_dir).add_object(commit),
         )
         return commit.id.decode()
 
@@ -230,8 +235,9 @@ class GitStore:
         caller lost a race, and nothing was written.
         """
         self._check_ref(ref)
-        _HEX40.fullmatch(new) or _bad_sha(new)
-        self._write(ref, lambda slot: self._swap(slot, ref, new, old))
+        if not _HEX40.fullmatch(new):
+            raise ValueError(f"not a 40-hex commit sha: {new!r}")
+        self._write(ref, lambda slot: swap_ref(slot, self._refs(), ref, new, old))
 
     def create_ref(self, ref: str, commit: str) -> None:
         """``set_ref(ref, commit, None)``: create ``ref``, never replace one."""
@@ -244,84 +250,16 @@ class GitStore:
         already; a sha, it was moved (keep it: it is no longer the checkpoint you meant).
         """
         self._check_ref(ref)
-        _HEX40.fullmatch(old) or _bad_sha(old)
-        self._write(ref, lambda slot: self._swap(slot, ref, None, old))
+        if not _HEX40.fullmatch(old):
+            raise ValueError(f"not a 40-hex commit sha: {old!r}")
+        self._write(ref, lambda slot: delete_ref_with_git(self._git_env(), self.get_ref, ref, old))
+
+    def _write(self, what: str, write: Callable[[WriterSlot], _T]) -> _T:
+        return write_waiting_for_locks(self.git_dir, what, write, lock_wait=self.lock_wait)
 
     def _check_ref(self, ref: str) -> None:
         if not ref.startswith("refs/") or not check_ref_format(ref.encode()):
             raise RefConflictError(f"{ref!r} is not a valid Git ref name", ref=ref)
-
-    def _swap(self, slot: WriterSlot, ref: str, new: str | None, old: str | None) -> None:
-        """Compare-and-swap (``new=None``: delete) while holding ``<ref>.lock``."""
-        refs = self._refs()
-        name = ref.encode()
-        path = Path(os.fsdecode(refs.refpath(name)))
-        lock = path.with_name(path.name + ".lock")
-        if new is None:
-            # git itself deletes: it holds packed-refs.lock while it removes the ref from
-            # packed-refs *and* the loose file, so a concurrent `git pack-refs` can neither
-            # resurrect the old value nor lose the delete (dulwich removes the loose file first).
-            assert old is not None
-            proc = subprocess.run(
-                ["git", "update-ref", "--no-deref", "-d", ref, old],
-                env=self._git_env(),
-                capture_output=True,
-                check=False,
-            )
-            if proc.returncode == 0:
-                return
-            actual = self.get_ref(ref)
-            if actual != old:
-                raise _lost(ref, old, actual)
-            for held in (lock, self.git_dir / "packed-refs.lock"):
-                if held.exists():
-                    raise FileLocked(os.fsencode(held)[: -len(".lock")], os.fsencode(held))
-            message = proc.stderr.decode(errors="replace").strip().splitlines()
-            raise ProjectError(f"could not delete {ref}: {message[-1] if message else 'git update-ref failed'}")
-        file = _lock_ref(lambda: _git_file(path))
-        try:
-            slot.hold_ref_lock(lock)
-            current = refs.read_loose_ref(name) or refs.get_packed_refs().get(name)
-            actual = current.decode() if current else None
-            if actual != old:
-                raise _lost(ref, old, actual)
-            try:
-                file.write(new.encode() + b"\n")
-                file.close()  # fsync + rename over the ref; a full disk fails here
-            except OSError as exc:
-                raise OSError(exc.errno, exc.strerror, str(path)) from exc
-        finally:
-            _discard(file)
-
-    def _write(self, what: str, write: Callable[[WriterSlot], _T]) -> _T:
-        """Run a dulwich write of objects or refs; wait out locks other processes hold.
-
-        A ``.lock`` in the way is removed only when ``gitlocks`` proves a dead expckpt writer
-        left it. Any other (``git pack-refs``, ``git gc``, a ``git update-ref`` transaction) is
-        waited for with backoff, up to ``lock_wait`` seconds, then the write fails in one line.
-        """
-        deadline = time.monotonic() + self.lock_wait
-        delay = 0.005
-        lock: Path | None = None
-        while True:
-            with writer_slot(self.git_dir) as slot:
-                try:
-                    return write(slot)
-                except FileLocked as exc:
-                    lock = Path(os.fsdecode(exc.lockfilename))
-                    if slot.remove_if_owned(lock):
-                        continue
-                finally:
-                    slot.clear()
-            if time.monotonic() >= deadline:
-                raise GitLockedError(
-                    f"could not write {what}: {lock} is held by another process (a git command?)"
-                    f" for over {self.lock_wait:g} s; wait for it to finish and run again, or remove"
-                    " that file if no git command is running",
-                    ref=str(lock),
-                )
-            time.sleep(delay)
-            delay = min(delay * 2, 0.2)
 
     def list_refs(self, prefix: str) -> list[RefEntry]:
         """All refs under ``prefix`` with commit time and message, in one ``git`` call."""
@@ -375,69 +313,6 @@ class GitStore:
             message = proc.stderr.decode(errors="replace").strip()
             raise ProjectError(f"git {args[0]} failed: {message}", path=self.git_dir)
         return proc.stdout if binary else proc.stdout.decode(errors="replace")
-
-
-class _RecordingStore:
-    """The object store as ``commit_tree_changes`` sees it: each loose object it writes is
-    recorded in the writer's intent first, so a lock a kill leaves behind is provably ours."""
-
-    def __init__(self, store: Any, slot: WriterSlot, git_dir: Path) -> None:
-        self._store = store
-        self._slot = slot
-        self._objects = git_dir / "objects"
-
-    def __getitem__(self, sha: bytes) -> ShaFile:
-        return self._store[sha]
-
-    def add_object(self, obj: ShaFile) -> None:
-        sha = obj.id.decode()
-        self._slot.will_write_object(self._objects / sha[:2] / f"{sha[2:]}.lock")
-        self._store.add_object(obj)
-
-
-def _lost(ref: str, expected: str | None, actual: str | None) -> RefConflictError:
-    want = "to be absent" if expected is None else f"at {expected[:7]}"
-    now = "is absent" if actual is None else f"is at {actual[:7]}"
-    return RefConflictError(
-        f"{ref} changed under us: expected it {want}, but it {now} (another process wrote it)",
-        ref=ref,
-        expected=expected,
-        actual=actual,
-    )
-
-
-def _bad_sha(value: str) -> None:
-    raise ValueError(f"not a 40-hex commit sha: {value!r}")
-
-
-def _git_file(path: Path) -> Any:
-    ensure_dir_exists(os.fsencode(path.parent))
-    return GitFile(os.fsencode(path), "wb")
-
-
-def _lock_ref(take: Callable[[], _T]) -> _T:
-    """Create a ref's ``.lock``, again when ``git pack-refs --prune`` removed the (empty) ref
-    directory between our ``mkdir`` and ``open`` (git's own writers retry the same way)."""
-    for _ in range(100):
-        try:
-            return take()
-        except FileNotFoundError:
-            time.sleep(0.001)
-    return take()
-
-
-def _discard(file: Any) -> None:
-    """Release a dulwich ``GitFile`` that was not renamed into place, and remove its ``.lock``.
-
-    After a failed write (disk full) the buffered data makes the first close fail again, but
-    it closes the descriptor; the second attempt then removes the lock. Without this the lock
-    stays behind and dulwich's finaliser prints an ``Exception ignored`` traceback later.
-    """
-    for _ in range(3):
-        if file.closed:
-            return
-        with contextlib.suppress(OSError):
-            file.abort()
 
 
 def _username() -> str:
