@@ -115,6 +115,39 @@ class WriterSlot:
             return False
         return False
 
+    def recover(self) -> None:
+        """On taking the slot: a record still there is a dead writer's (its write never got to
+        blank it); remove the lock it names, if that lock is still there, and blank it.
+
+        Done at once, not when a later write trips on the lock: the next write (a tree, a
+        commit) would otherwise blank the record and leave the lock unprovable. A ref lock is
+        found by its device and inode among ``refs/**.lock`` (the record stays small enough to
+        be rewritten in place on a full disk).
+        """
+        fields = self._record()
+        if not fields:
+            return
+        if fields[0] == "O" and len(fields) == 4:
+            candidates = [self.git_dir / fields[3]]
+        elif fields[0] == "R":
+            candidates = list((self.git_dir / "refs").rglob("*.lock"))
+        else:
+            candidates = []
+        for lock in candidates:
+            if self.owns(lock):
+                with contextlib.suppress(FileNotFoundError):
+                    lock.unlink()
+                break
+        if self.owns_nothing_alive():
+            self.clear()
+
+    def owns_nothing_alive(self) -> bool:
+        """Whether the record is not a live writer's (blank, malformed, or its writer is gone)."""
+        fields = self._record()
+        if len(fields) < 3 or not (fields[1].isdigit() and fields[2].isdigit()):
+            return True
+        return int(fields[1]) == self._pid or not _alive(int(fields[1]), int(fields[2]))
+
     def remove_if_owned(self, lock: Path) -> bool:
         """Remove ``lock`` if ``owns`` proves it is ours; report whether the write may go on."""
         if not self.owns(lock):
@@ -137,7 +170,9 @@ def writer_slot(git_dir: Path) -> Iterator[WriterSlot]:
         try:
             if os.fstat(fd).st_size < _RECORD:  # first use: the only write that grows the file
                 os.pwrite(fd, _BLANK, 0)
-            yield WriterSlot(Path(git_dir), fd)
+            slot = WriterSlot(Path(git_dir), fd)
+            slot.recover()
+            yield slot
         finally:
             os.close(fd)
     finally:

@@ -492,7 +492,9 @@ def test_a_lock_left_by_a_killed_expckpt_writer_is_recovered(repo: Path) -> None
     killed = run(sys.executable, "-c", _DIE_HOLDING, str(git_dir), str(git_dir / REF), "ref", cwd=repo, check=False)
     assert killed.returncode == -9
     assert (git_dir / (REF + ".lock")).exists()
-    store.set_ref(REF, a, None)  # the dead writer's lock is removed, the write goes on
+    store.tree_with_files(store.commit_tree(a), {"other.txt": b"x\n"})  # another write comes first
+    assert not (git_dir / (REF + ".lock")).exists(), "the first writer after the kill recovers it"
+    store.set_ref(REF, a, None)
     assert run("git", "rev-parse", REF, cwd=repo).stdout.strip() == a
 
     blob = hashlib.sha1(b"blob 6\x00hello\n").hexdigest()
