@@ -166,7 +166,7 @@ def instrument() -> None:
     _wrap(LockBuilder, "render", "dvc_lock")
     _wrap(GitStore, "tree_with_files", "git_tree")
     _wrap(GitStore, "write_commit", "git_commit")
-    for name in ("get_ref", "create_ref", "replace_ref"):
+    for name in ("get_ref", "set_ref"):
         _wrap(GitStore, name, "git_ref")
     _wrap(SessionNote, "write", "note")
     if hasattr(committer_mod, "atomic_write_bytes"):  # the workspace dvc.lock, where the committer writes one

@@ -130,7 +130,15 @@ class Checkpointer:
 
         The rules for which checkpoint that is are in ``expckpt.resume``. With ``defer_rng`` the
         RNG states wait for ``state.apply_rng()`` (``CheckpointLive`` calls it at the first step).
+        Inside ``dvc exp run``, a run whose next steps are already checkpoints of another run
+        with the same experiment name is refused here, before any training.
         """
+        resumed = self._restore(state, defer_rng)
+        if self.wiring.committer is not None:
+            self.wiring.committer.check_name(state.step + 1)
+        return resumed
+
+    def _restore(self, state: TrainingState, defer_rng: bool) -> Resumed | None:
         w = self.wiring
         remove_stale_temps(w.path)
         if not w.path.exists():

@@ -17,7 +17,7 @@ import yaml
 from expckpt.cache import DvcCache
 from expckpt.catalog import Catalog, Chain
 from expckpt.config import CheckpointConfig
-from expckpt.errors import ConfigError, ExpCkptError, ProjectError
+from expckpt.errors import ConfigError, ExpCkptError
 from expckpt.gitstore import GitStore
 from expckpt.policy import CheckpointInfo
 from expckpt.project import Project
@@ -38,17 +38,13 @@ class Context:
         self.cache = DvcCache.for_project(self.project.root, self.store.git_dir)
 
     def head(self) -> str:
-        try:
-            return self.store.git("rev-parse", "HEAD").strip()
-        except ProjectError:
-            raise ProjectError("this repository has no commits yet; commit your project first") from None
+        return self.store.head()
 
     def labels(self) -> dict[str, str]:
-        labels = {}
-        out = self.store.git("for-each-ref", "--format=%(refname:short) %(objectname) %(*objectname)", "refs/heads", "refs/tags")
-        for line in out.splitlines():
-            name, *shas = line.split()
-            labels.setdefault(shas[-1], name)
+        """commit -> the first branch (else tag) name pointing at it."""
+        labels: dict[str, str] = {}
+        for ref, commit in self.store.branch_and_tag_tips().items():
+            labels.setdefault(commit, ref.removeprefix("refs/heads/").removeprefix("refs/tags/"))
         return labels
 
     def config(self) -> CheckpointConfig:

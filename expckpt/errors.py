@@ -16,7 +16,8 @@ stderr and exits non-zero (tracebacks only with ``-v``).
     ├── RefError                 checkpoint names and Git refs
     │   ├── InvalidNameError         an experiment name that cannot be a safe ref
     │   ├── UnknownCheckpointError   no checkpoint by that name (suggests close ones)
-    │   └── RefConflictError         a ref moved under us (compare-and-swap failed)
+    │   ├── RefConflictError         a ref moved under us (compare-and-swap failed)
+    │   └── GitLockedError           another process holds a Git ``.lock`` for too long
     └── StorageError             writing to the DVC cache or the workspace failed (disk full)
 """
 
@@ -29,6 +30,7 @@ __all__ = [
     "CorruptCheckpointError",
     "DataError",
     "ExpCkptError",
+    "GitLockedError",
     "InvalidNameError",
     "MissingCheckpointError",
     "ProjectError",
@@ -120,7 +122,22 @@ class UnknownCheckpointError(RefError):
 
 
 class RefConflictError(RefError):
-    """A ref was changed by someone else between read and update."""
+    """A ref was changed by someone else between read and update.
+
+    ``expected`` is what the writer assumed the ref held (``None``: absent), ``actual`` what
+    it holds now (``None``: absent), when known.
+    """
+
+    def __init__(
+        self, message: str, *, ref: str | None = None, expected: str | None = None, actual: str | None = None
+    ) -> None:
+        super().__init__(message, ref=ref)
+        self.expected = expected
+        self.actual = actual
+
+
+class GitLockedError(RefError):
+    """A Git ``.lock`` file held by another process did not go away in time; ``ref`` is its path."""
 
 
 class StorageError(ExpCkptError):

@@ -173,23 +173,13 @@ def plan_gc(
 
 
 def _delete(store: GitStore, record: CheckpointRecord) -> str | None:
-    """Delete the ref if it still points at the listed commit; else where it points now (``""`` = gone).
-
-    Works with a ``delete_ref`` that reports a lost compare-and-swap by returning False and with
-    one that raises ``RefConflictError`` (returning at all then means it was deleted).
-    """
+    """Delete the ref if it still points at the listed commit (None); else where it points now
+    (``""`` = already gone)."""
     try:
-        deleted = store.delete_ref(record.ref.ref, record.commit)
-    except RefConflictError:
-        deleted = False
-    if deleted is None or deleted:
-        return None
-    now = store.get_ref(record.ref.ref)
-    if now == record.commit:
-        raise RefConflictError(
-            f"could not remove {record.ref.ref} (still at {record.commit[:7]}); run again", ref=record.ref.ref
-        )
-    return now or ""
+        store.delete_ref(record.ref.ref, record.commit)
+    except RefConflictError as exc:
+        return exc.actual or ""
+    return None
 
 
 def execute_gc(plan: GcPlan, store: GitStore, cache: DvcCache, workspace: Path) -> GcResult:

@@ -22,6 +22,7 @@ EXPORTED = [
     "DataError",
     "Decision",
     "ExpCkptError",
+    "GitLockedError",
     "InvalidNameError",
     "MissingCheckpointError",
     "ProjectError",

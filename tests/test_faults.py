@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -82,16 +84,39 @@ def test_crash_at_every_point_then_resume(
         if point in ("after-temp", "after-cache"):
             assert [p for p in leftover_temps(project) if p.parent == project], "the complete temp file is left"
         if point == "after-commit":
-            # What a kill a moment later, inside the ref write, leaves: dulwich's lock file for
-            # the ref (bench/crash_trials.py met it for real). Later runs must not trip on it.
-            lock = project / ".git" / f"{ref_path(project, 'crash', CRASH_STEP)}.lock"
-            lock.parent.mkdir(parents=True, exist_ok=True)
-            lock.write_text("0" * 40 + "\n")
+            # What a kill a moment later, inside the ref write, leaves: the ref's lock file and
+            # the writer's record of it (bench/crash_trials.py met such a lock for real). Later
+            # runs must not trip on it; a lock nobody recorded is another process's (test_gitstore).
+            die_inside_ref_write(project, ref_path(project, "crash", CRASH_STEP))
 
     assert_finished_like_straight_run(project, "crash", ref_model)
     assert not [p for p in leftover_temps(project) if p.parent == project], "killed runs' temp files are removed"
     if "after-commit" in points:
         assert not (project / ".git" / f"{ref_path(project, 'crash', CRASH_STEP)}.lock").exists()
+
+
+_DIE_INSIDE_REF_WRITE = """
+import os, signal, sys
+from pathlib import Path
+from dulwich.file import GitFile
+from expckpt.gitlocks import writer_slot
+git_dir = Path(sys.argv[1])
+with writer_slot(git_dir) as slot:
+    target = git_dir / sys.argv[2]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    f = GitFile(str(target), "wb")
+    slot.hold_ref_lock(target.with_name(target.name + ".lock"))
+    f.write(b"0" * 40 + b"\\n")
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def die_inside_ref_write(project: Path, ref: str) -> None:
+    """An expckpt writer SIGKILLed while it holds ``<ref>.lock`` (as gitwrites.swap_ref takes it)."""
+    killed = subprocess.run([sys.executable, "-c", _DIE_INSIDE_REF_WRITE, str(project / ".git"), ref], check=False)
+    assert killed.returncode == -signal.SIGKILL
+    assert (project / ".git" / f"{ref}.lock").exists()
 
 
 def ref_path(project: Path, exp: str, step: int) -> str:
