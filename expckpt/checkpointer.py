@@ -169,11 +169,10 @@ class Checkpointer:
         line = self._update_best(state, step, flat)
         now = time.time()
         save = self._save_policy.should_save(step, now, self._last_saved)
-        if save:
-            self._save(state, step, flat, note=line)
-        elif line:
+        saved = save and self._save(state, step, flat, note=line)
+        if line and not saved:
             self.echo(line)
-        self._last_step_saved = save
+        self._last_step_saved = saved
         self._watch(state, step)
 
     def _update_best(self, state: TrainingState, step: int, metrics: Mapping[str, float]) -> str | None:
@@ -192,19 +191,22 @@ class Checkpointer:
             step, monitor, previous, value, self.config.mode, kept=better and self.config.keep_best > 0
         )
 
-    def _save(self, state: TrainingState, step: int, metrics: Mapping[str, float], note: str | None = None) -> None:
+    def _save(self, state: TrainingState, step: int, metrics: Mapping[str, float], note: str | None = None) -> bool:
+        """Save (or queue) the checkpoint of ``step``; False when ``when_busy: skip`` skipped it."""
         payload = state.capture()
         live_files = self.committer.read_live_files() if self.committer else {}
         job = (step, metrics, live_files, note)
         if self.config.async_save:
             if self._writer is None:
-                self._writer = AsyncWriter(self._write_job)
+                self._writer = AsyncWriter(self._write_job, when_busy=self.config.when_busy, echo=self.echo)
             with self.stop.critical():
-                self._writer.submit(payload, lambda snapshot: (snapshot, *job))
+                if not self._writer.submit(payload, lambda snapshot: (snapshot, *job)):
+                    return False
         else:
             with self.stop.critical():
                 self._write_job((payload, *job))
         self._last_saved = CheckpointInfo(step=step, metrics=metrics, time=time.time())
+        return True
 
     def _write_job(self, job: tuple[Any, int, Mapping[str, float], dict[str, bytes], str | None]) -> None:
         payload, step, metrics, live_files, note = job
@@ -263,6 +265,7 @@ class Checkpointer:
                 self.echo(f"expckpt: warning: step {step}: " + "; ".join(report.lines()))
         if problems and cfg.on_divergence == "stop":
             if not self._last_step_saved:
+                self.drain()  # a final save is never skipped as busy
                 self._save(state, step, dict(state.extras["_expckpt_history"][-1][1]))
                 self._last_step_saved = True
             self.echo(f"expckpt: stopping training at step {step} ({', '.join(problems)}; checkpoint.on_divergence: stop)")
@@ -276,6 +279,7 @@ class Checkpointer:
                 written = write_temp(state.capture(), self.path)
                 written.publish()
             else:
+                self.drain()  # a final save is never skipped as busy
                 self._save(state, state.step, dict(history[-1][1]))
             self._last_step_saved = True
         self.drain()
