@@ -18,12 +18,19 @@ and write CPU tensors only (loading already uses ``map_location="cpu"``):
 Both keep the state's structure *and its storage sharing*: an object met twice is copied once,
 and tensors that are views of one storage (tied weights, slices) stay views of one copied
 storage, so ``torch.save`` writes exactly the records it would write for the original.
+
+Both also make the pickle depend on values only, not on which objects happen to be shared:
+pickle writes an object met a second time as a back-reference, so a key ``"step"`` that is the
+interned literal in a fresh run but a separately unpickled string in a resumed one gave two
+different files for equal states. Strings are interned and equal tuples of plain values are
+made one object, so a resumed run's checkpoint is byte for byte the uninterrupted run's.
 Nothing here touches CUDA unless the state holds a CUDA tensor (no context is created for a
 CPU-only run).
 """
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +41,7 @@ import torch
 __all__ = ["Staged", "Stager", "cpu_storages", "to_cpu"]
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
+_SCALARS = (str, int, float, bool, type(None))
 
 # (device of the source storage, pinned?) -> a CPU storage of the same size
 Allocate = Callable[[torch.UntypedStorage, Any], torch.UntypedStorage]
@@ -60,9 +68,12 @@ class _Walk:
     def __init__(self, copy_storage: Callable[[torch.Tensor, tuple[Any, ...]], torch.UntypedStorage | None]) -> None:
         self._copy_storage = copy_storage
         self._memo: dict[int, Any] = {}
+        self._tuples: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._storages: dict[int, torch.UntypedStorage | None] = {}
 
     def __call__(self, obj: Any, path: tuple[Any, ...] = ()) -> Any:
+        if type(obj) is str:
+            return sys.intern(obj)
         if id(obj) in self._memo:
             return self._memo[id(obj)]
         if isinstance(obj, torch.Tensor):
@@ -71,7 +82,7 @@ class _Walk:
             copied = type(obj)() if isinstance(obj, OrderedDict) else {}
             self._memo[id(obj)] = copied
             for key, value in obj.items():
-                copied[key] = self(value, (*path, key))
+                copied[sys.intern(key) if type(key) is str else key] = self(value, (*path, key))
             if hasattr(obj, "_metadata"):
                 copied._metadata = obj._metadata
         elif isinstance(obj, list):
@@ -81,6 +92,9 @@ class _Walk:
         elif isinstance(obj, tuple):
             items = [self(v, (*path, i)) for i, v in enumerate(obj)]
             copied = obj if all(a is b for a, b in zip(items, obj)) else tuple(items)
+            if type(obj) is tuple and all(type(v) in _SCALARS for v in items):
+                key = tuple((type(v), repr(v)) for v in items)  # 1 == 1.0 == True, yet pickled apart
+                copied = self._tuples.setdefault(key, copied)
         else:
             return obj  # immutable scalars and strings are shared, as in the original
         self._memo[id(obj)] = copied
