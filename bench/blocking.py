@@ -40,7 +40,6 @@ import os
 import shutil
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 

@@ -43,9 +43,6 @@ __all__ = ["Staged", "Stager", "cpu_storages", "to_cpu"]
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 _SCALARS = (str, int, float, bool, type(None))
 
-# (device of the source storage, pinned?) -> a CPU storage of the same size
-Allocate = Callable[[torch.UntypedStorage, Any], torch.UntypedStorage]
-
 
 def _is_plain(tensor: torch.Tensor) -> bool:
     """A dense tensor whose bytes are one untyped storage (what can be staged by storage)."""
