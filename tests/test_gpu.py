@@ -109,26 +109,45 @@ def _on_cpu(obj: Any) -> Any:
 
 
 def test_pinned_staging_saves_the_values_of_submit_time(tmp_path: Path, cuda: torch.device) -> None:
+    """The next optimizer step, enqueued right after submit, must not reach the file, and the
+    writer must not read the pinned buffers before the copies into them are done."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(*[torch.nn.Linear(2048, 2048) for _ in range(8)]).to(cuda)  # 134 MB
-    expected = {k: v.cpu() for k, v in model.state_dict().items()}
+    base = {k: v.clone() for k, v in model.state_dict().items()}
     written: list[WrittenFile] = []
     writer = AsyncWriter(lambda job: written.append(write_temp(job, tmp_path / "model.pt")))
     try:
-        for _ in range(2):  # the second submit reuses the pinned buffers of the first
+        for round_ in range(2):  # the second round reuses the first round's pinned buffers
+            with torch.no_grad():
+                for key, value in model.state_dict().items():
+                    value.copy_(base[key] + round_)
+            expected = {k: v.cpu() for k, v in model.state_dict().items()}
             written.clear()
+            torch.cuda._sleep(200_000_000)  # GPU busy ~0.1 s: the copies wait behind it
             writer.submit(model.state_dict(), lambda snapshot: snapshot)
             with torch.no_grad():  # the next optimizer step, enqueued right after the call
                 for p in model.parameters():
                     p.fill_(7.0)
             writer.drain()
             saved = torch.load(written[0].tmp, weights_only=True)
-            assert all(torch.equal(saved[k], expected[k]) for k in expected)
-            with torch.no_grad():
-                for p, k in zip(model.parameters(), expected):
-                    p.copy_(expected[k])
+            assert all(torch.equal(saved[k], expected[k]) for k in expected), f"round {round_}"
     finally:
         writer.close()
+
+
+def test_stager_reuses_pinned_buffers_for_cuda_tensors(cuda: torch.device) -> None:
+    from expckpt.staging import Stager
+
+    weights = {"w": torch.randn(1000, device=cuda), "v": torch.randn(10, device=cuda)[2:5]}
+    stager = Stager()
+    first = stager.stage(weights)
+    first.wait_ready()
+    assert first.events and all(t.device.type == "cpu" and t.is_pinned() for t in first.state.values())
+    assert torch.equal(first.state["v"], weights["v"].cpu())
+    pointer = first.state["w"].data_ptr()
+    second = stager.stage(weights)
+    second.wait_ready()
+    assert second.state["w"].data_ptr() == pointer
 
 
 CPU_ONLY_RUN = """
