@@ -43,8 +43,9 @@ def write_temp(payload: Mapping[str, Any], dest: Path, *, durable: bool = True) 
     run's file is the file an asynchronous save of the same state writes. ``torch.save``
     streams into a ``HashingStream``: each record is written and MD5-hashed (DVC's hash) in
     parallel as it comes, with no copy of the whole file in memory; the bytes are exactly
-    those ``torch.save(payload, file_object)`` writes. ``payload`` must not change until this
-    returns.
+    those ``torch.save(to_cpu(payload), file_object)`` writes (for a CPU state whose equal
+    strings are one object, as a fresh run's are: ``torch.save(payload, file_object)``'s).
+    ``payload`` must not change until this returns.
     """
     dest = Path(dest)
     payload = to_cpu(payload)
