@@ -18,6 +18,7 @@ atomically and resumed from, so ``python train.py`` works the same way.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -88,6 +89,8 @@ class Checkpointer:
         self._metrics_checked = False
         self._file_stat: tuple[int, int, int] | None = None
         self._writer: AsyncWriter | None = None
+        self._inflight = 0
+        self._inflight_lock = threading.Lock()
         self._retention = (
             RunRetention(config.keep_policy(), wiring.committer.store, echo, free=wiring.free)
             if wiring.committer is not None else None
@@ -209,7 +212,8 @@ class Checkpointer:
             if note:
                 self.echo(note)
             return False
-        self._unsaved = None
+        if event != "step":
+            self.wait()  # the final and the stop save are never skipped as busy
         state.library["watch"] = self.watch.state_dict()
         self._guard_file()
         payload = state.capture()
@@ -218,14 +222,31 @@ class Checkpointer:
         with self.stop.critical():
             if self.config.async_save:
                 if self._writer is None:
-                    self._writer = AsyncWriter(self._write_job)
-                self._writer.submit(payload, lambda snapshot: (snapshot, *job))
+                    self._writer = AsyncWriter(self._write_job, when_busy=self.config.when_busy, echo=self.echo)
+                with self._inflight_lock:
+                    self._inflight += 1
+                if not self._writer.submit(payload, lambda snapshot: (snapshot, *job)):
+                    with self._inflight_lock:
+                        self._inflight -= 1
+                    self._unsaved = (step, flat)  # when_busy: skip; a later step (or the final one) is saved
+                    if note:
+                        self.echo(note)
+                    return False
             else:
                 self._write_job((payload, *job))
+        self._unsaved = None
         self._last_saved = CheckpointInfo(step=step, metrics=flat, time=ctx.now)
         return True
 
     def _write_job(self, job: tuple[Any, int, Mapping[str, float], dict[str, bytes], str | None]) -> None:
+        try:
+            self._publish(job)
+        finally:
+            if self.config.async_save:
+                with self._inflight_lock:
+                    self._inflight -= 1
+
+    def _publish(self, job: tuple[Any, int, Mapping[str, float], dict[str, bytes], str | None]) -> None:
         payload, step, metrics, live_files, note = job
         w = self.wiring
         written = write_temp(payload, w.path)
@@ -253,10 +274,10 @@ class Checkpointer:
             self._retention.add(record)
 
     def _guard_file(self) -> None:
-        """Stop if something else wrote the checkpoint file since expckpt last did."""
-        if self._file_stat is None or _stat(self.wiring.path) == self._file_stat:
+        """Stop if something else wrote the checkpoint file since expckpt last did (checked
+        when no background checkpoint is in flight: that one is about to replace the file)."""
+        if self._file_stat is None or self._inflight or _stat(self.wiring.path) == self._file_stat:
             return
-        self.wait()
         if _stat(self.wiring.path) == self._file_stat:
             return
         last = f" since {self.last_record.name}" if self.last_record else ""

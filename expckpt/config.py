@@ -12,6 +12,7 @@ else gets a ``CheckpointConfig`` and asks it for ``save_policy()`` and ``keep_po
       monitor: val_acc      # metric for keep_best and patience
       mode: max             # max: higher is better; min: lower is better
       async: false          # save in the background
+      when_busy: wait       # async, a save due while earlier ones are still being written: wait | skip
       on_divergence: warn   # warn | stop
       divergence_steps: 3   # this many rises in a row of divergence_metric = diverging
       divergence_metric: loss
@@ -117,6 +118,10 @@ class CheckpointConfig:
     """The preset (``short``, ``normal``, ``long``) ``from_params`` started from, if any."""
     async_save: bool = False
     """Save in the background (params key ``async``)."""
+    when_busy: str = "wait"
+    """With ``async``, when a save is due while earlier ones still hold every staging buffer:
+    ``"wait"`` until the oldest is written (training pauses only that long), or ``"skip"`` this
+    save (training goes on at once; a later step is saved). Either is said once per run."""
     on_divergence: str = "warn"
     """What to do when training diverges or plateaus: ``"warn"`` or ``"stop"``."""
     divergence_steps: int = 3
@@ -150,6 +155,9 @@ class CheckpointConfig:
             _check_choice("regime", self.regime, tuple(REGIMES), _REGIME_FIX)
         if not isinstance(self.async_save, bool):
             _fail("async_save", self.async_save, "true or false", "use true to save in the background")
+        _check_choice("when_busy", self.when_busy, ("wait", "skip"),
+                      "use 'wait' to pause training until the previous checkpoint is written,"
+                      " or 'skip' to skip checkpoints that come too soon")
         _check_choice("on_divergence", self.on_divergence, ("warn", "stop"),
                       "use 'warn' to log a warning or 'stop' to end the run")
         if not _is_int(self.divergence_steps) or self.divergence_steps < 2:

@@ -22,7 +22,7 @@ LAYERS: dict[str, int] = {
     "committer": 2, "resume": 2, "gc": 2, "verify": 2, "show": 2, "reset": 2, "retention": 2,
     "wiring": 2, "signals": 2, "cli": 3,
     # 4: torch
-    "rng": 4, "safe_values": 4, "hparams": 4, "state": 4, "checkpoint_file": 4, "writer": 4,
+    "rng": 4, "safe_values": 4, "hparams": 4, "state": 4, "checkpoint_file": 4, "writer": 4, "staging": 4, "streaming": 0,
     # 5: training-loop integrations
     "checkpointer": 5, "live": 6,
 }
