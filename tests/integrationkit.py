@@ -125,3 +125,48 @@ def run_and_kill(project: Path, base: str, exp: str, *args: str, after_step: int
     # DVC leaves HEAD detached at the baseline when killed; go back to the branch as a user would
     run("git", "checkout", "-q", "main", cwd=project)
     return output
+
+
+def _rank_pid(exp: str, rank: int) -> int | None:
+    """The pid of torchrun worker ``rank`` of the ``dvc exp run -n exp`` under way, if any."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"DVC_EXP_NAME={exp}".encode() in environ and f"RANK={rank}".encode() in environ:
+            if b"train.py" in (entry / "cmdline").read_bytes():
+                return int(entry.name)
+    return None
+
+
+def run_and_kill_rank(project: Path, base: str, exp: str, *args: str, rank: int, after_step: int = 1, timeout: float = 300) -> str:
+    """``dvc exp run -n exp ARGS`` of a torchrun stage, with worker ``rank`` killed by SIGKILL
+    once ``exp@after_step`` exists; torchrun then stops the other ranks and the run fails."""
+    proc = subprocess.Popen(
+        ["dvc", "exp", "run", "-n", exp, *args],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        victim = None
+        while proc.poll() is None and time.monotonic() < deadline and victim is None:
+            if after_step in checkpoint_refs(project, base, exp):
+                victim = _rank_pid(exp, rank)
+            time.sleep(0.05)
+        assert victim is not None, f"no rank {rank} to kill:\n{proc.communicate()[0]}"
+        os.kill(victim, signal.SIGKILL)
+        output = proc.communicate(timeout=timeout)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode not in (0, None), output
+    run("git", "checkout", "-q", "main", cwd=project)
+    return output
