@@ -1,5 +1,8 @@
 """torchrun DDP (2 processes, CPU, gloo) through the real ``dvc exp run`` of ``examples/ddp``.
 
+First, without DVC: two gloo processes check the coordination itself (same checkpoint on every
+rank, each rank's RNG back, a step mismatch and a rank-0 failure raised on every rank, no hang).
+
 One project per module (8 epochs, keep_last 3 + the best by acc); the tests run in order: a
 first run (checkpoints published once, by rank 0, with metrics; retention), apply a checkpoint
 and branch off it (every rank resumes from it: exact), SIGKILL of rank 1 and resume (bitwise
@@ -10,10 +13,13 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+import torch.multiprocessing as mp
 
 from conftest import run
 from integrationkit import (
@@ -29,11 +35,72 @@ from integrationkit import (
     training_state,
 )
 
-pytestmark = pytest.mark.slow
-
 EPOCHS = 8
 CHECKPOINT = {"every": 1, "keep_last": 3, "keep_best": 1, "monitor": "acc", "mode": "max"}
 CHECKPOINT_LINE = re.compile(r"^Checkpoint experiment '([^']+)'", re.M)
+
+
+def _ranks(rank: int, tmp: str) -> None:
+    """One of two gloo ranks; writes what it saw to ``rank<N>.json``."""
+    import torch.distributed as dist
+
+    from expckpt import TrainingState
+    from expckpt.errors import ConfigError, ExpCkptError
+    from expckpt.integrations.distributed import DistributedCheckpointer
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=2)
+    seen: dict[str, Any] = {}
+    try:
+        torch.manual_seed(100 + rank)
+        model = torch.nn.Linear(2, 2)
+        checkpointer = DistributedCheckpointer.from_env(Path(tmp) / "model.pt", {"every": 1, "keep_last": 2})
+        state = TrainingState(model=model)
+        seen["fresh"] = checkpointer.restore(state) is None
+        for step in (0, 1):
+            torch.rand(3)  # each rank its own draws
+            seen["stop"] = checkpointer.save(state, step, {"loss": 1.0 / (step + 1)}).stop
+        saved_rng = torch.get_rng_state()
+        torch.rand(5)
+        model.weight.data.zero_()
+        seen["resumed"] = checkpointer.restore(state).step
+        seen["rng_back"] = torch.equal(torch.get_rng_state(), saved_rng)
+        seen["weights"] = model.weight.detach().flatten().tolist()
+        try:
+            checkpointer.save(state, 2 + rank, {})
+        except ConfigError as exc:
+            seen["mismatch"] = str(exc)
+        broken = DistributedCheckpointer.from_env(Path(tmp) / "missing" / "model.pt", None)
+        broken.restore(TrainingState(model=model))
+        try:
+            broken.save(TrainingState(model=model), 0, {})
+        except ExpCkptError as exc:
+            seen["rank0_failed"] = str(exc)
+        except OSError as exc:
+            seen["rank0_failed"] = f"own: {exc}"
+    finally:
+        dist.destroy_process_group()
+        (Path(tmp) / f"rank{rank}.json").write_text(json.dumps(seen))
+
+
+def test_ranks_restore_the_same_checkpoint_and_fail_together(tmp_path: Path) -> None:
+    context = mp.start_processes(_ranks, args=(str(tmp_path),), nprocs=2, start_method="spawn", join=False)
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:  # a rank waiting for another one forever
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the ranks hung")
+    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    for seen in (rank0, rank1):
+        assert seen["fresh"] is True and seen["stop"] is False
+        assert seen["resumed"] == 1
+        assert seen["rng_back"] is True  # each rank its own RNG state, not rank 0's
+        assert "ranks completed different steps [2, 3]" in seen["mismatch"]
+    assert rank0["weights"] == rank1["weights"]  # rank 0's saved weights on both
+    payload = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert payload["step"] == 1 and len(payload["extras"]["_expckpt_rank_rng"]) == 2
+    assert rank0["rank0_failed"].startswith("could not write")  # rank 0's own StorageError
+    assert rank1["rank0_failed"].startswith("rank 0 failed, so rank 1 stops too")
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +111,7 @@ def proj(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"project": project, "base": base, "out": out}
 
 
+@pytest.mark.slow
 def test_rank_zero_publishes_each_epoch_once_with_metrics(proj: dict[str, Any]) -> None:
     p, base, out = proj["project"], proj["base"], proj["out"]
     assert CHECKPOINT_LINE.findall(out) == [f"ref@{n}" for n in range(EPOCHS)]  # once each, not per rank
@@ -60,6 +128,7 @@ def test_rank_zero_publishes_each_epoch_once_with_metrics(proj: dict[str, Any]) 
         assert len(state["extras"]["_expckpt_rank_rng"]) == 2  # both ranks' RNG states
 
 
+@pytest.mark.slow
 def test_apply_and_run_resumes_every_rank_exactly(proj: dict[str, Any]) -> None:
     p, base = proj["project"], proj["base"]
     refs = checkpoint_refs(p, base, "ref")
@@ -75,6 +144,7 @@ def test_apply_and_run_resumes_every_rank_exactly(proj: dict[str, Any]) -> None:
     assert chains["branch"]["resumed_from"] == {"commit": refs[k], "name": f"ref@{k}"}
 
 
+@pytest.mark.slow
 def test_killed_rank_leaves_complete_checkpoints_and_resume_is_exact(proj: dict[str, Any]) -> None:
     p, base = proj["project"], proj["base"]
     refs = checkpoint_refs(p, base, "ref")
@@ -93,6 +163,7 @@ def test_killed_rank_leaves_complete_checkpoints_and_resume_is_exact(proj: dict[
     assert same(training_state(payload(p, resumed[EPOCHS - 1])), training_state(payload(p, refs[EPOCHS - 1])))
 
 
+@pytest.mark.slow
 def test_verify_all_passes(proj: dict[str, Any]) -> None:
     result = run("expckpt", "verify", "--all", cwd=proj["project"])
     assert result.returncode == 0, result.stdout + result.stderr

@@ -12,4 +12,13 @@ the ``Checkpointer`` of one run, so a framework adapter only says *when* a step 
 *which* metrics it has.
 """
 
-__all__: list[str] = []
+from importlib.util import find_spec
+
+__all__ = ["available"]
+
+_REQUIRES = {"lightning": "lightning", "hf": "transformers", "distributed": "torch"}
+
+
+def available() -> dict[str, bool]:
+    """Which integration modules can be imported here (their framework is installed), without importing any."""
+    return {name: find_spec(package) is not None for name, package in _REQUIRES.items()}

@@ -97,13 +97,15 @@ class StepDecision:
 class DistributedCheckpointer:
     """A ``Checkpointer`` for all ranks of a process group; rank 0's does the writing."""
 
-    def __init__(self, checkpointer: Checkpointer, *, rank: int, world_size: int, group: Any = None) -> None:
+    def __init__(
+        self, checkpointer: Checkpointer, *, rank: int, world_size: int, group: Any = None, path: Any = None, live_dir: str = "dvclive"
+    ) -> None:
         self.checkpointer = checkpointer
         self.rank = rank
         self.world_size = world_size
         self.group = group
-        self.live_dir = checkpointer.live_dir
-        self.path = checkpointer.path
+        self.live_dir = live_dir
+        self.path = Path(path if path is not None else getattr(checkpointer, "path", "model.pt"))
 
     @classmethod
     def from_env(
@@ -123,14 +125,14 @@ class DistributedCheckpointer:
                     key="WORLD_SIZE",
                     value=os.environ["WORLD_SIZE"],
                 )
-            return cls(Checkpointer.from_env(path, config, live_dir=live_dir), rank=0, world_size=1)
+            return cls(Checkpointer.from_env(path, config, live_dir=live_dir), rank=0, world_size=1, path=path, live_dir=live_dir)
         rank, world = dist.get_rank(group), dist.get_world_size(group)
         env = None if rank == 0 else {}  # {}: not inside `dvc exp run`, so it only reads files
         make = lambda: Checkpointer.from_env(path, config, live_dir=live_dir, env=env)  # noqa: E731
         checkpointer = _agreed(make, rank, world, group, everyone=True)
         if rank != 0:
             checkpointer.echo = lambda line: None  # rank 0 says it
-        return cls(checkpointer, rank=rank, world_size=world, group=group)
+        return cls(checkpointer, rank=rank, world_size=world, group=group, path=path, live_dir=live_dir)
 
     # -- collectives ---------------------------------------------------------------------------
     def _agreed(self, action: Callable[[], T], *, everyone: bool = False) -> T:
@@ -186,4 +188,4 @@ class DistributedCheckpointer:
         return getattr(self.checkpointer, "last_record", None)
 
     def __repr__(self) -> str:
-        return f"DistributedCheckpointer(rank={self.rank}, world_size={self.world_size}, path={Path(self.path)})"
+        return f"DistributedCheckpointer(rank={self.rank}, world_size={self.world_size}, path={self.path})"

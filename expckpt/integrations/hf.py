@@ -124,7 +124,9 @@ class ExpCkptTrainerCallback(TrainerCallback):
 
     def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         model = kwargs["model"]
-        self.steps = StepLog(self._checkpointer(args), training_state(model, hf=self.files), log=state.is_world_process_zero)
+        self.steps = StepLog(
+            self._checkpointer(args), training_state(model, hf=self.files), log=state.is_world_process_zero, live_dir=self.live_dir
+        )
         self.resumed = self.steps.restore()
         resume_dir = Path(args.output_dir) / RESUME_DIR
         if args.should_save and resume_dir.exists():

@@ -125,7 +125,9 @@ class ExpCkptCallback(Checkpoint):
         if stage != "fit":
             return
         loops = LightningLoopState(trainer)
-        self.steps = StepLog(self._checkpointer(trainer), training_state(pl_module, lightning=loops), log=trainer.is_global_zero)
+        self.steps = StepLog(
+            self._checkpointer(trainer), training_state(pl_module, lightning=loops), log=trainer.is_global_zero, live_dir=self.live_dir
+        )
         self.resumed = self.steps.restore()
         if self.resumed is None or loops.loaded is None:
             return

@@ -26,9 +26,8 @@ __all__ = ["CheckpointerLike", "StepLog", "plain", "save_step", "scalar_metrics"
 
 
 class CheckpointerLike(Protocol):
-    """``Checkpointer`` or ``DistributedCheckpointer``: what an adapter calls."""
-
-    live_dir: str
+    """``Checkpointer`` or ``DistributedCheckpointer``: what an adapter calls (and ``save`` or,
+    in today's core, ``step_completed``)."""
 
     def restore(self, state: TrainingState) -> Any: ...
     def finish(self, state: TrainingState) -> None: ...
@@ -121,10 +120,11 @@ class StepLog:
     make together, and writes no dvclive files.
     """
 
-    def __init__(self, checkpointer: Any, state: TrainingState, *, log: bool = True) -> None:
+    def __init__(self, checkpointer: Any, state: TrainingState, *, log: bool = True, live_dir: str | None = None) -> None:
         self.checkpointer = checkpointer
         self.state = state
         self.log = log
+        self.live_dir = live_dir or getattr(checkpointer, "live_dir", "dvclive")
         self.live: Any = None
         self.resumed: Any = None
 
@@ -135,7 +135,7 @@ class StepLog:
             from dvclive import Live
 
             resume = self.state.step >= 0
-            self.live = Live(dir=self.checkpointer.live_dir, dvcyaml=None, save_dvc_exp=False, resume=resume, report=None)
+            self.live = Live(dir=self.live_dir, dvcyaml=None, save_dvc_exp=False, resume=resume, report=None)
             if resume:
                 self.live.step = self.state.step + 1
         return self.resumed
