@@ -124,3 +124,23 @@ def test_sigkill_then_resume_ends_bitwise_equal(proj: dict[str, Any]) -> None:
 def test_verify_all_passes(proj: dict[str, Any]) -> None:
     result = run("expckpt", "verify", "--all", cwd=proj["project"])
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_ddp_under_torchrun_publishes_once_and_resumes_exactly(tmp_path: Path) -> None:
+    """The same callback under ``torchrun --nproc_per_node 2`` (Lightning's DDP on CPU, gloo)."""
+    p = make_example_project(tmp_path / "p", "lightning", epochs=3, devices=2, checkpoint={"every": 1, "keep_last": None})
+    dvc_yaml = (p / "dvc.yaml").read_text().replace("cmd: python train.py", "cmd: torchrun --standalone --nproc_per_node 2 train.py")
+    (p / "dvc.yaml").write_text(dvc_yaml)
+    run("git", "commit", "-qam", "DDP", cwd=p)
+    base = baseline(p)
+    out = run("dvc", "exp", "run", "-n", "ddp", cwd=p).stdout
+    assert re.findall(r"^Checkpoint experiment '([^']+)'", out, re.M) == ["ddp@0", "ddp@1", "ddp@2"]
+    refs = checkpoint_refs(p, base, "ddp")
+    assert len(payload(p, refs[2])["extras"]["_expckpt_rank_rng"]) == 2
+    run("dvc", "exp", "apply", "ddp@0", cwd=p)
+    out = run("dvc", "exp", "run", "-n", "again", cwd=p).stdout
+    assert "Resuming from model.pt (ddp@0): 1 epochs done" in out
+    again = checkpoint_refs(p, base, "again")
+    assert sorted(again) == [1, 2] and meta(p, again[1])["parent"] == refs[0]
+    assert same(training_state(payload(p, again[2])), training_state(payload(p, refs[2])))

@@ -65,7 +65,8 @@ def main() -> None:
     trainer = pl.Trainer(
         max_epochs=params["epochs"],
         accelerator="cpu",
-        devices=1,
+        devices=params.get("devices", 1),  # 2+: run under `torchrun --nproc_per_node N` (DDP)
+        strategy="ddp" if params.get("devices", 1) > 1 else "auto",
         deterministic=True,
         logger=False,
         enable_progress_bar=False,
