@@ -31,8 +31,6 @@ from integrationkit import (
     training_state,
 )
 
-pytest.importorskip("transformers", reason="pip install 'expckpt[hf]'")
-
 EPOCHS, STEPS_PER_EPOCH = 4, 23
 SAVES = [STEPS_PER_EPOCH * (n + 1) for n in range(EPOCHS)]
 LAST = SAVES[-1]

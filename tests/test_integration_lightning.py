@@ -29,8 +29,6 @@ from integrationkit import (
     training_state,
 )
 
-pytest.importorskip("lightning", reason="pip install 'expckpt[lightning]'")
-
 EPOCHS = 6
 CHECKPOINT = {"every": 1, "keep_last": 3, "keep_best": 1, "monitor": "val_acc", "mode": "max"}
 
