@@ -146,6 +146,7 @@ class DistributedCheckpointer:
     # -- the Checkpointer interface --------------------------------------------------------------
     def restore(self, state: TrainingState) -> Any:
         """Every rank resumes from the checkpoint rank 0 resumes from (``None``: fresh start)."""
+        getattr(state, "extras", None)  # a TrainingState restores only the objects it holds: make it hold extras
         resumed = self._agreed(lambda: self.checkpointer.restore(state))  # rank 0 first, alone
         then = (lambda: self.checkpointer.restore(state)) if self.rank else (lambda: resumed)
         resumed = self._agreed(then, everyone=True)  # then the others, from the file it left
