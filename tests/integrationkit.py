@@ -168,5 +168,12 @@ def run_and_kill_rank(project: Path, base: str, exp: str, *args: str, rank: int,
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
     assert proc.returncode not in (0, None), output
+    # torchrun stops the other ranks and DVC cleans up after the failed run; a git process
+    # started by either may still hold the index lock for a moment after `dvc` returns
+    lock = project / ".git" / "index.lock"
+    deadline = time.monotonic() + 30
+    while lock.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not lock.exists(), f"{lock} left behind after the killed run:\n{output}"
     run("git", "checkout", "-q", "main", cwd=project)
     return output

@@ -103,7 +103,7 @@ def test_apply_and_run_resumes_the_trainer_exactly(proj: dict[str, Any]) -> None
     k = SAVES[-2]
     run("dvc", "exp", "apply", f"ref@{k}", cwd=p)
     out = run("dvc", "exp", "run", "-n", "branch", cwd=p).stdout
-    assert f"Resuming from model.pt (ref@{k}): step {k} done" in out
+    assert f"Resuming from model.pt (ref@{k}): {k + 1} steps done" in out
     branch = checkpoint_refs(p, base, "branch")
     assert sorted(branch) == [LAST]
     assert meta(p, branch[LAST])["parent"] == refs[k]
@@ -126,7 +126,7 @@ def test_sigkill_then_resume_ends_bitwise_equal(proj: dict[str, Any]) -> None:
         assert payload(p, commit)["step"] == step
     last = max(killed)
     out = run("dvc", "exp", "run", "-n", "resumed", cwd=p).stdout
-    assert f"Resuming from model.pt (killed@{last}): step {last} done" in out, out
+    assert f"Resuming from model.pt (killed@{last}): {last + 1} steps done" in out, out
     resumed = checkpoint_refs(p, base, "resumed")
     chain = lineage(p, resumed[LAST])
     assert sorted(chain) == SAVES and chain[last] == killed[last]

@@ -87,7 +87,7 @@ def test_apply_a_checkpoint_and_run_branches_with_exact_resume(proj: dict[str, A
     refs = checkpoint_refs(p, base, "ref")
     run("dvc", "exp", "apply", "ref@3", cwd=p)
     out = run("dvc", "exp", "run", "-n", "branch", cwd=p).stdout
-    assert "Resuming from model.pt (ref@3): 4 epochs done" in out
+    assert "Resuming from model.pt (ref@3): 4 steps done" in out
     branch = checkpoint_refs(p, base, "branch")
     assert sorted(branch) == [4, 5]
     assert meta(p, branch[4])["parent"] == refs[3]
@@ -109,7 +109,7 @@ def test_sigkill_then_resume_ends_bitwise_equal(proj: dict[str, Any]) -> None:
         assert payload(p, commit)["step"] == step  # complete: its object is in the cache and loads
     last = max(killed)
     out = run("dvc", "exp", "run", "-n", "resumed", cwd=p).stdout
-    assert re.search(rf"Resuming from model.pt \(killed@{last}\): {last + 1} epochs done", out), out
+    assert f"Resuming from model.pt (killed@{last}): {last + 1} steps done" in out, out
     resumed = checkpoint_refs(p, base, "resumed")
     chain = lineage(p, resumed[EPOCHS - 1])
     assert sorted(chain) == list(range(EPOCHS)) and chain[last] == killed[last]
@@ -138,7 +138,7 @@ def test_ddp_under_torchrun_publishes_once_and_resumes_exactly(tmp_path: Path) -
     assert len(payload(p, refs[2])["extras"]["_expckpt_rank_rng"]) == 2
     run("dvc", "exp", "apply", "ddp@0", cwd=p)
     out = run("dvc", "exp", "run", "-n", "again", cwd=p).stdout
-    assert "Resuming from model.pt (ddp@0): 1 epochs done" in out
+    assert out.count("Resuming from model.pt (ddp@0): 1 steps done") == 1, out  # said by rank 0 only
     again = checkpoint_refs(p, base, "again")
     assert sorted(again) == [1, 2] and meta(p, again[1])["parent"] == refs[0]
     assert same(training_state(payload(p, again[2])), training_state(payload(p, refs[2])))

@@ -53,10 +53,7 @@ def main() -> None:
     checkpointer = DistributedCheckpointer.from_env("model.pt", params.get("checkpoint"))
     state = TrainingState(model=model, optimizer=optimizer)
     steps = StepLog(checkpointer, state, log=rank == 0)
-    resumed = steps.restore()
-    if resumed is not None and rank == 0:
-        origin = f" ({resumed.record.name})" if getattr(resumed, "record", None) else ""
-        print(f"Resuming from model.pt{origin}: {resumed.step + 1} epochs done", flush=True)
+    steps.restore()  # prints "Resuming from model.pt (<exp>@<step>): N steps done" on rank 0
     try:
         for epoch in range(state.step + 1, params["epochs"]):
             sampler.set_epoch(epoch)

@@ -140,10 +140,6 @@ class ExpCkptTrainerCallback(TrainerCallback):
             torch.distributed.barrier()  # the other ranks read what rank 0 wrote
         self.resume_from_checkpoint = str(directory)
         args.resume_from_checkpoint = self.resume_from_checkpoint
-        if state.is_world_process_zero:
-            record = getattr(self.resumed, "record", None)
-            origin = f" ({record.name})" if record is not None else ""
-            print(f"Resuming from {self.path}{origin}: step {self.resumed.step} done", flush=True)
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self.steps is None:

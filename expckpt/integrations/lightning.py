@@ -94,12 +94,10 @@ class ExpCkptCallback(Checkpoint):
         config: Mapping[str, Any] | None = None,
         *,
         live_dir: str = "dvclive",
-        verbose: bool = True,
     ) -> None:
         self.path = path
         self.config = config
         self.live_dir = live_dir
-        self.verbose = verbose
         self.steps: StepLog | None = None
         self.resumed: Any = None
 
@@ -136,10 +134,6 @@ class ExpCkptCallback(Checkpoint):
         # Lightning's `fit(ckpt_path=...)` would read a file into this attribute; we hand it the
         # dict from our checkpoint instead, before `fit` restores the module, callbacks and loops.
         trainer._checkpoint_connector._loaded_checkpoint = checkpoint
-        if self.verbose and trainer.is_global_zero:
-            record = getattr(self.resumed, "record", None)
-            origin = f" ({record.name})" if record is not None else ""
-            print(f"Resuming from {self.path}{origin}: {self.resumed.step + 1} epochs done", flush=True)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.steps is None or trainer.sanity_checking:

@@ -131,6 +131,11 @@ class StepLog:
     def restore(self) -> Any:
         """Load the checkpoint to resume from (if any), then open dvclive at the step after it."""
         self.resumed = self.checkpointer.restore(self.state)
+        core = getattr(self.checkpointer, "checkpointer", self.checkpointer)
+        if self.resumed is not None and self.log and not hasattr(core, "resumed"):  # newer cores say it themselves
+            record = getattr(self.resumed, "record", None)
+            origin = f" ({record.name})" if record is not None else ""
+            print(f"Resuming from {getattr(core, 'rel_path', 'model.pt')}{origin}: {self.state.step + 1} steps done", flush=True)
         if self.log:
             from dvclive import Live
 
