@@ -142,3 +142,32 @@ def test_ddp_under_torchrun_publishes_once_and_resumes_exactly(tmp_path: Path) -
     again = checkpoint_refs(p, base, "again")
     assert sorted(again) == [1, 2] and meta(p, again[1])["parent"] == refs[0]
     assert same(training_state(payload(p, again[2])), training_state(payload(p, refs[2])))
+
+
+def test_a_model_checkpoint_of_your_own_coexists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside ``dvc exp run``: both write their files; its state rides in ours; its settings
+    become the retention when no ``checkpoint:`` section is given."""
+    import importlib.util
+
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from conftest import REPO
+    from expckpt.integrations.lightning import ExpCkptCallback
+
+    spec = importlib.util.spec_from_file_location("lightning_example", REPO / "examples" / "lightning" / "train.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)  # type: ignore[union-attr]
+    monkeypatch.chdir(tmp_path)
+    pl.seed_everything(1, verbose=False)
+    theirs = ModelCheckpoint(dirpath=tmp_path / "ckpts", monitor="val_acc", mode="max", save_top_k=1)
+    ours = ExpCkptCallback("model.pt")
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[ours, theirs])
+    trainer.fit(example.DigitsMLP(0.01), *example.digits_loaders(64))
+    assert len(list((tmp_path / "ckpts").glob("*.ckpt"))) == 1
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    lightning = state.get("lightning") or state["scaler"]
+    (key,) = [k for k in lightning["callbacks"] if k.startswith("ModelCheckpoint")]
+    assert lightning["callbacks"][key]["best_model_path"].endswith(".ckpt")
+    assert ours._config(trainer) == {"every": 1, "monitor": "val_acc", "mode": "max", "keep_best": 1, "keep_last": 1}
