@@ -84,9 +84,12 @@ def cmd_list(args: argparse.Namespace, ctx: Context) -> int:
     policy = ctx.config().keep_policy()
     rows = []
     for chain in _chains(ctx, args.exp, args.all_commits):
-        infos = [CheckpointInfo(step=r.step, metrics=r.metrics, time=r.time) for r in chain.records]
+        infos = [CheckpointInfo.of(r) for r in chain.records]
         for record, why in zip(chain.records, policy.reasons(infos)):
             rows.append((record, sorted(why)))
+    if args.names:  # for shells: dvc exp remove tut $(expckpt list tut --names)
+        print("\n".join(r.name for r, _ in rows))
+        return 0
     if args.json:
         print(json.dumps([
             {"name": r.name, "step": r.step, "commit": r.commit, "metrics": dict(r.metrics), "size": r.size, "kept_by": why}
@@ -262,6 +265,7 @@ def _parser() -> argparse.ArgumentParser:
     p = add("list", cmd_list, "checkpoints with step, metrics, size and the rule that keeps each")
     p.add_argument("exp", nargs="?", help="only this experiment")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--names", action="store_true", help="only the checkpoint names, one per line")
     p.add_argument("-A", "--all-commits", action="store_true", help="experiments of every baseline")
 
     p = add("reset", cmd_reset, "make the next `dvc exp run` start from scratch (committed checkpoints stay)")
