@@ -14,7 +14,6 @@ import errno
 import os
 import re
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -230,12 +229,3 @@ class DvcCache:
         with atomic_writer(dest) as (handle, _), open(src, "rb") as source:
             shutil.copyfileobj(source, handle, 1 << 22)
 
-    def iter_objects(self) -> Iterator[tuple[str, Path]]:
-        base = self.root / "files" / "md5"
-        if not base.is_dir():
-            return
-        for sub in base.iterdir():
-            if len(sub.name) == 2 and sub.is_dir():
-                for obj in sub.iterdir():
-                    if TEMP_MARK not in obj.name:
-                        yield sub.name + obj.name, obj

@@ -22,7 +22,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -139,24 +139,6 @@ class GitStore:
         except (KeyError, AssertionError):
             return None
         return tree.as_raw_string() if isinstance(tree, Blob) else None
-
-    def list_dir(self, commit: str, path: str) -> dict[str, bytes]:
-        """Every file under directory ``path`` at ``commit`` (relative path -> content)."""
-        out: dict[str, bytes] = {}
-        try:
-            tree = self._repo[self._repo[commit.encode()].tree]
-            for part in path.strip("/").split("/"):
-                _, sha = tree[part.encode()]
-                tree = self._repo[sha]
-        except (KeyError, TypeError):  # TypeError: a path below a file (a Blob has no entries)
-            return out
-        if not isinstance(tree, Tree):
-            return out
-        for entry in self._repo.object_store.iter_tree_contents(tree.id):
-            obj = self._repo[entry.sha]
-            if isinstance(obj, Blob):
-                out[f"{path.strip('/')}/{entry.path.decode()}"] = obj.as_raw_string()
-        return out
 
     # -- refs -----------------------------------------------------------------------------
     def _refs(self) -> DiskRefsContainer:
