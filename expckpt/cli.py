@@ -194,25 +194,9 @@ def cmd_verify(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _history(ctx: Context, chain: Chain) -> list[tuple[int, dict[str, float]]]:
-    files = ctx.store.list_dir(chain.newest.commit, "dvclive/plots/metrics")
-    steps: dict[int, dict[str, float]] = {}
-    for path, data in files.items():
-        if not path.endswith(".tsv"):
-            continue
-        metric = path[len("dvclive/plots/metrics/"):-4]
-        lines = data.decode(errors="replace").splitlines()
-        header = lines[0].split("\t") if lines else []
-        if "step" not in header:
-            continue
-        for line in lines[1:]:
-            cells = dict(zip(header, line.split("\t")))
-            try:
-                steps.setdefault(int(cells["step"]), {})[metric] = float(cells[metric.rsplit("/", 1)[-1]])
-            except (KeyError, ValueError):
-                continue
-    if not steps:
-        steps = {r.step: dict(r.metrics) for r in chain.records}
-    return sorted(steps.items())
+    from expckpt.history import metric_history
+
+    return metric_history(ctx.store, chain.newest.commit) or [(r.step, dict(r.metrics)) for r in chain.records]
 
 
 def cmd_report(args: argparse.Namespace, ctx: Context) -> int:

@@ -2,7 +2,7 @@
 
 Nothing outside this module runs ``git``: callers get typed reads (``head``, ``get_ref``,
 ``ref_targets``, ``branch_and_tag_tips``, ``reachable_commits``, ``read_blobs``, ``list_refs``,
-``read_file``, ``list_dir``) and compare-and-swap writes in scmrepo's style:
+``read_file``, ``list_tree``) and compare-and-swap writes in scmrepo's style:
 ``set_ref(name, new, old)`` (``old=None``: create only) and ``delete_ref(name, old)`` raise
 ``RefConflictError`` when they lose a race, never return a flag to be ignored.
 
@@ -376,7 +376,7 @@ class GitStore:
     def list_tree(self, commit: str, path: str) -> list[TreeEntry]:
         """Every non-directory entry under directory ``path`` at ``commit``, unchecked.
 
-        Unlike ``list_dir`` this keeps each entry's mode and reports symlinks, submodules and
+        It keeps each entry's mode and reports symlinks, submodules and
         entries whose object is missing or of the wrong type, with names exactly as the tree
         holds them (``..``, ``/`` or non-UTF-8 bytes included): the caller decides what is safe.
         Empty when ``path`` is not a directory at ``commit``.

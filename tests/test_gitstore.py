@@ -243,7 +243,7 @@ def test_list_refs_returns_commits_times_and_messages(repo: Path) -> None:
     assert store.list_refs("refs/nothing/") == []
 
 
-def test_read_file_and_list_dir(repo: Path) -> None:
+def test_read_file_and_list_tree(repo: Path) -> None:
     store = GitStore.open(repo)
     commit = head(repo)
     assert store.read_file(commit, "a.txt") == b"a\n"
@@ -254,11 +254,10 @@ def test_read_file_and_list_dir(repo: Path) -> None:
     assert store.read_file(commit, "a.txt/below-a-file") is None
     assert store.read_file("0" * 40, "a.txt") is None
 
-    assert store.list_dir(commit, "dir") == {"dir/b.txt": b"b\n", "dir/sub/c.txt": b"c\n", "dir/sub/d.txt": b"d\n"}
-    assert store.list_dir(commit, "dir/sub/") == {"dir/sub/c.txt": b"c\n", "dir/sub/d.txt": b"d\n"}
-    assert store.list_dir(commit, "missing") == {}
-    assert store.list_dir(commit, "a.txt") == {}  # a file, not a directory
-    assert store.list_dir(commit, "a.txt/below-a-file") == {}
+    assert sorted((e.path, e.data) for e in store.list_tree(commit, "dir")) == [
+        ("dir/b.txt", b"b\n"), ("dir/sub/c.txt", b"c\n"), ("dir/sub/d.txt", b"d\n")]
+    assert store.list_tree(commit, "missing") == []
+    assert store.list_tree(commit, "a.txt") == []  # a file, not a directory
 
 
 # -- snapshot_tracked ---------------------------------------------------------------------------
