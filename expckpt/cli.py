@@ -18,7 +18,6 @@ from expckpt.cache import DvcCache
 from expckpt.catalog import Catalog, Chain
 from expckpt.config import CheckpointConfig
 from expckpt.errors import ConfigError, ExpCkptError, ProjectError
-from expckpt.gc import GcScope, collect
 from expckpt.gitstore import GitStore
 from expckpt.policy import CheckpointInfo
 from expckpt.project import Project
@@ -131,28 +130,49 @@ def cmd_reset(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_gc(args: argparse.Namespace, ctx: Context) -> int:
+    from expckpt.gc import GcScope, collect, plan_gc
+
     scope = GcScope(workspace=args.workspace, all_branches=args.all_branches, all_tags=args.all_tags, all_commits=args.all_commits)
-    retention = {"keep_last": args.keep_last, "keep_best": args.keep_best, "metric": args.metric, "mode": args.mode}
     if args.keep_last is not None and args.keep_last < 1:
         raise ConfigError(f"--keep-last must be at least 1, got {args.keep_last}", key="keep_last")
-    plan, _ = collect(ctx.store, ctx.cache, ctx.project.workspace, scope, dry_run=True, **retention)
+    if args.keep_best is not None and args.keep_best < 1:
+        raise ConfigError(f"--keep-best must be at least 1, got {args.keep_best}", key="keep_best")
+    if args.keep_best and args.keep_last is None:
+        raise ConfigError(
+            f"--keep-best {args.keep_best} without --keep-last keeps every checkpoint anyway (no --keep-last"
+            " means keep all, as keep_last: null does in params.yaml); add --keep-last N, e.g. --keep-last 1",
+            key="keep_last")
+    if args.wait < 0:
+        raise ConfigError(f"--wait must be a number of seconds >= 0, got {args.wait:g}", key="wait")
+    plan = plan_gc(ctx.store, ctx.cache, ctx.project.workspace, scope,
+                   keep_last=args.keep_last, keep_best=args.keep_best or 0, metric=args.metric, mode=args.mode)
     if not plan.remove and not plan.objects:
         print("Nothing to collect.")
         return 0
-    verb = "Would remove" if args.dry_run else "Removing"
-    for record in plan.remove:
-        print(f"{verb} checkpoint {record.name} ({record.commit[:7]}, {_size(record.size)})")
-    print(f"{'Would free' if args.dry_run else 'Freeing'} {_size(plan.bytes)} in {len(plan.objects)} cache objects")
+    what = f"{len(plan.remove)} checkpoints and {_size(plan.bytes)} in {len(plan.objects)} cache objects"
+    if not args.dry_run and not args.force and not sys.stdin.isatty():
+        raise ConfigError(f"refusing to remove {what} without confirmation: pass --force (or --dry-run to list them)", key="force")
+    if args.dry_run or not args.force:
+        for record in plan.remove:
+            print(f"Would remove checkpoint {record.name} ({record.commit[:7]}, {_size(record.size)})")
+        print(f"Would free {_size(plan.bytes)} in {len(plan.objects)} cache objects")
     if args.dry_run:
         return 0
-    if not args.force:
-        if not sys.stdin.isatty():
-            raise ConfigError("refusing to delete without confirmation: pass --force (or --dry-run to look first)", key="force")
-        if input(f"Remove {len(plan.remove)} checkpoints and {_size(plan.bytes)} of cache? [y/N] ").strip().lower() not in ("y", "yes"):
-            print("Aborted; nothing removed.")
-            return 1
-    _, freed = collect(ctx.store, ctx.cache, ctx.project.workspace, scope, **retention)
-    print(f"Removed {len(plan.remove)} checkpoints, freed {_size(freed)}.")
+    if not args.force and input(f"Remove {what}? [y/N] ").strip().lower() not in ("y", "yes"):
+        print("Aborted; nothing removed.")
+        return 1
+
+    def waiting(holders: list) -> None:
+        who = "; ".join(h.describe() for h in holders) or "another process"
+        print(f"expckpt: waiting up to {args.wait:g} s for the gc lock, held by {who}", file=sys.stderr)
+
+    result = collect(plan, ctx.store, ctx.cache, ctx.project.workspace, timeout=args.wait, on_wait=waiting)
+    for record in result.removed:
+        print(f"Removed checkpoint {record.name} ({record.commit[:7]})")
+    for record, now in result.moved:
+        print(f"Kept checkpoint {record.name}: it points at {now[:7]} now, not {record.commit[:7]} as planned")
+    gone = f" ({len(result.gone)} were already gone)" if result.gone else ""
+    print(f"Removed {len(result.removed)} checkpoints{gone}, freed {_size(result.bytes)} in {len(result.freed)} cache objects.")
     return 0
 
 
@@ -247,12 +267,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-a", "--all-branches", action="store_true", help="also keep those based on branch tips")
     p.add_argument("-T", "--all-tags", action="store_true", help="also keep those based on tags")
     p.add_argument("-A", "--all-commits", action="store_true", help="keep those based on any commit")
-    p.add_argument("--keep-last", type=int, metavar="N", help="in each experiment keep only the N newest")
-    p.add_argument("--keep-best", type=int, metavar="K", help="... plus the K best by --metric")
+    p.add_argument("--keep-last", type=int, metavar="N", help="in each experiment keep only the N newest (default: all)")
+    p.add_argument("--keep-best", type=int, metavar="K", help="... plus the K best by --metric (needs --keep-last)")
     p.add_argument("--metric", help="metric for --keep-best")
     p.add_argument("--mode", choices=("min", "max"), default="max")
     p.add_argument("--dry-run", action="store_true", help="list what would go and the bytes, remove nothing")
     p.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
+                   help="how long to wait for running checkpoint writers to release the gc lock (default: 60)")
 
     p = add("verify", cmd_verify, "rehash checkpoint objects; exit 1 if any is missing or corrupt")
     p.add_argument("exp", nargs="?", help="only this experiment")

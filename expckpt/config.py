@@ -53,14 +53,10 @@ from expckpt.policy import (
     AnyOfSave,
     EveryMinutes,
     EverySteps,
-    KeepAll,
-    KeepBest,
-    KeepLast,
-    KeepNewest,
-    KeepPolicy,
     Never,
     OnEvents,
     SavePolicy,
+    keep_policy,
 )
 
 __all__ = ["REGIMES", "CheckpointConfig"]
@@ -219,12 +215,9 @@ class CheckpointConfig:
         return AnyOfSave(policies=tuple(rules))
 
     def keep_policy(self) -> AnyOf:
-        """What to keep: keep_last (or all) and keep_best, always united with the newest checkpoint."""
-        rules: list[KeepPolicy] = [KeepAll() if self.keep_last is None else KeepLast(n=self.keep_last)]
-        if self.keep_best > 0 and self.monitor is not None:
-            rules.append(KeepBest(k=self.keep_best, metric=self.monitor, mode=self.mode))
-        rules.append(KeepNewest())
-        return AnyOf(policies=tuple(rules))
+        """What to keep: keep_last (or all) and keep_best, always united with the newest checkpoint
+        (``policy.keep_policy``, the same function ``expckpt gc`` uses)."""
+        return keep_policy(keep_last=self.keep_last, keep_best=self.keep_best, monitor=self.monitor, mode=self.mode)
 
     def check_metrics(self, logged: Collection[str]) -> None:
         """Raise ConfigError unless the run logs the metrics this config watches.

@@ -11,11 +11,12 @@ import contextlib
 import fcntl
 import getpass
 import os
+import re
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +33,7 @@ __all__ = ["GitStore", "RefEntry"]
 FILE_MODE = 0o100644
 _T = TypeVar("_T")
 _SEP = "\x1f\x1e"
+_HEX40 = re.compile(r"[0-9a-f]{40}")
 _INHERITED_GIT_VARS = {"GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY"}
 
 
@@ -257,6 +259,77 @@ class GitStore:
             message = proc.stderr.decode(errors="replace").strip()
             raise ProjectError(f"git {args[0]} failed: {message}", path=self.git_dir)
         return proc.stdout if binary else proc.stdout.decode(errors="replace")
+
+    # -- reads for gc
+    def commit_trees(self, tips: Iterable[str]) -> dict[str, str]:
+        """Every commit reachable from the commit (or tag) shas ``tips`` -> its root tree sha."""
+        wanted = sorted({t for t in tips if _HEX40.fullmatch(t)})
+        if not wanted:
+            return {}
+        out = self.git("rev-list", "--format=%T", "--stdin", input="\n".join(wanted) + "\n")
+        trees: dict[str, str] = {}
+        commit = None
+        for line in out.split():
+            if line == "commit":
+                continue
+            if commit is None:
+                commit = line
+            else:
+                trees[commit], commit = line, None
+        return trees
+
+    def files_in_tree(self, tree: str, match: Callable[[str], bool], skip_dirs: frozenset[str]) -> dict[str, str]:
+        """Blobs under ``tree`` whose file name satisfies ``match`` (path -> blob sha), not
+        descending into directories named in ``skip_dirs``.
+
+        Memoised per subtree for the life of this store: commits that share directories (every
+        checkpoint of a run shares all but the root and its dvclive tree) cost one read each.
+        """
+        memo: dict[tuple[str, object], dict[str, str]] = self.__dict__.setdefault("_files_memo", {})
+        key = (tree, (match, skip_dirs))
+        if key in memo:
+            return memo[key]
+        found: dict[str, str] = {}
+        try:
+            obj = self._repo[tree.encode()]
+        except KeyError:
+            obj = None
+        if isinstance(obj, Tree):
+            for entry in obj.iteritems():
+                name = entry.path.decode(errors="surrogateescape")
+                if entry.mode & 0o170000 == 0o040000:
+                    if name not in skip_dirs:
+                        for sub, sha in self.files_in_tree(entry.sha.decode(), match, skip_dirs).items():
+                            found[f"{name}/{sub}"] = sha
+                elif entry.mode & 0o170000 == 0o100000 and match(name):
+                    found[name] = entry.sha.decode()
+        memo[key] = found
+        return found
+
+    def branch_and_tag_tips(self) -> dict[str, str]:
+        """Every branch and tag (full ref name) -> the commit it names (tags peeled)."""
+        out = self.git("for-each-ref", "--format=%(refname) %(objectname) %(*objectname)", "refs/heads", "refs/tags")
+        tips = {}
+        for line in out.splitlines():
+            name, *shas = line.split()
+            if shas:
+                tips[name] = shas[-1]
+        return tips
+
+    def worktree_files(self, worktree: Path, pathspecs: Iterable[str]) -> list[str]:
+        """Files under ``worktree`` matching ``pathspecs`` that Git tracks or would track
+        (untracked ones too; ignored ones not), relative paths."""
+        out = self.git("ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", *pathspecs,
+                       env={"GIT_WORK_TREE": str(worktree)}, cwd=Path(worktree))
+        return sorted({p for p in out.split("\0") if p})
+
+    def blob(self, sha: str) -> bytes | None:
+        """A blob's content by sha, or None when it is missing or not a blob."""
+        try:
+            obj = self._repo[sha.encode()]
+        except (KeyError, ValueError):
+            return None
+        return obj.as_raw_string() if isinstance(obj, Blob) else None
 
 
 def _username() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,49 @@ def test_divergence_stops_cleanly_after_keeping_the_checkpoint(tmp_path: Path) -
     report = run("expckpt", "report", "boom", cwd=project)
     assert "diverging" in report.stdout or "NaN" in report.stdout
     assert "checkpoint to apply: dvc exp apply boom@" in report.stdout
+
+
+# --------------------------------------------------------------------------- freeing during training (#14.6)
+
+
+def test_free_dropped_frees_what_retention_dropped_unless_something_else_needs_it(tmp_path: Path) -> None:
+    from expckpt.gc import free_dropped
+
+    project = make_project(tmp_path / "p", epochs=4, checkpoint={"keep_last": None})
+    train_in_exp_env(project, "run")
+    steps = records(project, "run")
+    store = GitStore.open(project)
+    cache = DvcCache.for_project(project, store.git_dir)
+    md5 = [next(iter(r.outs.values())).md5 for r in steps]
+    # step 1 lives on as a branch; step 0's weights were exported and tracked with `dvc add`
+    run("dvc", "exp", "branch", "run@1", "promising", cwd=project)
+    (project / "exported.pt").write_bytes(cache.object_path(md5[0]).read_bytes())
+    run("dvc", "add", "-q", "exported.pt", cwd=project)
+
+    for record in steps[:3]:  # what retention does after the newest checkpoint: drop the refs ...
+        assert store.delete_ref(record.ref.ref, record.commit)
+    started = time.monotonic()
+    freed = free_dropped(store, cache, project, steps[:3])  # ... then free what nothing else needs
+    first_call = time.monotonic() - started
+
+    assert freed == steps[2].size
+    assert [cache.has(m) for m in md5] == [True, True, False, True]
+    assert free_dropped(store, cache, project, steps[:3]) == 0
+    print(f"free_dropped: first call {first_call:.3f} s")
+
+
+def test_free_dropped_leaves_objects_to_gc_while_the_lock_is_busy(tmp_path: Path) -> None:
+    from expckpt.gc import free_dropped
+    from expckpt.gclock import gc_lock
+
+    project = make_project(tmp_path / "p", epochs=2, checkpoint={"keep_last": None})
+    train_in_exp_env(project, "run")
+    first = records(project, "run")[0]
+    store = GitStore.open(project)
+    cache = DvcCache.for_project(project, store.git_dir)
+    assert store.delete_ref(first.ref.ref, first.commit)
+
+    with gc_lock(store.git_dir, exclusive=False):  # a writer mid-checkpoint
+        assert free_dropped(store, cache, project, [first], timeout=0.2) == 0
+    assert cache.has(next(iter(first.outs.values())).md5)
+    assert free_dropped(store, cache, project, [first]) == first.size
