@@ -28,6 +28,7 @@ from expckpt.checkpoint_file import check_architecture, load_checkpoint, write_t
 from expckpt.config import CheckpointConfig
 from expckpt.errors import CheckpointError
 from expckpt.policy import CheckpointInfo, SaveContext
+from expckpt.pusher import Pusher
 from expckpt.records import CheckpointRecord
 from expckpt.report import improvement_line
 from expckpt.resume import ResumePoint, Resumed, find_resume_point, remove_stale_temps, restore_live_files
@@ -91,6 +92,7 @@ class Checkpointer:
             RunRetention(config.keep_policy(), wiring.committer.store, echo, free=wiring.free)
             if wiring.committer is not None else None
         )
+        self._pusher = Pusher(wiring.push, wiring.committer.project.root, echo) if wiring.push and wiring.committer else None
 
     @classmethod
     def from_env(
@@ -104,7 +106,10 @@ class Checkpointer:
         """Set up for this process. ``path`` defaults to the stage's ``checkpoint: true`` output."""
         if not isinstance(config, CheckpointConfig):
             config = CheckpointConfig.from_params(config)
-        return cls(wire(path, live_dir=live_dir, env=env), config)
+        checkpointer = cls(wire(path, live_dir=live_dir, env=env, push=config.push), config)
+        if checkpointer.wiring.push_warning:
+            checkpointer.echo(checkpointer.wiring.push_warning)
+        return checkpointer
 
     # -- compatibility with expckpt 0.1 ---------------------------------------------------------
     @property
@@ -238,6 +243,8 @@ class Checkpointer:
         self.echo(f"Checkpoint experiment '{record.name}' ({record.commit[:7]})")
         if self._retention is not None:
             self._retention.add(record)
+        if self._pusher is not None:  # after retention: a checkpoint it dropped is not pushed
+            self._pusher.submit(record)
 
     def _guard_file(self) -> None:
         """Stop if something else wrote the checkpoint file since expckpt last did."""
@@ -300,6 +307,8 @@ class Checkpointer:
                 self._writer = None
             if state is None:  # training failed: still leave the last checkpoint in the workspace
                 self._put_back_last()
+            if self._pusher is not None:  # bounded wait; never fails the run
+                self._pusher.close()
 
     def describe_last(self) -> str:
         if self.last_record is not None:
