@@ -218,7 +218,7 @@ def test_network_down_is_reported_once_and_dropped_checkpoints_are_never_pushed(
     log = tmp_path / "run.log"
     proc = start_run(project, "tut", log, EXPCKPT_PAUSE_AT="after-ref:3", EXPCKPT_PAUSE_SECONDS="40")
     wait_for(PAUSE, log, proc)
-    assert "expckpt: warning: could not push tut@" in log.read_text(errors="replace")
+    wait_for("expckpt: warning: could not push tut@", log, proc, timeout=35)
     assert remote_checkpoints(remote, "tut") == {}  # objects first: no ref without its data
     server = start_s3(tmp_path / "moto.log", port)  # the network comes back
     try:
