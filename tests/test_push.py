@@ -7,6 +7,7 @@ Everything else is the real ``dvc exp run``, ``git`` and ``expckpt``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
@@ -119,7 +120,7 @@ def team_project(root: Path, endpoint: str, **params: object) -> tuple[Path, Pat
 
 
 def remote_checkpoints(remote: Path, exp: str) -> dict[int, str]:
-    """step -> commit of ``<exp>@<step>`` refs in a Git remote."""
+    """step -> commit of ``<exp>@<step>`` refs in a Git repository (a remote, or the project)."""
     out = run("git", "ls-remote", str(remote), "refs/exps/*", cwd=remote).stdout
     found = {}
     for line in out.splitlines():
@@ -187,10 +188,7 @@ def test_push_during_training_then_a_fresh_clone_resumes_exactly(s3: S3Server, t
     pushed = re.findall(r"^expckpt: pushed (.+) to origin$", out, re.M)
     assert sorted(n for line in pushed for n in line.split(", ")) == ["tut@0", "tut@1", "tut@2"], out
 
-    local = {int(r.rpartition("@")[2]): sha for r, sha in (
-        (line.split()[0], line.split()[1]) for line in run(
-            "git", "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps", cwd=project).stdout.splitlines())
-        if "tut@" in r}
+    local = remote_checkpoints(project, "tut")
     assert remote_checkpoints(remote, "tut") == local
     data_md5 = next(o["md5"] for o in yaml.safe_load(run("git", "show", f"{local[2]}:dvc.lock", cwd=project).stdout)
                     ["stages"]["download"]["outs"])
@@ -237,3 +235,53 @@ def test_network_down_is_reported_once_and_dropped_checkpoints_are_never_pushed(
     assert model_md5(project, on_remote[3]) in stored
     local = run("git", "for-each-ref", "--format=%(refname)", "refs/exps", cwd=project).stdout
     assert "/tut@3" in local and "/tut@0" not in local
+
+
+def test_gc_cloud_deletes_only_what_no_ref_branch_tag_or_metafile_needs(s3: S3Server, tmp_path: Path) -> None:
+    project, remote, _ = team_project(tmp_path, s3.url, epochs=4,
+                                      checkpoint={"every": 1, "keep_last": 10, "push": "origin"})
+    # an object expckpt did not write: uploaded by plain `dvc push`, then no metafile names it
+    (project / "notes.txt").write_text("team notes\n")
+    run("dvc", "add", "-q", "notes.txt", cwd=project)
+    notes_md5 = yaml.safe_load((project / "notes.txt.dvc").read_text())["outs"][0]["md5"]
+    run("dvc", "push", "-q", cwd=project)
+    (project / "notes.txt").unlink()
+    (project / "notes.txt.dvc").unlink()
+    run("dvc", "exp", "run", "-n", "tut", cwd=project)
+    local = remote_checkpoints(project, "tut")
+    assert remote_checkpoints(remote, "tut") == local and sorted(local) == [0, 1, 2, 3]
+    models = {step: model_md5(project, sha) for step, sha in local.items()}
+    assert set(models.values()) | {notes_md5} <= s3.stored()
+
+    # tut@0 and tut@2 leave the Git remote; a tag keeps tut@2's commit; locally only tut@3 stays
+    run("dvc", "exp", "remove", "-g", "origin", "tut@0", "tut@2", cwd=project)
+    assert sorted(remote_checkpoints(remote, "tut")) == [1, 3]
+    run("git", "tag", "good-epoch", local[2], cwd=project)
+
+    # a commit on the Git remote that this repository lacks: its needs are unknown, so nothing goes
+    other = tmp_path / "other"
+    run("git", "clone", "-q", str(remote), str(other), cwd=tmp_path)
+    run("git", "commit", "-q", "--allow-empty", "-m", "teammate's work", cwd=other)
+    run("git", "push", "-q", "origin", "HEAD:refs/heads/teammate", cwd=other)
+    refused = run("expckpt", "gc", "--workspace", "--keep-last", "1", "--cloud", "--dry-run", cwd=project, check=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "Git remote 'origin' has commits this repository lacks (teammate)" in refused.stderr
+    run("git", "fetch", "-q", "origin", cwd=project)
+
+    dry = run("expckpt", "gc", "--workspace", "--keep-last", "1", "--cloud", "--dry-run", cwd=project).stdout
+    assert "Would remove checkpoint tut@0" in dry and "Would remove checkpoint tut@2" in dry
+    assert re.search(r"^Would delete .* in 1 objects from DVC remote 's3', keeping what refs on Git remote "
+                     r"'origin' need$", dry, re.M), dry
+    assert set(models.values()) | {notes_md5} <= s3.stored()  # a dry run deletes nothing
+
+    done = run("expckpt", "gc", "--workspace", "--keep-last", "1", "--cloud", "--force", cwd=project).stdout
+    assert re.search(r"^Deleted .* in 1 objects from DVC remote 's3'\.$", done, re.M), done
+    stored = s3.stored()
+    assert models[0] not in stored  # no ref anywhere, no tag, no metafile: gone
+    assert {models[1], models[2], models[3], notes_md5} <= stored  # Git remote ref, tag, kept ref, not expckpt's
+    # the team can still pull what the Git remote offers
+    clone = tmp_path / "clone"
+    run("git", "clone", "-q", str(remote), str(clone), cwd=tmp_path)
+    run("dvc", "exp", "pull", "origin", "tut@1", cwd=clone)
+    run("dvc", "exp", "apply", "tut@1", cwd=clone)
+    assert hashlib.md5((clone / "model.pt").read_bytes(), usedforsecurity=False).hexdigest() == models[1]
