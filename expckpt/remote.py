@@ -161,8 +161,9 @@ def push_refs(store: GitStore, git_remote: str, pairs: Sequence[tuple[str, str]]
         names = ", ".join(r.rpartition("/")[2] for r in rejected)
         raise PushFailed(f"the remote already has a different {names} (not overwritten; "
                          f"`dvc exp push -f {git_remote} <name>` replaces it)", permanent=True)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    raise PushFailed(lines[-1].strip() if lines else f"git push exited {proc.returncode}")
+    lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+    fatal = [line for line in lines if line.startswith(("fatal:", "error:"))]
+    raise PushFailed((fatal or lines or [f"git push exited {proc.returncode}"])[0])
 
 
 def push_batch(store: GitStore, dvc_root: Path, target: PushTarget, pairs: Sequence[tuple[str, str]]) -> list[str]:
