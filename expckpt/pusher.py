@@ -145,8 +145,9 @@ class Pusher:
         with self._cond:
             if self._closing and not self._pending:
                 return [], None, False
+            # its own session: a Ctrl+C meant for training does not cut a push in half
             self._child = child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                                   stdin=subprocess.DEVNULL)
+                                                   stdin=subprocess.DEVNULL, start_new_session=True)
         try:
             out, err = child.communicate(timeout=ATTEMPT_TIMEOUT_S)
         except subprocess.TimeoutExpired:
