@@ -210,11 +210,13 @@ def test_push_during_training_then_a_fresh_clone_resumes_exactly(s3: S3Server, t
 
 
 def test_network_down_is_reported_once_and_dropped_checkpoints_are_never_pushed(tmp_path: Path) -> None:
+    """Also DVC's own switch: ``DVC_EXP_AUTO_PUSH=true`` pushes to ``origin`` without ``checkpoint.push``."""
     port = free_port()  # nothing listens there until the last epoch
     project, remote, _ = team_project(tmp_path, f"http://127.0.0.1:{port}", epochs=4,
-                                      checkpoint={"every": 1, "keep_last": 1, "push": "origin"})
+                                      checkpoint={"every": 1, "keep_last": 1})
     log = tmp_path / "run.log"
-    proc = start_run(project, "tut", log, EXPCKPT_PAUSE_AT="after-ref:3", EXPCKPT_PAUSE_SECONDS="40")
+    proc = start_run(project, "tut", log, EXPCKPT_PAUSE_AT="after-ref:3", EXPCKPT_PAUSE_SECONDS="40",
+                     DVC_EXP_AUTO_PUSH="true")
     wait_for(PAUSE, log, proc)
     wait_for("expckpt: warning: could not push tut@", log, proc, timeout=35)
     assert remote_checkpoints(remote, "tut") == {}  # objects first: no ref without its data
