@@ -30,6 +30,7 @@ from expckpt.errors import CheckpointError
 from expckpt.policy import CheckpointInfo, SaveContext
 from expckpt.pusher import Pusher
 from expckpt.records import CheckpointRecord
+from expckpt.remote import PushTarget, resolve_target
 from expckpt.report import improvement_line
 from expckpt.resume import ResumePoint, Resumed, find_resume_point, remove_stale_temps, restore_live_files
 from expckpt.retention import RunRetention
@@ -70,7 +71,8 @@ def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
 class Checkpointer:
     """Saves and restores one checkpoint file; publishes each save as a checkpoint experiment."""
 
-    def __init__(self, wiring: Wiring, config: CheckpointConfig, *, echo: Callable[[str], None] = print) -> None:
+    def __init__(self, wiring: Wiring, config: CheckpointConfig, *, echo: Callable[[str], None] = print,
+                 push: PushTarget | None = None) -> None:
         self.wiring = wiring
         self.config = config
         self.echo = echo
@@ -92,7 +94,7 @@ class Checkpointer:
             RunRetention(config.keep_policy(), wiring.committer.store, echo, free=wiring.free)
             if wiring.committer is not None else None
         )
-        self._pusher = Pusher(wiring.push, wiring.committer.project.root, echo) if wiring.push and wiring.committer else None
+        self._pusher = Pusher(push, wiring.committer.project.root, echo) if push and wiring.committer else None
 
     @classmethod
     def from_env(
@@ -106,9 +108,12 @@ class Checkpointer:
         """Set up for this process. ``path`` defaults to the stage's ``checkpoint: true`` output."""
         if not isinstance(config, CheckpointConfig):
             config = CheckpointConfig.from_params(config)
-        checkpointer = cls(wire(path, live_dir=live_dir, env=env, push=config.push), config)
-        if checkpointer.wiring.push_warning:
-            checkpointer.echo(checkpointer.wiring.push_warning)
+        wiring = wire(path, live_dir=live_dir, env=env)
+        c = wiring.committer  # checkpoint.push / DVC_EXP_AUTO_PUSH: checked before training starts
+        push, warning = resolve_target(c.store, c.project.root, config.push, env) if c else (None, None)
+        checkpointer = cls(wiring, config, push=push)
+        if warning:
+            checkpointer.echo(warning)
         return checkpointer
 
     # -- compatibility with expckpt 0.1 ---------------------------------------------------------

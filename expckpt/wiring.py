@@ -18,7 +18,6 @@ from expckpt.errors import ProjectError
 from expckpt.gitstore import GitStore
 from expckpt.project import Project, RunContext
 from expckpt.records import CheckpointRecord
-from expckpt.remote import PushTarget, resolve_target
 
 __all__ = ["Wiring", "wire"]
 
@@ -36,10 +35,6 @@ class Wiring:
     committer: Committer | None = None
     free: Callable[[Sequence[CheckpointRecord]], int] | None = None
     """Frees the cache objects of checkpoints retention dropped (None: left to ``expckpt gc``)."""
-    push: PushTarget | None = None
-    """Where each checkpoint is pushed in the background (``checkpoint.push``), or None."""
-    push_warning: str | None = None
-    """Why ``DVC_EXP_AUTO_PUSH`` asked for pushing but this run will not push."""
 
 
 def _default_path(project: Project | None, stage: str | None) -> str:
@@ -53,8 +48,7 @@ def _default_path(project: Project | None, stage: str | None) -> str:
     return outs[0].path if len(outs) == 1 else DEFAULT_PATH
 
 
-def wire(path: str | os.PathLike[str] | None, *, live_dir: str = "dvclive", env: Mapping[str, str] | None = None,
-         push: str | None = None) -> Wiring:
+def wire(path: str | os.PathLike[str] | None, *, live_dir: str = "dvclive", env: Mapping[str, str] | None = None) -> Wiring:
     run = RunContext.from_env(env)
     if run is None:
         try:
@@ -75,6 +69,5 @@ def wire(path: str | os.PathLike[str] | None, *, live_dir: str = "dvclive", env:
     # DVC's view of the stage and the cache settings, read at start-up, not at the first checkpoint
     committer.prepare()
     cache.settings  # noqa: B018
-    target, push_warning = resolve_target(store, project.root, push, env)
     return Wiring(path=project.workspace / rel, rel_path=rel, workspace=project.workspace, live_dir=live_dir,
-                  committer=committer, push=target, push_warning=push_warning)
+                  committer=committer)
