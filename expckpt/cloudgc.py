@@ -28,6 +28,7 @@ from expckpt.cache import DvcCache
 from expckpt.errors import ProjectError
 from expckpt.gc import still_needed
 from expckpt.gitstore import GitStore
+from expckpt.remote import one_line
 
 __all__ = ["CloudPlan", "execute_cloud_gc", "plan_cloud_gc"]
 
@@ -86,7 +87,7 @@ def remote_tips(store: GitStore, git_remote: str) -> list[str]:
     missing = [line.split()[0] for line in checked.splitlines() if line.endswith(" missing")]
     if missing:
         names = sorted(ref.rpartition("/")[2].removesuffix("^{}") for ref, sha in by_ref.items() if sha in missing)
-        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        shown = one_line(", ".join(names[:5]), 200) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         raise ProjectError(
             f"Git remote {git_remote!r} has commits this repository lacks ({shown}); their data may be on the DVC "
             f"remote, so nothing was removed: fetch them first (`git fetch {git_remote}` and "

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from expckpt.records import CheckpointRecord
-from expckpt.remote import REJECTED_EXIT, PushTarget
+from expckpt.remote import REJECTED_EXIT, PushTarget, one_line
 
 __all__ = ["Pusher"]
 
@@ -116,7 +116,7 @@ class Pusher:
             try:
                 pushed, error, permanent = self._attempt(list(batch.values()))
             except Exception as exc:  # noqa: BLE001 - never let the thread die silently
-                pushed, error, permanent = [], f"{type(exc).__name__}: {exc}", False
+                pushed, error, permanent = [], one_line(f"{type(exc).__name__}: {exc}"), False
             with self._cond:
                 self._busy = False
                 if error is None or permanent:
@@ -160,7 +160,7 @@ class Pusher:
         pushed = [line[len("pushed "):] for line in out.splitlines() if line.startswith("pushed ")]
         if child.returncode == 0:
             return pushed, None, False
-        lines = [line.strip() for line in err.splitlines() if line.strip()]
+        lines = [one_line(line) for line in err.splitlines() if line.strip()]
         reason = lines[-1] if lines else f"exited {child.returncode}"
         return pushed, reason, child.returncode == REJECTED_EXIT
 

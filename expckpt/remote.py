@@ -31,7 +31,7 @@ from expckpt.errors import ProjectError
 from expckpt.gitstore import GitStore
 from expckpt.refs import CheckpointRef
 
-__all__ = ["PushFailed", "PushTarget", "push_batch", "resolve_target"]
+__all__ = ["PushFailed", "PushTarget", "one_line", "push_batch", "resolve_target"]
 
 _SHA = re.compile(r"[0-9a-f]{40}")
 _TRUE = ("1", "y", "yes", "true", "on")
@@ -177,9 +177,14 @@ def push_batch(store: GitStore, dvc_root: Path, target: PushTarget, pairs: Seque
     return [ref for ref, _ in kept]
 
 
+def one_line(text: str, limit: int = 300) -> str:
+    """``text`` as one terminal-safe line: a remote's error message may carry escape sequences."""
+    text = "".join(ch if ch.isprintable() else " " for ch in " ".join(text.split()))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
+    return one_line(str(exc)) or type(exc).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
