@@ -46,6 +46,8 @@ class Pusher:
         self.echo = echo
         self.pushed: list[str] = []
         """Names pushed so far, in order (for tests and the final summary)."""
+        self.attempts = 0
+        """Push attempts (child processes) started so far."""
         self._pending: dict[str, CheckpointRecord] = {}
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -86,6 +88,7 @@ class Pusher:
                 left = self._names(self._pending.values())
                 child = self._child
                 self._pending.clear()
+                self._cond.notify_all()  # wakes the thread from its backoff: nothing left, it ends
         if not done:
             if child is not None and child.poll() is None:
                 child.kill()
@@ -131,11 +134,11 @@ class Pusher:
             self._failed(batch, error, permanent)
             if permanent:
                 continue
-            with self._cond:
-                if not self._closing:
-                    self._cond.wait(timeout=backoff)
-                else:
-                    self._cond.wait(timeout=min(backoff, 5.0))
+            with self._cond:  # back off; new checkpoints join the next attempt, close() starts it at once
+                was_closing = self._closing
+                until = time.monotonic() + (min(backoff, 5.0) if was_closing else backoff)
+                while self._pending and self._closing == was_closing and (left := until - time.monotonic()) > 0:
+                    self._cond.wait(timeout=left)
             backoff = min(backoff * 2, MAX_BACKOFF_S)
 
     def _attempt(self, records: list[CheckpointRecord]) -> tuple[list[str], str | None, bool]:
@@ -146,6 +149,7 @@ class Pusher:
             if self._closing and not self._pending:
                 return [], None, False
             # its own session: a Ctrl+C meant for training does not cut a push in half
+            self.attempts += 1
             self._child = child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                                    stdin=subprocess.DEVNULL, start_new_session=True)
         try:

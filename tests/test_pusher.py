@@ -60,7 +60,9 @@ def test_a_failing_remote_is_said_once_and_the_end_wait_is_bounded(
     deadline = time.monotonic() + 60
     while not any("could not push" in line for line in lines) and time.monotonic() < deadline:
         time.sleep(0.2)
-    pusher.submit(records[1])
+    pusher.submit(records[1])  # joins the next attempt after the backoff, does not start one now
+    time.sleep(0.5)
+    assert pusher.attempts == 1
     started = time.monotonic()
     assert pusher.close(wait_s=10) is False
     assert time.monotonic() - started < 10 + 8  # the wait, then killing the child and joining
