@@ -29,7 +29,9 @@ from expckpt.checkpoint_file import check_architecture, load_checkpoint, write_t
 from expckpt.config import CheckpointConfig
 from expckpt.errors import CheckpointError
 from expckpt.policy import CheckpointInfo, SaveContext
+from expckpt.pusher import Pusher
 from expckpt.records import CheckpointRecord
+from expckpt.remote import PushTarget, resolve_target
 from expckpt.report import improvement_line
 from expckpt.resume import ResumePoint, Resumed, find_resume_point, remove_stale_temps, restore_live_files
 from expckpt.resume import refuse_lost_checkpoint
@@ -71,7 +73,8 @@ def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
 class Checkpointer:
     """Saves and restores one checkpoint file; publishes each save as a checkpoint experiment."""
 
-    def __init__(self, wiring: Wiring, config: CheckpointConfig, *, echo: Callable[[str], None] = print) -> None:
+    def __init__(self, wiring: Wiring, config: CheckpointConfig, *, echo: Callable[[str], None] = print,
+                 push: PushTarget | None = None) -> None:
         self.wiring = wiring
         self.config = config
         self.echo = echo
@@ -95,6 +98,7 @@ class Checkpointer:
             RunRetention(config.keep_policy(), wiring.committer.store, echo, free=wiring.free)
             if wiring.committer is not None else None
         )
+        self._pusher = Pusher(push, wiring.committer.project.root, echo) if push and wiring.committer else None
 
     @classmethod
     def from_env(
@@ -108,7 +112,13 @@ class Checkpointer:
         """Set up for this process. ``path`` defaults to the stage's ``checkpoint: true`` output."""
         if not isinstance(config, CheckpointConfig):
             config = CheckpointConfig.from_params(config)
-        return cls(wire(path, live_dir=live_dir, env=env), config)
+        wiring = wire(path, live_dir=live_dir, env=env)
+        c = wiring.committer  # checkpoint.push / DVC_EXP_AUTO_PUSH: checked before training starts
+        push, warning = resolve_target(c.store, c.project.root, config.push, env) if c else (None, None)
+        checkpointer = cls(wiring, config, push=push)
+        if warning:
+            checkpointer.echo(warning)
+        return checkpointer
 
     # -- compatibility with expckpt 0.1 ---------------------------------------------------------
     @property
@@ -272,6 +282,8 @@ class Checkpointer:
         self.echo(f"Checkpoint experiment '{record.name}' ({record.commit[:7]})")
         if self._retention is not None:
             self._retention.add(record)
+        if self._pusher is not None:  # after retention: a checkpoint it dropped is not pushed
+            self._pusher.submit(record)
 
     def _guard_file(self) -> None:
         """Stop if something else wrote the checkpoint file since expckpt last did (checked
@@ -334,6 +346,8 @@ class Checkpointer:
                 self._writer = None
             if state is None:  # training failed: still leave the last checkpoint in the workspace
                 self._put_back_last()
+            if self._pusher is not None:  # bounded wait; never fails the run
+                self._pusher.close()
 
     def describe_last(self) -> str:
         if self.last_record is not None:

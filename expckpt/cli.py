@@ -147,16 +147,29 @@ def cmd_gc(args: argparse.Namespace, ctx: Context) -> int:
         raise ConfigError(f"--wait must be a number of seconds >= 0, got {args.wait:g}", key="wait")
     plan = plan_gc(ctx.store, ctx.cache, ctx.project.workspace, scope,
                    keep_last=args.keep_last, keep_best=args.keep_best or 0, metric=args.metric, mode=args.mode)
-    if not plan.remove and not plan.objects:
+    cloud = None
+    if args.cloud:
+        from expckpt.cloudgc import plan_cloud_gc
+
+        cloud = plan_cloud_gc(ctx.store, ctx.cache, ctx.project.workspace, without={r.ref.ref for r in plan.remove},
+                              remote=args.remote, git_remote=args.git_remote)
+    elif args.remote or args.git_remote:
+        raise ConfigError("-r/--remote and --git-remote only apply with --cloud (delete from the DVC remote too)", key="cloud")
+    if not plan.remove and not plan.objects and not (cloud and cloud.objects):
         print("Nothing to collect.")
         return 0
     what = f"{len(plan.remove)} checkpoints and {_size(plan.bytes)} in {len(plan.objects)} cache objects"
+    if cloud is not None:
+        what += f", and {_size(cloud.bytes)} in {len(cloud.objects)} objects on DVC remote {cloud.remote!r}"
     if not args.dry_run and not args.force and not sys.stdin.isatty():
         raise ConfigError(f"refusing to remove {what} without confirmation: pass --force (or --dry-run to list them)", key="force")
     if args.dry_run or not args.force:
         for record in plan.remove:
             print(f"Would remove checkpoint {record.name} ({record.commit[:7]}, {_size(record.size)})")
         print(f"Would free {_size(plan.bytes)} in {len(plan.objects)} cache objects")
+        if cloud is not None:
+            kept_by = f", keeping what refs on Git remote {cloud.git_remote!r} need" if cloud.git_remote else ""
+            print(f"Would delete {_size(cloud.bytes)} in {len(cloud.objects)} objects from DVC remote {cloud.remote!r}{kept_by}")
     if args.dry_run:
         return 0
     if not args.force and input(f"Remove {what}? [y/N] ").strip().lower() not in ("y", "yes"):
@@ -174,6 +187,11 @@ def cmd_gc(args: argparse.Namespace, ctx: Context) -> int:
         print(f"Kept checkpoint {record.name}: it points at {now[:7]} now, not {record.commit[:7]} as planned")
     gone = f" ({len(result.gone)} were already gone)" if result.gone else ""
     print(f"Removed {len(result.removed)} checkpoints{gone}, freed {_size(result.bytes)} in {len(result.freed)} cache objects.")
+    if cloud is not None:
+        from expckpt.cloudgc import execute_cloud_gc
+
+        deleted = execute_cloud_gc(cloud, ctx.store, ctx.project.workspace)
+        print(f"Deleted {_size(sum(deleted.values()))} in {len(deleted)} objects from DVC remote {cloud.remote!r}.")
     return 0
 
 
@@ -266,6 +284,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("min", "max"), default="max")
     p.add_argument("--dry-run", action="store_true", help="list what would go and the bytes, remove nothing")
     p.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
+    p.add_argument("-c", "--cloud", action="store_true",
+                   help="also delete, from the DVC remote, objects only removed checkpoints used (try --dry-run first)")
+    p.add_argument("-r", "--remote", metavar="NAME", help="with --cloud: the DVC remote (default: the default remote)")
+    p.add_argument("--git-remote", metavar="NAME",
+                   help="with --cloud: the Git remote whose refs also keep objects (default: exp.git_remote or origin)")
     p.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
                    help="how long to wait for running checkpoint writers to release the gc lock (default: 60)")
 

@@ -17,6 +17,7 @@ else gets a ``CheckpointConfig`` and asks it for ``save_policy()`` and ``keep_po
       divergence_steps: 3   # this many rises in a row of divergence_metric = diverging
       divergence_metric: loss
       patience: null        # steps without improvement of `monitor` before a plateau warning
+      push: null            # a Git remote (e.g. origin): push each checkpoint there and to the default DVC remote
 
 Regimes (presets; keys written in the section override them):
 
@@ -44,6 +45,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, fields
 from types import MappingProxyType
@@ -71,6 +73,8 @@ REGIMES: Mapping[str, Mapping[str, object]] = MappingProxyType({
 
 _PARAM_KEY = {"async_save": "async"}  # field name -> params.yaml key where they differ
 _DEFAULT_DIVERGENCE_METRIC = "loss"
+_REMOTE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
+"""A Git remote name as expckpt accepts it: no leading ``-`` (never an option), no spaces or URL."""
 _REGIME_FIX = "pick one of them, or remove checkpoint.regime and set the keys yourself"
 
 
@@ -130,6 +134,9 @@ class CheckpointConfig:
     """The metric watched for divergence; NaN/inf in it always counts as diverging."""
     patience: int | None = None
     """Steps without improvement of ``monitor`` before a plateau warning (stops with ``on_divergence: stop``)."""
+    push: str | None = None
+    """A Git remote name: push each kept checkpoint (ref to it, objects to the default DVC remote)
+    in the background while training goes on; None = don't (``DVC_EXP_AUTO_PUSH`` still can)."""
 
     def __post_init__(self) -> None:
         if not _is_int(self.every) or self.every < 0:
@@ -167,6 +174,9 @@ class CheckpointConfig:
             _fail("divergence_metric", self.divergence_metric, "a metric name", "use e.g. 'loss'")
         if self.patience is not None and (not _is_int(self.patience) or self.patience < 1):
             _fail("patience", self.patience, "a positive integer or null", "use e.g. 10, or null for no plateau check")
+        if self.push is not None and (not isinstance(self.push, str) or not _REMOTE_NAME.fullmatch(self.push)):
+            _fail("push", self.push, "the name of a Git remote or null",
+                  "use a name `git remote -v` lists, e.g. origin (add one with `git remote add origin <url>`)")
         self._check_combinations()
 
     def _check_combinations(self) -> None:

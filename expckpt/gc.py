@@ -29,7 +29,7 @@ from expckpt.policy import CheckpointInfo, keep_policy
 from expckpt.records import BadRecordError, CheckpointRecord, parse_message
 from expckpt.refs import CheckpointRef
 
-__all__ = ["GcPlan", "GcResult", "GcScope", "collect", "execute_gc", "free_dropped", "plan_gc"]
+__all__ = ["GcPlan", "GcResult", "GcScope", "collect", "execute_gc", "free_dropped", "plan_gc", "still_needed"]
 
 FREE_DROPPED_WAIT_S = 2.0
 """How long training-time freeing waits for the lock before leaving the objects to ``expckpt gc``."""
@@ -111,9 +111,11 @@ def _kept_baselines(store: GitStore, scope: GcScope) -> set[str]:
 
 
 def needed_objects(
-    store: GitStore, in_use: InUse, workspaces: Iterable[Path], *, without: Iterable[str] = ()
+    store: GitStore, in_use: InUse, workspaces: Iterable[Path], *, without: Iterable[str] = (),
+    also: Iterable[str] = (),
 ) -> set[str]:
-    """Every object something still needs, if the refs in ``without`` were gone."""
+    """Every object something still needs, if the refs in ``without`` were gone; ``also`` are
+    more commits to keep (a Git remote's ref tips, for ``gc --cloud``)."""
     dropped = set(without)
     entries = [e for e in store.list_refs("") if e.ref not in dropped]
     head = store.get_ref("HEAD")
@@ -126,12 +128,18 @@ def needed_objects(
             record = None
         if record is not None:
             needed.update(o.md5 for o in record.outs.values())
-    commits = store.commit_trees([e.commit for e in entries] + ([head] if head else []))
+    commits = store.commit_trees([e.commit for e in entries] + ([head] if head else []) + list(also))
     needed |= in_use.of_commits(commits)
     for workspace in dict.fromkeys(Path(w).resolve() for w in workspaces):
         needed |= in_use.of_workspace(workspace)
     in_use.save()
     return needed
+
+
+def still_needed(store: GitStore, workspace: Path, *, without: Iterable[str] = (), also: Iterable[str] = ()) -> set[str]:
+    """``needed_objects`` for this repository and ``workspace`` (what ``plan_gc`` asks)."""
+    return needed_objects(store, _in_use(store, store.git_dir.parent), _workspaces(store, workspace),
+                          without=without, also=also)
 
 
 def _workspaces(store: GitStore, workspace: Path) -> list[Path]:

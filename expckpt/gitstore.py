@@ -311,6 +311,27 @@ class GitStore:
             raise ProjectError(f"git {args[0]} failed: {message}", path=self.git_dir)
         return proc.stdout if binary else proc.stdout.decode(errors="replace")
 
+    # -- remotes ------------------------------------------------------------------------------
+    def remotes(self) -> list[str]:
+        """The Git remotes this repository has (``git remote``)."""
+        return self._git("remote").split()
+
+    def remote_refs(self, remote: str) -> dict[str, str]:
+        """``git ls-remote <remote>``: ref name -> sha (``<tag>^{}`` lines peel annotated tags)."""
+        if remote not in self.remotes():
+            raise ProjectError(f"no Git remote {remote!r} in this repository; name one `git remote` lists",
+                               path=self.git_dir)
+        listing = self._git("ls-remote", "--", remote)
+        return dict(reversed(line.split("\t", 1)) for line in listing.splitlines() if "\t" in line)
+
+    def missing_objects(self, shas: Iterable[str]) -> set[str]:
+        """Which of the 40-hex ``shas`` this repository does not have."""
+        wanted = sorted({s for s in shas if _HEX40.fullmatch(s)})
+        if not wanted:
+            return set()
+        checked = self._git("cat-file", "--batch-check", input="".join(f"{s}\n" for s in wanted))
+        return {line.split()[0] for line in checked.splitlines() if line.endswith(" missing")}
+
     # -- reads for gc
     def commit_trees(self, tips: Iterable[str]) -> dict[str, str]:
         """Every commit reachable from the commit (or tag) shas ``tips`` -> its root tree sha."""

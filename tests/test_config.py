@@ -197,3 +197,26 @@ def test_check_metrics_rejects(section, logged, match):
 )
 def test_check_metrics_accepts(section, logged):
     CheckpointConfig.from_params(section).check_metrics(logged)
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        ("--upload-pack=touch x", r"checkpoint\.push must be the name of a Git remote or null, got '--upload-pack=touch x' "
+                                  r"\(str\); use a name `git remote -v` lists, e\.g\. origin"),
+        ("", r"checkpoint\.push must be the name of a Git remote or null, got '' \(str\)"),
+        ("https://example.invalid/x.git", r"checkpoint\.push must be the name of a Git remote .*got 'https://"),
+        ("my remote", r"checkpoint\.push must be .*got 'my remote' \(str\)"),
+        (True, r"checkpoint\.push must be the name of a Git remote or null, got True \(bool\)"),
+    ],
+)
+def test_push_must_name_a_git_remote(value, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        CheckpointConfig.from_params({"push": value})
+    assert info.value.key == "checkpoint.push"
+
+
+@pytest.mark.parametrize("name", ["origin", "team-s3", "up.stream", "team/ml"])
+def test_push_takes_a_remote_name(name):
+    assert CheckpointConfig.from_params({"push": name}).push == name
+    assert CheckpointConfig.from_params({}).push is None

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_project, run, train_in_exp_env
-from expckpt.atomic import md5_file
+from expckpt.atomic import TEMP_MARK, md5_file
 from expckpt.cache import DvcCache
 from expckpt.catalog import Catalog
 from expckpt.cli import _size
@@ -26,7 +26,8 @@ def checkpoint_names(project: Path) -> set[str]:
 
 
 def cache_objects(project: Path) -> set[str]:
-    return {md5 for md5, _ in DvcCache.for_project(project, project / ".git").iter_objects()}
+    base = DvcCache.for_project(project, project / ".git").root / "files" / "md5"
+    return {obj.parent.name + obj.name for obj in base.glob("??/*") if TEMP_MARK not in obj.name}
 
 
 @pytest.fixture(scope="module")
