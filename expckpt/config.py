@@ -50,6 +50,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, fields
 from types import MappingProxyType
 
+from expckpt.checks import check_divergence_steps, check_mode, check_patience, fail, show
 from expckpt.errors import ConfigError
 from expckpt.policy import (
     AnyOf,
@@ -82,14 +83,8 @@ def _key(name: str) -> str:
     return f"checkpoint.{_PARAM_KEY.get(name, name)}"
 
 
-def _show(value: object) -> str:
-    if value is None or type(value) is int:
-        return repr(value)
-    return f"{value!r} ({type(value).__name__})"
-
-
 def _fail(name: str, value: object, expect: str, fix: str) -> None:
-    raise ConfigError(f"{_key(name)} must be {expect}, got {_show(value)}; {fix}", key=_key(name), value=value)
+    fail(_key(name), value, expect, fix)
 
 
 def _is_int(value: object) -> bool:
@@ -156,8 +151,7 @@ class CheckpointConfig:
         if self.monitor is not None and (not isinstance(self.monitor, str) or not self.monitor):
             _fail("monitor", self.monitor, "a metric name or null",
                   "use the name of a metric the run logs, e.g. val_loss")
-        _check_choice("mode", self.mode, ("min", "max"),
-                      "use 'max' when higher is better (accuracy) or 'min' when lower is better (loss)")
+        check_mode(self.mode)
         if self.regime is not None:
             _check_choice("regime", self.regime, tuple(REGIMES), _REGIME_FIX)
         if not isinstance(self.async_save, bool):
@@ -167,13 +161,10 @@ class CheckpointConfig:
                       " or 'skip' to skip checkpoints that come too soon")
         _check_choice("on_divergence", self.on_divergence, ("warn", "stop"),
                       "use 'warn' to log a warning or 'stop' to end the run")
-        if not _is_int(self.divergence_steps) or self.divergence_steps < 2:
-            _fail("divergence_steps", self.divergence_steps, "an integer >= 2",
-                  "use 3 to call 3 rises in a row diverging (1 rise is noise)")
+        check_divergence_steps(self.divergence_steps)
         if not isinstance(self.divergence_metric, str) or not self.divergence_metric:
             _fail("divergence_metric", self.divergence_metric, "a metric name", "use e.g. 'loss'")
-        if self.patience is not None and (not _is_int(self.patience) or self.patience < 1):
-            _fail("patience", self.patience, "a positive integer or null", "use e.g. 10, or null for no plateau check")
+        check_patience(self.patience)
         if self.push is not None and (not isinstance(self.push, str) or not _REMOTE_NAME.fullmatch(self.push)):
             _fail("push", self.push, "the name of a Git remote or null",
                   "use a name `git remote -v` lists, e.g. origin (add one with `git remote add origin <url>`)")
@@ -203,7 +194,7 @@ class CheckpointConfig:
             return cls()
         if not isinstance(section, Mapping):
             raise ConfigError(
-                f"checkpoint must be a mapping of keys to values, got {_show(section)}; "
+                f"checkpoint must be a mapping of keys to values, got {show(section)}; "
                 "write e.g. 'checkpoint: {every: 1, keep_last: 10}'", key="checkpoint", value=section)
         by_key = {_PARAM_KEY.get(f.name, f.name): f.name for f in fields(cls)}
         explicit: dict[str, object] = {}

@@ -37,7 +37,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from expckpt.checks import check_mode
 from expckpt.errors import ConfigError
+from expckpt.ranking import rank_key
 
 __all__ = [
     "AnyOf",
@@ -54,11 +56,9 @@ __all__ = [
     "OnEvents",
     "SaveContext",
     "SavePolicy",
-    "finite_metric",
     "keep_policy",
 ]
 
-_MODES = ("min", "max")
 
 
 class _HasStepMetricsTime(Protocol):
@@ -85,18 +85,6 @@ class CheckpointInfo:
     def of(cls, record: _HasStepMetricsTime) -> CheckpointInfo:
         """What policies see of a ``CheckpointRecord`` (or anything with step, metrics, time)."""
         return cls(step=record.step, metrics=record.metrics, time=record.time)
-
-
-def finite_metric(metrics: Mapping[str, object], name: str) -> float | None:
-    """``metrics[name]`` as a float, or None when it is missing, not a number, NaN or inf."""
-    value = metrics.get(name)
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _positive_int(value: object, *, what: str, key: str, fix: str) -> None:
@@ -162,19 +150,14 @@ class KeepBest(KeepPolicy):
                 f"KeepBest.metric (checkpoint.monitor) must be a metric name, got {self.metric!r}; "
                 "set it to a metric the run logs, e.g. 'val_loss'",
                 key="checkpoint.monitor", value=self.metric)
-        if self.mode not in _MODES:
-            raise ConfigError(
-                f"KeepBest.mode (checkpoint.mode) must be 'min' or 'max', got {self.mode!r}; "
-                "use 'max' when higher is better (accuracy), 'min' when lower is better (loss)",
-                key="checkpoint.mode", value=self.mode)
+        check_mode(self.mode)
 
     def reasons(self, checkpoints: Sequence[CheckpointInfo]) -> list[frozenset[str]]:
-        sign = -1.0 if self.mode == "max" else 1.0
         ranked = []
         for i, ckpt in enumerate(checkpoints):
-            value = finite_metric(ckpt.metrics, self.metric)
-            if value is not None:
-                ranked.append((sign * value, ckpt.step, i))
+            key = rank_key(ckpt.metrics, self.metric, self.mode, ckpt.step)
+            if key is not None:
+                ranked.append((*key, i))
         ranked.sort()
         return _mark(len(checkpoints), {i for _, _, i in ranked[: self.k]}, "best")
 
