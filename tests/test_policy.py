@@ -178,7 +178,7 @@ def test_each_setting_is_validated_by_one_rule_wherever_it_arrives(field, bad):
     from expckpt.report import analyse
 
     makers = [lambda: CheckpointConfig(**{field: bad, "monitor": "acc"}),
-              lambda: analyse([], monitor="acc", mode="max", **{field: bad})]
+              lambda: analyse([], monitor="acc", **{"mode": "max", field: bad})]
     if field == "mode":
         makers.append(lambda: KeepBest(k=1, metric="acc", mode=bad))
     messages = set()
