@@ -23,7 +23,7 @@ from expckpt.session import SessionNote
 
 __all__ = ["GcPlan", "GcScope", "execute_gc", "plan_gc"]
 
-_MD5 = re.compile(rb"md5: ([0-9a-f]{32})\b")
+_MD5 = re.compile(rb"md5: ([0-9a-f]{32}(?:\.dir)?)\b")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,8 +135,9 @@ def plan_gc(
     needed = _needed_objects(store, remaining, workspace)
     for record in plan.keep:
         needed.update(o.md5 for o in record.outs.values())
+    needed = {m for md5 in needed for m in cache.expand(md5)}  # a .dir needs the files it lists
     for md5, size in cache.written_objects().items():
-        if md5 not in needed and cache.has(md5):
+        if md5 not in needed and cache.object_path(md5).is_file():
             plan.objects[md5] = cache.object_path(md5).stat().st_size
     return plan
 

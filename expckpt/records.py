@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -18,14 +19,19 @@ from expckpt.refs import EXPS_PREFIX, CheckpointRef
 __all__ = ["CheckpointRecord", "OutputHash", "load_records", "format_message", "parse_message"]
 
 _META = "expckpt-meta: "
+_HASH = re.compile(r"[0-9a-f]{32}(\.dir)?")
 
 
 @dataclass(frozen=True)
 class OutputHash:
-    """A checkpoint output's DVC hash."""
+    """A checkpoint output's DVC hash (a directory's ends in ``.dir`` and counts its files)."""
 
     md5: str
     size: int
+    nfiles: int | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {"md5": self.md5, "size": self.size, **({"nfiles": self.nfiles} if self.nfiles is not None else {})}
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,7 @@ def format_message(
         "step": ref.step,
         "parent": parent,
         "resumed": resumed,
-        "outs": {path: {"md5": o.md5, "size": o.size} for path, o in outs.items()},
+        "outs": {path: o.as_dict() for path, o in outs.items()},
         "metrics": {k: _finite_or_str(v) for k, v in metrics.items()},
         "time": round(time, 3),
     }
@@ -106,7 +112,12 @@ def parse_message(ref: CheckpointRef, commit: str, message: str) -> CheckpointRe
         if line.startswith(_META):
             try:
                 meta = json.loads(line[len(_META) :])
-                outs = {p: OutputHash(o["md5"], int(o["size"])) for p, o in meta["outs"].items()}
+                outs = {
+                    p: OutputHash(str(o["md5"]), int(o["size"]), int(o["nfiles"]) if o.get("nfiles") is not None else None)
+                    for p, o in meta["outs"].items()
+                }
+                if not all(_HASH.fullmatch(o.md5) for o in outs.values()):
+                    return None  # read from Git: a hash becomes a cache path, so it must be one
                 metrics = {
                     k: _metric(v)
                     for k, v in meta.get("metrics", {}).items()
