@@ -17,12 +17,13 @@ LAYERS: dict[str, int] = {
     "policy": 0, "config": 0, "progress": 0, "gclock": 0, "__init__": 0,
     # 1: storage: Git, the DVC cache and project files
     "gitstore": 1, "cache": 1, "records": 1, "session": 1, "project": 1, "lockfile": 1, "catalog": 1,
-    "report": 1, "watch": 1,
+    "report": 1, "watch": 1, "dirout": 1,
     # 2: operations on checkpoints, still without torch
     "committer": 2, "resume": 2, "gc": 2, "verify": 2, "show": 2, "reset": 2, "retention": 2,
     "wiring": 2, "signals": 2, "cli": 3,
     # 4: torch
     "rng": 4, "safe_values": 4, "hparams": 4, "state": 4, "checkpoint_file": 4, "writer": 4,
+    "dirstate": 4, "stateset": 4,
     # 5: training-loop integrations
     "checkpointer": 5, "live": 6,
 }
