@@ -180,3 +180,24 @@ def test_two_outputs_in_one_commit_and_resumed_together(tmp_path: Path, monkeypa
     assert {o["path"]: o["md5"] for o in lock["stages"]["train"]["outs"]} == {p: o.md5 for p, o in recs["m@1"].outs.items()}
     ckpt, state = train(proj, "m", range(0), monkeypatch, paths=["model.pt", "ema.pt"])
     assert ckpt.resumed is not None and ckpt.resumed.record.name == "m@1" and state.step == 1
+
+
+def test_a_directory_whose_files_are_complete_is_published_as_it_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a torch.distributed.checkpoint integration hands over: files it wrote itself."""
+    from expckpt.dirout import WrittenDir
+    from expckpt.wiring import wire
+
+    proj = toy_project(tmp_path / "p", "dir", ["ckpt/"])
+    monkeypatch.chdir(proj)
+    head = run("git", "rev-parse", "HEAD", cwd=proj).stdout.strip()
+    w = wire("ckpt/", env={"DVC_ROOT": str(proj), "DVC_EXP_NAME": "dcp", "DVC_EXP_BASELINE_REV": head, "DVC_STAGE": "train"})
+    assert w.outputs[0].is_dir and w.committer is not None
+    (proj / "ckpt").mkdir()
+    (proj / "ckpt" / ".metadata").write_bytes(b"meta")
+    (proj / "ckpt" / "__0_0.distcp").write_bytes(b"rank0" * 100)
+    (proj / "ckpt" / "__1_0.distcp").write_bytes(b"rank1" * 100)
+    record = w.committer.publish(WrittenDir.from_complete(proj / "ckpt"), step=0, metrics={}, live_files={}, parent=None)
+    store, cache = w.committer.store, w.committer.cache
+    assert record.outs["ckpt"].nfiles == 3 and record.outs["ckpt"].md5 == hash_dir(proj / "ckpt")[0]
+    assert set(cache.manifest(record.outs["ckpt"].md5)) == {".metadata", "__0_0.distcp", "__1_0.distcp"}
+    assert verify_records([record], store, cache) == []
