@@ -1,14 +1,16 @@
 """A training state as a directory of files, so what did not change is the same DVC object.
 
-    ckpt/expckpt.pt            step, RNG states, expckpt's own state, and the layout below
-    ckpt/model/backbone.pt     one file per part of each module whose parameters are all
-    ckpt/model/head.pt         frozen or all trained (a frozen backbone: one unchanged file)
-    ckpt/optimizer.pt          one file per other object
+    ckpt/expckpt.pt            everything that changes as training goes: trained parameters,
+                               optimizer, scheduler, other objects, step, RNG states, expckpt's
+                               own state, and the layout of the files below
+    ckpt/model/backbone.pt     one file per frozen part of each module
+    ckpt/model/l0/_frozen.pt   (a module mixing both: its frozen tensors; its children apart)
 
-A module is split where frozen and trained parameters meet: a submodule whose parameters all
-share ``requires_grad`` is one file; a mixed one is split into its children, and its own
-tensors into ``_frozen.pt`` and ``_trained.pt`` (a LoRA layer: the frozen base weight apart from
-the adapter). ``torch.save`` of the same keys and equal tensors writes the same bytes, so an
+A module is split where frozen and trained parameters meet: a part whose parameters are all
+frozen is one file named after it; a mixed one is split into its children, and its own frozen
+tensors go to ``<module>/_frozen.pt`` (a LoRA layer: the frozen base weight apart from the
+adapter). Everything trained shares one file, so a step writes, caches and fsyncs one file and
+the manifest, like a single-file checkpoint, however scattered the trained parameters are. ``torch.save`` of the same keys and equal tensors writes the same bytes, so an
 unchanged part hashes to the object already in the cache and is neither written nor cached again.
 """
 
@@ -34,33 +36,40 @@ __all__ = ["META_FILE", "join_payload", "load_dir_checkpoint", "split_payload", 
 
 META_FILE = "expckpt.pt"
 _META_KEYS = ("format", "step", "rng", "best", "expckpt")
+_LAYOUT = "expckpt/layout"
+"""Not an identifier, so no user object can be named so."""
 
 
-def _uniform(module: torch.nn.Module) -> bool:
+def _trained(module: torch.nn.Module) -> bool | None:
+    """True if every parameter under ``module`` is trained, False if all are frozen (or it has
+    none), None if it mixes both."""
     flags = {p.requires_grad for p in module.parameters()}
-    return len(flags) <= 1
+    return None if len(flags) > 1 else flags == {True}
 
 
-def _groups(module: torch.nn.Module, keys: tuple[str, ...], file: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
-    """state_dict key -> file (path parts, no suffix) for ``module`` at key prefix ``keys``."""
+def _frozen_files(module: torch.nn.Module, keys: tuple[str, ...], file: tuple[str, ...]) -> dict[str, tuple[str, ...] | None]:
+    """state_dict key -> frozen file (path parts, no suffix), or None for a trained tensor."""
     dotted = "".join(f"{p}." for p in keys)
-    if _uniform(module):
-        return {f"{dotted}{k}": file for k in module.state_dict()}
-    found: dict[str, tuple[str, ...]] = {}
+    kind = _trained(module)
+    if kind is not None:
+        return {f"{dotted}{k}": None if kind else file for k in module.state_dict()}
+    found: dict[str, tuple[str, ...] | None] = {}
     for name, param in module._parameters.items():
         if param is not None:
-            found[f"{dotted}{name}"] = (*file, "_trained" if param.requires_grad else "_frozen")
+            found[f"{dotted}{name}"] = None if param.requires_grad else (*file, "_frozen")
     for name, buf in module._buffers.items():
         if buf is not None and name not in module._non_persistent_buffers_set:
             found[f"{dotted}{name}"] = (*file, "_frozen")
     for name, child in module._modules.items():
         if child is not None:
-            found.update(_groups(child, (*keys, name), (*file, name)))
+            found.update(_frozen_files(child, (*keys, name), (*file, name)))
     return found
 
 
 def split_payload(payload: Mapping[str, Any], modules: Mapping[str, torch.nn.Module]) -> dict[str, Any]:
-    """One captured state (``TrainingState.capture()``) as ``relpath -> file payload``."""
+    """One captured state (``TrainingState.capture()``) as ``relpath -> file payload``: what
+    changes as training goes goes to ``expckpt.pt``, each frozen part to a file of its own."""
+    hot: dict[str, Any] = {k: payload[k] for k in _META_KEYS if k in payload}
     files: dict[str, Any] = {}
     layout: dict[str, list[str]] = {}
     metadata: dict[str, Any] = {}
@@ -68,40 +77,38 @@ def split_payload(payload: Mapping[str, Any], modules: Mapping[str, torch.nn.Mod
         if name in _META_KEYS:
             continue
         module = modules.get(name)
-        if module is None or not isinstance(value, Mapping):
-            rel = f"{name}.pt"
-            files[rel] = value
-            layout[name] = [rel]
+        if module is None or not isinstance(value, Mapping) or _trained(module) is True:
+            hot[name] = value
             continue
-        where = _groups(module, (), (name,))
+        where = _frozen_files(module, (), (name,))
+        trained: dict[str, Any] = {}
         parts: dict[str, dict[str, Any]] = {}
         for key, tensor in value.items():
-            rel = "/".join(where.get(key, (name, "_other"))) + ".pt"
-            parts.setdefault(rel, {})[key] = tensor
+            frozen = where.get(key)
+            if frozen is None:
+                trained[key] = tensor
+            else:
+                parts.setdefault("/".join(frozen) + ".pt", {})[key] = tensor
         files.update(parts)
+        hot[name] = trained
         layout[name] = sorted(parts)
         if hasattr(value, "_metadata"):
             metadata[name] = dict(value._metadata)
-    meta = {k: payload[k] for k in _META_KEYS if k in payload}
-    meta["layout"] = {"modules": sorted(set(modules) & set(layout)), "files": layout, "metadata": metadata}
-    files[META_FILE] = meta
-    return files
+    hot[_LAYOUT] = {"files": layout, "metadata": metadata}
+    return {META_FILE: hot, **files}
 
 
-def join_payload(meta: Mapping[str, Any], read: Any, where: Path) -> dict[str, Any]:
-    """Rebuild the captured state from the meta file and ``read(relpath) -> file payload``."""
-    layout = meta.get("layout")
+def join_payload(hot: Mapping[str, Any], read: Any, where: Path) -> dict[str, Any]:
+    """Rebuild the captured state from ``expckpt.pt`` and ``read(relpath) -> frozen part``."""
+    layout = hot.get(_LAYOUT)
     if not isinstance(layout, Mapping) or not isinstance(layout.get("files"), Mapping):
         raise CorruptCheckpointError(f"{where / META_FILE} has no layout; it was not written by expckpt", path=where)
-    payload = {k: meta[k] for k in _META_KEYS if k in meta}
-    modules = set(layout.get("modules") or [])
+    payload = {k: v for k, v in hot.items() if k != _LAYOUT}
     for name, rels in layout["files"].items():
-        if not isinstance(name, str) or not isinstance(rels, list) or not rels:
+        trained = payload.get(name)
+        if not isinstance(rels, list) or not isinstance(trained, Mapping):
             raise CorruptCheckpointError(f"{where / META_FILE} has a malformed layout entry {name!r}", path=where)
-        if name not in modules:
-            payload[name] = read(rels[0])
-            continue
-        merged: OrderedDict[str, Any] = OrderedDict()
+        merged: OrderedDict[str, Any] = OrderedDict(trained)
         for rel in rels:
             part = read(rel)
             if not isinstance(part, Mapping):
@@ -134,21 +141,27 @@ def load_dir_checkpoint(path: Path) -> dict[str, Any]:
     return join_payload(meta, lambda rel: load_checkpoint(_inside(path, rel)), path)
 
 
-def _serialise(payload: Any) -> tuple[memoryview, str]:
+def _serialise(payload: Any) -> memoryview:
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    view = buffer.getbuffer()
-    return view, hashlib.md5(view, usedforsecurity=False).hexdigest()
+    return buffer.getbuffer()
 
 
-def _unchanged(dest: Path, md5: str, previous: FileStat | None) -> bool:
-    if previous is None or previous[0] != md5:
+def _unchanged(dest: Path, view: memoryview, previous: FileStat | None) -> bool:
+    """Whether ``dest`` is still the file expckpt published (same stat) and holds ``view``'s
+    bytes: then its known MD5 is this file's too. Reading a file back from the page cache and
+    comparing costs a fraction of hashing it (a frozen backbone is compared, not rehashed)."""
+    if previous is None or previous[1] != view.nbytes:
         return False
     try:
         st = os.stat(dest)
-    except FileNotFoundError:
+        if (st.st_size, st.st_mtime_ns, st.st_ino) != tuple(previous[1:]):
+            return False
+        with open(dest, "rb") as handle:
+            data = bytearray(view.nbytes)
+            return handle.readinto(data) == view.nbytes and data == view  # memcmp, ~1 ms for 16 MB
+    except OSError:
         return False
-    return (st.st_size, st.st_mtime_ns, st.st_ino) == tuple(previous[1:])
 
 
 def write_dir_temp(
@@ -162,12 +175,14 @@ def write_dir_temp(
     changed: dict[str, WrittenFile] = {}
     try:
         for rel, payload in files.items():
-            view, md5 = _serialise(payload)
-            entries[rel] = (md5, view.nbytes)
+            view = _serialise(payload)
             target = dest / rel
             prev = previous.get(rel)
-            if _unchanged(target, md5, tuple(prev) if prev is not None else None):  # type: ignore[arg-type]
+            if prev is not None and _unchanged(target, view, tuple(prev)):  # type: ignore[arg-type]
+                entries[rel] = (str(prev[0]), view.nbytes)
                 continue
+            md5 = hashlib.md5(view, usedforsecurity=False).hexdigest()
+            entries[rel] = (md5, view.nbytes)
             tmp = target.with_name(f"{TEMP_MARK}{target.name}.{os.getpid()}.{threading.get_ident()}")
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)

@@ -58,7 +58,7 @@ def test_torch_save_of_equal_tensors_with_equal_keys_writes_equal_bytes() -> Non
     files_a = split_payload(TrainingState(model=a).capture(), {"model": a})
     files_b = split_payload(TrainingState(model=b).capture(), {"model": b})
     assert serialised(files_a["model/backbone.pt"]) == serialised(files_b["model/backbone.pt"])
-    assert serialised(files_a["model/head.pt"]) != serialised(files_b["model/head.pt"])
+    assert serialised(files_a["expckpt.pt"]) != serialised(files_b["expckpt.pt"])
 
 
 def test_layout_splits_where_frozen_and_trained_parameters_meet() -> None:
@@ -67,10 +67,14 @@ def test_layout_splits_where_frozen_and_trained_parameters_meet() -> None:
     model.embed.requires_grad_(False)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     files = split_payload(TrainingState(model=model, optimizer=opt).capture(), {"model": model})
-    assert set(files) == {"expckpt.pt", "model/embed.pt", "model/layer/_frozen.pt", "model/layer/_trained.pt",
-                          "model/out.pt", "optimizer.pt"}
+    assert set(files) == {"expckpt.pt", "model/embed.pt", "model/layer/_frozen.pt"}
     assert set(files["model/layer/_frozen.pt"]) == {"layer.weight"}
-    assert set(files["model/layer/_trained.pt"]) == {"layer.a", "layer.b"}
+    hot = files["expckpt.pt"]  # everything that changes while training: one file
+    assert set(hot["model"]) == {"layer.a", "layer.b", "out.weight", "out.bias"} and "optimizer" in hot
+    whole = torch.nn.Linear(4, 4)
+    assert set(split_payload(TrainingState(net=whole).capture(), {"net": whole})) == {"expckpt.pt"}
+    whole.requires_grad_(False)
+    assert set(split_payload(TrainingState(net=whole).capture(), {"net": whole})) == {"expckpt.pt", "net.pt"}
 
 
 def test_directory_round_trip_restores_every_object_exactly(tmp_path: Path) -> None:
@@ -130,11 +134,11 @@ def test_unchanged_files_are_not_written_again(tmp_path: Path, monkeypatch: pyte
     proj = toy_project(tmp_path / "p", "dir", ["ckpt/"])
     train(proj, "a", range(1), monkeypatch)
     backbone = os.stat(proj / "ckpt" / "model" / "backbone.pt")
-    head = os.stat(proj / "ckpt" / "model" / "head.pt")
+    head = os.stat(proj / "ckpt" / "expckpt.pt")
     train(proj, "a", range(1, 3), monkeypatch)
     after = os.stat(proj / "ckpt" / "model" / "backbone.pt")
     assert (after.st_ino, after.st_mtime_ns) == (backbone.st_ino, backbone.st_mtime_ns)
-    assert os.stat(proj / "ckpt" / "model" / "head.pt").st_ino != head.st_ino
+    assert os.stat(proj / "ckpt" / "expckpt.pt").st_ino != head.st_ino
     recs = {r.name: r for r in load_records(GitStore.open(proj))}
     assert hash_dir(proj / "ckpt")[0] == recs["a@2"].outs["ckpt"].md5
 
@@ -149,7 +153,7 @@ def test_gc_counts_the_files_of_a_kept_directory_as_used(tmp_path: Path, monkeyp
     assert {r.name for r in plan.remove} == {"a@0", "a@1"}
     assert not (set(plan.objects) & cache.expand(kept)), "a kept directory's manifest and files stay"
     assert recs["a@0"].outs["ckpt"].md5 in plan.objects
-    assert cache.manifest(recs["a@0"].outs["ckpt"].md5)["model/head.pt"] in plan.objects
+    assert cache.manifest(recs["a@0"].outs["ckpt"].md5)["expckpt.pt"] in plan.objects
     execute_gc(plan, store, cache)
     assert cache.has(kept)
     assert verify_records(load_records(store), store, cache) == []
@@ -160,9 +164,10 @@ def test_crash_part_way_through_renaming_a_directory_rolls_back(tmp_path: Path, 
     train(proj, "a", range(2), monkeypatch)
     cache = DvcCache.for_project(proj, proj / ".git")
     recs = {r.name: r for r in load_records(GitStore.open(proj))}
-    # as if a checkpoint died after renaming its new head.pt but before the rest: a mix of files
-    old_head = cache.manifest(recs["a@0"].outs["ckpt"].md5)["model/head.pt"]
-    cache.checkout(old_head, proj / "ckpt" / "model" / "head.pt")
+    # as if a checkpoint died after renaming its files but before deleting one its layout no
+    # longer has: a mix of files expckpt wrote that no manifest describes
+    old_head = cache.manifest(recs["a@0"].outs["ckpt"].md5)["expckpt.pt"]
+    cache.checkout(old_head, proj / "ckpt" / "model" / "stale.pt")
     assert hash_dir(proj / "ckpt")[0] not in {r.outs["ckpt"].md5 for r in recs.values()}
     ckpt, state = train(proj, "a", range(0), monkeypatch)
     assert ckpt.resumed is not None and ckpt.resumed.rolled_back and ckpt.resumed.record.name == "a@1"

@@ -150,14 +150,14 @@ def test_directory_output_dvc_exp_run_apply_push_pull_verify_and_exact_resume(tm
         rec = recs[f"full@{k}"]
         locked = locked_outs(proj, rec.commit)["ckpt"]
         assert locked["md5"] == rec.outs["ckpt"].md5 and locked["md5"].endswith(".dir")
-        assert locked["nfiles"] == rec.outs["ckpt"].nfiles == 4
+        assert locked["nfiles"] == rec.outs["ckpt"].nfiles == 2  # expckpt.pt and model/backbone.pt
         h = locked["md5"]
         assert (proj / ".dvc" / "cache" / "files" / "md5" / h[:2] / h[2:]).is_file()
         assert cache.has(h)
     # the frozen backbone is one object shared by every checkpoint
     manifests = [cache.manifest(recs[f"full@{k}"].outs["ckpt"].md5) for k in range(4)]
     assert len({m["model/backbone.pt"] for m in manifests}) == 1
-    assert len({m["model/head.pt"] for m in manifests}) == 4
+    assert len({m["expckpt.pt"] for m in manifests}) == 4
 
     # dvc exp apply checks the directory out; a stray file in it is removed
     (proj / "ckpt" / "stray.pt").write_bytes(b"x")
@@ -169,8 +169,7 @@ def test_directory_output_dvc_exp_run_apply_push_pull_verify_and_exact_resume(tm
     recs = records_by_name(proj)
     again, full = recs["again@3"].outs["ckpt"].md5, recs["full@3"].outs["ckpt"].md5
     assert same_checkpoint(cache, again, full)  # exactly the state of the uninterrupted run
-    for part in ("model/backbone.pt", "model/head.pt"):  # tensors only: the very same objects
-        assert cache.manifest(again)[part] == cache.manifest(full)[part]
+    assert cache.manifest(again)["model/backbone.pt"] == cache.manifest(full)["model/backbone.pt"]
     assert run("expckpt", "verify", "--all", cwd=proj).returncode == 0
 
     # dvc exp push / pull move the manifest and every file
@@ -184,18 +183,18 @@ def test_directory_output_dvc_exp_run_apply_push_pull_verify_and_exact_resume(tm
     assert hash_dir(clone / "ckpt")[0] == recs["full@2"].outs["ckpt"].md5
 
     # a corrupted file inside a cached directory is caught, and named
-    head = cache.manifest(recs["full@2"].outs["ckpt"].md5)["model/head.pt"]
+    head = cache.manifest(recs["full@2"].outs["ckpt"].md5)["expckpt.pt"]
     obj = cache.object_path(head)
     os.chmod(obj, 0o644)
     obj.write_bytes(obj.read_bytes()[:-1] + b"!")
     bad = run("expckpt", "verify", "--all", cwd=proj, check=False)
     assert bad.returncode == 1
-    assert "full@2" in bad.stderr and "model/head.pt" in bad.stderr and "corrupt" in bad.stderr
+    assert "full@2" in bad.stderr and "expckpt.pt" in bad.stderr and "corrupt" in bad.stderr
 
 
 @pytest.mark.slow
 def test_frozen_backbone_stores_only_the_changed_files(tmp_path: Path) -> None:
-    """New bytes in the cache per checkpoint: the head, optimizer and meta files, not the backbone."""
+    """New bytes in the cache per checkpoint: expckpt.pt (head, optimizer, step, RNG), not the backbone."""
     proj = toy_project(tmp_path / "p", "dir", ["ckpt/"], width=512, epochs=4)
     run("dvc", "exp", "run", "-n", "f", cwd=proj)
     recs = records_by_name(proj)
