@@ -206,3 +206,15 @@ def test_a_directory_whose_files_are_complete_is_published_as_it_is(tmp_path: Pa
     assert record.outs["ckpt"].nfiles == 3 and record.outs["ckpt"].md5 == hash_dir(proj / "ckpt")[0]
     assert set(cache.manifest(record.outs["ckpt"].md5)) == {".metadata", "__0_0.distcp", "__1_0.distcp"}
     assert verify_records([record], store, cache) == []
+
+
+def test_async_directory_checkpoints_publish_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    proj = toy_project(tmp_path / "p", "dir", ["ckpt/"])
+    train(proj, "s", range(3), monkeypatch, config={"async": True})
+    store, cache = GitStore.open(proj), DvcCache.for_project(proj, proj / ".git")
+    recs = {r.name: r for r in load_records(store)}
+    assert set(recs) == {"s@0", "s@1", "s@2"}
+    assert hash_dir(proj / "ckpt")[0] == recs["s@2"].outs["ckpt"].md5
+    assert verify_records(recs.values(), store, cache) == []
+    ckpt, state = train(proj, "s", range(0), monkeypatch, config={"async": True})
+    assert ckpt.resumed is not None and ckpt.resumed.record.name == "s@2" and state.step == 2
