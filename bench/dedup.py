@@ -127,7 +127,7 @@ def measure(kind: str, steps: int, base: Path, env: dict[str, str]) -> list[dict
             before[out] = after
     for ckpt, _ in setups.values():
         ckpt.close(state)
-    os.chdir(base)
+    os.chdir(C.REPO)
     return [{"kind": kind, "out": out, "first": new_bytes[out][0], "new_bytes": statistics.median(new_bytes[out][1:]),
              "blocked": statistics.median(blocked[out][1:]), "all_new_bytes": new_bytes[out], "all_blocked": blocked[out]}
             for out in outs]
