@@ -218,3 +218,22 @@ def test_async_directory_checkpoints_publish_and_resume(tmp_path: Path, monkeypa
     assert verify_records(recs.values(), store, cache) == []
     ckpt, state = train(proj, "s", range(0), monkeypatch, config={"async": True})
     assert ckpt.resumed is not None and ckpt.resumed.record.name == "s@2" and state.step == 2
+
+
+def test_an_unchanged_directory_is_not_read_again(tmp_path: Path) -> None:
+    """hash_dir trusts the note's per-file stats: a file whose stat matches is not reread."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.pt").write_bytes(b"aaa")
+    st = os.stat(tmp_path / "d" / "a.pt")
+    noted = {"a.pt": ("0" * 32, st.st_size, st.st_mtime_ns, st.st_ino)}  # a hash it would never compute
+    assert hash_dir(tmp_path / "d", noted)[3]["a.pt"][0] == "0" * 32
+    (tmp_path / "d" / "a.pt").write_bytes(b"bbb")  # same size, new mtime: read again
+    assert hash_dir(tmp_path / "d", noted)[3]["a.pt"][0] != "0" * 32
+
+
+def test_several_outputs_need_a_training_state_each() -> None:
+    from expckpt.errors import ConfigError
+    from expckpt.stateset import as_state_files
+
+    with pytest.raises(ConfigError, match=r"dict of checkpoint output path -> TrainingState \(got Linear for 'ema.pt'\)"):
+        as_state_files({"model.pt": TrainingState(extras={}), "ema.pt": torch.nn.Linear(2, 2)}, ["model.pt", "ema.pt"])
