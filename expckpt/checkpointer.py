@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from expckpt.atomic import TEMP_MARK
 from expckpt.checkpoint_file import check_architecture, load_checkpoint, write_temp
 from expckpt.committer import Written
-from expckpt.dirout import FileStat, WrittenDir
+from expckpt.dirout import FileStat, WrittenDir, output_stat
 from expckpt.dirstate import load_dir_checkpoint, split_payload, write_dir_temp
 from expckpt.config import CheckpointConfig
 from expckpt.errors import CheckpointError
@@ -299,21 +298,14 @@ class Checkpointer:
             self._retention.add(record)
 
     def _stats(self) -> tuple[Any, ...] | None:
-        if len(self.wiring.outputs) == 1 and not self.wiring.path.is_dir():
-            return _stat(self.wiring.path)
-        return tuple(_stat(o.path) if not o.path.is_dir() else _dir_stat(o.path) for o in self.wiring.outputs)
+        """The outputs' stats now (None while none exists)."""
+        stats = tuple(output_stat(o.path) for o in self.wiring.outputs)
+        return None if all(st is None for st in stats) else stats
 
     def _noted_stats(self) -> tuple[Any, ...] | None:
-        found: list[Any] = []
-        for out in self.wiring.outputs:
-            noted = SessionNote.read(self.wiring.workspace, out.rel_path)
-            if noted is None:
-                return self._stats()
-            if noted.files is not None:
-                found.append(tuple(sorted((rel, s[1], s[2], s[3]) for rel, s in noted.files.items())))
-            else:
-                found.append((noted.size, noted.mtime_ns, noted.inode))
-        return found[0] if len(found) == 1 and self.wiring.outputs[0].path.is_file() else tuple(found)
+        """The outputs' stats the committer noted right after publishing them."""
+        notes = [SessionNote.read(self.wiring.workspace, o.rel_path) for o in self.wiring.outputs]
+        return self._stats() if None in notes else tuple(n.stat_key() for n in notes if n is not None)
 
     def _guard_file(self) -> None:
         """Stop if something else wrote the checkpoint file since expckpt last did."""
@@ -389,22 +381,3 @@ class Checkpointer:
         if self.wiring.committer is None and self.wiring.path.exists():
             return f"last checkpoint: {self.wiring.rel_path}"
         return "no checkpoint was completed"
-
-
-def _dir_stat(path: Path) -> tuple[tuple[str, int, int, int], ...]:
-    found = []
-    for root, _, names in os.walk(path):
-        for name in names:
-            if TEMP_MARK not in name:
-                full = Path(root, name)
-                st = os.stat(full)
-                found.append((full.relative_to(path).as_posix(), st.st_size, st.st_mtime_ns, st.st_ino))
-    return tuple(sorted(found))
-
-
-def _stat(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_size, st.st_mtime_ns, st.st_ino

@@ -20,10 +20,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from expckpt.atomic import TEMP_MARK, WrittenFile, fsync_dir, md5_file
 
-__all__ = ["DIR_SUFFIX", "FileStat", "WrittenDir", "build_manifest", "hash_dir", "is_dir_hash", "parse_manifest"]
+__all__ = ["DIR_SUFFIX", "FileStat", "WrittenDir", "build_manifest", "hash_dir", "is_dir_hash", "output_stat", "parse_manifest"]
 
 DIR_SUFFIX = ".dir"
 
@@ -94,6 +95,23 @@ def hash_dir(path: Path, known: Mapping[str, FileStat] | None = None) -> tuple[s
             stats[rel] = (md5, size, st.st_mtime_ns, st.st_ino)
     md5, _ = build_manifest({rel: (s[0], s[1]) for rel, s in stats.items()})
     return md5, sum(s[1] for s in stats.values()), len(stats), stats
+
+
+def output_stat(path: Path) -> tuple[Any, ...] | None:
+    """What says a checkpoint output changed: a file's ``(size, mtime_ns, inode)``, a
+    directory's ``((relpath, size, mtime_ns, inode), ...)``, None when it does not exist."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    if not path.is_dir():
+        return st.st_size, st.st_mtime_ns, st.st_ino
+    found = []
+    for rel in _walk(path):
+        with contextlib.suppress(FileNotFoundError):
+            s = os.stat(path / rel)
+            found.append((rel, s.st_size, s.st_mtime_ns, s.st_ino))
+    return tuple(found)
 
 
 @dataclass(frozen=True)

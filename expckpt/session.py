@@ -37,6 +37,12 @@ class SessionNote:
     """For a directory output: ``relpath -> [md5, size, mtime_ns, inode]`` of each file, so an
     unchanged directory is not rehashed (its own stat says nothing about its files)."""
 
+    def stat_key(self) -> tuple[Any, ...]:
+        """The noted stat in ``expckpt.dirout.output_stat``'s form."""
+        if self.files is None:
+            return self.size, self.mtime_ns, self.inode
+        return tuple(sorted((rel, s[1], s[2], s[3]) for rel, s in self.files.items()))
+
     @staticmethod
     def path_for(workspace: Path, checkpoint: str) -> Path:
         safe = checkpoint.replace("/", "__")
