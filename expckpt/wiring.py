@@ -14,7 +14,7 @@ from pathlib import Path
 
 from expckpt.cache import DvcCache
 from expckpt.committer import Committer
-from expckpt.errors import ProjectError
+from expckpt.errors import ConfigError, ProjectError
 from expckpt.gitstore import GitStore
 from expckpt.project import Project, RunContext
 from expckpt.records import CheckpointRecord
@@ -60,6 +60,13 @@ def _default_path(project: Project | None, stage: str | None) -> str:
         outs = [o for o in project.outputs() if o.checkpoint and (stage is None or o.stage == stage)]
     except ProjectError:
         return DEFAULT_PATH
+    if len(outs) > 1 and stage is not None:
+        paths = ", ".join(o.path for o in outs)
+        raise ConfigError(
+            f"stage {stage!r} has several checkpoint outputs ({paths}); say which state goes to which:"
+            f" CheckpointLive.from_env({{{', '.join(repr(o.path) + ': ...' for o in outs)}}}, params)",
+            key="path",
+        )
     return outs[0].path if len(outs) == 1 else DEFAULT_PATH
 
 

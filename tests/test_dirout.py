@@ -237,3 +237,14 @@ def test_several_outputs_need_a_training_state_each() -> None:
 
     with pytest.raises(ConfigError, match=r"dict of checkpoint output path -> TrainingState \(got Linear for 'ema.pt'\)"):
         as_state_files({"model.pt": TrainingState(extras={}), "ema.pt": torch.nn.Linear(2, 2)}, ["model.pt", "ema.pt"])
+
+
+def test_one_state_for_a_stage_with_several_checkpoint_outputs_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from expckpt.errors import ConfigError
+
+    proj = toy_project(tmp_path / "p", "multi", ["model.pt", "ema.pt"])
+    monkeypatch.chdir(proj)
+    head = run("git", "rev-parse", "HEAD", cwd=proj).stdout.strip()
+    env = {"DVC_ROOT": str(proj), "DVC_EXP_NAME": "x", "DVC_EXP_BASELINE_REV": head, "DVC_STAGE": "train"}
+    with pytest.raises(ConfigError, match=r"stage 'train' has several checkpoint outputs \(model.pt, ema.pt\); say which"):
+        Checkpointer.from_env(None, {"every": 1}, env=env)
