@@ -154,6 +154,9 @@ def test_directory_output_dvc_exp_run_apply_push_pull_verify_and_exact_resume(tm
         h = locked["md5"]
         assert (proj / ".dvc" / "cache" / "files" / "md5" / h[:2] / h[2:]).is_file()
         assert cache.has(h)
+    # dvc exp run's own commit at the end records the very directory of the last checkpoint
+    tip = run("git", "for-each-ref", "--format=%(objectname)", "refs/exps/*/*/full", cwd=proj).stdout.strip()
+    assert locked_outs(proj, tip)["ckpt"] == locked_outs(proj, recs["full@3"].commit)["ckpt"]
     # the frozen backbone is one object shared by every checkpoint
     manifests = [cache.manifest(recs[f"full@{k}"].outs["ckpt"].md5) for k in range(4)]
     assert len({m["model/backbone.pt"] for m in manifests}) == 1
