@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ __all__ = ["CacheSettings", "DvcCache"]
 
 DEFAULT_LINK_TYPES = ("reflink", "copy")
 """DVC's default ``cache.type``."""
+
+_OBJECT = re.compile(r"[0-9a-f]{32}(\.dir)?")
+"""A cache object's name: a file's MD5, or a directory manifest's (``<md5>.dir``)."""
 
 _UNSUPPORTED = {errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.ENOTTY, errno.ENOSYS, errno.EINVAL, errno.EAGAIN}
 """Errors that make DVC try the next link type (``dvc_objects.fs.generic._try_links``)."""
@@ -226,7 +230,7 @@ class DvcCache:
         with contextlib.suppress(FileNotFoundError):
             for line in self.written_log.read_text().splitlines():
                 md5, _, size = line.partition(" ")
-                if len(md5.removesuffix(DIR_SUFFIX)) == 32 and size.isdigit():
+                if _OBJECT.fullmatch(md5) and size.isdigit():
                     found[md5] = int(size)
         return found
 

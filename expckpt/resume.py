@@ -23,7 +23,7 @@ from pathlib import Path
 
 from expckpt.atomic import TEMP_MARK
 from expckpt.cache import DvcCache
-from expckpt.dirout import hash_dir
+from expckpt.dirout import hash_dir, output_stat
 from expckpt.gitstore import GitStore
 from expckpt.records import CheckpointRecord, load_records
 from expckpt.session import SessionNote, hash_with_note
@@ -83,18 +83,7 @@ def remove_stale_temps(path: Path) -> None:
 
 def _stat_key(path: Path, note: SessionNote | None) -> bool:
     """Whether ``path`` is exactly as the note left it (untouched since that checkpoint)."""
-    if note is None:
-        return False
-    if path.is_dir():
-        try:
-            return all(
-                (os.stat(path / rel).st_size, os.stat(path / rel).st_mtime_ns, os.stat(path / rel).st_ino) == tuple(s[1:])
-                for rel, s in (note.files or {}).items()
-            )
-        except OSError:
-            return False
-    st = os.stat(path)
-    return (note.size, note.mtime_ns, note.inode) == (st.st_size, st.st_mtime_ns, st.st_ino)
+    return note is not None and output_stat(path) == note.stat_key()
 
 
 def _ours(path: Path, note: SessionNote | None, md5: str | None, written: Mapping[str, int]) -> bool:
