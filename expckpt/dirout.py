@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from expckpt.atomic import TEMP_MARK, WrittenFile, fsync_dir, md5_file
 __all__ = ["DIR_SUFFIX", "FileStat", "WrittenDir", "build_manifest", "hash_dir", "is_dir_hash", "output_stat", "parse_manifest"]
 
 DIR_SUFFIX = ".dir"
+_FILE_MD5 = re.compile(r"[0-9a-f]{32}")
 
 FileStat = tuple[str, int, int, int]
 """``(md5, size, mtime_ns, inode)`` of one file inside a directory output."""
@@ -59,8 +61,8 @@ def parse_manifest(data: bytes) -> dict[str, str]:
         raise ValueError("a .dir manifest is a JSON list")
     found: dict[str, str] = {}
     for entry in raw:
-        rel, md5 = entry.get("relpath") if isinstance(entry, dict) else None, entry.get("md5") if isinstance(entry, dict) else None
-        if not (isinstance(rel, str) and isinstance(md5, str) and len(md5) == 32):
+        rel, md5 = (entry.get("relpath"), entry.get("md5")) if isinstance(entry, dict) else (None, None)
+        if not (isinstance(rel, str) and isinstance(md5, str) and _FILE_MD5.fullmatch(md5)):
             raise ValueError(f"bad .dir manifest entry {entry!r}")
         parts = rel.split("/")
         if rel.startswith("/") or any(p in ("", ".", "..") for p in parts):

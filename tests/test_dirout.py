@@ -248,3 +248,15 @@ def test_one_state_for_a_stage_with_several_checkpoint_outputs_is_refused(tmp_pa
     env = {"DVC_ROOT": str(proj), "DVC_EXP_NAME": "x", "DVC_EXP_BASELINE_REV": head, "DVC_STAGE": "train"}
     with pytest.raises(ConfigError, match=r"stage 'train' has several checkpoint outputs \(model.pt, ema.pt\); say which"):
         Checkpointer.from_env(None, {"every": 1}, env=env)
+
+
+@pytest.mark.parametrize("manifest", [
+    b'{"relpath": "a"}',
+    b'[{"relpath": "../x", "md5": "' + b"0" * 32 + b'"}]',
+    b'[{"relpath": "a", "md5": "../../../../etc/passwd/xxxxxxxxxx"}]',
+])
+def test_a_crafted_manifest_names_no_file_outside(manifest: bytes) -> None:
+    from expckpt.dirout import parse_manifest
+
+    with pytest.raises(ValueError):
+        parse_manifest(manifest)
