@@ -154,7 +154,7 @@ def test_gc_counts_the_files_of_a_kept_directory_as_used(tmp_path: Path, monkeyp
     assert not (set(plan.objects) & cache.expand(kept)), "a kept directory's manifest and files stay"
     assert recs["a@0"].outs["ckpt"].md5 in plan.objects
     assert cache.manifest(recs["a@0"].outs["ckpt"].md5)["expckpt.pt"] in plan.objects
-    execute_gc(plan, store, cache)
+    execute_gc(plan, store, cache, proj)
     assert cache.has(kept)
     assert verify_records(load_records(store), store, cache) == []
 
