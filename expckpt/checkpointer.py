@@ -30,7 +30,6 @@ from expckpt.committer import Written
 from expckpt.dirout import FileStat, WrittenDir
 from expckpt.dirstate import load_dir_checkpoint, split_payload, write_dir_temp
 from expckpt.config import CheckpointConfig
-from expckpt.errors import CheckpointError
 from expckpt.policy import CheckpointInfo, SaveContext
 from expckpt.pusher import Pusher
 from expckpt.records import CheckpointRecord
