@@ -171,9 +171,10 @@ class Checkpointer:
         group = self.group(state)
         for out in w.outputs:
             remove_stale_temps(out.path)
+        if w.committer is not None:  # a lost checkpoint (any output's) is not a fresh start
+            for out in w.outputs:
+                refuse_lost_checkpoint(out.path, out.rel_path, w.workspace, w.committer.store, w.committer.cache)
         if not w.path.exists():
-            if w.committer is not None:  # a lost checkpoint is not a fresh start
-                refuse_lost_checkpoint(w.path, w.rel_path, w.workspace, w.committer.store, w.committer.cache)
             return None
         if SessionNote.was_reset(w.workspace, w.rel_path):
             self.echo(f"expckpt: starting from scratch (expckpt reset); ignoring {w.rel_path} as DVC checked it out")
