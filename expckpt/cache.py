@@ -17,7 +17,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from expckpt.atomic import TEMP_MARK, fsync_dir, md5_file
+from expckpt.atomic import TEMP_MARK, atomic_write_bytes, fsync_dir, md5_file
+from expckpt.dirout import DIR_SUFFIX, WrittenDir, is_dir_hash, parse_manifest
 from expckpt.errors import CorruptCheckpointError, ProjectError, StorageError
 from expckpt.text import terminal_safe
 
@@ -62,7 +63,7 @@ class CacheSettings:
                 path=dvc_root,
             ) from exc
 
-_MD5 = re.compile(r"[0-9a-f]{32}")
+_MD5 = re.compile(r"[0-9a-f]{32}(\.dir)?")
 
 
 class DvcCache:
@@ -103,7 +104,8 @@ class DvcCache:
         return self.settings.link_types
 
     def object_path(self, md5: str) -> Path:
-        """Where the object ``md5`` lives; refuses anything but an MD5 (32 lowercase hex digits).
+        """Where the object ``md5`` lives; refuses anything but an MD5 (32 lowercase hex digits,
+        ``.dir`` after a directory's manifest).
 
         The hash comes from Git-sourced records and logs: a crafted one (``../../..``) must not
         make ``verify`` hash, or ``gc`` delete, a file outside the cache.
@@ -111,14 +113,22 @@ class DvcCache:
         if not isinstance(md5, str) or not _MD5.fullmatch(md5):
             shown = repr(md5) if len(repr(md5)) <= 60 else f"{repr(md5)[:57]}..."
             raise CorruptCheckpointError(
-                f"{terminal_safe(shown)} is not a DVC md5 (32 lowercase hex digits), so it names no"
+                f"{terminal_safe(shown)} is not a DVC md5 (32 lowercase hex digits, + .dir), so it names no"
                 " cache object; the record or log holding it is damaged or crafted:"
                 " run `expckpt verify --all` to find it"
             )
         return self.root / "files" / "md5" / md5[:2] / md5[2:]
 
     def has(self, md5: str) -> bool:
-        return self.object_path(md5).is_file()
+        """Whether the object is there (for a ``.dir``: its manifest and every file it lists)."""
+        if not self.object_path(md5).is_file():
+            return False
+        if not is_dir_hash(md5):
+            return True
+        try:
+            return all(self.object_path(m).is_file() for m in self.manifest(md5).values())
+        except (OSError, ValueError):
+            return False
 
     def add(self, src: Path, md5: str, size: int) -> Path:
         """Put the file ``src`` (whose hash is ``md5``) in the cache; a no-op if present.
@@ -193,13 +203,46 @@ class DvcCache:
         finally:
             os.close(fd)
 
+    def add_dir(self, written: WrittenDir) -> None:
+        """Put a directory checkpoint in the cache: every file first, the ``.dir`` manifest last
+        (DVC treats a directory as present when its manifest is)."""
+        for rel, src in written.sources().items():
+            md5, size = written.entries[rel]
+            self.add(src, md5, size)
+        dest = self.object_path(written.md5)
+        if dest.is_file():
+            return
+        try:
+            self._makedirs(dest.parent)
+            atomic_write_bytes(dest, written.manifest)
+            os.chmod(dest, 0o444)
+        except (OSError, StorageError) as exc:
+            raise StorageError(
+                f"could not add the manifest of {written.dest} to the DVC cache at {self.root}: {exc};"
+                " free some space and run again; the previous checkpoint is intact",
+                path=dest,
+            ) from exc
+        self._log_written(written.md5, len(written.manifest))
+
+    def manifest(self, md5: str) -> dict[str, str]:
+        """``relpath -> md5`` of the cached ``.dir`` object ``md5``; raises OSError/ValueError."""
+        return parse_manifest(self.object_path(md5).read_bytes())
+
+    def expand(self, md5: str) -> set[str]:
+        """``md5`` and, for a ``.dir`` object in the cache, every file it lists."""
+        found = {md5}
+        if is_dir_hash(md5):
+            with contextlib.suppress(OSError, ValueError):
+                found.update(self.manifest(md5).values())
+        return found
+
     def written_objects(self) -> dict[str, int]:
         """Objects expckpt has added to this cache (md5 -> size), present or not."""
         found: dict[str, int] = {}
         with contextlib.suppress(FileNotFoundError):
             for line in self.written_log.read_text().splitlines():
                 md5, _, size = line.partition(" ")
-                if len(md5) == 32 and size.isdigit():
+                if _MD5.fullmatch(md5) and size.isdigit():
                     found[md5] = int(size)
         return found
 
@@ -209,7 +252,19 @@ class DvcCache:
         if not path.is_file():
             return "missing from the cache"
         actual, _ = md5_file(path)
-        return None if actual == md5 else f"corrupt (content hashes to {actual})"
+        if actual != md5.removesuffix(DIR_SUFFIX):
+            return f"corrupt (content hashes to {actual})"
+        if not is_dir_hash(md5):
+            return None
+        try:
+            files = self.manifest(md5)
+        except (OSError, ValueError) as exc:
+            return f"an unreadable directory manifest ({exc})"
+        for rel, file_md5 in sorted(files.items()):
+            problem = self.verify(file_md5)
+            if problem is not None:
+                return f"a directory whose file {rel} (md5 {file_md5}) is {problem}"
+        return None
 
     def remove(self, md5: str) -> int:
         """Delete one object; return the bytes freed (0 if it was not there)."""
@@ -222,9 +277,23 @@ class DvcCache:
         return size
 
     def checkout(self, md5: str, dest: Path) -> None:
-        """Copy an object to ``dest`` atomically (the workspace copy stays writable)."""
+        """Copy an object to ``dest`` atomically (the workspace copy stays writable); a ``.dir``
+        object becomes the directory ``dest`` holding exactly its files."""
         from expckpt.atomic import atomic_writer
 
+        if is_dir_hash(md5):
+            files = self.manifest(md5)
+            for rel, file_md5 in files.items():
+                target = dest / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if not (target.is_file() and md5_file(target)[0] == file_md5):
+                    self.checkout(file_md5, target)
+            for root, _, names in os.walk(dest):
+                for name in names:
+                    full = Path(root, name)
+                    if full.relative_to(dest).as_posix() not in files:
+                        full.unlink()
+            return
         src = self.object_path(md5)
         with atomic_writer(dest) as (handle, _), open(src, "rb") as source:
             shutil.copyfileobj(source, handle, 1 << 22)

@@ -161,8 +161,13 @@ def check_architecture(model: torch.nn.Module, weights: Mapping[str, Any], path:
 
 
 def load_model(path: Path, model: torch.nn.Module) -> dict[str, Any]:
-    """Load only the model weights of a checkpoint (for evaluation and inference)."""
-    payload = load_checkpoint(path)
+    """Load only the model weights of a checkpoint file or directory (for evaluation and inference)."""
+    if Path(path).is_dir():
+        from expckpt.dirstate import load_dir_checkpoint  # it builds on this module
+
+        payload = load_dir_checkpoint(Path(path))
+    else:
+        payload = load_checkpoint(path)
     weights = payload.get("model", payload)
     check_architecture(model, weights, Path(path))
     model.load_state_dict(weights)

@@ -20,14 +20,16 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from expckpt.checkpoint_file import check_architecture, load_checkpoint, write_temp
+from expckpt.committer import Written
+from expckpt.dirout import FileStat, WrittenDir
+from expckpt.dirstate import load_dir_checkpoint, split_payload, write_dir_temp
 from expckpt.config import CheckpointConfig
-from expckpt.errors import CheckpointError
 from expckpt.policy import CheckpointInfo, SaveContext
 from expckpt.pusher import Pusher
 from expckpt.records import CheckpointRecord
@@ -39,11 +41,16 @@ from expckpt.retention import RunRetention
 from expckpt.session import SessionNote
 from expckpt.signals import GracefulStop
 from expckpt.state import TrainingState
+from expckpt.stateset import StateFiles, as_state_files
 from expckpt.watch import TrainingWatch
 from expckpt.wiring import Wiring, wire
+from expckpt.workspace_guard import WorkspaceGuard
 from expckpt.writer import AsyncWriter
 
 __all__ = ["Checkpointer", "Decision", "Resumed", "StopTraining"]
+
+AnyState = TrainingState | StateFiles | Mapping[str, TrainingState]
+"""One ``TrainingState``, or ``checkpoint output path -> TrainingState`` for several outputs."""
 
 
 class StopTraining(Exception):
@@ -90,7 +97,9 @@ class Checkpointer:
         self._last_saved: CheckpointInfo | None = None
         self._unsaved: tuple[int, dict[str, float]] | None = None
         self._metrics_checked = False
-        self._file_stat: tuple[int, int, int] | None = None
+        self._guard = WorkspaceGuard(wiring)
+        self._dir_files: dict[str, Mapping[str, FileStat]] = {}
+        """Per-file stats of each directory output as last published (unchanged files are skipped)."""
         self._writer: AsyncWriter | None = None
         self._inflight = 0
         self._inflight_lock = threading.Lock()
@@ -103,13 +112,14 @@ class Checkpointer:
     @classmethod
     def from_env(
         cls,
-        path: str | os.PathLike[str] | None = None,
+        path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
         config: CheckpointConfig | Mapping[str, Any] | None = None,
         *,
         live_dir: str = "dvclive",
         env: Mapping[str, str] | None = None,
     ) -> Checkpointer:
-        """Set up for this process. ``path`` defaults to the stage's ``checkpoint: true`` output."""
+        """Set up for this process. ``path`` defaults to the stage's ``checkpoint: true`` output;
+        a list of paths publishes them together (``ckpt/``, ending in ``/``: a directory output)."""
         if not isinstance(config, CheckpointConfig):
             config = CheckpointConfig.from_params(config)
         wiring = wire(path, live_dir=live_dir, env=env)
@@ -138,25 +148,33 @@ class Checkpointer:
         return self.wiring.committer
 
     # -- resume ----------------------------------------------------------------------------------
-    def restore(self, state: TrainingState, *, defer_rng: bool = False) -> Resumed | None:
-        """Load the checkpoint file into ``state`` if there is one; ``None`` means a fresh start.
+    def group(self, state: AnyState) -> StateFiles:
+        """``state`` as one TrainingState per checkpoint output."""
+        return as_state_files(state, [o.rel_path for o in self.wiring.outputs])
+
+    def restore(self, state: AnyState, *, defer_rng: bool = False) -> Resumed | None:
+        """Load the checkpoint output(s) into ``state`` if there are any; ``None`` means a fresh start.
 
         The rules for which checkpoint that is are in ``expckpt.resume``. With ``defer_rng`` the
         RNG states wait for ``state.apply_rng()`` (``CheckpointLive`` calls it at the first step).
+        ``state`` is a ``TrainingState``, or ``output path -> TrainingState`` for several outputs.
         Inside ``dvc exp run``, a run whose next steps are already checkpoints of another run
         with the same experiment name is refused here, before any training.
         """
         resumed = self._restore(state, defer_rng)
         if self.wiring.committer is not None:
-            self.wiring.committer.check_name(state.step + 1)
+            self.wiring.committer.check_name(self.group(state).step + 1)
         return resumed
 
-    def _restore(self, state: TrainingState, defer_rng: bool) -> Resumed | None:
+    def _restore(self, state: AnyState, defer_rng: bool) -> Resumed | None:
         w = self.wiring
-        remove_stale_temps(w.path)
+        group = self.group(state)
+        for out in w.outputs:
+            remove_stale_temps(out.path)
+        if w.committer is not None:  # a lost checkpoint (any output's) is not a fresh start
+            for out in w.outputs:
+                refuse_lost_checkpoint(out.path, out.rel_path, w.workspace, w.committer.store, w.committer.cache)
         if not w.path.exists():
-            if w.committer is not None:  # a lost checkpoint is not a fresh start
-                refuse_lost_checkpoint(w.path, w.rel_path, w.workspace, w.committer.store, w.committer.cache)
             return None
         if SessionNote.was_reset(w.workspace, w.rel_path):
             self.echo(f"expckpt: starting from scratch (expckpt reset); ignoring {w.rel_path} as DVC checked it out")
@@ -164,30 +182,43 @@ class Checkpointer:
         point = ResumePoint(None, rolled_back=False)
         if w.committer is not None and w.path.exists():
             c = w.committer
-            point = find_resume_point(w.path, w.rel_path, w.workspace, c.store, c.cache, self.echo)
+            paths = {o.rel_path: o.path for o in w.outputs}
+            point = find_resume_point(paths, w.rel_path, w.workspace, c.store, c.cache, self.echo)
         if not w.path.exists():
             return None
-        payload = load_checkpoint(w.path)
-        for name, module in state.modules().items():
-            check_architecture(module, payload.get(name), w.path)
-        for line in state.restore(payload, defer_rng=defer_rng):
-            self.echo(line)
-        self.watch.load_state_dict(state.library.get("watch") or {})
+        for out in w.outputs:
+            st = group.states.get(out.rel_path)
+            if st is None or not out.path.exists():
+                continue
+            payload = load_dir_checkpoint(out.path) if out.path.is_dir() else load_checkpoint(out.path)
+            for name, module in st.modules().items():
+                check_architecture(module, payload.get(name), out.path)
+            for line in st.restore(payload, defer_rng=True):
+                self.echo(line)
+        if not defer_rng:
+            group.apply_rng()
+        self.watch.load_state_dict(group.library.get("watch") or {})
         if point.record is not None:
             assert w.committer is not None
             self.parent = point.record.commit
             self.last_record = point.record
             restore_live_files(w.committer.store, point.record.commit, w.workspace, w.live_dir)
-        self._last_saved = CheckpointInfo(step=state.step, metrics={}, time=time.time())
-        self._file_stat = _stat(w.path)
-        self.resumed = Resumed(step=state.step, record=point.record, rolled_back=point.rolled_back)
+        self._last_saved = CheckpointInfo(step=group.step, metrics={}, time=time.time())
+        self._guard.note_now()
+        for out in w.outputs:
+            note = SessionNote.read(w.workspace, out.rel_path)
+            if out.is_dir and note is not None and note.files:
+                self._dir_files[out.rel_path] = {k: tuple(v) for k, v in note.files.items()}  # type: ignore[misc]
+        self.resumed = Resumed(step=group.step, record=point.record, rolled_back=point.rolled_back)
         origin = f" ({point.record.name})" if point.record else ""
-        self.echo(f"Resuming from {w.rel_path}{origin}: {state.step + 1} steps done")
+        names = ", ".join(o.rel_path for o in w.outputs if o.path.exists())
+        self.echo(f"Resuming from {names}{origin}: {group.step + 1} steps done")
         return self.resumed
 
     # -- training hooks --------------------------------------------------------------------------
-    def save(self, state: TrainingState, step: int, metrics: Mapping[str, Any]) -> Decision:
+    def save(self, state: AnyState, step: int, metrics: Mapping[str, Any]) -> Decision:
         """Step ``step`` completed with ``metrics``: save it if the save policy says so."""
+        state = self.group(state)
         flat = _flatten(metrics)
         self._check_metrics(flat)
         state.step = step
@@ -215,7 +246,7 @@ class Checkpointer:
             self.echo(f"expckpt: divergence detection is off: this run logs no metric named"
                       f" {self.config.divergence_metric!r} (set checkpoint.divergence_metric to one it logs)")
 
-    def _save_if(self, state: TrainingState, step: int, flat: dict[str, float], event: str, note: str | None) -> bool:
+    def _save_if(self, state: StateFiles, step: int, flat: dict[str, float], event: str, note: str | None) -> bool:
         ctx = SaveContext(step=step, now=time.time(), last_saved=self._last_saved, event=event)
         if not self._save_policy.should_save(ctx):
             self._unsaved = (step, flat)
@@ -225,8 +256,8 @@ class Checkpointer:
         if event != "step":
             self.wait()  # the final and the stop save are never skipped as busy
         state.library["watch"] = self.watch.state_dict()
-        self._guard_file()
-        payload = state.capture()
+        self._guard.check(busy=self._inflight > 0, last=self.last_record)
+        payload = self._capture(state)
         live_files = self.wiring.committer.read_live_files() if self.wiring.committer else {}
         job = (step, flat, live_files, note)
         with self.stop.critical():
@@ -248,6 +279,34 @@ class Checkpointer:
         self._last_saved = CheckpointInfo(step=step, metrics=flat, time=ctx.now)
         return True
 
+    def _capture(self, state: StateFiles) -> dict[str, Any]:
+        """``output path -> payload`` (a directory output: ``relpath inside it -> payload``)."""
+        payloads: dict[str, Any] = {}
+        for out in self.wiring.outputs:
+            st = state.states[out.rel_path]
+            payloads[out.rel_path] = split_payload(st.capture(), st.modules()) if out.is_dir else st.capture()
+        return payloads
+
+    def _write_outputs(self, payloads: Mapping[str, Any]) -> list[Written]:
+        """Every output's temp files, complete and hashed (nothing published yet)."""
+        items: list[Written] = []
+        try:
+            for out in self.wiring.outputs:
+                if out.is_dir:
+                    items.append(write_dir_temp(payloads[out.rel_path], out.path, self._dir_files.get(out.rel_path)))
+                else:
+                    items.append(write_temp(payloads[out.rel_path], out.path))
+        except BaseException:
+            for item in items:
+                item.discard()
+            raise
+        return items
+
+    def _note_published(self, items: list[Written]) -> None:
+        for out, item in zip(self.wiring.outputs, items):
+            if isinstance(item, WrittenDir):
+                self._dir_files[out.rel_path] = item.stats()
+
     def _write_job(self, job: tuple[Any, int, Mapping[str, float], dict[str, bytes], str | None]) -> None:
         try:
             self._publish(job)
@@ -259,21 +318,20 @@ class Checkpointer:
     def _publish(self, job: tuple[Any, int, Mapping[str, float], dict[str, bytes], str | None]) -> None:
         payload, step, metrics, live_files, note = job
         w = self.wiring
-        written = write_temp(payload, w.path)
+        items = self._write_outputs(payload)
         try:
             if w.committer is None:
-                written.publish()
+                for item in items:
+                    item.publish()
                 SessionNote.forget_reset(w.workspace, w.rel_path)
             else:
-                record = w.committer.publish(written, step=step, metrics=metrics, live_files=live_files, parent=self.parent)
+                record = w.committer.publish(items, step=step, metrics=metrics, live_files=live_files, parent=self.parent)
         except BaseException:
-            written.discard()
+            for item in items:
+                item.discard()
             raise
-        if w.committer is None:
-            self._file_stat = _stat(w.path)
-        else:  # the stat the committer noted right after the rename, not whatever is there now
-            noted = SessionNote.read(w.workspace, w.rel_path)
-            self._file_stat = (noted.size, noted.mtime_ns, noted.inode) if noted else _stat(w.path)
+        self._note_published(items)
+        self._guard.note_published()
         if note:
             self.echo(note)
         if w.committer is None:
@@ -285,46 +343,23 @@ class Checkpointer:
         if self._pusher is not None:  # after retention: a checkpoint it dropped is not pushed
             self._pusher.submit(record)
 
-    def _guard_file(self) -> None:
-        """Stop if something else wrote the checkpoint file since expckpt last did (checked
-        when no background checkpoint is in flight: that one is about to replace the file)."""
-        if self._file_stat is None or self._inflight or _stat(self.wiring.path) == self._file_stat:
-            return
-        if _stat(self.wiring.path) == self._file_stat:
-            return
-        last = f" since {self.last_record.name}" if self.last_record else ""
-        raise CheckpointError(
-            f"{self.wiring.rel_path} was changed by something other than expckpt{last} (your own"
-            f" torch.save(..., {self.wiring.rel_path!r})? a `dvc exp apply` during the run?); expckpt writes"
-            " that file itself: save anything else to another path, then run again")
-
     # -- the end -----------------------------------------------------------------------------------
-    def finish(self, state: TrainingState) -> None:
+    def finish(self, state: AnyState) -> None:
         """End of training: save the last completed step if the policy skipped it, and wait."""
+        state = self.group(state)
         if self._unsaved is not None and state.step >= 0:
             step, flat = self._unsaved
             if self.config.every == 0:
-                self._guard_file()
-                written = write_temp(state.capture(), self.wiring.path)
-                written.publish()
-                self._file_stat = _stat(self.wiring.path)
+                self._guard.check(busy=self._inflight > 0, last=self.last_record)
+                items = self._write_outputs(self._capture(state))
+                for item in items:
+                    item.publish()
+                self._note_published(items)
+                self._guard.note_now()
             else:
                 self._save_if(state, step, flat, "final", None)
         self.wait()
-        self._put_back_last()
-
-    def _put_back_last(self) -> None:
-        """``dvc exp run`` commits the workspace when training ends: make sure it holds the last
-        checkpoint's file and dvc.lock, even if something replaced them during the run."""
-        c, record = self.wiring.committer, self.last_record
-        if c is None or record is None or self._file_stat is None or _stat(self.wiring.path) == self._file_stat:
-            return
-        out = record.outs.get(self.wiring.rel_path)
-        if out is None or not c.cache.has(out.md5):
-            return
-        c.cache.checkout(out.md5, self.wiring.path)
-        c.restore_lock(record)
-        self.echo(f"expckpt: warning: {self.wiring.rel_path} was changed during the run; put back {record.name}'s")
+        self._guard.put_back(self.last_record, self.echo)
 
     def wait(self) -> None:
         """Wait until every background checkpoint is published (re-raises a failure)."""
@@ -333,7 +368,7 @@ class Checkpointer:
 
     drain = wait  # expckpt 0.1's name
 
-    def close(self, state: TrainingState | None = None) -> None:
+    def close(self, state: AnyState | None = None) -> None:
         """Finish (when given the state), then stop the background writer."""
         try:
             if state is not None:
@@ -345,7 +380,7 @@ class Checkpointer:
                 self._writer.close()
                 self._writer = None
             if state is None:  # training failed: still leave the last checkpoint in the workspace
-                self._put_back_last()
+                self._guard.put_back(self.last_record, self.echo)
             if self._pusher is not None:  # bounded wait; never fails the run
                 self._pusher.close()
 
@@ -355,11 +390,3 @@ class Checkpointer:
         if self.wiring.committer is None and self.wiring.path.exists():
             return f"last checkpoint: {self.wiring.rel_path}"
         return "no checkpoint was completed"
-
-
-def _stat(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_size, st.st_mtime_ns, st.st_ino

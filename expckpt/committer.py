@@ -30,11 +30,12 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from expckpt.atomic import WrittenFile, _storage_error, atomic_write_bytes
 from expckpt.cache import DvcCache
+from expckpt.dirout import WrittenDir
 from expckpt.errors import RefConflictError
 from expckpt.gclock import gc_lock
 from expckpt.gitstore import GitStore
@@ -45,7 +46,10 @@ from expckpt.records import CheckpointRecord, OutputHash, format_message
 from expckpt.refs import EXEC_APPLY, EXPS_PREFIX, CheckpointRef
 from expckpt.session import SessionNote
 
-__all__ = ["Committer"]
+__all__ = ["Committer", "Written"]
+
+Written = WrittenFile | WrittenDir
+"""A checkpoint output ready to publish: one file, or a directory of files."""
 
 
 @contextlib.contextmanager
@@ -75,6 +79,8 @@ class Committer:
         self.store = store
         self.cache = cache
         self.checkpoint_path = checkpoint_path
+        self.checkpoint_paths = [checkpoint_path]
+        """Every checkpoint output, in the order ``publish`` gets them (the first is ``checkpoint_path``)."""
         self.live_paths = live_paths
         self._base_tree: str | None = None
         self._published = False
@@ -147,29 +153,41 @@ class Committer:
 
     def publish(
         self,
-        written: WrittenFile,
+        written: Written | Sequence[Written],
         *,
         step: int,
         metrics: Mapping[str, float],
         live_files: Mapping[str, bytes],
         parent: str | None,
     ) -> CheckpointRecord:
-        """Publish a complete temp file as checkpoint ``<exp>@<step>``; return its record."""
+        """Publish complete temp files (one per checkpoint output, in ``checkpoint_paths``
+        order) as checkpoint ``<exp>@<step>``: one commit and one ref for all; return its record."""
+        items = [written] if isinstance(written, (WrittenFile, WrittenDir)) else list(written)
+        paths = self.checkpoint_paths[: len(items)]
         self.prepare()
         assert self._base_tree is not None and self._lock is not None
         ref = CheckpointRef(baseline=self.run.baseline, exp=self.run.exp_name, step=step)
         self._check_step(ref)  # refuse another run's checkpoint name before touching the workspace
         phase("after-temp", step)
         with gc_lock(self.store.git_dir, exclusive=False), _git_write_errors(self.store.git_dir):
-            self.cache.add(written.tmp, written.md5, written.size)
+            for item in items:  # every object of every output in the cache before anything moves
+                if isinstance(item, WrittenDir):
+                    self.cache.add_dir(item)
+                else:
+                    self.cache.add(item.tmp, item.md5, item.size)
             phase("after-cache", step)
-            SessionNote.mark_pending(self.project.workspace, self.checkpoint_path, ref.ref, written.md5)
-            written.publish()
+            SessionNote.mark_pending(self.project.workspace, self.checkpoint_path, ref.ref, items[0].md5)
+            for item in items:
+                item.publish()
             phase("after-publish", step)
 
-            outs = {self.checkpoint_path: OutputHash(written.md5, written.size)}
+            outs = {
+                path: OutputHash(i.md5, i.size, i.nfiles if isinstance(i, WrittenDir) else None)
+                for path, i in zip(paths, items)
+            }
             # DVC's state db learns the hash, so `dvc exp run`'s own commit does not re-hash it.
-            self._lock.remember(written.dest, outs[self.checkpoint_path])
+            for path, item in zip(paths, items):
+                self._lock.remember(item.dest, outs[path])
             rendered = self._lock.render(outs)
             files = {**live_files, **rendered.files, "dvc.lock": rendered.lock}
             tree = self.store.tree_with_files(self._base_tree, files)
@@ -188,17 +206,19 @@ class Committer:
             self._write_ref(ref, commit)
             phase("after-ref", step)
 
-            st = os.stat(written.dest)
-            SessionNote(
-                ref=ref.ref,
-                commit=commit,
-                md5=written.md5,
-                size=written.size,
-                step=step,
-                mtime_ns=st.st_mtime_ns,
-                inode=st.st_ino,
-                applied=self.store.get_ref(EXEC_APPLY),
-            ).write(self.project.workspace, self.checkpoint_path)
+            for path, item in zip(paths, items):
+                st = os.stat(item.dest)
+                SessionNote(
+                    ref=ref.ref,
+                    commit=commit,
+                    md5=item.md5,
+                    size=item.size,
+                    step=step,
+                    mtime_ns=st.st_mtime_ns,
+                    inode=st.st_ino,
+                    applied=self.store.get_ref(EXEC_APPLY),
+                    files={k: list(v) for k, v in item.stats().items()} if isinstance(item, WrittenDir) else None,
+                ).write(self.project.workspace, path)
             SessionNote.clear_pending(self.project.workspace, self.checkpoint_path)
             phase("after-note", step)
             self._published = True

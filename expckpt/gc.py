@@ -174,8 +174,9 @@ def plan_gc(
         store, _in_use(store, store.git_dir.parent), _workspaces(store, workspace),
         without={r.ref.ref for r in plan.remove},
     )
+    needed = {m for md5 in needed for m in cache.expand(md5)}  # a .dir needs the files it lists
     for md5 in cache.written_objects():
-        if md5 not in needed and cache.has(md5):
+        if md5 not in needed and cache.object_path(md5).is_file():
             plan.objects[md5] = cache.object_path(md5).stat().st_size
     return plan
 
@@ -201,8 +202,9 @@ def execute_gc(plan: GcPlan, store: GitStore, cache: DvcCache, workspace: Path) 
             result.gone.append(record)
         else:
             result.moved.append((record, now))
-    still_named = {o.md5 for r, _ in result.moved for o in r.outs.values()}
+    still_named = {m for r, _ in result.moved for o in r.outs.values() for m in cache.expand(o.md5)}
     needed = needed_objects(store, _in_use(store, store.git_dir.parent), _workspaces(store, workspace))
+    needed = {m for md5 in needed for m in cache.expand(md5)}
     for md5 in plan.objects:
         if md5 not in needed and md5 not in still_named:
             freed = cache.remove(md5)
@@ -244,13 +246,15 @@ def free_dropped(
     """
     written = cache.written_objects()
     pending = _PENDING.setdefault(store.git_dir.resolve(), set())
-    candidates = pending | {o.md5 for r in dropped for o in r.outs.values() if o.md5 in written}
-    candidates = {m for m in candidates if cache.has(m)}
+    dropped_objects = {m for r in dropped for o in r.outs.values() for m in cache.expand(o.md5)}  # .dir: its files too
+    candidates = pending | {m for m in dropped_objects if m in written}
+    candidates = {m for m in candidates if cache.object_path(m).is_file()}
     if not candidates:
         return 0
     try:
         with gc_lock(store.git_dir, exclusive=True, timeout=timeout):
             needed = needed_objects(store, _in_use(store, store.git_dir.parent), _workspaces(store, workspace))
+            needed = {m for md5 in needed for m in cache.expand(md5)}
             freed = sum(cache.remove(md5) for md5 in sorted(candidates - needed))
             pending.clear()
             return freed

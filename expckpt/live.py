@@ -50,7 +50,7 @@ class CheckpointLive(Live):
     @classmethod
     def from_env(
         cls,
-        state: TrainingState,
+        state: TrainingState | Mapping[str, TrainingState],
         params: Mapping[str, Any] | None = None,
         *,
         path: str | os.PathLike[str] | None = None,
@@ -59,13 +59,16 @@ class CheckpointLive(Live):
         """Restore ``state`` from the workspace's checkpoint and start logging after its step.
 
         ``params`` is the parsed params.yaml (its ``checkpoint`` section configures saving and
-        retention); ``path`` defaults to the stage's ``checkpoint: true`` output. The RNG
+        retention); ``path`` defaults to the stage's ``checkpoint: true`` output. A stage with
+        several checkpoint outputs passes ``{path: TrainingState}``, published together. The RNG
         states are put back when the first step begins, so seeding before the loop is safe.
         """
         config = params.get("checkpoint") if isinstance(params, Mapping) else None
+        if isinstance(state, Mapping) and path is None:  # {"model.pt": state, "ema.pt": ema_state}
+            path = [str(p) for p in state]
         checkpointer = Checkpointer.from_env(path, config, live_dir=live_kwargs.get("dir", "dvclive"))
         checkpointer.restore(state, defer_rng=True)
-        return cls(checkpointer, state, **live_kwargs)
+        return cls(checkpointer, checkpointer.group(state), **live_kwargs)  # type: ignore[arg-type]
 
     def steps(self, total: int) -> Iterator[int]:
         """The steps left to reach ``total`` (none when already there); stops early on request."""

@@ -128,7 +128,7 @@ class LockBuilder:
             if given is not None:
                 out.hash_name = "md5"
                 out.hash_info = HashInfo("md5", given.md5)
-                out.meta = Meta(size=given.size)
+                out.meta = Meta(size=given.size, nfiles=given.nfiles, isdir=given.nfiles is not None)
             elif out.exists:
                 self._refresh(path, out, files)
         unknown = set(outs) - set(self._by_path)

@@ -41,10 +41,14 @@ _META = "expckpt-meta: "
 
 @dataclass(frozen=True)
 class OutputHash:
-    """A checkpoint output's DVC hash."""
+    """A checkpoint output's DVC hash (a directory's ends in ``.dir`` and counts its files)."""
 
     md5: str
     size: int
+    nfiles: int | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {"md5": self.md5, "size": self.size, **({"nfiles": self.nfiles} if self.nfiles is not None else {})}
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,7 @@ def format_message(
         "step": ref.step,
         "parent": parent,
         "resumed": resumed,
-        "outs": {path: {"md5": o.md5, "size": o.size} for path, o in outs.items()},
+        "outs": {path: o.as_dict() for path, o in outs.items()},
         "metrics": {k: _finite_or_str(v) for k, v in metrics.items()},
         "time": round(time, 3),
     }
@@ -129,7 +133,8 @@ class BadRecord:
         return f"expckpt: warning: skipping {terminal_safe(self.ref)}: {terminal_safe(self.why)}"
 
 
-_MD5 = re.compile(r"[0-9a-f]{32}")
+_MD5 = re.compile(r"[0-9a-f]{32}(\.dir)?")
+"""A file's MD5, or a directory's (its ``.dir`` manifest's)."""
 _SHA = re.compile(r"[0-9a-f]{40}")
 _MAX_NAME = 255
 _MAX_SIZE = 2**63 - 1
@@ -170,10 +175,13 @@ def _output(path: str, value: object) -> OutputHash:
         raise BadRecordError(f"output {_show(path)} is {_show(value)}, not an object")
     md5, size = value.get("md5"), value.get("size")
     if not isinstance(md5, str) or not _MD5.fullmatch(md5):
-        raise BadRecordError(f"md5 {_show(md5)} of {_show(path)} is not 32 lowercase hex digits")
+        raise BadRecordError(f"md5 {_show(md5)} of {_show(path)} is not 32 lowercase hex digits (+ .dir)")
     if not _is_int(size) or not 0 <= size <= _MAX_SIZE:  # type: ignore[operator]
         raise BadRecordError(f"size {_show(size)} of {_show(path)} is not a non-negative integer")
-    return OutputHash(md5, size)  # type: ignore[arg-type]
+    nfiles = value.get("nfiles")
+    if nfiles is not None and (not _is_int(nfiles) or not 0 <= nfiles <= _MAX_SIZE or not md5.endswith(".dir")):  # type: ignore[operator]
+        raise BadRecordError(f"nfiles {_show(nfiles)} of {_show(path)} is not a directory's file count")
+    return OutputHash(md5, size, nfiles)  # type: ignore[arg-type]
 
 
 def _finite(value: object) -> float | None:

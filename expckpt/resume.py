@@ -28,12 +28,14 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from expckpt.atomic import TEMP_MARK, atomic_write_bytes
 from expckpt.cache import DvcCache
+from expckpt.dirout import hash_dir, output_stat
 from expckpt.errors import MissingCheckpointError, UnsafeCheckpointError
 from expckpt.gitstore import GitStore
 from expckpt.records import CheckpointRecord, load_records
@@ -86,37 +88,67 @@ def remove_stale_temps(path: Path) -> None:
     """Delete ``<TEMP_MARK><name>.<pid>.<thread>`` files of processes that no longer exist.
 
     A checkpoint killed before its rename leaves a complete temp file as big as the state;
-    without this, every crash would leak one. Files of live processes are left alone.
+    without this, every crash would leak one. Files of live processes are left alone. For a
+    directory output, its files' temps inside it too.
     """
-    prefix = f"{TEMP_MARK}{path.name}."
-    with contextlib.suppress(OSError):
-        for tmp in path.parent.iterdir():
-            pid = tmp.name[len(prefix) :].split(".", 1)[0] if tmp.name.startswith(prefix) else ""
-            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
+    places = [(path.parent, f"{TEMP_MARK}{path.name}.")]
+    if path.is_dir():
+        places += [(Path(root), TEMP_MARK) for root, _, _ in os.walk(path)]
+    for directory, prefix in places:
+        with contextlib.suppress(OSError):
+            for tmp in directory.iterdir():
+                if not tmp.name.startswith(prefix):
+                    continue
+                rest = tmp.name[len(prefix) :] if prefix != TEMP_MARK else tmp.name.rsplit(".", 2)[-2] + "."
+                pid = rest.split(".", 1)[0]
+                if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                    with contextlib.suppress(OSError):
+                        tmp.unlink()
+
+
+def _stat_key(path: Path, note: SessionNote | None) -> bool:
+    """Whether ``path`` is exactly as the note left it (untouched since that checkpoint)."""
+    if note is None:
+        return False
+    return output_stat(path) == note.stat_key()
+
+
+def _ours(path: Path, note: SessionNote | None, md5: str | None, written: Mapping[str, int]) -> bool:
+    """Whether expckpt wrote this output: its object, or for a directory every file in it (a
+    checkpoint cut short while renaming its files leaves a mix no manifest describes)."""
+    if md5 is None:
+        return False
+    if md5 in written or not path.is_dir():
+        return md5 in written
+    known = {k: tuple(v) for k, v in (note.files or {}).items()} if note else None
+    stats = hash_dir(path, known)[3]  # type: ignore[arg-type]
+    return bool(stats) and all(s[0] in written for s in stats.values())
 
 
 def find_resume_point(
-    path: Path,
+    path: Path | Mapping[str, Path],
     rel_path: str,
     workspace: Path,
     store: GitStore,
     cache: DvcCache,
     echo: Callable[[str], None],
 ) -> ResumePoint:
-    """Apply the module's rules to the existing checkpoint file ``path``."""
-    note = SessionNote.read(workspace, rel_path)
-    md5, _ = hash_with_note(path, note)
-    records = [r for r in load_records(store) if rel_path in r.outs]
-    matching = [r for r in records if r.outs[rel_path].md5 == md5]
+    """Apply the module's rules to the existing checkpoint output ``path`` (or to several:
+    ``rel_path -> path``, the first being ``rel_path``; a checkpoint matches when all do)."""
+    paths = dict(path) if isinstance(path, Mapping) else {rel_path: path}
+    notes = {rel: SessionNote.read(workspace, rel) for rel in paths}
+    note = notes[rel_path]
+    current = {rel: hash_with_note(p, notes[rel])[0] if p.exists() else None for rel, p in paths.items()}
+    md5 = current[rel_path]
+    records = [r for r in load_records(store) if all(rel in r.outs for rel in paths)]
+    matching = [r for r in records if all(r.outs[rel].md5 == current[rel] for rel in paths)]
     pending = SessionNote.pending(workspace, rel_path)
     if pending is not None and pending[1] != md5:  # killed before its file was replaced
         SessionNote.clear_pending(workspace, rel_path)
     elif pending is not None:
         finished = [r for r in matching if r.ref.ref == pending[0]]
         point = ResumePoint(finished[-1], rolled_back=False) if finished else _roll_back(
-            path, rel_path, md5, note, records, cache, echo)
+            paths, rel_path, current, note, records, cache, echo)
         SessionNote.clear_pending(workspace, rel_path)  # decided: a later `dvc exp apply` is a choice
         return point
     if matching:
@@ -126,44 +158,47 @@ def find_resume_point(
         noted = note.commit if note else None
         if note is not None and applied == note.applied and md5 == note.md5:
             applied = None  # seen before the last checkpoint, whose bytes the file holds: no new choice
-        st = os.stat(path)
-        untouched = note is not None and (note.size, note.mtime_ns, note.inode) == (
-            st.st_size,
-            st.st_mtime_ns,
-            st.st_ino,
-        )
+        untouched = _stat_key(paths[rel_path], note)
         matching.sort(key=lambda r: (untouched and r.commit == noted, r.commit == applied, r.commit == noted, r.time))
         return ResumePoint(matching[-1], rolled_back=False)
-    if md5 not in cache.written_objects():
+    written = cache.written_objects()
+    if not any(_ours(p, notes[rel], current[rel], written) for rel, p in paths.items()):
         return ResumePoint(None, rolled_back=False)
-    return _roll_back(path, rel_path, md5, note, records, cache, echo)
+    return _roll_back(paths, rel_path, current, note, records, cache, echo)
 
 
 def _roll_back(
-    path: Path,
+    paths: Mapping[str, Path],
     rel_path: str,
-    md5: str,
+    current: Mapping[str, str | None],
     note: SessionNote | None,
     records: list[CheckpointRecord],
     cache: DvcCache,
     echo: Callable[[str], None],
 ) -> ResumePoint:
-    """Rule 3: the file is an unfinished checkpoint's; go back to the last complete one."""
+    """Rule 3: the outputs are an unfinished checkpoint's; go back to the last complete one."""
+    names = ", ".join(paths)
     if note is not None:
         last = next((r for r in records if r.commit == note.commit), None)
-        if last is not None and cache.has(note.md5):
-            cache.checkout(note.md5, path)
+        if last is not None and all(cache.has(last.outs[rel].md5) for rel in paths):
+            for rel, p in paths.items():
+                if current[rel] != last.outs[rel].md5:
+                    cache.checkout(last.outs[rel].md5, p)
             echo(
-                f"expckpt: {rel_path} was written by a checkpoint that did not finish;"
+                f"expckpt: {names} was written by a checkpoint that did not finish;"
                 f" resuming from the last complete one, {last.name}"
             )
             return ResumePoint(last, rolled_back=True)
-    if note is None and cache.has(md5):
+    if note is None and all(cache.has(m) or paths[rel].is_dir() for rel, m in current.items() if m):
         # The first checkpoint in this workspace was cut short after its file was published (no
         # ref, no note): nothing complete to go back to. Its bytes stay in the cache.
-        path.unlink()
+        for p in paths.values():
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
         echo(
-            f"expckpt: {rel_path} was written by a checkpoint that did not finish, and"
+            f"expckpt: {names} was written by a checkpoint that did not finish, and"
             " none finished before it; starting from scratch"
         )
         return ResumePoint(None, rolled_back=True)

@@ -19,8 +19,10 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from expckpt.atomic import atomic_write_bytes, md5_file
+from expckpt.dirout import hash_dir
 
 __all__ = ["SessionNote", "hash_with_note"]
 
@@ -40,6 +42,15 @@ class SessionNote:
     inode: int
     applied: str | None = None
     """``refs/exps/exec/EXEC_APPLY`` when the note was written (a later, different one is new)."""
+    files: dict[str, list[Any]] | None = None
+    """For a directory output: ``relpath -> [md5, size, mtime_ns, inode]`` of each file, so an
+    unchanged directory is not rehashed (its own stat says nothing about its files)."""
+
+    def stat_key(self) -> tuple[Any, ...]:
+        """The noted stat in ``expckpt.dirout.output_stat``'s form."""
+        if self.files is None:
+            return self.size, self.mtime_ns, self.inode
+        return tuple(sorted((rel, s[1], s[2], s[3]) for rel, s in self.files.items()))
 
     @staticmethod
     def path_for(workspace: Path, checkpoint: str) -> Path:
@@ -105,7 +116,11 @@ class SessionNote:
 
 
 def hash_with_note(path: Path, note: SessionNote | None) -> tuple[str, int]:
-    """MD5 and size of ``path``, trusting ``note`` when the file's stat still matches it."""
+    """MD5 and size of ``path``, trusting ``note`` when the file's stat still matches it (for
+    a directory: its ``.dir`` hash, trusting the note's stat of each file)."""
+    if path.is_dir():
+        md5, size, _, _ = hash_dir(path, {k: tuple(v) for k, v in (note.files or {}).items()} if note else None)  # type: ignore[misc]
+        return md5, size
     st = os.stat(path)
     if note and (note.size, note.mtime_ns, note.inode) == (st.st_size, st.st_mtime_ns, st.st_ino):
         return note.md5, note.size

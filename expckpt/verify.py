@@ -33,7 +33,7 @@ def locked_outputs(lock: bytes | None) -> dict[str, str | None]:
     for stage in stages.values() if isinstance(stages, dict) else []:
         for out in (stage.get("outs") or []) if isinstance(stage, dict) else []:
             if isinstance(out, dict) and isinstance(out.get("path"), str):
-                found[out["path"]] = out.get("md5")
+                found[out["path"].rstrip("/")] = out.get("md5")  # a directory: `ckpt/` as declared
     return found
 
 
