@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from expckpt.checkpoint_file import check_architecture, load_checkpoint, write_temp
-from expckpt.committer import Written
-from expckpt.dirout import FileStat, WrittenDir
-from expckpt.dirstate import load_dir_checkpoint, split_payload, write_dir_temp
+from expckpt.checkpoint_file import check_architecture, load_checkpoint
+from expckpt.dirstate import load_dir_checkpoint
+from expckpt.outputs import OutputFiles
 from expckpt.config import CheckpointConfig
 from expckpt.policy import CheckpointInfo, SaveContext
 from expckpt.pusher import Pusher
@@ -42,7 +41,7 @@ from expckpt.session import SessionNote
 from expckpt.signals import GracefulStop
 from expckpt.state import TrainingState
 from expckpt.stateset import StateFiles, as_state_files
-from expckpt.watch import TrainingWatch
+from expckpt.watch import TrainingWatch, flatten_metrics
 from expckpt.wiring import Wiring, wire
 from expckpt.workspace_guard import WorkspaceGuard
 from expckpt.writer import AsyncWriter
@@ -66,17 +65,6 @@ class Decision:
     """Why training should stop now (``on_divergence: stop``), or None to go on."""
 
 
-def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    flat: dict[str, float] = {}
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{name}/"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
-            flat[name] = float(value)
-    return flat
-
-
 class Checkpointer:
     """Saves and restores one checkpoint file; publishes each save as a checkpoint experiment."""
 
@@ -98,7 +86,7 @@ class Checkpointer:
         self._unsaved: tuple[int, dict[str, float]] | None = None
         self._metrics_checked = False
         self._guard = WorkspaceGuard(wiring)
-        self._dir_files: dict[str, Mapping[str, FileStat]] = {}
+        self._outputs = OutputFiles(wiring.outputs)
         """Per-file stats of each directory output as last published (unchanged files are skipped)."""
         self._writer: AsyncWriter | None = None
         self._inflight = 0
@@ -205,10 +193,7 @@ class Checkpointer:
             restore_live_files(w.committer.store, point.record.commit, w.workspace, w.live_dir)
         self._last_saved = CheckpointInfo(step=group.step, metrics={}, time=time.time())
         self._guard.note_now()
-        for out in w.outputs:
-            note = SessionNote.read(w.workspace, out.rel_path)
-            if out.is_dir and note is not None and note.files:
-                self._dir_files[out.rel_path] = {k: tuple(v) for k, v in note.files.items()}  # type: ignore[misc]
+        self._outputs.remember_noted(w.workspace)
         self.resumed = Resumed(step=group.step, record=point.record, rolled_back=point.rolled_back)
         origin = f" ({point.record.name})" if point.record else ""
         names = ", ".join(o.rel_path for o in w.outputs if o.path.exists())
@@ -219,7 +204,7 @@ class Checkpointer:
     def save(self, state: AnyState, step: int, metrics: Mapping[str, Any]) -> Decision:
         """Step ``step`` completed with ``metrics``: save it if the save policy says so."""
         state = self.group(state)
-        flat = _flatten(metrics)
+        flat = flatten_metrics(metrics)
         self._check_metrics(flat)
         state.step = step
         seen = self.watch.observe(step, flat)
@@ -257,7 +242,7 @@ class Checkpointer:
             self.wait()  # the final and the stop save are never skipped as busy
         state.library["watch"] = self.watch.state_dict()
         self._guard.check(busy=self._inflight > 0, last=self.last_record)
-        payload = self._capture(state)
+        payload = self._outputs.capture(state)
         live_files = self.wiring.committer.read_live_files() if self.wiring.committer else {}
         job = (step, flat, live_files, note)
         with self.stop.critical():
@@ -279,34 +264,6 @@ class Checkpointer:
         self._last_saved = CheckpointInfo(step=step, metrics=flat, time=ctx.now)
         return True
 
-    def _capture(self, state: StateFiles) -> dict[str, Any]:
-        """``output path -> payload`` (a directory output: ``relpath inside it -> payload``)."""
-        payloads: dict[str, Any] = {}
-        for out in self.wiring.outputs:
-            st = state.states[out.rel_path]
-            payloads[out.rel_path] = split_payload(st.capture(), st.modules()) if out.is_dir else st.capture()
-        return payloads
-
-    def _write_outputs(self, payloads: Mapping[str, Any]) -> list[Written]:
-        """Every output's temp files, complete and hashed (nothing published yet)."""
-        items: list[Written] = []
-        try:
-            for out in self.wiring.outputs:
-                if out.is_dir:
-                    items.append(write_dir_temp(payloads[out.rel_path], out.path, self._dir_files.get(out.rel_path)))
-                else:
-                    items.append(write_temp(payloads[out.rel_path], out.path))
-        except BaseException:
-            for item in items:
-                item.discard()
-            raise
-        return items
-
-    def _note_published(self, items: list[Written]) -> None:
-        for out, item in zip(self.wiring.outputs, items):
-            if isinstance(item, WrittenDir):
-                self._dir_files[out.rel_path] = item.stats()
-
     def _write_job(self, job: tuple[Any, int, Mapping[str, float], dict[str, bytes], str | None]) -> None:
         try:
             self._publish(job)
@@ -318,7 +275,7 @@ class Checkpointer:
     def _publish(self, job: tuple[Any, int, Mapping[str, float], dict[str, bytes], str | None]) -> None:
         payload, step, metrics, live_files, note = job
         w = self.wiring
-        items = self._write_outputs(payload)
+        items = self._outputs.write(payload)
         try:
             if w.committer is None:
                 for item in items:
@@ -330,7 +287,7 @@ class Checkpointer:
             for item in items:
                 item.discard()
             raise
-        self._note_published(items)
+        self._outputs.published(items)
         self._guard.note_published()
         if note:
             self.echo(note)
@@ -351,10 +308,10 @@ class Checkpointer:
             step, flat = self._unsaved
             if self.config.every == 0:
                 self._guard.check(busy=self._inflight > 0, last=self.last_record)
-                items = self._write_outputs(self._capture(state))
+                items = self._outputs.write(self._outputs.capture(state))
                 for item in items:
                     item.publish()
-                self._note_published(items)
+                self._outputs.published(items)
                 self._guard.note_now()
             else:
                 self._save_if(state, step, flat, "final", None)

@@ -19,7 +19,7 @@ from typing import Any
 
 from expckpt.ranking import better, finite
 
-__all__ = ["Observation", "TrainingWatch"]
+__all__ = ["Observation", "TrainingWatch", "flatten_metrics"]
 
 
 @dataclass(frozen=True)
@@ -146,3 +146,15 @@ def _as_float(value: object) -> float | None:
     except (TypeError, ValueError):
         return None
     return number
+
+
+def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """dvclive's nested summary as ``{"train/loss": 0.3, ...}``: numbers only, ``step`` left out."""
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_metrics(value, f"{name}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
+            flat[name] = float(value)
+    return flat
