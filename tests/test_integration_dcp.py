@@ -192,6 +192,33 @@ def test_killed_rank_then_resume_ends_bitwise_equal(proj: dict[str, Any]) -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("point", ["after-cache", "after-publish"])
+def test_rank_zero_killed_while_publishing_leaves_the_last_complete_directory(proj: dict[str, Any], point: str) -> None:
+    """after-cache: every rank's files are in the staging directory and the cache, ``ckpt/`` is
+    still the last checkpoint; after-publish: ``ckpt/`` is the new directory, with no ref yet."""
+    p, base = proj["project"], proj["base"]
+    refs = checkpoint_refs(p, base, "ref")
+    run("expckpt", "reset", cwd=p)
+    exp = f"crash-{point}"
+    crashed = run("dvc", "exp", "run", "-n", exp, cwd=p, check=False, env={"EXPCKPT_CRASH_AT": f"{point}:2"})
+    assert crashed.returncode != 0, crashed.stdout + crashed.stderr
+    run("git", "checkout", "-q", "main", cwd=p)
+    assert sorted(checkpoint_refs(p, base, exp)) == [0, 1]
+    staging = [q for q in p.iterdir() if q.name.startswith(".expckpt-tmp-ckpt.")]
+    assert len(staging) == 1 and staging[0].name.endswith(".dcp")  # recognisably expckpt's temp
+    left = {q.name for q in staging[0].iterdir()}
+    assert left == (DCP_FILES if point == "after-cache" else set())  # after-publish: all moved into ckpt/
+    out = run("dvc", "exp", "run", "-n", f"{exp}-resumed", cwd=p).stdout
+    assert f"Resuming from ckpt ({exp}@1): 2 steps done" in out, out
+    # after-publish: ckpt/ held an unreferenced directory; `dvc exp run` put @1's back from dvc.lock
+    # (written after the commit), or else expckpt rolls back to it ("did not finish")
+    assert not [q for q in p.iterdir() if q.name.startswith(".expckpt-tmp-")]  # the killed run's staging is gone
+    resumed = checkpoint_refs(p, base, f"{exp}-resumed")
+    assert sorted(resumed) == list(range(2, EPOCHS)) and meta(p, resumed[2])["parent"] == checkpoint_refs(p, base, exp)[1]
+    assert same(dcp_state(p, resumed[EPOCHS - 1], proj["tmp"]), dcp_state(p, refs[EPOCHS - 1], proj["tmp"]))
+
+
+@pytest.mark.slow
 def test_verify_all_passes(proj: dict[str, Any]) -> None:
     result = run("expckpt", "verify", "--all", cwd=proj["project"])
     assert result.returncode == 0, result.stdout + result.stderr
