@@ -219,6 +219,35 @@ def test_rank_zero_killed_while_publishing_leaves_the_last_complete_directory(pr
 
 
 @pytest.mark.slow
+def test_a_directory_mixing_two_checkpoints_is_rolled_back(
+    proj: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a kill between two of rank 0's renames leaves: some files of one checkpoint, some of
+    another. Loaded here by one process (world size 1) inside the run's DVC environment."""
+    from expckpt.dirout import hash_dir
+    from expckpt.integrations.dcp import ShardedCheckpointer
+    from expckpt.session import SessionNote
+
+    p, base = proj["project"], proj["base"]
+    note = SessionNote.read(p, "ckpt")
+    assert note is not None and note.step >= 1
+    previous = lineage(p, note.commit)[note.step - 1]
+    (md5,) = [o["md5"] for o in yaml.safe_load(run("git", "show", f"{previous}:dvc.lock", cwd=p).stdout)["stages"]["train"]["outs"]]
+    cache = DvcCache.for_project(p, p / ".git")
+    older = cache.object_path(cache.manifest(md5)["__1_0.distcp"]).read_bytes()
+    assert older != (p / "ckpt" / "__1_0.distcp").read_bytes()
+    (p / "ckpt" / "__1_0.distcp").write_bytes(older)
+    monkeypatch.chdir(p)
+    for key, value in {"DVC_ROOT": str(p), "DVC_EXP_NAME": "mixed", "DVC_EXP_BASELINE_REV": base, "DVC_STAGE": "train"}.items():
+        monkeypatch.setenv(key, value)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(32, 10))
+    step = ShardedCheckpointer.from_env("ckpt/", None, log=False).restore({"app": {"model": model.state_dict()}})
+    assert step == note.step
+    assert "did not finish; resuming from the last complete one" in capsys.readouterr().out
+    assert hash_dir(p / "ckpt")[0] == note.md5
+
+
+@pytest.mark.slow
 def test_verify_all_passes(proj: dict[str, Any]) -> None:
     result = run("expckpt", "verify", "--all", cwd=proj["project"])
     assert result.returncode == 0, result.stdout + result.stderr
