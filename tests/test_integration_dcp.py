@@ -42,6 +42,7 @@ def _ranks(rank: int, tmp: str) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from torch.distributed.fsdp import fully_shard
 
+    from expckpt.errors import ConfigError, ExpCkptError
     from expckpt.integrations.dcp import ShardedCheckpointer
 
     dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=2)
@@ -60,6 +61,19 @@ def _ranks(rank: int, tmp: str) -> None:
             assert checkpointer.save({"model": get_model_state_dict(model)}, step, {"loss": 1.0}) is False
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
         torch.save({"model": full, "rng": torch.get_rng_state()}, f"{tmp}/rank{rank}.pt")
+        seen = {}
+        try:
+            checkpointer.save({"model": get_model_state_dict(model)}, 2 + rank, {})
+        except ConfigError as exc:
+            seen["mismatch"] = str(exc)
+        blocked = ShardedCheckpointer.from_env(f"{tmp}/blocked/", None, log=False)  # a file: rank 0 cannot publish
+        try:
+            blocked.save({"model": get_model_state_dict(model)}, 0, {})
+        except ExpCkptError as exc:
+            seen["rank0_failed"] = str(exc)
+        except OSError as exc:
+            seen["rank0_failed"] = f"own: {type(exc).__name__}"
+        Path(f"{tmp}/rank{rank}.json").write_text(json.dumps(seen))
     finally:
         dist.destroy_process_group()
 
@@ -67,6 +81,7 @@ def _ranks(rank: int, tmp: str) -> None:
 def test_two_ranks_save_and_one_process_loads_their_shards(tmp_path: Path) -> None:
     from expckpt.integrations.dcp import ShardedCheckpointer
 
+    (tmp_path / "blocked").write_text("")
     context = mp.start_processes(_ranks, args=(str(tmp_path),), nprocs=2, start_method="spawn", join=False)
     deadline = time.monotonic() + 120
     while not context.join(timeout=5):
@@ -74,8 +89,8 @@ def test_two_ranks_save_and_one_process_loads_their_shards(tmp_path: Path) -> No
             for process in context.processes:
                 process.kill()
             pytest.fail("the ranks hung")
-    assert {p.name for p in (tmp_path / "ckpt").iterdir()} == DCP_FILES  # each rank its shard, one metadata
-    assert not [p for p in tmp_path.iterdir() if ".expckpt-tmp-" in p.name]  # the staging directory is gone
+    assert {q.name for q in (tmp_path / "ckpt").iterdir()} == DCP_FILES  # each rank its shard, one metadata
+    assert not [q for q in tmp_path.iterdir() if ".expckpt-tmp-" in q.name]  # the staging directories are gone
     saved = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert same(saved[0]["model"], saved[1]["model"])
     single = _model()
@@ -85,6 +100,10 @@ def test_two_ranks_save_and_one_process_loads_their_shards(tmp_path: Path) -> No
     assert checkpointer.restore({"model": single.state_dict()}) == 1
     assert same(dict(single.state_dict()), saved[0]["model"])  # 2 ranks' shards, whole in one process
     assert torch.equal(torch.get_rng_state(), saved[0]["rng"])  # rank 0's RNG, saved in the DCP state
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all("ranks completed different steps [2, 3]" in s["mismatch"] for s in seen)
+    assert seen[0]["rank0_failed"] == "own: FileExistsError"  # rank 0's own error, and on rank 1:
+    assert seen[1]["rank0_failed"].startswith("rank 0 failed, so rank 1 stops too: FileExistsError")
 
 
 def test_reset_of_a_directory_output_makes_the_next_run_start_from_scratch(tmp_path: Path) -> None:

@@ -11,28 +11,24 @@
     checkpointer.close()
 
 The checkpoint is the stage's directory output ``ckpt/`` (``{checkpoint: true, persist: true}``):
-DCP's per-rank ``*.distcp`` files and its ``.metadata``, cached by DVC as a directory (``.dir``
-manifest). The core is not changed; this adapter coordinates the ranks around it:
+DCP's per-rank ``*.distcp`` files and ``.metadata``, which DVC caches as a directory (``.dir``
+manifest). The core is not changed; the ranks are coordinated around it:
 
-- save: the ranks agree on the step; rank 0 asks the save policy and the training watch; every
-  rank ``dcp.save``\\ s into a fresh staging directory beside the output (``.expckpt-tmp-ckpt.<pid>.dcp``,
-  same filesystem); when ``dcp.save`` returns, DCP has gathered every rank's write results and
-  written ``.metadata``, so the directory is complete. Rank 0 then hands it to the core's
-  ``Committer`` as a ``WrittenDir`` whose files are renamed into ``ckpt/``: every object goes into
-  the DVC cache first, then the renames, commit, ref. A kill part-way through the renames leaves
-  a mix of two checkpoints that no manifest lists, which the next run rolls back to the last
-  complete one from the cache (``expckpt.resume``); a staging directory left by a killed run is
-  deleted by the next. Rank 0's result (published, stop, or its error) reaches every rank.
-- the step and each rank's RNG states are inside the DCP state (``expckpt/step``,
-  ``expckpt/rng/<rank>``, as uint8 tensors), not in a side file; rank 0 adds the watch.
-- restore: rank 0 applies expckpt's resume rules to ``ckpt/`` (missing, not finished, rolled
-  back) and puts back dvclive's files; then every rank ``dcp.load``\\ s it. DCP reshards, so a
-  different world size loads it too (a rank with no saved RNG keeps its own).
-- loading: non-tensor values go through ``torch.load(weights_only=True)`` (DCP's default
-  planner unpickles them with ``weights_only=False``).
+- save: the ranks agree on the step; rank 0 logs it (dvclive) and asks the save policy and the
+  training watch; every rank calls ``dcp.save`` into a fresh staging directory beside the output
+  (``.expckpt-tmp-ckpt.<pid>.dcp``: same filesystem, a temp by name). ``dcp.save`` returns once
+  every rank's file and the ``.metadata`` are written, so rank 0 then publishes a complete
+  directory: the core's ``Committer`` caches every file, renames them into ``ckpt/``, commits,
+  moves the ref. A kill between two renames leaves a mix no manifest lists, which the next run
+  rolls back to the last complete checkpoint from the cache (``expckpt.resume``); it also deletes
+  the staging directory of a dead run. Rank 0's result (published, stop, error) reaches all ranks.
+- the step and each rank's RNG states are in the DCP state itself (``expckpt/step``,
+  ``expckpt/rng/<rank>``, uint8 tensors), not in a side file; rank 0 adds the watch's state.
+- restore: rank 0 applies the resume rules to ``ckpt/`` and puts dvclive's files back; then every
+  rank calls ``dcp.load`` on it. DCP reshards, so another world size loads it too (a rank with no saved
+  RNG keeps its own). Non-tensor values load with ``torch.load(weights_only=True)``.
 
-The workspace must be on a filesystem every rank sees (each rank writes its own file); rank 0
-must see the repository's ``.dvc/cache``.
+Every rank must see the workspace (each writes its own file); rank 0 the ``.dvc/cache``.
 """
 
 from __future__ import annotations
@@ -44,7 +40,7 @@ import shutil
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -54,6 +50,7 @@ from torch.distributed.checkpoint.planner import ReadItem
 
 from expckpt.atomic import TEMP_MARK, WrittenFile
 from expckpt.config import CheckpointConfig
+from expckpt.integrations.ranks import broadcast as _broadcast, gather as _gather, together as _together
 from expckpt.dirout import WrittenDir
 from expckpt.errors import ConfigError, ExpCkptError
 from expckpt.policy import CheckpointInfo, SaveContext
@@ -67,7 +64,6 @@ from expckpt.wiring import Wiring, wire
 
 __all__ = ["STEP_KEY", "ShardedCheckpointer", "SafeLoadPlanner", "rng_key"]
 
-T = TypeVar("T")
 STEP_KEY = "expckpt/step"
 WATCH_KEY = "expckpt/watch"
 
@@ -140,6 +136,8 @@ class ShardedCheckpointer:
         self.parent: str | None = None
         self.last_record: CheckpointRecord | None = None
         c = wiring.committer if wiring is not None else None
+        if config.async_save:
+            self.echo("expckpt: checkpoint.async is not used with torch.distributed.checkpoint: every rank saves, then rank 0 publishes")
         self._retention = RunRetention(config.keep_policy(), c.store, self.echo, free=wiring.free) if c and wiring else None
 
     @classmethod
@@ -301,37 +299,3 @@ class ShardedCheckpointer:
 
     def __repr__(self) -> str:
         return f"ShardedCheckpointer(rank={self.rank}, world_size={self.world_size}, path={self.path})"
-
-
-# -- collectives -------------------------------------------------------------------------------------
-def _broadcast(value: T, group: Any) -> T:
-    box = [value]
-    dist.broadcast_object_list(box, src=0, group=group)
-    return box[0]
-
-
-def _gather(value: Any, group: Any) -> list[Any]:
-    found: list[Any] = [None] * dist.get_world_size(group)
-    dist.all_gather_object(found, value, group=group)
-    return found
-
-
-def _together(action: Callable[[], T], rank: int, world: int, group: Any, *, everyone: bool = False) -> T:
-    """Run ``action`` on rank 0 (or every rank); a failure on any rank is raised on all of them."""
-    result: Any = None
-    error: BaseException | None = None
-    if everyone or rank == 0:
-        try:
-            result = action()
-        except Exception as exc:  # reported to the other ranks, then raised here
-            error = exc
-    if world > 1:
-        errors = _gather(None if error is None else f"{type(error).__name__}: {error}", group)
-    else:
-        errors = [None]
-    if error is not None:
-        raise error
-    failed = [(r, e) for r, e in enumerate(errors) if e is not None]
-    if failed:
-        raise ExpCkptError(f"rank {failed[0][0]} failed, so rank {rank} stops too: {failed[0][1]}")
-    return result
