@@ -25,7 +25,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 VENV_BIN = REPO / ".venv" / "bin"
 RESULTS = BENCH / "results"
-EXAMPLE_FILES = ("train.py", "download.py", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore")
+EXAMPLE_FILES = ("train.py", "download.py", "mnist.py", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore")
 
 
 # -- environment ---------------------------------------------------------------------------------

@@ -19,10 +19,13 @@ is the price of durability (plain torch.save leaves its bytes in the page cache)
 operation so no one pays for another's dirty pages. Medians exclude the first checkpoint of each
 mode (it also snapshots the workspace and hashes the dependencies once per run; reported apart).
 
-The sync time is broken down by timing the real functions on the path (wrapped in place, not
-re-implemented): torch.save to memory, the write+fsync of the temp file, the MD5 (in a thread,
-overlapping the write) and the wait for it, the cache hardlink, the rename, dvc.lock, the Git
-tree/commit/ref (dulwich), the session note, retention.
+The times are broken down by the publishing phases (``expckpt.phases``; nothing is patched):
+a subscriber stamps the moment each checkpoint reaches each phase. Sync: the time spent before
+each phase since the previous one (before ``after-temp``: capture, dvclive files and the
+streamed serialise + write + MD5 + fsync of the temp file; then cache link, rename, dvc.lock and
+Git commit, workspace dvc.lock, ref, note; after the note: retention). Async: when the
+background thread reached each phase, counted from the call. The file write itself is broken
+down against its floors (torch.save + fsync, MD5 of the same bytes) by ``bench/gpu.py``.
 
     python bench/blocking.py                 # 12, 100 and 500 MB
     python bench/blocking.py --sizes 12      # quick
@@ -32,14 +35,11 @@ tree/commit/ref (dulwich), the session note, retention.
 from __future__ import annotations
 
 import argparse
-import builtins
 import gc
-import hashlib
 import os
 import shutil
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -49,17 +49,7 @@ import _common as C  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-import expckpt.checkpoint_file as cf  # noqa: E402
-import expckpt.checkpointer as ckpt_mod  # noqa: E402
-import expckpt.committer as committer_mod  # noqa: E402
-from expckpt import Checkpointer, TrainingState  # noqa: E402
-from expckpt.cache import DvcCache  # noqa: E402
-from expckpt.atomic import WrittenFile  # noqa: E402
-from expckpt.committer import Committer  # noqa: E402
-from expckpt.gitstore import GitStore  # noqa: E402
-from expckpt.lockfile import LockBuilder  # noqa: E402
-from expckpt.session import SessionNote  # noqa: E402
-from expckpt.writer import AsyncWriter  # noqa: E402
+from expckpt import Checkpointer, TrainingState, phases  # noqa: E402
 
 TARGET_SYNC = 1.5
 TARGET_ASYNC = 0.25
@@ -67,149 +57,47 @@ WIDTH = 1024
 DEFAULT_REPS = {12: 9, 100: 5, 500: 5}
 
 
-# -- instrumentation of the real path -------------------------------------------------------------
+# -- per-phase timings, from the phase hook (expckpt.phases), nothing patched -------------------
 class Recorder:
+    """Subscribed to ``expckpt.phases``: the time each checkpoint reaches each phase."""
+
     def __init__(self) -> None:
-        self.active = False
-        self.current: dict[str, float] = defaultdict(float)
+        self.marks: list[tuple[str, float]] = []
+        self._unsubscribe = phases.subscribe(self._mark)
 
-    def add(self, key: str, seconds: float) -> None:
-        if self.active:
-            self.current[key] += seconds
+    def _mark(self, name: str, step: int) -> None:
+        self.marks.append((name, time.perf_counter()))
 
-    def take(self) -> dict[str, float]:
-        out = dict(self.current)
-        self.current.clear()
-        return out
+    def take(self) -> list[tuple[str, float]]:
+        marks, self.marks = self.marks, []
+        return marks
+
+    def close(self) -> None:
+        self._unsubscribe()
 
 
 REC = Recorder()
-_restore: list[tuple[Any, str, Any]] = []
-
-
-def _wrap(owner: Any, name: str, key: str) -> None:
-    original = getattr(owner, name)
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            REC.add(key, time.perf_counter() - start)
-
-    _restore.append((owner, name, original))
-    setattr(owner, name, wrapper)
-
-
-class _TimedDigest:
-    def __init__(self, digest: Any) -> None:
-        self._digest = digest
-
-    def update(self, data: Any) -> None:
-        start = time.perf_counter()
-        self._digest.update(data)
-        REC.add("md5", time.perf_counter() - start)
-
-    def hexdigest(self) -> str:
-        return self._digest.hexdigest()
-
-
-class _HashlibProxy:
-    def __getattr__(self, name: str) -> Any:
-        return getattr(hashlib, name)
-
-    def md5(self, *args: Any, **kwargs: Any) -> _TimedDigest:
-        return _TimedDigest(hashlib.md5(*args, **kwargs))
-
-
-class _TorchProxy:
-    def __getattr__(self, name: str) -> Any:
-        return getattr(torch, name)
-
-    def save(self, *args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return torch.save(*args, **kwargs)
-        finally:
-            REC.add("serialize", time.perf_counter() - start)
-
-
-class _TimedFile:
-    def __init__(self, handle: Any, start: float) -> None:
-        self._handle, self._start = handle, start
-
-    def __enter__(self) -> Any:
-        return self._handle.__enter__()
-
-    def __exit__(self, *exc: Any) -> Any:
-        try:
-            return self._handle.__exit__(*exc)
-        finally:
-            REC.add("write_fsync", time.perf_counter() - self._start)
-
-
-def _timed_open(*args: Any, **kwargs: Any) -> _TimedFile:
-    start = time.perf_counter()
-    return _TimedFile(builtins.open(*args, **kwargs), start)
-
-
-def instrument() -> None:
-    cf.torch = _TorchProxy()  # type: ignore[assignment]
-    cf.hashlib = _HashlibProxy()  # type: ignore[assignment]
-    cf.open = _timed_open  # type: ignore[attr-defined]  # shadows the builtin inside write_temp
-    _wrap(ckpt_mod, "write_temp", "write_temp")
-    _wrap(TrainingState, "capture", "capture")
-    _wrap(Committer, "read_live_files", "read_live")
-    _wrap(Committer, "publish", "publish_total")
-    _wrap(DvcCache, "add", "cache_link")
-    _wrap(WrittenFile, "publish", "rename")
-    _wrap(LockBuilder, "render", "dvc_lock")
-    _wrap(GitStore, "tree_with_files", "git_tree")
-    _wrap(GitStore, "write_commit", "git_commit")
-    for name in ("get_ref", "create_ref", "replace_ref"):
-        _wrap(GitStore, name, "git_ref")
-    _wrap(SessionNote, "write", "note")
-    if hasattr(committer_mod, "atomic_write_bytes"):  # the workspace dvc.lock, where the committer writes one
-        _wrap(committer_mod, "atomic_write_bytes", "ws_lock")
-    _wrap(Checkpointer, "_apply_retention", "retention")
-    _wrap(AsyncWriter, "submit", "submit")
-
-
-def uninstrument() -> None:
-    cf.torch = torch  # type: ignore[assignment]
-    cf.hashlib = hashlib  # type: ignore[assignment]
-    del cf.open  # type: ignore[attr-defined]
-    while _restore:
-        owner, name, original = _restore.pop()
-        setattr(owner, name, original)
-
 
 BREAKDOWN_ROWS = [
-    ("capture", "capture state (state_dict references)", True),
-    ("read_live", "read dvclive files", True),
-    ("serialize", "torch.save to memory (BytesIO)", True),
-    ("write_fsync", "write + fsync temp file", True),
-    ("md5_wait", "wait for md5 after the write", True),
-    ("md5", "  (md5 itself, in a thread, overlaps the write)", False),
-    ("cache_link", "cache link (hardlink, chmod, fsync dir, log)", True),
-    ("rename", "rename onto model.pt + fsync dir", True),
-    ("dvc_lock", "render dvc.lock", True),
-    ("git_tree", "git blobs + tree (dulwich)", True),
-    ("git_commit", "git commit object (dulwich)", True),
-    ("git_ref", "git ref read + create (dulwich)", True),
-    ("ws_lock", "write workspace dvc.lock", True),
-    ("note", "session note", True),
-    ("retention", "retention (delete old refs)", True),
-    ("other", "other (policy, gc lock, metadata, ...)", True),
+    ("after-temp", "capture, dvclive files, serialise + write + MD5 + fsync the temp file"),
+    ("after-cache", "link into the DVC cache"),
+    ("after-publish", "rename onto model.pt + fsync dir"),
+    ("after-commit", "dvc.lock, Git blobs + tree + commit (dulwich)"),
+    ("after-lock", "write workspace dvc.lock"),
+    ("after-ref", "Git ref"),
+    ("after-note", "session note"),
+    ("return", "after the note: retention, messages, policy"),
 ]
 
 
-def derive(sample: dict[str, float], total: float) -> dict[str, float]:
-    out = dict(sample)
-    out["md5_wait"] = max(0.0, sample.get("write_temp", 0) - sample.get("serialize", 0) - sample.get("write_fsync", 0))
-    additive = sum(out.get(key, 0.0) for key, _, add in BREAKDOWN_ROWS if add and key != "other")
-    out["other"] = max(0.0, total - additive)
-    out["total"] = total
+def derive(marks: list[tuple[str, float]], start: float, end: float) -> dict[str, float]:
+    """Time spent before each phase (since the previous one), and after the last until ``end``."""
+    out: dict[str, float] = {}
+    previous = start
+    for name, at in [*marks, ("return", end)]:
+        out[name] = out.get(name, 0.0) + at - previous
+        previous = at
+    out["total"] = end - start
     return out
 
 
@@ -316,32 +204,24 @@ def measure_size(megabytes: int, reps: int, repos: dict[str, Path], baseline_dir
                 os.fsync(handle.fileno())
             elapsed = time.perf_counter() - start
         elif kind == "sync":
-            REC.active = timed
+            REC.take()
             start = time.perf_counter()
             ckpts["sync"].step_completed(states["sync"], step, metrics)
-            elapsed = time.perf_counter() - start
-            REC.active = False
-            sample = REC.take()
+            end = time.perf_counter()
+            elapsed = end - start
             if timed:
-                breakdowns.append(derive(sample, elapsed))
+                breakdowns.append(derive(REC.take(), start, end))
             file_size = (repos["sync"] / "model.pt").stat().st_size
         else:
-            REC.active = timed
+            REC.take()
             start = time.perf_counter()
             ckpts["async"].step_completed(states["async"], step, metrics)
             elapsed = time.perf_counter() - start
-            sample = REC.take()  # only the main thread's parts; the writer thread's are dropped below
             ckpts["async"].drain()
-            REC.active = False
-            REC.take()
             if timed:
                 times["async_background"].append(time.perf_counter() - start)
-                submit = sample.get("submit", 0.0)
-                async_parts.append({
-                    "submit": submit,
-                    "capture_and_live": sample.get("capture", 0.0) + sample.get("read_live", 0.0),
-                    "rest": max(0.0, elapsed - submit - sample.get("capture", 0.0) - sample.get("read_live", 0.0)),
-                })
+                # when the background thread reached each phase, counted from the call
+                async_parts.append({name: at - start for name, at in REC.take()})
         if timed:
             times[kind].append(elapsed)
         else:
@@ -359,7 +239,7 @@ def measure_size(megabytes: int, reps: int, repos: dict[str, Path], baseline_dir
 
     med = {k: C.summary(v) for k, v in times.items()}
     base = med["torch.save"]["median"]
-    parts = {key: C.summary(b.get(key, 0.0) for b in breakdowns)["median"] for key, _, _ in BREAKDOWN_ROWS}
+    parts = {key: C.summary(b.get(key, 0.0) for b in breakdowns)["median"] for key, _ in BREAKDOWN_ROWS}
     parts["total"] = med["sync"]["median"]
     result = {
         "size_mb": megabytes,
@@ -380,7 +260,7 @@ def measure_size(megabytes: int, reps: int, repos: dict[str, Path], baseline_dir
         "sync_target": TARGET_SYNC,
         "async_target": TARGET_ASYNC,
         "sync_breakdown_median_s": parts,
-        "async_breakdown_median_s": {k: C.summary(p[k] for p in async_parts)["median"] for k in ("submit", "capture_and_live", "rest")},
+        "async_phase_reached_median_s": {k: C.summary(p[k] for p in async_parts if k in p)["median"] for k in phases.PHASES},
         "sync_breakdown_samples": breakdowns,
     }
     for mode in ("sync", "async"):
@@ -410,7 +290,6 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     print(f"   torch intra-op threads: {torch.get_num_threads()}\n")
 
-    instrument()
     results = []
     try:
         for size in sizes:
@@ -419,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"   torch.save {C.ms(r['torch_save_s']['median'])}, sync {C.ms(r['sync_s']['median'])} "
                   f"({r['sync_ratio']:.2f}x), async {C.ms(r['async_s']['median'])} ({r['async_ratio']:.2f}x)\n")
     finally:
-        uninstrument()
+        REC.close()
 
     rows = [["state", "file", "torch.save", "sync", "sync/torch.save", f"target <= {TARGET_SYNC}x",
              "async", "async/torch.save", f"target <= {TARGET_ASYNC}x", "async bg publish", "1st sync ckpt"]]
@@ -435,20 +314,18 @@ def main(argv: list[str] | None = None) -> int:
     print(C.table(rows))
     print("\nwhere the sync time goes (median per checkpoint):")
     rows = [["part", *[f"{r['size_mb']} MB" for r in results]]]
-    for key, label, _ in BREAKDOWN_ROWS:
+    for key, label in BREAKDOWN_ROWS:
         rows.append([label, *[f"{C.ms(r['sync_breakdown_median_s'][key])} ({100 * r['sync_breakdown_median_s'][key] / r['sync_s']['median']:.0f}%)" for r in results]])
     rows.append(["total (median of totals)", *[C.ms(r["sync_s"]["median"]) for r in results]])
     rows.append(["torch.save baseline", *[C.ms(r["torch_save_s"]["median"]) for r in results]])
     rows.append(["torch.save + fsync (durable baseline)", *[C.ms(r["torch_save_fsync_s"]["median"]) for r in results]])
     print(C.table(rows))
     print("(parts are medians of each part, so they need not add up exactly to the median total)")
-    print("\nwhere the async blocking time goes (median per checkpoint):")
-    rows = [["part", *[f"{r['size_mb']} MB" for r in results]]]
-    for key, label in (("submit", "AsyncWriter.submit (copy into buffers, enqueue)"),
-                       ("capture_and_live", "capture state + read dvclive files"),
-                       ("rest", "rest (policy, watch; GIL shared with the writer thread)")):
-        rows.append([label, *[C.ms(r["async_breakdown_median_s"][key]) for r in results]])
-    rows.append(["total", *[C.ms(r["async_s"]["median"]) for r in results]])
+    print("\nasync: when the background publish reached each phase, counted from the call (median):")
+    rows = [["phase", *[f"{r['size_mb']} MB" for r in results]]]
+    rows.append(["call returned (blocking)", *[C.ms(r["async_s"]["median"]) for r in results]])
+    for key in phases.PHASES:
+        rows.append([key, *[C.ms(r["async_phase_reached_median_s"].get(key)) for r in results]])
     print(C.table(rows))
     C.write_result("blocking" if not args.threads else f"blocking-threads{args.threads}", {"sizes": results})
     return 0

@@ -15,12 +15,13 @@ trial through the real ``dvc exp run``, in synchronous or (``--async-share``) as
 checkpoint mode. After the kill it checks:
 
 1. every checkpoint ref resolves to a commit whose dvc.lock names a model.pt object that is in
-   the DVC cache and hashes to its name (checked independently here, and by
-   ``expckpt verify --all``, which must exit 0);
+   the DVC cache and hashes to its name (checked independently, and by ``expckpt verify --all``);
 2. no temp file (``.expckpt-tmp-``) is a ref, a row of ``expckpt list``, or in a commit;
 3. the checkpoints form an unbroken run of steps 0..k (for a crash point: exactly the expected
    k), and the run started again resumes from the last complete one (step k + 1), finishes,
    and ends with model and optimizer tensors bitwise equal to an uninterrupted run's.
+
+The checks are tests/oracle.py's, the same the fault, signal and workflow tests make.
 
     python bench/crash_trials.py --trials 100     # the long form (~20-40 min on 2 cores)
     python bench/crash_trials.py --trials 5       # a quick look (~2 min)
@@ -33,12 +34,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import io
-import json
 import os
 import random
-import re
 import shutil
 import signal
 import subprocess
@@ -49,13 +46,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
 import _common as C  # noqa: E402
-
-TEMP_MARK = ".expckpt-tmp-"
+import oracle  # noqa: E402  (tests/oracle.py: the crash-safety checks the tests make)
 from expckpt.faults import POINTS  # noqa: E402
-RESUMED = re.compile(r"Resuming from model\.pt(?: \((?P<name>[^)]+)\))?: (?P<done>\d+) steps done")
-DONE = re.compile(r"model\.pt already has (\d+) steps")
-EPOCH = re.compile(r"^epoch (\d+):", re.M)
+
 EXP = "trial"
 
 
@@ -136,79 +131,12 @@ def run_and_kill(args: list[str], project: Path, env: dict[str, str], delay: flo
     return code, "".join(out), "".join(err), killed
 
 
-# -- what the repository holds ---------------------------------------------------------------------------
-def checkpoint_refs(project: Path, env: dict[str, str]) -> dict[str, tuple[int, str]]:
-    refs = {}
-    for line in git(project, env, "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps").splitlines():
-        ref, sha = line.split()
-        name = ref.rsplit("/", 1)[-1]
-        if "@" in name and not ref.startswith("refs/exps/exec/"):
-            check(TEMP_MARK not in ref, f"a temp file's name became a ref: {ref}")
-            refs[name] = (int(name.rpartition("@")[2]), sha)
-    return refs
-
-
-def independent_check(project: Path, env: dict[str, str], refs: dict[str, tuple[int, str]]) -> None:
-    import yaml
-
-    for name, (_, sha) in refs.items():
-        kind = git(project, env, "cat-file", "-t", sha, check_rc=False).strip()
-        check(kind == "commit", f"{name}: {sha} is not a commit ({kind or 'missing'})")
-        paths = git(project, env, "ls-tree", "-r", "--name-only", sha).split()
-        check(not [p for p in paths if TEMP_MARK in p], f"{name}: its commit holds a temp file")
-        lock = yaml.safe_load(git(project, env, "show", f"{sha}:dvc.lock"))
-        outs = [o for o in lock["stages"]["train"]["outs"] if o["path"] == "model.pt"]
-        check(len(outs) == 1, f"{name}: dvc.lock records no model.pt")
-        md5, size = outs[0]["md5"], int(outs[0]["size"])
-        obj = project / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
-        check(obj.is_file(), f"{name}: cache object {md5} is missing")
-        data = obj.read_bytes()
-        check(hashlib.md5(data).hexdigest() == md5 and len(data) == size, f"{name}: cache object {md5} is corrupt")
-
-
-def expckpt_cli(project: Path, *args: str) -> tuple[int, str, str]:
-    """``expckpt ARGS`` in ``project``, in this process (the same ``main`` as the console script)."""
-    from expckpt.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    old = Path.cwd()
-    os.chdir(project)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(list(args))
-    finally:
-        os.chdir(old)
-    return code, out.getvalue(), err.getvalue()
-
-
-def check_invariants(project: Path, env: dict[str, str]) -> list[int]:
+# -- the oracle ------------------------------------------------------------------------------------------
+def check_invariants(project: Path) -> list[int]:
     """Invariants 1 and 2; return the steps of the trial's checkpoints (an unbroken 0..k)."""
-    refs = checkpoint_refs(project, env)
-    independent_check(project, env, refs)
-    code, out, err = expckpt_cli(project, "verify", "--all")
-    check(code == 0, f"expckpt verify --all exited {code}: {err.strip()}")
-    check(f"{len(refs)} of {len(refs)} checkpoints verified" in out, f"expckpt verify: {out.strip()}")
-    code, out, err = expckpt_cli(project, "list", "-A", "--json")
-    check(code == 0, f"expckpt list exited {code}: {err.strip()}")
-    names = [row["name"] for row in json.loads(out)]
-    check(not [n for n in names if TEMP_MARK in n], "expckpt list shows a temp file")
-    check(sorted(names) == sorted(refs), f"expckpt list {sorted(names)} != refs {sorted(refs)}")
-    steps = sorted(step for name, (step, _) in refs.items() if name.startswith(f"{EXP}@"))
-    check(steps == list(range(len(steps))), f"checkpoints are not an unbroken 0..k: {steps}")
-    return steps
-
-
-def same_state(a: Path, b: Path) -> list[str]:
-    import torch
-
-    sa, sb = (torch.load(p, map_location="cpu", weights_only=True) for p in (a, b))
-    diffs = [] if sa["step"] == sb["step"] else [f"step {sa['step']} != {sb['step']}"]
-    diffs += [k for k in sa["model"] if not torch.equal(sa["model"][k], sb["model"][k])]
-    for index, state in sa["optimizer"]["state"].items():
-        for key, value in state.items():
-            if not torch.equal(torch.as_tensor(value), torch.as_tensor(sb["optimizer"]["state"][index][key])):
-                diffs.append(f"optimizer {index}.{key}")
-    return diffs
+    problems = oracle.consistency_problems(project) + oracle.unbroken_problems(project, EXP)
+    check(not problems, "; ".join(problems))
+    return oracle.steps(project, EXP)
 
 
 # -- setup and one trial ------------------------------------------------------------------------------
@@ -265,7 +193,7 @@ def one_trial(i: int, rng: random.Random, args: argparse.Namespace, root: Path, 
             check(code == -signal.SIGKILL if runner == "direct" else code != 0, f"the crash point did not fire (exit {code}): {err[-500:]}")
         elif not killed:
             check(code == 0, f"the run ended on its own with exit {code} before the kill: {err[-500:]}")
-        steps = check_invariants(project, env)
+        steps = check_invariants(project)
         last = steps[-1] if steps else None
         trial["last_complete"] = last
         if kind == "point":
@@ -281,20 +209,11 @@ def one_trial(i: int, rng: random.Random, args: argparse.Namespace, root: Path, 
         code, out, err, _ = run_and_kill(command(runner, again), project, trial_env(env, project, head, runner, {}), None, args.timeout)
         check(code == 0, f"the resumed run exited {code}: {err.strip()[-800:]}")
         check("Traceback" not in err, f"traceback in the resumed run: {err[-800:]}")
-        match, done = RESUMED.search(out), DONE.search(out)
-        resumed_at = int(match["done"]) if match else int(done.group(1)) if done else 0
-        trial["resumed_at"] = resumed_at
-        want = 0 if last is None else last + 1
-        check(resumed_at == want, f"resumed at step {resumed_at}, expected {want} (last complete {last}):\n{out[-800:]}")
-        if last is not None and want < args.epochs:
-            check(match is not None and match["name"] == f"{EXP}@{last}", f"resumed from {match and match['name']}, expected {EXP}@{last}")
-        first = EPOCH.search(out)
-        if want < args.epochs:
-            check(first is not None and int(first.group(1)) == want, f"first trained epoch {first and first.group(1)}, expected {want}")
-        final_steps = check_invariants(project, env)
-        check(final_steps == list(range(args.epochs)), f"after resuming, checkpoints {final_steps}")
-        diffs = same_state(project / "model.pt", reference)
-        check(not diffs, f"final state differs from the uninterrupted run: {diffs[:5]}")
+        trial["resumed_at"] = oracle.resumed_from(out)[1]
+        problems = oracle.resume_problems(out, EXP, last, args.epochs)
+        check(not problems, "; ".join(problems) + f":\n{out[-800:]}")
+        problems = oracle.final_problems(project, EXP, args.epochs, reference)
+        check(not problems, "; ".join(problems[:5]))
         trial["ok"] = True
     except TrialFailure as exc:
         trial["ok"] = False
@@ -337,7 +256,7 @@ def main() -> int:
     print(f"   {os.cpu_count()} cores; load average now {load}\n")
     root = C.workdir("crash-trials", keep=True)
     env = C.isolated_env(root / "home")
-    C.apply_env(env)  # the in-process `expckpt verify`/`list` see the same Git identity and HOME
+    C.apply_env(env)  # the oracle (git, in-process `expckpt verify`/`list`) sees the same HOME and identity
     start = time.monotonic()
     template, reference, training_time = prepare(root, env, args.epochs)
     print(f"prepared in {time.monotonic() - start:.0f} s; an uninterrupted run trains and checkpoints for {training_time:.2f} s\n", flush=True)

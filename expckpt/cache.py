@@ -14,21 +14,18 @@ import errno
 import os
 import re
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from expckpt.atomic import TEMP_MARK, atomic_write_bytes, fsync_dir, md5_file
 from expckpt.dirout import DIR_SUFFIX, WrittenDir, is_dir_hash, parse_manifest
-from expckpt.errors import ProjectError, StorageError
+from expckpt.errors import CorruptCheckpointError, ProjectError, StorageError
+from expckpt.text import terminal_safe
 
 __all__ = ["CacheSettings", "DvcCache"]
 
 DEFAULT_LINK_TYPES = ("reflink", "copy")
 """DVC's default ``cache.type``."""
-
-_OBJECT = re.compile(r"[0-9a-f]{32}(\.dir)?")
-"""A cache object's name: a file's MD5, or a directory manifest's (``<md5>.dir``)."""
 
 _UNSUPPORTED = {errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.ENOTTY, errno.ENOSYS, errno.EINVAL, errno.EAGAIN}
 """Errors that make DVC try the next link type (``dvc_objects.fs.generic._try_links``)."""
@@ -65,6 +62,8 @@ class CacheSettings:
                 f"DVC cannot read its cache settings in {dvc_root}: {exc}; check `dvc config --list`",
                 path=dvc_root,
             ) from exc
+
+_MD5 = re.compile(r"[0-9a-f]{32}(\.dir)?")
 
 
 class DvcCache:
@@ -105,6 +104,19 @@ class DvcCache:
         return self.settings.link_types
 
     def object_path(self, md5: str) -> Path:
+        """Where the object ``md5`` lives; refuses anything but an MD5 (32 lowercase hex digits,
+        ``.dir`` after a directory's manifest).
+
+        The hash comes from Git-sourced records and logs: a crafted one (``../../..``) must not
+        make ``verify`` hash, or ``gc`` delete, a file outside the cache.
+        """
+        if not isinstance(md5, str) or not _MD5.fullmatch(md5):
+            shown = repr(md5) if len(repr(md5)) <= 60 else f"{repr(md5)[:57]}..."
+            raise CorruptCheckpointError(
+                f"{terminal_safe(shown)} is not a DVC md5 (32 lowercase hex digits, + .dir), so it names no"
+                " cache object; the record or log holding it is damaged or crafted:"
+                " run `expckpt verify --all` to find it"
+            )
         return self.root / "files" / "md5" / md5[:2] / md5[2:]
 
     def has(self, md5: str) -> bool:
@@ -230,7 +242,7 @@ class DvcCache:
         with contextlib.suppress(FileNotFoundError):
             for line in self.written_log.read_text().splitlines():
                 md5, _, size = line.partition(" ")
-                if _OBJECT.fullmatch(md5) and size.isdigit():
+                if _MD5.fullmatch(md5) and size.isdigit():
                     found[md5] = int(size)
         return found
 
@@ -286,12 +298,3 @@ class DvcCache:
         with atomic_writer(dest) as (handle, _), open(src, "rb") as source:
             shutil.copyfileobj(source, handle, 1 << 22)
 
-    def iter_objects(self) -> Iterator[tuple[str, Path]]:
-        base = self.root / "files" / "md5"
-        if not base.is_dir():
-            return
-        for sub in base.iterdir():
-            if len(sub.name) == 2 and sub.is_dir():
-                for obj in sub.iterdir():
-                    if TEMP_MARK not in obj.name:
-                        yield sub.name + obj.name, obj

@@ -78,9 +78,6 @@ class Catalog:
     def by_commit(self, commit: str) -> CheckpointRecord | None:
         return self._by_commit.get(commit)
 
-    def experiments(self) -> list[str]:
-        return sorted({r.exp for r in self.records})
-
     def resolve(self, name: str) -> CheckpointRecord:
         """A checkpoint by name (``tut@3``) or by (short) commit sha."""
         named = [r for r in self.records if r.name == name]

@@ -6,8 +6,7 @@ checkpoint saved on a GPU loads on a CPU-only machine.
 
 from __future__ import annotations
 
-import hashlib
-import io
+import contextlib
 import os
 import pickle
 import pickletools
@@ -21,6 +20,8 @@ from typing import Any
 import torch
 
 from expckpt.atomic import TEMP_MARK, WrittenFile, _storage_error
+from expckpt.staging import cpu_storages, to_cpu
+from expckpt.streaming import HashingStream
 from expckpt.errors import (
     ArchitectureMismatchError,
     CorruptCheckpointError,
@@ -36,37 +37,49 @@ _ASKS_FOR_CODE = re.compile(
 
 
 def write_temp(payload: Mapping[str, Any], dest: Path, *, durable: bool = True) -> WrittenFile:
-    """Serialise ``payload`` to a temp file next to ``dest``; hash it while it is written.
+    """Serialise ``payload`` into a temp file next to ``dest``, hashing it as it is written.
 
-    ``torch.save`` goes to memory first, then the MD5 (DVC's hash) runs on one core while the
-    bytes go to disk on the other.
+    Tensors are written as CPU tensors whatever their device (``staging.to_cpu``), so a GPU
+    run's file is the file an asynchronous save of the same state writes. ``torch.save``
+    streams into a ``HashingStream``: each record is written and MD5-hashed (DVC's hash) in
+    parallel as it comes, with no copy of the whole file in memory; the bytes are exactly
+    those ``torch.save(to_cpu(payload), file_object)`` writes (for a CPU state whose equal
+    strings are one object, as a fresh run's are: ``torch.save(payload, file_object)``'s).
+    ``payload`` must not change until this returns.
     """
     dest = Path(dest)
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    view = buffer.getbuffer()
-    digest = hashlib.md5(usedforsecurity=False)
-    hasher = threading.Thread(target=digest.update, args=(view,))
-    hasher.start()
+    payload = to_cpu(payload)
     tmp = dest.with_name(f"{TEMP_MARK}{dest.name}.{os.getpid()}.{threading.get_ident()}")
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(view)
-            handle.flush()
-            if durable:
-                os.fsync(handle.fileno())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
     except OSError as exc:
-        hasher.join()
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
         raise _storage_error(dest, exc) from exc
-    finally:
-        hasher.join()
-    size = view.nbytes
-    del view
-    return WrittenFile(tmp=tmp, dest=dest, md5=digest.hexdigest(), size=size)
+    stream = HashingStream(fd, cpu_storages(payload), writeback=durable)
+    try:
+        try:
+            torch.save(payload, stream)
+            md5, size = stream.finish(durable=durable)
+        finally:
+            stream.abort()
+            os.close(fd)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        cause = exc if isinstance(exc, OSError) else _os_error_in(exc)
+        if cause is not None:
+            raise _storage_error(dest, cause) from exc
+        raise
+    return WrittenFile(tmp=tmp, dest=dest, md5=md5, size=size)
+
+
+def _os_error_in(exc: BaseException) -> OSError | None:
+    """The OSError a write raised inside torch.save, if torch re-raised it as something else."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
+    return None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -18,6 +18,7 @@ atomically and resumed from, so ``python train.py`` works the same way.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,14 +27,16 @@ from typing import Any
 
 from expckpt.checkpoint_file import check_architecture, load_checkpoint, write_temp
 from expckpt.committer import Written
-from expckpt.dirout import FileStat, WrittenDir, output_stat
+from expckpt.dirout import FileStat, WrittenDir
 from expckpt.dirstate import load_dir_checkpoint, split_payload, write_dir_temp
 from expckpt.config import CheckpointConfig
-from expckpt.errors import CheckpointError
 from expckpt.policy import CheckpointInfo, SaveContext
+from expckpt.pusher import Pusher
 from expckpt.records import CheckpointRecord
+from expckpt.remote import PushTarget, resolve_target
 from expckpt.report import improvement_line
 from expckpt.resume import ResumePoint, Resumed, find_resume_point, remove_stale_temps, restore_live_files
+from expckpt.resume import refuse_lost_checkpoint
 from expckpt.retention import RunRetention
 from expckpt.session import SessionNote
 from expckpt.signals import GracefulStop
@@ -41,6 +44,7 @@ from expckpt.state import TrainingState
 from expckpt.stateset import StateFiles, as_state_files
 from expckpt.watch import TrainingWatch
 from expckpt.wiring import Wiring, wire
+from expckpt.workspace_guard import WorkspaceGuard
 from expckpt.writer import AsyncWriter
 
 __all__ = ["Checkpointer", "Decision", "Resumed", "StopTraining"]
@@ -76,7 +80,8 @@ def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
 class Checkpointer:
     """Saves and restores one checkpoint file; publishes each save as a checkpoint experiment."""
 
-    def __init__(self, wiring: Wiring, config: CheckpointConfig, *, echo: Callable[[str], None] = print) -> None:
+    def __init__(self, wiring: Wiring, config: CheckpointConfig, *, echo: Callable[[str], None] = print,
+                 push: PushTarget | None = None) -> None:
         self.wiring = wiring
         self.config = config
         self.echo = echo
@@ -92,14 +97,17 @@ class Checkpointer:
         self._last_saved: CheckpointInfo | None = None
         self._unsaved: tuple[int, dict[str, float]] | None = None
         self._metrics_checked = False
-        self._file_stat: tuple[Any, ...] | None = None
+        self._guard = WorkspaceGuard(wiring)
         self._dir_files: dict[str, Mapping[str, FileStat]] = {}
         """Per-file stats of each directory output as last published (unchanged files are skipped)."""
         self._writer: AsyncWriter | None = None
+        self._inflight = 0
+        self._inflight_lock = threading.Lock()
         self._retention = (
             RunRetention(config.keep_policy(), wiring.committer.store, echo, free=wiring.free)
             if wiring.committer is not None else None
         )
+        self._pusher = Pusher(push, wiring.committer.project.root, echo) if push and wiring.committer else None
 
     @classmethod
     def from_env(
@@ -114,7 +122,13 @@ class Checkpointer:
         a list of paths publishes them together (``ckpt/``, ending in ``/``: a directory output)."""
         if not isinstance(config, CheckpointConfig):
             config = CheckpointConfig.from_params(config)
-        return cls(wire(path, live_dir=live_dir, env=env), config)
+        wiring = wire(path, live_dir=live_dir, env=env)
+        c = wiring.committer  # checkpoint.push / DVC_EXP_AUTO_PUSH: checked before training starts
+        push, warning = resolve_target(c.store, c.project.root, config.push, env) if c else (None, None)
+        checkpointer = cls(wiring, config, push=push)
+        if warning:
+            checkpointer.echo(warning)
+        return checkpointer
 
     # -- compatibility with expckpt 0.1 ---------------------------------------------------------
     @property
@@ -144,12 +158,25 @@ class Checkpointer:
         The rules for which checkpoint that is are in ``expckpt.resume``. With ``defer_rng`` the
         RNG states wait for ``state.apply_rng()`` (``CheckpointLive`` calls it at the first step).
         ``state`` is a ``TrainingState``, or ``output path -> TrainingState`` for several outputs.
+        Inside ``dvc exp run``, a run whose next steps are already checkpoints of another run
+        with the same experiment name is refused here, before any training.
         """
+        resumed = self._restore(state, defer_rng)
+        if self.wiring.committer is not None:
+            self.wiring.committer.check_name(self.group(state).step + 1)
+        return resumed
+
+    def _restore(self, state: AnyState, defer_rng: bool) -> Resumed | None:
         w = self.wiring
         group = self.group(state)
         for out in w.outputs:
             remove_stale_temps(out.path)
-        if SessionNote.was_reset(w.workspace, w.rel_path) and w.path.exists():
+        if w.committer is not None:  # a lost checkpoint (any output's) is not a fresh start
+            for out in w.outputs:
+                refuse_lost_checkpoint(out.path, out.rel_path, w.workspace, w.committer.store, w.committer.cache)
+        if not w.path.exists():
+            return None
+        if SessionNote.was_reset(w.workspace, w.rel_path):
             self.echo(f"expckpt: starting from scratch (expckpt reset); ignoring {w.rel_path} as DVC checked it out")
             return None
         point = ResumePoint(None, rolled_back=False)
@@ -177,7 +204,7 @@ class Checkpointer:
             self.last_record = point.record
             restore_live_files(w.committer.store, point.record.commit, w.workspace, w.live_dir)
         self._last_saved = CheckpointInfo(step=group.step, metrics={}, time=time.time())
-        self._file_stat = self._stats()
+        self._guard.note_now()
         for out in w.outputs:
             note = SessionNote.read(w.workspace, out.rel_path)
             if out.is_dir and note is not None and note.files:
@@ -226,19 +253,29 @@ class Checkpointer:
             if note:
                 self.echo(note)
             return False
-        self._unsaved = None
+        if event != "step":
+            self.wait()  # the final and the stop save are never skipped as busy
         state.library["watch"] = self.watch.state_dict()
-        self._guard_file()
+        self._guard.check(busy=self._inflight > 0, last=self.last_record)
         payload = self._capture(state)
         live_files = self.wiring.committer.read_live_files() if self.wiring.committer else {}
         job = (step, flat, live_files, note)
         with self.stop.critical():
             if self.config.async_save:
                 if self._writer is None:
-                    self._writer = AsyncWriter(self._write_job)
-                self._writer.submit(payload, lambda snapshot: (snapshot, *job))
+                    self._writer = AsyncWriter(self._write_job, when_busy=self.config.when_busy, echo=self.echo)
+                with self._inflight_lock:
+                    self._inflight += 1
+                if not self._writer.submit(payload, lambda snapshot: (snapshot, *job)):
+                    with self._inflight_lock:
+                        self._inflight -= 1
+                    self._unsaved = (step, flat)  # when_busy: skip; a later step (or the final one) is saved
+                    if note:
+                        self.echo(note)
+                    return False
             else:
                 self._write_job((payload, *job))
+        self._unsaved = None
         self._last_saved = CheckpointInfo(step=step, metrics=flat, time=ctx.now)
         return True
 
@@ -271,6 +308,14 @@ class Checkpointer:
                 self._dir_files[out.rel_path] = item.stats()
 
     def _write_job(self, job: tuple[Any, int, Mapping[str, float], dict[str, bytes], str | None]) -> None:
+        try:
+            self._publish(job)
+        finally:
+            if self.config.async_save:
+                with self._inflight_lock:
+                    self._inflight -= 1
+
+    def _publish(self, job: tuple[Any, int, Mapping[str, float], dict[str, bytes], str | None]) -> None:
         payload, step, metrics, live_files, note = job
         w = self.wiring
         items = self._write_outputs(payload)
@@ -286,8 +331,7 @@ class Checkpointer:
                 item.discard()
             raise
         self._note_published(items)
-        # the stats the committer noted right after the renames, not whatever is there now
-        self._file_stat = self._stats() if w.committer is None else self._noted_stats()
+        self._guard.note_published()
         if note:
             self.echo(note)
         if w.committer is None:
@@ -296,29 +340,8 @@ class Checkpointer:
         self.echo(f"Checkpoint experiment '{record.name}' ({record.commit[:7]})")
         if self._retention is not None:
             self._retention.add(record)
-
-    def _stats(self) -> tuple[Any, ...] | None:
-        """The outputs' stats now (None while none exists)."""
-        stats = tuple(output_stat(o.path) for o in self.wiring.outputs)
-        return None if all(st is None for st in stats) else stats
-
-    def _noted_stats(self) -> tuple[Any, ...] | None:
-        """The outputs' stats the committer noted right after publishing them."""
-        notes = [SessionNote.read(self.wiring.workspace, o.rel_path) for o in self.wiring.outputs]
-        return self._stats() if None in notes else tuple(n.stat_key() for n in notes if n is not None)
-
-    def _guard_file(self) -> None:
-        """Stop if something else wrote the checkpoint file since expckpt last did."""
-        if self._file_stat is None or self._stats() == self._file_stat:
-            return
-        self.wait()
-        if self._stats() == self._file_stat:
-            return
-        last = f" since {self.last_record.name}" if self.last_record else ""
-        raise CheckpointError(
-            f"{self.wiring.rel_path} was changed by something other than expckpt{last} (your own"
-            f" torch.save(..., {self.wiring.rel_path!r})? a `dvc exp apply` during the run?); expckpt writes"
-            " that file itself: save anything else to another path, then run again")
+        if self._pusher is not None:  # after retention: a checkpoint it dropped is not pushed
+            self._pusher.submit(record)
 
     # -- the end -----------------------------------------------------------------------------------
     def finish(self, state: AnyState) -> None:
@@ -327,32 +350,16 @@ class Checkpointer:
         if self._unsaved is not None and state.step >= 0:
             step, flat = self._unsaved
             if self.config.every == 0:
-                self._guard_file()
+                self._guard.check(busy=self._inflight > 0, last=self.last_record)
                 items = self._write_outputs(self._capture(state))
                 for item in items:
                     item.publish()
                 self._note_published(items)
-                self._file_stat = self._stats()
+                self._guard.note_now()
             else:
                 self._save_if(state, step, flat, "final", None)
         self.wait()
-        self._put_back_last()
-
-    def _put_back_last(self) -> None:
-        """``dvc exp run`` commits the workspace when training ends: make sure it holds the last
-        checkpoint's file and dvc.lock, even if something replaced them during the run."""
-        c, record = self.wiring.committer, self.last_record
-        if c is None or record is None or self._file_stat is None or self._stats() == self._file_stat:
-            return
-        outs = [(o, record.outs.get(o.rel_path)) for o in self.wiring.outputs]
-        if any(h is None or not c.cache.has(h.md5) for _, h in outs):
-            return
-        for spec, h in outs:
-            assert h is not None
-            c.cache.checkout(h.md5, spec.path)
-        c.restore_lock(record)
-        names = ", ".join(o.rel_path for o in self.wiring.outputs)
-        self.echo(f"expckpt: warning: {names} was changed during the run; put back {record.name}'s")
+        self._guard.put_back(self.last_record, self.echo)
 
     def wait(self) -> None:
         """Wait until every background checkpoint is published (re-raises a failure)."""
@@ -373,7 +380,9 @@ class Checkpointer:
                 self._writer.close()
                 self._writer = None
             if state is None:  # training failed: still leave the last checkpoint in the workspace
-                self._put_back_last()
+                self._guard.put_back(self.last_record, self.echo)
+            if self._pusher is not None:  # bounded wait; never fails the run
+                self._pusher.close()
 
     def describe_last(self) -> str:
         if self.last_record is not None:

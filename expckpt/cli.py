@@ -17,14 +17,14 @@ import yaml
 from expckpt.cache import DvcCache
 from expckpt.catalog import Catalog, Chain
 from expckpt.config import CheckpointConfig
-from expckpt.errors import ConfigError, ExpCkptError, ProjectError
-from expckpt.gc import GcScope, collect
+from expckpt.errors import ConfigError, ExpCkptError
 from expckpt.gitstore import GitStore
 from expckpt.policy import CheckpointInfo
 from expckpt.project import Project
 from expckpt.report import analyse
 from expckpt.reset import reset_workspace
-from expckpt.verify import verify_records
+from expckpt.text import terminal_safe
+from expckpt.verify import remedy, verify_records
 
 __all__ = ["main"]
 
@@ -38,17 +38,13 @@ class Context:
         self.cache = DvcCache.for_project(self.project.root, self.store.git_dir)
 
     def head(self) -> str:
-        try:
-            return self.store.git("rev-parse", "HEAD").strip()
-        except ProjectError:
-            raise ProjectError("this repository has no commits yet; commit your project first") from None
+        return self.store.head()
 
     def labels(self) -> dict[str, str]:
-        labels = {}
-        out = self.store.git("for-each-ref", "--format=%(refname:short) %(objectname) %(*objectname)", "refs/heads", "refs/tags")
-        for line in out.splitlines():
-            name, *shas = line.split()
-            labels.setdefault(shas[-1], name)
+        """commit -> the first branch (else tag) name pointing at it."""
+        labels: dict[str, str] = {}
+        for ref, commit in self.store.branch_and_tag_tips().items():
+            labels.setdefault(commit, ref.removeprefix("refs/heads/").removeprefix("refs/tags/"))
         return labels
 
     def config(self) -> CheckpointConfig:
@@ -88,9 +84,12 @@ def cmd_list(args: argparse.Namespace, ctx: Context) -> int:
     policy = ctx.config().keep_policy()
     rows = []
     for chain in _chains(ctx, args.exp, args.all_commits):
-        infos = [CheckpointInfo(step=r.step, metrics=r.metrics, time=r.time) for r in chain.records]
+        infos = [CheckpointInfo.of(r) for r in chain.records]
         for record, why in zip(chain.records, policy.reasons(infos)):
             rows.append((record, sorted(why)))
+    if args.names:  # for shells: dvc exp remove tut $(expckpt list tut --names)
+        print("\n".join(r.name for r, _ in rows))
+        return 0
     if args.json:
         print(json.dumps([
             {"name": r.name, "step": r.step, "commit": r.commit, "metrics": dict(r.metrics), "size": r.size, "kept_by": why}
@@ -105,6 +104,7 @@ def cmd_list(args: argparse.Namespace, ctx: Context) -> int:
     for r, why in rows:
         table.append([r.name, str(r.step), r.commit[:7], *[f"{r.metrics[m]:.5g}" if m in r.metrics else "-" for m in metrics],
                       _size(r.size), ",".join(why) or "- (outside policy)"])
+    table = [[terminal_safe(cell) for cell in row] for row in table]  # metric names come from Git
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
@@ -131,28 +131,67 @@ def cmd_reset(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_gc(args: argparse.Namespace, ctx: Context) -> int:
+    from expckpt.gc import GcScope, collect, plan_gc
+
     scope = GcScope(workspace=args.workspace, all_branches=args.all_branches, all_tags=args.all_tags, all_commits=args.all_commits)
-    retention = {"keep_last": args.keep_last, "keep_best": args.keep_best, "metric": args.metric, "mode": args.mode}
     if args.keep_last is not None and args.keep_last < 1:
         raise ConfigError(f"--keep-last must be at least 1, got {args.keep_last}", key="keep_last")
-    plan, _ = collect(ctx.store, ctx.cache, ctx.project.workspace, scope, dry_run=True, **retention)
-    if not plan.remove and not plan.objects:
+    if args.keep_best is not None and args.keep_best < 1:
+        raise ConfigError(f"--keep-best must be at least 1, got {args.keep_best}", key="keep_best")
+    if args.keep_best and args.keep_last is None:
+        raise ConfigError(
+            f"--keep-best {args.keep_best} without --keep-last keeps every checkpoint anyway (no --keep-last"
+            " means keep all, as keep_last: null does in params.yaml); add --keep-last N, e.g. --keep-last 1",
+            key="keep_last")
+    if args.wait < 0:
+        raise ConfigError(f"--wait must be a number of seconds >= 0, got {args.wait:g}", key="wait")
+    plan = plan_gc(ctx.store, ctx.cache, ctx.project.workspace, scope,
+                   keep_last=args.keep_last, keep_best=args.keep_best or 0, metric=args.metric, mode=args.mode)
+    cloud = None
+    if args.cloud:
+        from expckpt.cloudgc import plan_cloud_gc
+
+        cloud = plan_cloud_gc(ctx.store, ctx.cache, ctx.project.workspace, without={r.ref.ref for r in plan.remove},
+                              remote=args.remote, git_remote=args.git_remote)
+    elif args.remote or args.git_remote:
+        raise ConfigError("-r/--remote and --git-remote only apply with --cloud (delete from the DVC remote too)", key="cloud")
+    if not plan.remove and not plan.objects and not (cloud and cloud.objects):
         print("Nothing to collect.")
         return 0
-    verb = "Would remove" if args.dry_run else "Removing"
-    for record in plan.remove:
-        print(f"{verb} checkpoint {record.name} ({record.commit[:7]}, {_size(record.size)})")
-    print(f"{'Would free' if args.dry_run else 'Freeing'} {_size(plan.bytes)} in {len(plan.objects)} cache objects")
+    what = f"{len(plan.remove)} checkpoints and {_size(plan.bytes)} in {len(plan.objects)} cache objects"
+    if cloud is not None:
+        what += f", and {_size(cloud.bytes)} in {len(cloud.objects)} objects on DVC remote {cloud.remote!r}"
+    if not args.dry_run and not args.force and not sys.stdin.isatty():
+        raise ConfigError(f"refusing to remove {what} without confirmation: pass --force (or --dry-run to list them)", key="force")
+    if args.dry_run or not args.force:
+        for record in plan.remove:
+            print(f"Would remove checkpoint {record.name} ({record.commit[:7]}, {_size(record.size)})")
+        print(f"Would free {_size(plan.bytes)} in {len(plan.objects)} cache objects")
+        if cloud is not None:
+            kept_by = f", keeping what refs on Git remote {cloud.git_remote!r} need" if cloud.git_remote else ""
+            print(f"Would delete {_size(cloud.bytes)} in {len(cloud.objects)} objects from DVC remote {cloud.remote!r}{kept_by}")
     if args.dry_run:
         return 0
-    if not args.force:
-        if not sys.stdin.isatty():
-            raise ConfigError("refusing to delete without confirmation: pass --force (or --dry-run to look first)", key="force")
-        if input(f"Remove {len(plan.remove)} checkpoints and {_size(plan.bytes)} of cache? [y/N] ").strip().lower() not in ("y", "yes"):
-            print("Aborted; nothing removed.")
-            return 1
-    _, freed = collect(ctx.store, ctx.cache, ctx.project.workspace, scope, **retention)
-    print(f"Removed {len(plan.remove)} checkpoints, freed {_size(freed)}.")
+    if not args.force and input(f"Remove {what}? [y/N] ").strip().lower() not in ("y", "yes"):
+        print("Aborted; nothing removed.")
+        return 1
+
+    def waiting(holders: list) -> None:
+        who = "; ".join(h.describe() for h in holders) or "another process"
+        print(f"expckpt: waiting up to {args.wait:g} s for the gc lock, held by {who}", file=sys.stderr)
+
+    result = collect(plan, ctx.store, ctx.cache, ctx.project.workspace, timeout=args.wait, on_wait=waiting)
+    for record in result.removed:
+        print(f"Removed checkpoint {record.name} ({record.commit[:7]})")
+    for record, now in result.moved:
+        print(f"Kept checkpoint {record.name}: it points at {now[:7]} now, not {record.commit[:7]} as planned")
+    gone = f" ({len(result.gone)} were already gone)" if result.gone else ""
+    print(f"Removed {len(result.removed)} checkpoints{gone}, freed {_size(result.bytes)} in {len(result.freed)} cache objects.")
+    if cloud is not None:
+        from expckpt.cloudgc import execute_cloud_gc
+
+        deleted = execute_cloud_gc(cloud, ctx.store, ctx.project.workspace)
+        print(f"Deleted {_size(sum(deleted.values()))} in {len(deleted)} objects from DVC remote {cloud.remote!r}.")
     return 0
 
 
@@ -164,31 +203,18 @@ def cmd_verify(args: argparse.Namespace, ctx: Context) -> int:
     problems = verify_records(records, ctx.store, ctx.cache)
     for problem in problems:
         print(f"expckpt: {problem}", file=sys.stderr)
+    advice = remedy(problems)
+    if advice:
+        print(f"expckpt: {advice}", file=sys.stderr)
     bad = {p.record.commit for p in problems}
     print(f"{len(records) - len(bad)} of {len(records)} checkpoints verified" + (f", {len(bad)} broken" if bad else ""))
     return 1 if problems else 0
 
 
 def _history(ctx: Context, chain: Chain) -> list[tuple[int, dict[str, float]]]:
-    files = ctx.store.list_dir(chain.newest.commit, "dvclive/plots/metrics")
-    steps: dict[int, dict[str, float]] = {}
-    for path, data in files.items():
-        if not path.endswith(".tsv"):
-            continue
-        metric = path[len("dvclive/plots/metrics/"):-4]
-        lines = data.decode().splitlines()
-        header = lines[0].split("\t") if lines else []
-        if "step" not in header:
-            continue
-        for line in lines[1:]:
-            cells = dict(zip(header, line.split("\t")))
-            try:
-                steps.setdefault(int(cells["step"]), {})[metric] = float(cells[metric.rsplit("/", 1)[-1]])
-            except (KeyError, ValueError):
-                continue
-    if not steps:
-        steps = {r.step: dict(r.metrics) for r in chain.records}
-    return sorted(steps.items())
+    from expckpt.history import metric_history
+
+    return metric_history(ctx.store, chain.newest.commit) or [(r.step, dict(r.metrics)) for r in chain.records]
 
 
 def cmd_report(args: argparse.Namespace, ctx: Context) -> int:
@@ -207,16 +233,20 @@ def cmd_report(args: argparse.Namespace, ctx: Context) -> int:
         patience=cfg.patience,
     )
     if args.json:
-        print(json.dumps({"experiment": chain.exp, **{k: v for k, v in vars(report).items()}}, indent=2, default=str))
+        fields = {k: v for k, v in vars(report).items() if k not in ("nonfinite", "nonfinite_kind")}
+        nonfinite = [{"step": step, "metric": metric, "kind": report.nonfinite_kind.get((step, metric), "NaN")}
+                     for step, metric in report.nonfinite]  # tuple keys are not JSON
+        print(json.dumps({"experiment": chain.exp, **fields, "nonfinite": nonfinite}, indent=2, default=str))
         return 0
-    print(f"Experiment {chain.exp} (steps {chain.records[0].step}-{chain.newest.step}):")
+    # Metric names in the report come from file names in a checkpoint commit's tree.
+    print(terminal_safe(f"Experiment {chain.exp} (steps {chain.records[0].step}-{chain.newest.step}):"))
     for line in report.lines():
         if not line.startswith("apply:"):
-            print(f"  {line}")
+            print(f"  {terminal_safe(line)}")
     if report.recommended_step is not None:
         target = Catalog(chain.records).last_at_or_before(chain.exp, report.recommended_step)
         if target is not None:
-            print(f"  checkpoint to apply: dvc exp apply {target.name}")
+            print(f"  checkpoint to apply: dvc exp apply {terminal_safe(target.name)}")
     return 0
 
 
@@ -237,6 +267,7 @@ def _parser() -> argparse.ArgumentParser:
     p = add("list", cmd_list, "checkpoints with step, metrics, size and the rule that keeps each")
     p.add_argument("exp", nargs="?", help="only this experiment")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--names", action="store_true", help="only the checkpoint names, one per line")
     p.add_argument("-A", "--all-commits", action="store_true", help="experiments of every baseline")
 
     p = add("reset", cmd_reset, "make the next `dvc exp run` start from scratch (committed checkpoints stay)")
@@ -247,12 +278,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-a", "--all-branches", action="store_true", help="also keep those based on branch tips")
     p.add_argument("-T", "--all-tags", action="store_true", help="also keep those based on tags")
     p.add_argument("-A", "--all-commits", action="store_true", help="keep those based on any commit")
-    p.add_argument("--keep-last", type=int, metavar="N", help="in each experiment keep only the N newest")
-    p.add_argument("--keep-best", type=int, metavar="K", help="... plus the K best by --metric")
+    p.add_argument("--keep-last", type=int, metavar="N", help="in each experiment keep only the N newest (default: all)")
+    p.add_argument("--keep-best", type=int, metavar="K", help="... plus the K best by --metric (needs --keep-last)")
     p.add_argument("--metric", help="metric for --keep-best")
     p.add_argument("--mode", choices=("min", "max"), default="max")
     p.add_argument("--dry-run", action="store_true", help="list what would go and the bytes, remove nothing")
     p.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
+    p.add_argument("-c", "--cloud", action="store_true",
+                   help="also delete, from the DVC remote, objects only removed checkpoints used (try --dry-run first)")
+    p.add_argument("-r", "--remote", metavar="NAME", help="with --cloud: the DVC remote (default: the default remote)")
+    p.add_argument("--git-remote", metavar="NAME",
+                   help="with --cloud: the Git remote whose refs also keep objects (default: exp.git_remote or origin)")
+    p.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
+                   help="how long to wait for running checkpoint writers to release the gc lock (default: 60)")
 
     p = add("verify", cmd_verify, "rehash checkpoint objects; exit 1 if any is missing or corrupt")
     p.add_argument("exp", nargs="?", help="only this experiment")
@@ -274,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ExpCkptError as exc:
         if args.verbose:
             traceback.print_exc()
-        print(f"expckpt: error: {exc}", file=sys.stderr)
+        print(f"expckpt: error: {terminal_safe(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("expckpt: interrupted", file=sys.stderr)

@@ -1,9 +1,28 @@
-"""One checkpoint, published in order: cache object, workspace file, Git commit, workspace
-dvc.lock, ref, note.
+"""One checkpoint, published in order: cache object, pending mark, workspace file, Git commit,
+workspace dvc.lock, ref, note (which replaces the pending mark).
 
 Each step makes the next one safe: the ref (what users and DVC see) moves only after its commit
 and cache object exist, and the workspace note only after the ref. A crash at any point leaves
 either the previous checkpoint or the new one complete, never half of one.
+
+Who may write ``<exp>@<step>``: DVC guards only the name ``<exp>``, so expckpt guards the
+checkpoint names itself. **A run never re-points an ``<exp>@<step>`` that is not its own.**
+
+* The ref does not exist: it is created with a create-only compare-and-swap
+  (``set_ref(ref, new, old=None)``). Of two runs racing for it (two queued runs with the same
+  name), exactly one wins; the other refuses, so two runs never interleave into one chain.
+* The ref exists and holds a commit this ``Committer`` published itself (the same step saved
+  again by the same run): it is replaced with ``old=`` that commit, again compare-and-swap.
+* Anything else -- a checkpoint of an earlier run of the same name (after ``dvc exp remove``,
+  ``expckpt reset``, or ``dvc exp apply <exp>@<k>`` and a new run), of a concurrent run, or a
+  ref expckpt did not write -- is refused with one line naming it and suggesting a free name.
+  A run resumed after a crash never needs more: it continues after the newest checkpoint its
+  workspace file matches, so the steps it writes do not exist yet.
+
+``check_name(start_step)`` applies the same rule before training starts: any ``<exp>@<k>`` with
+``k >= start_step`` on this baseline means another run owns the steps ahead, and the run is
+refused before it spends an epoch. ``publish`` checks again before touching the workspace file,
+and the compare-and-swap at the ref settles any race left.
 """
 
 from __future__ import annotations
@@ -24,7 +43,7 @@ from expckpt.lockfile import LockBuilder
 from expckpt.phases import phase
 from expckpt.project import Project, RunContext
 from expckpt.records import CheckpointRecord, OutputHash, format_message
-from expckpt.refs import CheckpointRef
+from expckpt.refs import EXEC_APPLY, EXPS_PREFIX, CheckpointRef
 from expckpt.session import SessionNote
 
 __all__ = ["Committer", "Written"]
@@ -66,8 +85,52 @@ class Committer:
         self._base_tree: str | None = None
         self._published = False
         self._lock: LockBuilder | None = None
+        self._own: dict[str, str] = {}
+        """ref -> commit of every checkpoint this run published (the refs it may replace)."""
 
-    def _prepare(self) -> None:
+    # -- who owns <exp>@<step> ------------------------------------------------------------------
+    def check_name(self, start_step: int) -> None:
+        """Refuse, before training, a run whose steps ``>= start_step`` already exist as
+        checkpoints of another run of this experiment name (see the module docstring)."""
+        prefix = f"{EXPS_PREFIX}{self.run.baseline[:2]}/{self.run.baseline[2:]}/"
+        taken = []
+        for ref, commit in self.store.ref_targets(prefix).items():
+            parsed = CheckpointRef.parse(ref)
+            if parsed and parsed.exp == self.run.exp_name and parsed.step >= start_step and self._own.get(ref) != commit:
+                taken.append((parsed.step, parsed, commit))
+        if taken:
+            _, ref, commit = min(taken, key=lambda t: t[0])
+            raise self._taken(ref, commit)
+
+    def _check_step(self, ref: CheckpointRef) -> None:
+        existing = self.store.get_ref(ref.ref)
+        if existing is not None and self._own.get(ref.ref) != existing:
+            raise self._taken(ref, existing)
+
+    def _taken(self, ref: CheckpointRef, commit: str | None) -> RefConflictError:
+        """The one line for a checkpoint name another run holds, with a free name to use."""
+        prefix = f"{EXPS_PREFIX}{ref.baseline[:2]}/{ref.baseline[2:]}/"
+        used = {p.exp for p in map(CheckpointRef.parse, self.store.ref_targets(prefix)) if p}
+        n = 2
+        while f"{ref.exp}-{n}" in used:
+            n += 1
+        held = f"{commit[:7]}, from another run of {ref.exp!r}" if commit else f"written by another run of {ref.exp!r}"
+        return RefConflictError(
+            f"checkpoint {ref.name!r} already exists ({held}); run with another name,"
+            f" e.g. dvc exp run -n {ref.exp}-{n}, or remove it first: dvc exp remove {ref.name}",
+            ref=ref.ref,
+            actual=commit,
+        )
+
+    def _write_ref(self, ref: CheckpointRef, commit: str) -> None:
+        """Compare-and-swap the checkpoint's ref: create it, or replace only our own commit."""
+        try:
+            self.store.set_ref(ref.ref, commit, self._own.get(ref.ref))
+        except RefConflictError as exc:
+            raise self._taken(ref, exc.actual) from exc
+        self._own[ref.ref] = commit
+
+    def prepare(self) -> None:
         """Snapshot the tracked files and dependency hashes once per run (they don't change)."""
         if self._base_tree is None:
             self._base_tree = self.store.snapshot_tracked(self.project.workspace, self.run.baseline)
@@ -101,9 +164,10 @@ class Committer:
         order) as checkpoint ``<exp>@<step>``: one commit and one ref for all; return its record."""
         items = [written] if isinstance(written, (WrittenFile, WrittenDir)) else list(written)
         paths = self.checkpoint_paths[: len(items)]
-        self._prepare()
+        self.prepare()
         assert self._base_tree is not None and self._lock is not None
         ref = CheckpointRef(baseline=self.run.baseline, exp=self.run.exp_name, step=step)
+        self._check_step(ref)  # refuse another run's checkpoint name before touching the workspace
         phase("after-temp", step)
         with gc_lock(self.store.git_dir, exclusive=False), _git_write_errors(self.store.git_dir):
             for item in items:  # every object of every output in the cache before anything moves
@@ -112,6 +176,7 @@ class Committer:
                 else:
                     self.cache.add(item.tmp, item.md5, item.size)
             phase("after-cache", step)
+            SessionNote.mark_pending(self.project.workspace, self.checkpoint_path, ref.ref, items[0].md5)
             for item in items:
                 item.publish()
             phase("after-publish", step)
@@ -138,11 +203,7 @@ class Committer:
             atomic_write_bytes(self.project.workspace / "dvc.lock", files["dvc.lock"], durable=False)
             phase("after-lock", step)
 
-            existing = self.store.get_ref(ref.ref)
-            if existing is None:
-                self.store.create_ref(ref.ref, commit)
-            elif not self.store.replace_ref(ref.ref, commit, existing):
-                raise RefConflictError(f"{ref.ref} changed while checkpointing; another run uses the name {ref.exp!r}", ref=ref.ref)
+            self._write_ref(ref, commit)
             phase("after-ref", step)
 
             for path, item in zip(paths, items):
@@ -155,8 +216,10 @@ class Committer:
                     step=step,
                     mtime_ns=st.st_mtime_ns,
                     inode=st.st_ino,
+                    applied=self.store.get_ref(EXEC_APPLY),
                     files={k: list(v) for k, v in item.stats().items()} if isinstance(item, WrittenDir) else None,
                 ).write(self.project.workspace, path)
+            SessionNote.clear_pending(self.project.workspace, self.checkpoint_path)
             phase("after-note", step)
             self._published = True
             return CheckpointRecord(

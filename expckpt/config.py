@@ -12,10 +12,12 @@ else gets a ``CheckpointConfig`` and asks it for ``save_policy()`` and ``keep_po
       monitor: val_acc      # metric for keep_best and patience
       mode: max             # max: higher is better; min: lower is better
       async: false          # save in the background
+      when_busy: wait       # async, a save due while earlier ones are still being written: wait | skip
       on_divergence: warn   # warn | stop
       divergence_steps: 3   # this many rises in a row of divergence_metric = diverging
       divergence_metric: loss
       patience: null        # steps without improvement of `monitor` before a plateau warning
+      push: null            # a Git remote (e.g. origin): push each checkpoint there and to the default DVC remote
 
 Regimes (presets; keys written in the section override them):
 
@@ -43,24 +45,22 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, fields
 from types import MappingProxyType
 
+from expckpt.checks import check_divergence_steps, check_mode, check_patience, fail, show
 from expckpt.errors import ConfigError
 from expckpt.policy import (
     AnyOf,
     AnyOfSave,
     EveryMinutes,
     EverySteps,
-    KeepAll,
-    KeepBest,
-    KeepLast,
-    KeepNewest,
-    KeepPolicy,
     Never,
     OnEvents,
     SavePolicy,
+    keep_policy,
 )
 
 __all__ = ["REGIMES", "CheckpointConfig"]
@@ -74,6 +74,8 @@ REGIMES: Mapping[str, Mapping[str, object]] = MappingProxyType({
 
 _PARAM_KEY = {"async_save": "async"}  # field name -> params.yaml key where they differ
 _DEFAULT_DIVERGENCE_METRIC = "loss"
+_REMOTE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
+"""A Git remote name as expckpt accepts it: no leading ``-`` (never an option), no spaces or URL."""
 _REGIME_FIX = "pick one of them, or remove checkpoint.regime and set the keys yourself"
 
 
@@ -81,14 +83,8 @@ def _key(name: str) -> str:
     return f"checkpoint.{_PARAM_KEY.get(name, name)}"
 
 
-def _show(value: object) -> str:
-    if value is None or type(value) is int:
-        return repr(value)
-    return f"{value!r} ({type(value).__name__})"
-
-
 def _fail(name: str, value: object, expect: str, fix: str) -> None:
-    raise ConfigError(f"{_key(name)} must be {expect}, got {_show(value)}; {fix}", key=_key(name), value=value)
+    fail(_key(name), value, expect, fix)
 
 
 def _is_int(value: object) -> bool:
@@ -121,6 +117,10 @@ class CheckpointConfig:
     """The preset (``short``, ``normal``, ``long``) ``from_params`` started from, if any."""
     async_save: bool = False
     """Save in the background (params key ``async``)."""
+    when_busy: str = "wait"
+    """With ``async``, when a save is due while earlier ones still hold every staging buffer:
+    ``"wait"`` until the oldest is written (training pauses only that long), or ``"skip"`` this
+    save (training goes on at once; a later step is saved). Either is said once per run."""
     on_divergence: str = "warn"
     """What to do when training diverges or plateaus: ``"warn"`` or ``"stop"``."""
     divergence_steps: int = 3
@@ -129,6 +129,9 @@ class CheckpointConfig:
     """The metric watched for divergence; NaN/inf in it always counts as diverging."""
     patience: int | None = None
     """Steps without improvement of ``monitor`` before a plateau warning (stops with ``on_divergence: stop``)."""
+    push: str | None = None
+    """A Git remote name: push each kept checkpoint (ref to it, objects to the default DVC remote)
+    in the background while training goes on; None = don't (``DVC_EXP_AUTO_PUSH`` still can)."""
 
     def __post_init__(self) -> None:
         if not _is_int(self.every) or self.every < 0:
@@ -148,21 +151,23 @@ class CheckpointConfig:
         if self.monitor is not None and (not isinstance(self.monitor, str) or not self.monitor):
             _fail("monitor", self.monitor, "a metric name or null",
                   "use the name of a metric the run logs, e.g. val_loss")
-        _check_choice("mode", self.mode, ("min", "max"),
-                      "use 'max' when higher is better (accuracy) or 'min' when lower is better (loss)")
+        check_mode(self.mode)
         if self.regime is not None:
             _check_choice("regime", self.regime, tuple(REGIMES), _REGIME_FIX)
         if not isinstance(self.async_save, bool):
             _fail("async_save", self.async_save, "true or false", "use true to save in the background")
+        _check_choice("when_busy", self.when_busy, ("wait", "skip"),
+                      "use 'wait' to pause training until the previous checkpoint is written,"
+                      " or 'skip' to skip checkpoints that come too soon")
         _check_choice("on_divergence", self.on_divergence, ("warn", "stop"),
                       "use 'warn' to log a warning or 'stop' to end the run")
-        if not _is_int(self.divergence_steps) or self.divergence_steps < 2:
-            _fail("divergence_steps", self.divergence_steps, "an integer >= 2",
-                  "use 3 to call 3 rises in a row diverging (1 rise is noise)")
+        check_divergence_steps(self.divergence_steps)
         if not isinstance(self.divergence_metric, str) or not self.divergence_metric:
             _fail("divergence_metric", self.divergence_metric, "a metric name", "use e.g. 'loss'")
-        if self.patience is not None and (not _is_int(self.patience) or self.patience < 1):
-            _fail("patience", self.patience, "a positive integer or null", "use e.g. 10, or null for no plateau check")
+        check_patience(self.patience)
+        if self.push is not None and (not isinstance(self.push, str) or not _REMOTE_NAME.fullmatch(self.push)):
+            _fail("push", self.push, "the name of a Git remote or null",
+                  "use a name `git remote -v` lists, e.g. origin (add one with `git remote add origin <url>`)")
         self._check_combinations()
 
     def _check_combinations(self) -> None:
@@ -189,7 +194,7 @@ class CheckpointConfig:
             return cls()
         if not isinstance(section, Mapping):
             raise ConfigError(
-                f"checkpoint must be a mapping of keys to values, got {_show(section)}; "
+                f"checkpoint must be a mapping of keys to values, got {show(section)}; "
                 "write e.g. 'checkpoint: {every: 1, keep_last: 10}'", key="checkpoint", value=section)
         by_key = {_PARAM_KEY.get(f.name, f.name): f.name for f in fields(cls)}
         explicit: dict[str, object] = {}
@@ -219,12 +224,9 @@ class CheckpointConfig:
         return AnyOfSave(policies=tuple(rules))
 
     def keep_policy(self) -> AnyOf:
-        """What to keep: keep_last (or all) and keep_best, always united with the newest checkpoint."""
-        rules: list[KeepPolicy] = [KeepAll() if self.keep_last is None else KeepLast(n=self.keep_last)]
-        if self.keep_best > 0 and self.monitor is not None:
-            rules.append(KeepBest(k=self.keep_best, metric=self.monitor, mode=self.mode))
-        rules.append(KeepNewest())
-        return AnyOf(policies=tuple(rules))
+        """What to keep: keep_last (or all) and keep_best, always united with the newest checkpoint
+        (``policy.keep_policy``, the same function ``expckpt gc`` uses)."""
+        return keep_policy(keep_last=self.keep_last, keep_best=self.keep_best, monitor=self.monitor, mode=self.mode)
 
     def check_metrics(self, logged: Collection[str]) -> None:
         """Raise ConfigError unless the run logs the metrics this config watches.

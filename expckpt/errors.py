@@ -10,12 +10,14 @@ stderr and exits non-zero (tracebacks only with ``-v``).
     ├── DataError                a download or data file is missing, corrupt or unknown
     ├── CheckpointError          a checkpoint file cannot be used
     │   ├── CorruptCheckpointError     truncated, unreadable or hash mismatch
-    │   ├── UnsafeCheckpointError      would run code when loaded (crafted pickle)
-    │   └── ArchitectureMismatchError  saved from a different model
+    │   ├── UnsafeCheckpointError      would run code when loaded, or write outside its dvclive dir
+    │   ├── ArchitectureMismatchError  saved from a different model
+    │   └── MissingCheckpointError     the workspace's checkpoint is gone (file and cache object)
     ├── RefError                 checkpoint names and Git refs
     │   ├── InvalidNameError         an experiment name that cannot be a safe ref
     │   ├── UnknownCheckpointError   no checkpoint by that name (suggests close ones)
-    │   └── RefConflictError         a ref moved under us (compare-and-swap failed)
+    │   ├── RefConflictError         a ref moved under us (compare-and-swap failed)
+    │   └── GitLockedError           another process holds a Git ``.lock`` for too long
     └── StorageError             writing to the DVC cache or the workspace failed (disk full)
 """
 
@@ -28,7 +30,9 @@ __all__ = [
     "CorruptCheckpointError",
     "DataError",
     "ExpCkptError",
+    "GitLockedError",
     "InvalidNameError",
+    "MissingCheckpointError",
     "ProjectError",
     "RefConflictError",
     "RefError",
@@ -83,11 +87,22 @@ class CorruptCheckpointError(CheckpointError):
 
 
 class UnsafeCheckpointError(CheckpointError):
-    """The checkpoint holds objects that would run code when unpickled; it was refused."""
+    """The checkpoint holds objects that would run code when unpickled, or its commit's dvclive
+    tree would write outside the workspace's dvclive directory; it was refused."""
 
 
 class ArchitectureMismatchError(CheckpointError):
     """The checkpoint was saved from a model with other parameter names or shapes."""
+
+
+class MissingCheckpointError(CheckpointError):
+    """The workspace's note or dvc.lock names a checkpoint whose file and cache object are both
+    gone: training stops instead of silently starting over. ``checkpoint`` is its name (or the
+    file and md5 when no ref names it)."""
+
+    def __init__(self, message: str, *, path: object = None, checkpoint: str | None = None) -> None:
+        super().__init__(message, path=path)
+        self.checkpoint = checkpoint
 
 
 class RefError(ExpCkptError):
@@ -107,7 +122,22 @@ class UnknownCheckpointError(RefError):
 
 
 class RefConflictError(RefError):
-    """A ref was changed by someone else between read and update."""
+    """A ref was changed by someone else between read and update.
+
+    ``expected`` is what the writer assumed the ref held (``None``: absent), ``actual`` what
+    it holds now (``None``: absent), when known.
+    """
+
+    def __init__(
+        self, message: str, *, ref: str | None = None, expected: str | None = None, actual: str | None = None
+    ) -> None:
+        super().__init__(message, ref=ref)
+        self.expected = expected
+        self.actual = actual
+
+
+class GitLockedError(RefError):
+    """A Git ``.lock`` file held by another process did not go away in time; ``ref`` is its path."""
 
 
 class StorageError(ExpCkptError):

@@ -1,29 +1,38 @@
-"""``expckpt gc``: remove checkpoint refs out of scope or policy, then the cache they alone used.
+"""``expckpt gc`` and retention freeing: remove checkpoint refs, then the cache they alone used.
 
 Order matters (Determined PR #7967 leaked storage by doing it the other way): refs go first,
-then only cache objects that (a) expckpt itself wrote and (b) no remaining ref, branch, tag or
-the workspace still needs. Refs and objects expckpt did not write are never touched.
+then only cache objects that (a) expckpt itself wrote and (b) nothing still needs: no remaining
+ref, branch, tag or HEAD (any commit reachable from them), no DVC metafile of those commits or of
+the workspace (asked of DVC, see ``inuse``), no workspace note. Refs and objects expckpt did not
+write are never touched.
+
+The plan is made without the gc lock (so ``--dry-run`` never waits); executing it takes the
+exclusive lock with a bounded wait, removes exactly the refs the plan listed by their listed
+commits (compare-and-swap), then decides what is in use again, under the lock, before deleting
+any object. ``free_dropped`` is the same last step for the refs training-time retention just
+removed.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from expckpt.cache import DvcCache
 from expckpt.catalog import Catalog
-from expckpt.errors import ConfigError
-from expckpt.gclock import gc_lock
+from expckpt.errors import ConfigError, ExpCkptError, RefConflictError
+from expckpt.gclock import LockHolder, gc_lock
 from expckpt.gitstore import GitStore
-from expckpt.policy import AnyOf, CheckpointInfo, KeepBest, KeepLast, KeepNewest, KeepPolicy
-from expckpt.records import CheckpointRecord
-from expckpt.session import SessionNote
+from expckpt.inuse import InUse
+from expckpt.policy import CheckpointInfo, keep_policy
+from expckpt.records import BadRecordError, CheckpointRecord, parse_message
+from expckpt.refs import CheckpointRef
 
-__all__ = ["GcPlan", "GcScope", "execute_gc", "plan_gc"]
+__all__ = ["GcPlan", "GcResult", "GcScope", "collect", "execute_gc", "free_dropped", "plan_gc", "still_needed"]
 
-_MD5 = re.compile(rb"md5: ([0-9a-f]{32}(?:\.dir)?)\b")
+FREE_DROPPED_WAIT_S = 2.0
+"""How long training-time freeing waits for the lock before leaving the objects to ``expckpt gc``."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,7 +55,7 @@ class GcScope:
 
 @dataclass
 class GcPlan:
-    """What a gc run removes: checkpoint refs, then cache objects (md5 -> bytes)."""
+    """What a gc run removes: checkpoint refs (at the commits listed), then cache objects (md5 -> bytes)."""
 
     remove: list[CheckpointRecord] = field(default_factory=list)
     keep: list[CheckpointRecord] = field(default_factory=list)
@@ -57,52 +66,85 @@ class GcPlan:
         return sum(self.objects.values())
 
 
+@dataclass
+class GcResult:
+    """What executing a plan did."""
+
+    removed: list[CheckpointRecord] = field(default_factory=list)
+    """Refs this run deleted."""
+    gone: list[CheckpointRecord] = field(default_factory=list)
+    """Refs someone else deleted since the plan (e.g. ``dvc exp remove``): nothing to do."""
+    moved: list[tuple[CheckpointRecord, str]] = field(default_factory=list)
+    """Refs that point at another commit since the plan: kept, with the commit they point at now."""
+    freed: dict[str, int] = field(default_factory=dict)
+    """Cache objects really deleted (md5 -> bytes)."""
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.freed.values())
+
+
+_IN_USE: dict[tuple[Path, Path], InUse] = {}
+_PENDING: dict[Path, set[str]] = {}
+"""Per repository, objects ``free_dropped`` could not free yet (the lock was busy)."""
+
+
+def _in_use(store: GitStore, dvc_root: Path) -> InUse:
+    """One memo per repository for the life of the process (answers depend on content only)."""
+    key = (store.git_dir.resolve(), Path(dvc_root).resolve())
+    found = _IN_USE.get(key)
+    if found is None or found.store is not store:
+        found = _IN_USE[key] = InUse(store, dvc_root)
+    return found
+
+
 def _kept_baselines(store: GitStore, scope: GcScope) -> set[str]:
-    keep: set[str] = set()
-    if scope.workspace:
-        keep.add(store.git("rev-parse", "HEAD").strip())
+    head = store.get_ref("HEAD")
+    keep: set[str] = {head} if scope.workspace and head else set()
+    tips = store.branch_and_tag_tips()
     if scope.all_commits:
-        keep.update(store.git("rev-list", "--branches", "--tags", "HEAD").split())
-        return keep
-    listing = store.git("for-each-ref", "--format=%(refname) %(objectname) %(*objectname)", "refs/heads", "refs/tags")
-    for line in listing.splitlines():
-        name, *shas = line.split()
-        if (scope.all_branches and name.startswith("refs/heads/")) or (
-            scope.all_tags and name.startswith("refs/tags/")
-        ):
-            keep.add(shas[-1])
+        return keep | set(store.commit_trees([*tips.values(), *([head] if head else [])]))
+    for name, commit in tips.items():
+        if (scope.all_branches and name.startswith("refs/heads/")) or (scope.all_tags and name.startswith("refs/tags/")):
+            keep.add(commit)
     return keep
 
 
-def _retention(keep_last: int | None, keep_best: int | None, metric: str | None, mode: str) -> KeepPolicy | None:
-    if keep_last is None and not keep_best:
-        return None
-    policies: list[KeepPolicy] = [KeepNewest()]
-    if keep_last is not None:
-        policies.append(KeepLast(n=keep_last))
-    if keep_best:
-        if not metric:
-            raise ConfigError("--keep-best needs --metric (the metric to rank by, e.g. acc)", key="metric")
-        policies.append(KeepBest(k=keep_best, metric=metric, mode=mode))
-    return AnyOf(policies=policies)
-
-
-def _needed_objects(store: GitStore, remaining_refs: Iterable[str], workspace: Path) -> set[str]:
-    """md5s that dvc.lock files of every commit reachable from ``remaining_refs`` point to."""
+def needed_objects(
+    store: GitStore, in_use: InUse, workspaces: Iterable[Path], *, without: Iterable[str] = (),
+    also: Iterable[str] = (),
+) -> set[str]:
+    """Every object something still needs, if the refs in ``without`` were gone; ``also`` are
+    more commits to keep (a Git remote's ref tips, for ``gc --cloud``)."""
+    dropped = set(without)
+    entries = [e for e in store.list_refs("") if e.ref not in dropped]
+    head = store.get_ref("HEAD")
     needed: set[str] = set()
-    tips = "\n".join(remaining_refs)
-    commits = store.git("rev-list", "--stdin", input=tips + "\n").split() if tips else []
-    if commits:
-        blobs = store.git("cat-file", "--batch", input="".join(f"{c}:dvc.lock\n" for c in commits), binary=True)
-        needed.update(m.decode() for m in _MD5.findall(blobs))
-    lock = workspace / "dvc.lock"
-    if lock.is_file():
-        needed.update(m.decode() for m in _MD5.findall(lock.read_bytes()))
-    for note in (workspace / ".dvc" / "tmp" / "expckpt").glob("*.json"):
-        parsed = SessionNote.read(workspace, note.stem.replace("__", "/"))
-        if parsed is not None:
-            needed.add(parsed.md5)
+    for entry in entries:  # checkpoint records name their outputs in the message as well
+        ref = CheckpointRef.parse(entry.ref)
+        try:
+            record = parse_message(ref, entry.commit, entry.message) if ref else None
+        except BadRecordError:  # said once by the catalog; its commit's metafiles still count below
+            record = None
+        if record is not None:
+            needed.update(o.md5 for o in record.outs.values())
+    commits = store.commit_trees([e.commit for e in entries] + ([head] if head else []) + list(also))
+    needed |= in_use.of_commits(commits)
+    for workspace in dict.fromkeys(Path(w).resolve() for w in workspaces):
+        needed |= in_use.of_workspace(workspace)
+    in_use.save()
     return needed
+
+
+def still_needed(store: GitStore, workspace: Path, *, without: Iterable[str] = (), also: Iterable[str] = ()) -> set[str]:
+    """``needed_objects`` for this repository and ``workspace`` (what ``plan_gc`` asks)."""
+    return needed_objects(store, _in_use(store, store.git_dir.parent), _workspaces(store, workspace),
+                          without=without, also=also)
+
+
+def _workspaces(store: GitStore, workspace: Path) -> list[Path]:
+    """The workspace, and the repository's own when ``workspace`` is a ``--temp`` copy."""
+    return [Path(workspace), store.git_dir.parent]
 
 
 def plan_gc(
@@ -112,53 +154,110 @@ def plan_gc(
     scope: GcScope,
     *,
     keep_last: int | None = None,
-    keep_best: int | None = None,
+    keep_best: int = 0,
     metric: str | None = None,
     mode: str = "max",
 ) -> GcPlan:
-    policy = _retention(keep_last, keep_best, metric, mode)
-    catalog = Catalog.load(store)
+    """What gc would remove, decided without any lock (nothing is changed)."""
+    if keep_best and not metric:
+        raise ConfigError("--keep-best needs --metric (the metric to rank by, e.g. acc)", key="metric")
+    policy = keep_policy(keep_last=keep_last, keep_best=keep_best or 0, monitor=metric, mode=mode)
     baselines = _kept_baselines(store, scope)
     plan = GcPlan()
-    for chain in catalog.chains():
+    for chain in Catalog.load(store).chains():
         if chain.baseline not in baselines:
             plan.remove.extend(chain.records)
             continue
-        if policy is None:
-            plan.keep.extend(chain.records)
-            continue
-        infos = [CheckpointInfo(step=r.step, metrics=r.metrics, time=r.time) for r in chain.records]
-        for record, keep in zip(chain.records, policy.should_keep(infos)):
+        for record, keep in zip(chain.records, policy.should_keep([CheckpointInfo.of(r) for r in chain.records])):
             (plan.keep if keep else plan.remove).append(record)
-    removed = {r.ref.ref for r in plan.remove}
-    remaining = [e.ref for e in store.list_refs("") if e.ref not in removed] + ["HEAD"]
-    needed = _needed_objects(store, remaining, workspace)
-    for record in plan.keep:
-        needed.update(o.md5 for o in record.outs.values())
+    needed = needed_objects(
+        store, _in_use(store, store.git_dir.parent), _workspaces(store, workspace),
+        without={r.ref.ref for r in plan.remove},
+    )
     needed = {m for md5 in needed for m in cache.expand(md5)}  # a .dir needs the files it lists
-    for md5, size in cache.written_objects().items():
+    for md5 in cache.written_objects():
         if md5 not in needed and cache.object_path(md5).is_file():
             plan.objects[md5] = cache.object_path(md5).stat().st_size
     return plan
 
 
-def execute_gc(plan: GcPlan, store: GitStore, cache: DvcCache) -> int:
-    """Remove the plan's refs (compare-and-swap), then its objects; return bytes freed."""
-    for record in plan.remove:
+def _delete(store: GitStore, record: CheckpointRecord) -> str | None:
+    """Delete the ref if it still points at the listed commit (None); else where it points now
+    (``""`` = already gone)."""
+    try:
         store.delete_ref(record.ref.ref, record.commit)
-    return sum(cache.remove(md5) for md5 in plan.objects)
+    except RefConflictError as exc:
+        return exc.actual or ""
+    return None
+
+
+def execute_gc(plan: GcPlan, store: GitStore, cache: DvcCache, workspace: Path) -> GcResult:
+    """Carry out ``plan``: call it holding the exclusive gc lock (``collect`` does)."""
+    result = GcResult()
+    for record in plan.remove:
+        now = _delete(store, record)
+        if now is None:
+            result.removed.append(record)
+        elif now == "":
+            result.gone.append(record)
+        else:
+            result.moved.append((record, now))
+    still_named = {m for r, _ in result.moved for o in r.outs.values() for m in cache.expand(o.md5)}
+    needed = needed_objects(store, _in_use(store, store.git_dir.parent), _workspaces(store, workspace))
+    needed = {m for md5 in needed for m in cache.expand(md5)}
+    for md5 in plan.objects:
+        if md5 not in needed and md5 not in still_named:
+            freed = cache.remove(md5)
+            if freed:
+                result.freed[md5] = freed
+    return result
 
 
 def collect(
+    plan: GcPlan,
     store: GitStore,
     cache: DvcCache,
     workspace: Path,
-    scope: GcScope,
     *,
-    dry_run: bool = False,
-    **retention: object,
-) -> tuple[GcPlan, int]:
-    """Plan and (unless ``dry_run``) execute under the exclusive gc lock."""
-    with gc_lock(store.git_dir, exclusive=True):
-        plan = plan_gc(store, cache, workspace, scope, **retention)  # type: ignore[arg-type]
-        return plan, 0 if dry_run else execute_gc(plan, store, cache)
+    timeout: float | None,
+    on_wait: Callable[[list[LockHolder]], None] | None = None,
+) -> GcResult:
+    """Execute ``plan`` under the exclusive gc lock, waiting at most ``timeout`` seconds for it."""
+    with gc_lock(store.git_dir, exclusive=True, timeout=timeout, on_wait=on_wait):
+        return execute_gc(plan, store, cache, workspace)
+
+
+def free_dropped(
+    store: GitStore,
+    cache: DvcCache,
+    workspace: Path,
+    dropped: Sequence[CheckpointRecord],
+    *,
+    timeout: float = FREE_DROPPED_WAIT_S,
+) -> int:
+    """Free the cache objects of checkpoints whose refs retention just deleted; return the bytes.
+
+    Only objects expckpt wrote and nothing else needs go (the same rule as ``expckpt gc``),
+    under the exclusive gc lock. Call it after ``delete_ref`` and outside a publish (which holds
+    the lock shared). It never fails training: when the lock is busy longer than ``timeout``
+    (another writer mid-checkpoint, a gc), the objects wait for the next call (or ``expckpt gc``).
+    DVC's answers are memoised per process and on disk, so a call costs about one new commit's
+    worth of work (~10 ms on 100 checkpoints).
+    """
+    written = cache.written_objects()
+    pending = _PENDING.setdefault(store.git_dir.resolve(), set())
+    dropped_objects = {m for r in dropped for o in r.outs.values() for m in cache.expand(o.md5)}  # .dir: its files too
+    candidates = pending | {m for m in dropped_objects if m in written}
+    candidates = {m for m in candidates if cache.object_path(m).is_file()}
+    if not candidates:
+        return 0
+    try:
+        with gc_lock(store.git_dir, exclusive=True, timeout=timeout):
+            needed = needed_objects(store, _in_use(store, store.git_dir.parent), _workspaces(store, workspace))
+            needed = {m for md5 in needed for m in cache.expand(md5)}
+            freed = sum(cache.remove(md5) for md5 in sorted(candidates - needed))
+            pending.clear()
+            return freed
+    except ExpCkptError:
+        pending.update(candidates)  # tried again with the next dropped checkpoint
+        return 0

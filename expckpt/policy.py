@@ -11,8 +11,12 @@ checkpoint which rules keep it::
 
 An empty set of reasons means "evict". The order of the input does not matter: policies
 order checkpoints by ``step``. Combine rules with ``AnyOf`` (a union of reasons).
-``CheckpointConfig.keep_policy()`` always includes ``KeepNewest`` so that a best-only rule can
-never evict the most recent checkpoint (orbax #526, HF #15089).
+
+``keep_policy(keep_last=..., keep_best=..., monitor=..., mode=...)`` is the one place that turns
+the retention settings into rules, for training (``CheckpointConfig.keep_policy()``) and for
+``expckpt gc`` alike: ``keep_last=None`` keeps all, and ``KeepNewest`` is always included so that
+a best-only rule can never evict the most recent checkpoint (orbax #526, HF #15089).
+``CheckpointInfo.of(record)`` is the one conversion from a checkpoint record.
 
 Save policies answer ``should_save(context)`` for each completed step, given a ``SaveContext``
 (step, time, the last save, and the event: an ordinary ``"step"``, the ``"final"`` step when
@@ -31,8 +35,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
+from expckpt.checks import check_mode
 from expckpt.errors import ConfigError
+from expckpt.ranking import rank_key
 
 __all__ = [
     "AnyOf",
@@ -49,10 +56,18 @@ __all__ = [
     "OnEvents",
     "SaveContext",
     "SavePolicy",
-    "finite_metric",
+    "keep_policy",
 ]
 
-_MODES = ("min", "max")
+
+
+class _HasStepMetricsTime(Protocol):
+    @property
+    def step(self) -> int: ...
+    @property
+    def metrics(self) -> Mapping[str, float]: ...
+    @property
+    def time(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -66,17 +81,10 @@ class CheckpointInfo:
     time: float = 0.0
     """When it was saved, unix seconds."""
 
-
-def finite_metric(metrics: Mapping[str, object], name: str) -> float | None:
-    """``metrics[name]`` as a float, or None when it is missing, not a number, NaN or inf."""
-    value = metrics.get(name)
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
+    @classmethod
+    def of(cls, record: _HasStepMetricsTime) -> CheckpointInfo:
+        """What policies see of a ``CheckpointRecord`` (or anything with step, metrics, time)."""
+        return cls(step=record.step, metrics=record.metrics, time=record.time)
 
 
 def _positive_int(value: object, *, what: str, key: str, fix: str) -> None:
@@ -142,19 +150,14 @@ class KeepBest(KeepPolicy):
                 f"KeepBest.metric (checkpoint.monitor) must be a metric name, got {self.metric!r}; "
                 "set it to a metric the run logs, e.g. 'val_loss'",
                 key="checkpoint.monitor", value=self.metric)
-        if self.mode not in _MODES:
-            raise ConfigError(
-                f"KeepBest.mode (checkpoint.mode) must be 'min' or 'max', got {self.mode!r}; "
-                "use 'max' when higher is better (accuracy), 'min' when lower is better (loss)",
-                key="checkpoint.mode", value=self.mode)
+        check_mode(self.mode)
 
     def reasons(self, checkpoints: Sequence[CheckpointInfo]) -> list[frozenset[str]]:
-        sign = -1.0 if self.mode == "max" else 1.0
         ranked = []
         for i, ckpt in enumerate(checkpoints):
-            value = finite_metric(ckpt.metrics, self.metric)
-            if value is not None:
-                ranked.append((sign * value, ckpt.step, i))
+            key = rank_key(ckpt.metrics, self.metric, self.mode, ckpt.step)
+            if key is not None:
+                ranked.append((*key, i))
         ranked.sort()
         return _mark(len(checkpoints), {i for _, _, i in ranked[: self.k]}, "best")
 
@@ -200,6 +203,30 @@ class AnyOf(KeepPolicy):
         for policy in self.policies:
             result = [a | b for a, b in zip(result, policy.reasons(checkpoints), strict=True)]
         return result
+
+
+def keep_policy(
+    *, keep_last: int | None, keep_best: int = 0, monitor: str | None = None, mode: str = "max"
+) -> AnyOf:
+    """The retention rules for these settings: the ``keep_last`` newest (``None`` = all), the
+    ``keep_best`` best by ``monitor``, and always the newest.
+
+    ``keep_best > 0`` needs ``monitor``; the error names the params key (the CLI's flags map to the
+    same names).
+    """
+    rules: list[KeepPolicy] = [KeepAll() if keep_last is None else KeepLast(n=keep_last)]
+    if isinstance(keep_best, bool) or not isinstance(keep_best, int) or keep_best < 0:
+        raise ConfigError(f"checkpoint.keep_best must be a non-negative integer, got {keep_best!r}; "
+                          "use 0 to keep no best checkpoints, or 1 to keep the single best",
+                          key="checkpoint.keep_best", value=keep_best)
+    if keep_best > 0:
+        if not monitor:
+            raise ConfigError(f"checkpoint.monitor is required when checkpoint.keep_best is {keep_best}; "
+                              "name the metric to rank by (e.g. val_loss), or keep no best checkpoints",
+                              key="checkpoint.monitor", value=monitor)
+        rules.append(KeepBest(k=keep_best, metric=monitor, mode=mode))
+    rules.append(KeepNewest())
+    return AnyOf(policies=tuple(rules))
 
 
 # --------------------------------------------------------------------------- save policies

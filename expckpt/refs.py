@@ -17,9 +17,11 @@ from dataclasses import dataclass
 
 from expckpt.errors import InvalidNameError
 
-__all__ = ["EXPS_PREFIX", "CheckpointRef", "parse_checkpoint_name", "validate_exp_name"]
+__all__ = ["EXEC_APPLY", "EXPS_PREFIX", "CheckpointRef", "parse_checkpoint_name", "validate_exp_name"]
 
 EXPS_PREFIX = "refs/exps/"
+EXEC_APPLY = "refs/exps/exec/EXEC_APPLY"
+"""Where ``dvc exp apply`` records the experiment it applied (until HEAD moves)."""
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _SHA = re.compile(r"[0-9a-f]{40}")
 _CHECKPOINT_NAME = re.compile(r"(?P<exp>[^@/]+)@(?P<step>0|[1-9][0-9]{0,11})")

@@ -25,12 +25,11 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from expckpt.errors import ConfigError
-from expckpt.policy import finite_metric
+from expckpt.checks import check_divergence_steps, check_mode, check_patience
+from expckpt.ranking import better, finite
 
 __all__ = ["Report", "analyse", "improvement_line"]
 
-_MODES = ("min", "max")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,13 +110,6 @@ def _ago(steps: int) -> str:
     return f"{steps} step{'s' if steps != 1 else ''} ago"
 
 
-def _check_mode(mode: object) -> None:
-    if mode not in _MODES:
-        raise ConfigError(f"checkpoint.mode must be one of 'min', 'max', got {mode!r}; use 'max' when higher "
-                          "is better (accuracy) or 'min' when lower is better (loss)", key="checkpoint.mode",
-                          value=mode)
-
-
 def _kind(value: object) -> str | None:
     """"NaN"/"inf"/"-inf" for a non-finite number, None otherwise (finite or not a number)."""
     if isinstance(value, bool):
@@ -143,14 +135,9 @@ def analyse(
     patience: int | None = None,
 ) -> Report:
     """Analyse ``(step, metrics)`` pairs (any order) into a ``Report``; see the module docstring."""
-    _check_mode(mode)
-    if isinstance(divergence_steps, bool) or not isinstance(divergence_steps, int) or divergence_steps < 2:
-        raise ConfigError(f"checkpoint.divergence_steps must be an integer >= 2, got {divergence_steps!r}; "
-                          "use 3 to call 3 rises in a row diverging (1 rise is noise)",
-                          key="checkpoint.divergence_steps", value=divergence_steps)
-    if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
-        raise ConfigError(f"checkpoint.patience must be a positive integer or null, got {patience!r}; "
-                          "use e.g. 10, or null for no plateau check", key="checkpoint.patience", value=patience)
+    check_mode(mode)
+    check_divergence_steps(divergence_steps)
+    check_patience(patience)
     by_step = dict(history)
     steps = sorted(by_step)
     if not steps:
@@ -166,11 +153,10 @@ def analyse(
 
     best_step = best_value = None
     if monitor is not None:
-        sign = 1.0 if mode == "max" else -1.0
         for step in steps:
-            value = finite_metric(by_step[step], monitor)
-            if value is not None and (best_value is None or sign * value > sign * best_value):
-                best_step, best_value = step, value
+            value = by_step[step].get(monitor)
+            if better(value, best_value, mode):
+                best_step, best_value = step, finite(value)
     last_step = steps[-1]
     since_best = None if best_step is None else last_step - best_step
 
@@ -180,7 +166,7 @@ def analyse(
     for step in steps:
         if divergence_metric not in by_step[step]:
             continue
-        value = finite_metric(by_step[step], divergence_metric)
+        value = finite(by_step[step].get(divergence_metric))
         if value is None:
             if _kind(by_step[step][divergence_metric]) is not None:
                 first_bad = step
@@ -222,7 +208,7 @@ def improvement_line(step: int, metric: str, previous_best: float | None, value:
     ``previous_best`` None (no value yet) reads as -inf for mode max and inf for mode min.
     A NaN/inf ``value`` never improves.
     """
-    _check_mode(mode)
+    check_mode(mode)
     worst = -math.inf if mode == "max" else math.inf
     prev = worst if previous_best is None or math.isnan(previous_best) else previous_best
     finite = _kind(value) is None

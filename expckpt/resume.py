@@ -2,33 +2,58 @@
 
 The rules, in order:
 
+0. The file is the one the workspace's pending mark names (a run was killed while publishing
+   it): if that checkpoint's ref exists, resume from it (killed between its ref and its note);
+   if not, it never finished: rule 3, even when another checkpoint holds the same bytes.
 1. The file matches a checkpoint expckpt published (by MD5): resume from that checkpoint and
    record it as the new chain's parent. Among byte-identical checkpoints the workspace's own
-   last one wins while the file is untouched, then ``dvc exp apply``'s, then the newest.
+   last one wins while the file is untouched, then ``dvc exp apply``'s (unless the note had
+   already seen that apply and the file still holds the noted checkpoint's bytes: DVC keeps
+   EXEC_APPLY until HEAD moves, and ``dvc exp run`` checks the file out again from dvc.lock),
+   then the workspace's own last one, then the newest.
 2. The file is not one expckpt ever wrote: use it as it is (a user's own file; a corrupt one
    fails loading with a clear error).
 3. The file was written by a checkpoint that never got its ref (a crash in between): roll back
    to the workspace's last complete checkpoint from the cache, or, if none finished before it,
    start from scratch.
+4. The file is missing although the workspace's dvc.lock or note names a checkpoint, and that
+   checkpoint's cache object is gone too: stop (``refuse_lost_checkpoint``), never start over.
+
+Restoring the dvclive history reads a checkpoint commit's tree, which is untrusted: see
+``restore_live_files``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from expckpt.atomic import TEMP_MARK
+from expckpt.atomic import TEMP_MARK, atomic_write_bytes
 from expckpt.cache import DvcCache
 from expckpt.dirout import hash_dir, output_stat
+from expckpt.errors import MissingCheckpointError, UnsafeCheckpointError
 from expckpt.gitstore import GitStore
 from expckpt.records import CheckpointRecord, load_records
+from expckpt.refs import EXEC_APPLY, CheckpointRef
 from expckpt.session import SessionNote, hash_with_note
+from expckpt.text import is_printable, terminal_safe
+from expckpt.verify import locked_outputs
 
-__all__ = ["ResumePoint", "Resumed", "find_resume_point", "remove_stale_temps", "restore_live_files"]
+__all__ = [
+    "ResumePoint",
+    "Resumed",
+    "find_resume_point",
+    "refuse_lost_checkpoint",
+    "remove_stale_temps",
+    "restore_live_files",
+]
+
+_MD5 = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True)
@@ -83,7 +108,9 @@ def remove_stale_temps(path: Path) -> None:
 
 def _stat_key(path: Path, note: SessionNote | None) -> bool:
     """Whether ``path`` is exactly as the note left it (untouched since that checkpoint)."""
-    return note is not None and output_stat(path) == note.stat_key()
+    if note is None:
+        return False
+    return output_stat(path) == note.stat_key()
 
 
 def _ours(path: Path, note: SessionNote | None, md5: str | None, written: Mapping[str, int]) -> bool:
@@ -112,32 +139,57 @@ def find_resume_point(
     notes = {rel: SessionNote.read(workspace, rel) for rel in paths}
     note = notes[rel_path]
     current = {rel: hash_with_note(p, notes[rel])[0] if p.exists() else None for rel, p in paths.items()}
+    md5 = current[rel_path]
     records = [r for r in load_records(store) if all(rel in r.outs for rel in paths)]
     matching = [r for r in records if all(r.outs[rel].md5 == current[rel] for rel in paths)]
+    pending = SessionNote.pending(workspace, rel_path)
+    if pending is not None and pending[1] != md5:  # killed before its file was replaced
+        SessionNote.clear_pending(workspace, rel_path)
+    elif pending is not None:
+        finished = [r for r in matching if r.ref.ref == pending[0]]
+        point = ResumePoint(finished[-1], rolled_back=False) if finished else _roll_back(
+            paths, rel_path, current, note, records, cache, echo)
+        SessionNote.clear_pending(workspace, rel_path)  # decided: a later `dvc exp apply` is a choice
+        return point
     if matching:
         # Byte-identical checkpoints are common (same seed, same steps). DVC keeps EXEC_APPLY
         # until HEAD moves, so it may name an apply that came before this workspace's last run.
-        applied = store.get_ref("refs/exps/exec/EXEC_APPLY")
+        applied = store.get_ref(EXEC_APPLY)
         noted = note.commit if note else None
+        if note is not None and applied == note.applied and md5 == note.md5:
+            applied = None  # seen before the last checkpoint, whose bytes the file holds: no new choice
         untouched = _stat_key(paths[rel_path], note)
         matching.sort(key=lambda r: (untouched and r.commit == noted, r.commit == applied, r.commit == noted, r.time))
         return ResumePoint(matching[-1], rolled_back=False)
     written = cache.written_objects()
     if not any(_ours(p, notes[rel], current[rel], written) for rel, p in paths.items()):
         return ResumePoint(None, rolled_back=False)
+    return _roll_back(paths, rel_path, current, note, records, cache, echo)
+
+
+def _roll_back(
+    paths: Mapping[str, Path],
+    rel_path: str,
+    current: Mapping[str, str | None],
+    note: SessionNote | None,
+    records: list[CheckpointRecord],
+    cache: DvcCache,
+    echo: Callable[[str], None],
+) -> ResumePoint:
+    """Rule 3: the outputs are an unfinished checkpoint's; go back to the last complete one."""
+    names = ", ".join(paths)
     if note is not None:
         last = next((r for r in records if r.commit == note.commit), None)
         if last is not None and all(cache.has(last.outs[rel].md5) for rel in paths):
             for rel, p in paths.items():
                 if current[rel] != last.outs[rel].md5:
                     cache.checkout(last.outs[rel].md5, p)
-            names = ", ".join(paths)
             echo(
                 f"expckpt: {names} was written by a checkpoint that did not finish;"
                 f" resuming from the last complete one, {last.name}"
             )
             return ResumePoint(last, rolled_back=True)
-    if note is None and all(cache.has(md5) or p.is_dir() for (rel, md5), p in zip(current.items(), paths.values()) if md5):
+    if note is None and all(cache.has(m) or paths[rel].is_dir() for rel, m in current.items() if m):
         # The first checkpoint in this workspace was cut short after its file was published (no
         # ref, no note): nothing complete to go back to. Its bytes stay in the cache.
         for p in paths.values():
@@ -146,25 +198,145 @@ def find_resume_point(
             elif p.exists():
                 p.unlink()
         echo(
-            f"expckpt: {', '.join(paths)} was written by a checkpoint that did not finish, and"
+            f"expckpt: {names} was written by a checkpoint that did not finish, and"
             " none finished before it; starting from scratch"
         )
         return ResumePoint(None, rolled_back=True)
     return ResumePoint(None, rolled_back=False)
 
 
-def restore_live_files(store: GitStore, commit: str, workspace: Path, live_dir: str) -> None:
-    """Make the dvclive directory exactly what ``commit`` holds (history up to its step)."""
-    wanted = store.list_dir(commit, live_dir)
-    if not wanted:
+def _lost_checkpoint(
+    md5: str, rel_path: str, records: list[CheckpointRecord], note: SessionNote | None
+) -> tuple[str, str] | None:
+    """Name and commit of the checkpoint whose ``rel_path`` had hash ``md5`` (the workspace's
+    own last one preferred)."""
+    holders = [r for r in records if rel_path in r.outs and r.outs[rel_path].md5 == md5]
+    holders.sort(key=lambda r: (note is not None and r.commit == note.commit, r.time))
+    if holders:
+        return holders[-1].name, holders[-1].commit
+    if note is not None and note.md5 == md5:
+        ref = CheckpointRef.parse(note.ref)
+        return (ref.name if ref else note.ref), note.commit
+    return None
+
+
+def refuse_lost_checkpoint(path: Path, rel_path: str, workspace: Path, store: GitStore, cache: DvcCache) -> None:
+    """Raise ``MissingCheckpointError`` when ``path`` is gone but should hold a checkpoint.
+
+    The workspace's dvc.lock (what ``dvc exp run`` and ``dvc exp apply`` check out) and its note
+    of the last complete checkpoint say which checkpoint the file should be. When that file and
+    its cache object are both gone (``dvc gc -w`` without ``--all-experiments``, then a failed
+    ``dvc exp apply``), starting from step 0 would quietly throw the run's progress away.
+    After ``expckpt reset`` a missing file is the fresh start the user asked for.
+    """
+    if path.exists() or SessionNote.was_reset(workspace, rel_path):
         return
-    for root, _, names in os.walk(workspace / live_dir):
-        for name in names:
-            full = Path(root, name)
-            if full.relative_to(workspace).as_posix() not in wanted:
-                full.unlink()
-    for rel, data in wanted.items():
-        target = workspace / rel
-        if not target.is_file() or target.read_bytes() != data:
+    note = SessionNote.read(workspace, rel_path)
+    try:
+        lock: bytes | None = (workspace / "dvc.lock").read_bytes()
+    except OSError:
+        lock = None
+    named = [
+        (locked_outputs(lock).get(rel_path), "named by the workspace's dvc.lock"),
+        (note.md5 if note else None, "the workspace's last checkpoint"),
+    ]
+    records: list[CheckpointRecord] | None = None
+    for md5, source in named:  # dvc.lock first: it is what DVC checks out
+        if not isinstance(md5, str) or not _MD5.fullmatch(md5):
+            continue
+        if cache.has(md5):
+            return  # DVC can check the file out again: nothing is lost
+        if records is None:
+            records = load_records(store)
+        found = _lost_checkpoint(md5, rel_path, records, note)
+        if found is None and md5 not in cache.written_objects():
+            continue  # not a file expckpt wrote: a fresh start loses no checkpoint
+        name = terminal_safe(found[0]) if found else None
+        what = f"checkpoint {name} ({found[1][:7]})" if found else "a checkpoint expckpt wrote"
+        pull = name or "<exp>@<step>"
+        raise MissingCheckpointError(
+            f"{rel_path} should be {what} ({source}), but neither {rel_path} nor its cache object"
+            f" (md5 {md5}) exists, so training would start over from step 0; get it back with"
+            f" `dvc exp pull <remote> {pull}` then `dvc exp apply {pull}`, resume from another"
+            " checkpoint with `dvc exp apply <exp>@<step>`, or start from scratch with"
+            " `expckpt reset`",
+            path=path,
+            checkpoint=found[0] if found else None,
+        )
+
+
+def _checked_parts(rel: str, what: str, commit: str) -> list[str]:
+    parts = rel.split("/")
+    for part in parts:
+        if part in ("", ".", "..") or not is_printable(part):
+            raise _unsafe(commit, f"{what} {terminal_safe(repr(rel))} is not a plain relative path")
+    return parts
+
+
+def _unsafe(commit: str, why: str) -> UnsafeCheckpointError:
+    return UnsafeCheckpointError(
+        f"refused to restore the dvclive files of checkpoint commit {commit[:7]}: {why};"
+        " nothing was written. A pulled ref may be crafted: remove it (`dvc exp remove"
+        " <exp>@<step>`), then resume from another checkpoint (`dvc exp apply`) or start over"
+        " (`expckpt reset`)"
+    )
+
+
+def _no_symlink_below(start: Path, parts: list[str] | tuple[str, ...], commit: str) -> None:
+    """Refuse when a directory on the way from ``start`` down ``parts`` is a symlink (writing
+    there could land outside the workspace's dvclive directory)."""
+    current = start
+    for part in parts:
+        current = current / part
+        if current.is_symlink():
+            target = terminal_safe(os.readlink(current))
+            raise _unsafe(commit, f"{current} is a symlink (to {target}), so writing into it could leave the workspace")
+
+
+def restore_live_files(store: GitStore, commit: str, workspace: Path, live_dir: str) -> None:
+    """Make the dvclive directory exactly what ``commit`` holds (history up to its step).
+
+    The commit's tree is untrusted (a pulled ref is anyone's): every entry must be a regular
+    file with a plain relative name, and nothing may resolve outside ``<workspace>/<live_dir>``,
+    also not through a symlink already in the workspace. Anything else refuses the whole
+    restore with ``UnsafeCheckpointError`` before a single file is written or removed: resuming
+    from a tampered checkpoint would make it the parent of every new one, so it stops the run
+    (one line) rather than continuing with a warning.
+    """
+    entries = store.list_tree(commit, live_dir)
+    if not entries:
+        return
+    live_parts = _checked_parts(live_dir.strip("/"), "the dvclive directory", commit)
+    prefix = "/".join(live_parts) + "/"
+    wanted: dict[tuple[str, ...], bytes] = {}
+    for entry in entries:
+        rel = entry.path[len(prefix) :] if entry.path.startswith(prefix) else entry.path
+        parts = tuple(_checked_parts(rel, "entry", commit))
+        if entry.mode & 0o170000 != 0o100000 or entry.data is None:
+            kind = {0o120000: "a symlink", 0o160000: "a submodule", 0o040000: "a broken directory"}
+            what = kind.get(entry.mode & 0o170000, f"mode {entry.mode:o}")
+            raise _unsafe(commit, f"entry {terminal_safe(repr(entry.path))} is {what}, not a file")
+        wanted[parts] = entry.data
+    base = workspace / Path(*live_parts)
+    _no_symlink_below(workspace, live_parts, commit)
+    if base.exists() and not base.is_dir():
+        raise _unsafe(commit, f"{base} is in the way: it is not a directory")
+    for parts in wanted:
+        _no_symlink_below(base, parts[:-1], commit)
+    root_real = os.path.realpath(workspace)
+    base_real = os.path.join(root_real, *live_parts)
+    for parts in wanted:
+        target = os.path.realpath(base.joinpath(*parts).parent)
+        if os.path.commonpath([target, base_real]) != base_real:
+            raise _unsafe(commit, f"{terminal_safe('/'.join(parts))} resolves outside {base}")
+    if base.is_dir():
+        for root, _, names in os.walk(base):  # does not follow symlinked directories
+            for name in names:
+                full = Path(root, name)
+                if tuple(full.relative_to(base).parts) not in wanted:
+                    full.unlink()  # a symlink itself is removed, never its target
+    for parts, data in wanted.items():
+        target = base.joinpath(*parts)
+        if target.is_symlink() or not target.is_file() or target.read_bytes() != data:
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
+            atomic_write_bytes(target, data, durable=False)  # replaces a symlink, not its target

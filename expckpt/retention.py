@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from expckpt.errors import RefConflictError
+from expckpt.errors import GitLockedError, RefConflictError
 from expckpt.gitstore import GitStore
 from expckpt.policy import CheckpointInfo, KeepPolicy
 from expckpt.records import CheckpointRecord
@@ -33,26 +33,32 @@ class RunRetention:
     def add(self, record: CheckpointRecord) -> list[CheckpointRecord]:
         """Take in a new checkpoint and apply the policy; return the checkpoints dropped."""
         self.chain.append(record)
-        infos = [CheckpointInfo(step=r.step, metrics=r.metrics, time=r.time) for r in self.chain]
-        kept, dropped = [], []
+        infos = [CheckpointInfo.of(r) for r in self.chain]
+        kept, removed = [], []
         for rec, keep in zip(self.chain, self.policy.should_keep(infos)):
-            (kept if keep else dropped).append(rec)
+            if keep:
+                kept.append(rec)
+                continue
+            outcome = self._delete(rec)
+            if outcome == "removed":
+                removed.append(rec)
+            elif outcome == "retry":
+                kept.append(rec)  # a Git lock was busy: try again after the next checkpoint
         self.chain = kept
-        removed = [rec for rec in dropped if self._delete(rec)]
         if removed and self.free is not None:
             self.free(removed)
         return removed
 
-    def _delete(self, record: CheckpointRecord) -> bool:
+    def _delete(self, record: CheckpointRecord) -> str:
+        """``"removed"``, ``"kept"`` (the ref moved: not ours any more) or ``"retry"``."""
         try:
-            deleted = self.store.delete_ref(record.ref.ref, record.commit)
+            self.store.delete_ref(record.ref.ref, record.commit)
         except RefConflictError as exc:
-            self.echo(f"expckpt: warning: kept {record.name}: {exc}")
-            return False
-        if deleted is False:  # the ref moved (another run); never delete what is not ours
-            current = self.store.get_ref(record.ref.ref)
-            if current is None:
-                return True
-            self.echo(f"expckpt: warning: kept {record.name}: it now names commit {current[:7]}, not this run's")
-            return False
-        return True
+            if exc.actual is None:
+                return "removed"  # already gone (dvc exp remove): nothing left to do
+            self.echo(f"expckpt: warning: kept {record.name}: it now names commit {exc.actual[:7]}, not this run's")
+            return "kept"
+        except GitLockedError as exc:
+            self.echo(f"expckpt: warning: kept {record.name} for now: {exc}")
+            return "retry"
+        return "removed"

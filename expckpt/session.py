@@ -1,8 +1,15 @@
-"""The workspace's note of its last complete checkpoint.
+"""The workspace's note of its last complete checkpoint, and the mark of the one in progress.
 
-Written (atomically) only after a checkpoint's ref exists, so after a crash in the middle of a
-checkpoint it still names the last complete one, and resuming can roll back to it. It also
-remembers the checkpoint file's stat, so an unchanged file is not rehashed on resume.
+The note is written (atomically) only after a checkpoint's ref exists, so after a crash in the
+middle of a checkpoint it still names the last complete one, and resuming can roll back to it.
+It also remembers the checkpoint file's stat, so an unchanged file is not rehashed on resume,
+and the ``dvc exp apply`` target (``EXEC_APPLY``) it had already seen: DVC keeps that ref until
+HEAD moves, so an apply that came before this workspace's last checkpoint is not a new choice.
+
+The pending mark (``<file>.pending.json``: ref and MD5) is written before the checkpoint file is
+replaced and removed once the note names it. While it is there, a file with its MD5 is that
+checkpoint's, even when another checkpoint holds the same bytes (same seed, same steps): a run
+killed before its ref is rolled back, one killed between its ref and its note goes on from it.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ class SessionNote:
     step: int
     mtime_ns: int
     inode: int
+    applied: str | None = None
+    """``refs/exps/exec/EXEC_APPLY`` when the note was written (a later, different one is new)."""
     files: dict[str, list[Any]] | None = None
     """For a directory output: ``relpath -> [md5, size, mtime_ns, inode]`` of each file, so an
     unchanged directory is not rehashed (its own stat says nothing about its files)."""
@@ -58,6 +67,26 @@ class SessionNote:
         path = self.path_for(workspace, checkpoint)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, json.dumps(asdict(self)).encode(), durable=False)
+
+    @staticmethod
+    def mark_pending(workspace: Path, checkpoint: str, ref: str, md5: str) -> None:
+        """The checkpoint ``ref`` is about to replace the file with bytes of ``md5``."""
+        path = SessionNote.path_for(workspace, checkpoint).with_suffix(".pending.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, json.dumps({"ref": ref, "md5": md5}).encode(), durable=False)
+
+    @staticmethod
+    def pending(workspace: Path, checkpoint: str) -> tuple[str, str] | None:
+        """``(ref, md5)`` of a checkpoint that replaced the file and was never noted, if any."""
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            data = json.loads(SessionNote.path_for(workspace, checkpoint).with_suffix(".pending.json").read_text())
+            return str(data["ref"]), str(data["md5"])
+        return None
+
+    @staticmethod
+    def clear_pending(workspace: Path, checkpoint: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            SessionNote.path_for(workspace, checkpoint).with_suffix(".pending.json").unlink()
 
     @staticmethod
     def clear(workspace: Path, checkpoint: str) -> None:

@@ -1,4 +1,9 @@
-"""Checkpoint chains for people (``╓ ╟ ╨``, as DVC 2 drew them) and for machines (JSON)."""
+"""Checkpoint chains for people (``╓ ╟ ╨``, as DVC 2 drew them) and for machines (JSON).
+
+Every cell of the table is passed through ``terminal_safe``: metric names, branch and tag names
+come from Git, and a pulled ref is anyone's. JSON needs nothing more (``json.dumps`` escapes
+control characters).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from typing import Any
 
 from expckpt.catalog import Catalog, Chain
 from expckpt.records import CheckpointRecord
+from expckpt.text import terminal_safe
 
 __all__ = ["chains_as_json", "render_chains"]
 
@@ -28,7 +34,17 @@ def _glyph(index: int, count: int) -> str:
 
 
 def _created(record: CheckpointRecord) -> str:
-    return dt.datetime.fromtimestamp(record.time).strftime("%b %d %H:%M:%S")
+    try:
+        return dt.datetime.fromtimestamp(record.time).strftime("%b %d %H:%M:%S")
+    except (ValueError, OverflowError, OSError):  # beyond what the local time zone can show
+        return "-"
+
+
+def _iso(time: float) -> str | None:
+    try:
+        return dt.datetime.fromtimestamp(time, dt.timezone.utc).isoformat()
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 def _origin(chain: Chain, catalog: Catalog) -> str | None:
@@ -63,6 +79,8 @@ def render_chains(catalog: Catalog, labels: Mapping[str, str]) -> str:
                         *[_fmt(record.metrics.get(m)) for m in metrics],
                     ]
                 )
+    header = [terminal_safe(cell) for cell in header]
+    rows = [[terminal_safe(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(header, widths)).rstrip()]
     lines.append("  ".join("─" * w for w in widths))
@@ -76,7 +94,7 @@ def _record_json(record: CheckpointRecord) -> dict[str, Any]:
         "step": record.step,
         "commit": record.commit,
         "parent": record.parent,
-        "created": dt.datetime.fromtimestamp(record.time, dt.timezone.utc).isoformat(),
+        "created": _iso(record.time),
         "metrics": {k: (v if math.isfinite(v) else str(v)) for k, v in record.metrics.items()},
         "outs": {p: {"md5": o.md5, "size": o.size} for p, o in record.outs.items()},
     }

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from expckpt.errors import CheckpointError, ConfigError
+from expckpt.errors import ConfigError
 from expckpt.hparams import Fresh, optimizer_hparams, reconcile, snapshot
 from expckpt.rng import capture_rng, restore_rng
 from expckpt.safe_values import decode, encode, restore_in_place
@@ -162,8 +162,3 @@ class TrainingState:
                 return obj
         return None
 
-    def check_saveable(self) -> None:
-        """Fail now, with the key named, if a value could not be saved safely."""
-        if not self.objects:
-            raise CheckpointError("TrainingState holds nothing to save; pass model=..., optimizer=..., ...")
-        self.capture()

@@ -1,4 +1,9 @@
-"""``expckpt verify``: rehash every checkpoint's objects before relying on them."""
+"""``expckpt verify``: rehash every checkpoint's objects before relying on them.
+
+The usual way objects go missing is ``dvc gc -w`` (or ``-a``/``-T``) without
+``--all-experiments``: DVC then keeps only the workspace's checkpoint. ``remedy`` says so, and
+how to get them back.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +15,14 @@ import yaml
 from expckpt.cache import DvcCache
 from expckpt.gitstore import GitStore
 from expckpt.records import CheckpointRecord
+from expckpt.text import terminal_safe
 
-__all__ = ["Problem", "verify_records"]
+__all__ = ["Problem", "locked_outputs", "remedy", "verify_records"]
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def _locked_outputs(lock: bytes | None) -> dict[str, str | None]:
+def locked_outputs(lock: bytes | None) -> dict[str, str | None]:
     """Output path -> md5 over every stage of a dvc.lock (empty if missing or unreadable)."""
     try:
         data = yaml.load(lock, Loader=_Loader) if lock else None
@@ -37,9 +43,28 @@ class Problem:
 
     record: CheckpointRecord
     what: str
+    missing_object: bool = False
+    """The checkpoint's cache object is not there (``dvc gc`` took it, or it was never pulled)."""
 
     def __str__(self) -> str:
-        return f"{self.record.name} ({self.record.commit[:7]}): {self.what}"
+        return terminal_safe(f"{self.record.name} ({self.record.commit[:7]}): {self.what}")
+
+
+def remedy(problems: Iterable[Problem]) -> str | None:
+    """One line on what to do about missing objects (``None`` when none is missing)."""
+    names = sorted({p.record.name for p in problems if p.missing_object})
+    if not names:
+        return None
+    example = terminal_safe(names[0])
+    one = len(names) == 1
+    them = "it" if one else "them"
+    return (
+        f"{len(names)} checkpoint{' has' if one else 's have'} no cache object: a plain `dvc gc -w`"
+        " removes every checkpoint's object but the workspace's, so collect with"
+        f" `dvc gc -w --all-experiments` (or `expckpt gc`); get {them} back with"
+        f" `dvc exp pull <remote> {example}`{'' if one else ' (each one that was pushed)'},"
+        f" or drop {them} with `dvc exp remove {example}`"
+    )
 
 
 def verify_records(records: Iterable[CheckpointRecord], store: GitStore, cache: DvcCache) -> list[Problem]:
@@ -50,12 +75,13 @@ def verify_records(records: Iterable[CheckpointRecord], store: GitStore, cache: 
         if not store.has_commit(record.commit):
             problems.append(Problem(record, "commit object is missing"))
             continue
-        locked = _locked_outputs(store.read_file(record.commit, "dvc.lock"))
+        locked = locked_outputs(store.read_file(record.commit, "dvc.lock"))
         for path, out in record.outs.items():
             if locked.get(path) != out.md5:
                 problems.append(Problem(record, f"dvc.lock does not record {path} as {out.md5}"))
             if out.md5 not in checked:
                 checked[out.md5] = cache.verify(out.md5)
             if checked[out.md5] is not None:
-                problems.append(Problem(record, f"{path} (md5 {out.md5}) is {checked[out.md5]}"))
+                missing = not cache.has(out.md5)
+                problems.append(Problem(record, f"{path} (md5 {out.md5}) is {checked[out.md5]}", missing))
     return problems

@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from expckpt.cache import DvcCache
 from expckpt.committer import Committer
 from expckpt.errors import ConfigError, ProjectError
+from expckpt.gc import free_dropped
 from expckpt.gitstore import GitStore
 from expckpt.project import Project, RunContext
 from expckpt.records import CheckpointRecord
@@ -123,5 +125,9 @@ def wire(
     live_paths = [live_dir, *(p for p in project.tracked_live_paths() if not p.startswith(live_dir))]
     committer = Committer(project=project, run=run, store=store, cache=cache, checkpoint_path=rel, live_paths=live_paths)
     committer.checkpoint_paths = rels
+    # DVC's view of the stage and the cache settings, read at start-up, not at the first checkpoint
+    committer.prepare()
+    cache.settings  # noqa: B018
     return Wiring(path=project.workspace / rel, rel_path=rel, workspace=project.workspace, live_dir=live_dir,
-                  committer=committer, outputs=_specs(rels, given, project.workspace, project))
+                  committer=committer, free=partial(free_dropped, store, cache, project.workspace),
+                  outputs=_specs(rels, given, project.workspace, project))

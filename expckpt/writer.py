@@ -1,103 +1,109 @@
-"""Synchronous and asynchronous checkpoint writing.
+"""Asynchronous checkpoint writing: stage the state now, publish it on a background thread.
 
-Asynchronous mode copies the state into reusable CPU buffers before training can change it
-(the trap of pytorch #144657), then serialises, hashes, caches and commits in a background
-thread, in order. The blocking cost is one memory copy of the state. The background thread uses
-the same publishing path as synchronous mode, so its checkpoints are just as crash-safe.
+``submit`` copies the state into reusable CPU buffers before training can change it (the trap
+of pytorch #144657; see ``staging``: pinned buffers and non-blocking copies for CUDA tensors),
+then serialises, hashes, caches and commits in a background thread, in order. The background
+thread uses the same publishing path as synchronous mode, so its checkpoints are just as
+crash-safe, and byte for byte the same files.
+
+When a checkpoint is requested while earlier ones still hold every staging buffer (saving more
+often than a publish takes), ``when_busy`` decides, as orbax and CheckFreq do, instead of letting
+training block longer and longer:
+
+* ``"wait"``: wait only until the oldest checkpoint is published and its buffers are free;
+* ``"skip"``: do not take this checkpoint (``submit`` returns False); training goes on at once.
+
+Either is said once per writer, through ``echo``.
 """
 
 from __future__ import annotations
 
 import queue
+import sys
 import threading
-from collections import OrderedDict
+import time
 from collections.abc import Callable
 from typing import Any
 
-import torch
+from expckpt.staging import Staged, Stager
 
-__all__ = ["AsyncWriter", "StateCopier"]
+__all__ = ["WHEN_BUSY", "AsyncWriter"]
+
+WHEN_BUSY = ("wait", "skip")
+"""What ``AsyncWriter.submit`` does when every staging buffer is still in use."""
 
 
-class StateCopier:
-    """Copies nested state into preallocated CPU tensors, reused from one step to the next.
-
-    The copy has the same structure *and sharing* as the original (an object met twice is
-    copied once), so it serialises to exactly the bytes a synchronous save would write.
-    """
-
-    def __init__(self) -> None:
-        self._buffers: dict[tuple[Any, ...], torch.Tensor] = {}
-
-    def copy(self, obj: Any) -> Any:
-        # One thread: a memcpy gains nothing from OpenMP, and a parallel region per tensor
-        # stalls whenever the writer thread holds the other core (measured 76 ms -> 3 ms
-        # for 12 MB on 2 cores).
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return self._copy(obj, (), {})
-        finally:
-            torch.set_num_threads(threads)
-
-    def _copy(self, obj: Any, path: tuple[Any, ...], memo: dict[int, Any]) -> Any:
-        if id(obj) in memo:
-            return memo[id(obj)]
-        if isinstance(obj, torch.Tensor):
-            copied: Any = self._tensor(obj, path)
-        elif isinstance(obj, dict):
-            copied = type(obj)() if isinstance(obj, OrderedDict) else {}
-            memo[id(obj)] = copied
-            for key, value in obj.items():
-                copied[key] = self._copy(value, (*path, key), memo)
-            if hasattr(obj, "_metadata"):
-                copied._metadata = obj._metadata
-        elif isinstance(obj, list):
-            copied = []
-            memo[id(obj)] = copied
-            copied.extend(self._copy(v, (*path, i), memo) for i, v in enumerate(obj))
-        elif isinstance(obj, tuple):
-            items = [self._copy(v, (*path, i), memo) for i, v in enumerate(obj)]
-            unchanged = all(a is b for a, b in zip(items, obj))
-            copied = obj if unchanged else tuple(items)
-        else:
-            return obj  # immutable scalars and strings are shared, as in the original
-        memo[id(obj)] = copied
-        return copied
-
-    def _tensor(self, tensor: torch.Tensor, path: tuple[Any, ...]) -> torch.Tensor:
-        src = tensor.detach()
-        buf = self._buffers.get(path)
-        if buf is None or buf.shape != src.shape or buf.dtype != src.dtype:
-            buf = torch.empty(src.shape, dtype=src.dtype, device="cpu")
-            self._buffers[path] = buf
-        buf.copy_(src)
-        return buf
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 class AsyncWriter:
     """Runs checkpoint jobs one at a time, in order, on a background thread.
 
-    At most ``depth`` copies of the state exist at once: one being written and the ones
-    waiting; a new submit blocks until a buffer set is free (back-pressure, not unbounded RAM).
+    At most ``depth`` staged copies of the state exist at once (one being written, the rest
+    waiting), so memory stays bounded: ``depth`` x the state, pinned for CUDA tensors.
     """
 
-    def __init__(self, work: Callable[[Any], None], depth: int = 2) -> None:
+    def __init__(
+        self,
+        work: Callable[[Any], None],
+        depth: int = 2,
+        *,
+        when_busy: str = "wait",
+        echo: Callable[[str], None] = _stderr,
+    ) -> None:
+        if when_busy not in WHEN_BUSY:
+            raise ValueError(f"when_busy must be one of {', '.join(WHEN_BUSY)}, got {when_busy!r}")
         self._work = work
-        self._free: queue.Queue[StateCopier] = queue.Queue()
+        self._when_busy = when_busy
+        self._echo = echo
+        self._said = False
+        self.waited_s = 0.0
+        """Total time ``submit`` waited for a free staging buffer (``when_busy: wait``)."""
+        self.skipped = 0
+        """Checkpoints not taken because the writer was busy (``when_busy: skip``)."""
+        self._free: queue.Queue[Stager] = queue.Queue()
         for _ in range(depth):
-            self._free.put(StateCopier())
-        self._jobs: queue.Queue[tuple[Any, StateCopier] | None] = queue.Queue()
+            self._free.put(Stager())
+        self._jobs: queue.Queue[tuple[Any, Staged, Stager] | None] = queue.Queue()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="expckpt-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, payload: Any, make_job: Callable[[Any], Any]) -> None:
-        """Copy ``payload`` now (blocking only for the copy), write it later."""
+    def submit(self, payload: Any, make_job: Callable[[Any], Any]) -> bool:
+        """Stage ``payload`` now, publish ``make_job(copy)`` later; False if skipped as busy.
+
+        Returns once CPU tensors are copied and CUDA copies are enqueued on their streams: the
+        next optimizer step, enqueued after them, cannot change what is saved.
+        """
         self.raise_error()
-        copier = self._free.get()
-        snapshot = copier.copy(payload)
-        self._jobs.put((make_job(snapshot), copier))
+        try:
+            stager = self._free.get_nowait()
+        except queue.Empty:
+            if self._when_busy == "skip":
+                self.skipped += 1
+                self._say("expckpt: skipped a checkpoint because the previous one is still being written"
+                          " (checkpoint.when_busy: skip); later ones that come too soon are skipped silently")
+                return False
+            start = time.perf_counter()
+            stager = self._free.get()
+            waited = time.perf_counter() - start
+            self.waited_s += waited
+            self._say(f"expckpt: training waited {waited * 1000:.0f} ms for the previous checkpoint to be written"
+                      " (checkpoint.when_busy: wait); save less often, or set checkpoint.when_busy: skip")
+        try:
+            staged = stager.stage(payload)
+            job = make_job(staged.state)
+        except BaseException:
+            self._free.put(stager)
+            raise
+        self._jobs.put((job, staged, stager))
+        return True
+
+    def _say(self, line: str) -> None:
+        if not self._said:
+            self._said = True
+            self._echo(line)
 
     def _loop(self) -> None:
         while True:
@@ -105,15 +111,20 @@ class AsyncWriter:
             if item is None:
                 self._jobs.task_done()
                 return
-            job, copier = item
+            job, staged, stager = item
             try:
                 if self._error is None:
+                    staged.wait_ready()
                     self._work(job)
             except BaseException as exc:  # surfaced on the training thread
                 self._error = exc
             finally:
-                self._free.put(copier)
+                self._free.put(stager)
                 self._jobs.task_done()
+
+    def busy(self) -> bool:
+        """Whether a checkpoint is still being written or waiting to be."""
+        return self._jobs.unfinished_tasks > 0
 
     def drain(self) -> None:
         """Wait until every submitted checkpoint is published; re-raise a background failure."""

@@ -19,7 +19,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-EXAMPLE_FILES = ("train.py", "download.py", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore")
+EXAMPLE_FILES = ("train.py", "download.py", "mnist.py", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore")
 
 
 @pytest.fixture(scope="session", autouse=True)

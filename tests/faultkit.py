@@ -5,41 +5,48 @@ One template project (the example pipeline with ``EPOCHS`` epochs, ``data/`` mad
 built once per session and copied for each test, and one uninterrupted reference run of it is
 made once. Everything runs for real: Git, DVC, train.py as a subprocess.
 
-``check_consistent`` is the invariant every test asserts after a crash, computed twice: once by
-``expckpt verify --all`` and once independently here (Git plumbing, YAML, hashlib), so a bug
-shared by expckpt's reader and writer cannot hide itself.
+The crash-safety checks (``check_consistent``, ``resume_problems``, ``same_state``, ...) live
+in ``oracle``, shared with bench/crash_trials.py; they are re-exported here for the tests.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
-import json
 import os
-import re
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 import yaml
 
 from conftest import make_project, run
+from oracle import (  # noqa: F401  (re-exported for the tests)
+    TEMP_MARK,
+    CliResult,
+    Ref,
+    cache_object,
+    check_consistent,
+    checkpoint_refs,
+    cli,
+    first_epoch,
+    independent_problems,
+    locked_model,
+    md5_of,
+    resume_problems,
+    resumed_from,
+    same_state,
+    steps,
+)
 
 EPOCHS = 3
 # One intra-op thread: on a 2-core CI machine training runs ~40% faster than with torch's
 # default, and the thread count is the same in every run a test compares (results depend on it).
 FAST = {"OMP_NUM_THREADS": "1"}
-TEMP_MARK = ".expckpt-tmp-"
 _CACHE: dict[str, Path] = {}
 _LOCK = threading.Lock()
-RESUMED = re.compile(r"Resuming from model\.pt(?: \((?P<name>[^)]+)\))?: (?P<done>\d+) steps done")
-EPOCH = re.compile(r"^epoch (?P<n>\d+):", re.M)
 
 
 # -- projects ----------------------------------------------------------------------------------
@@ -139,154 +146,8 @@ def set_param(project: Path, key: str, value: object) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-# -- the CLI, in process (importing expckpt costs seconds of torch import per subprocess) -------
-@dataclass
-class CliResult:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def cli(project: Path, *args: str) -> CliResult:
-    """``expckpt ARGS`` run in ``project`` by the same ``main`` the console script calls."""
-    from expckpt.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    old = Path.cwd()
-    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("DVC_EXP") or k in ("DVC_ROOT", "DVC_STAGE")}
-    os.chdir(project)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = main(list(args))
-            except SystemExit as exc:  # argparse
-                code = exc.code if isinstance(exc.code, int) else 2
-    finally:
-        os.chdir(old)
-        os.environ.update(saved)
-    return CliResult(code, out.getvalue(), err.getvalue())
-
-
-# -- what the repository holds -----------------------------------------------------------------
-@dataclass(frozen=True)
-class Ref:
-    ref: str
-    name: str
-    exp: str
-    step: int
-    commit: str
-
-
-def checkpoint_refs(project: Path) -> dict[str, Ref]:
-    """Every ``<exp>@<step>`` ref under refs/exps, by name."""
-    out = run("git", "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps", cwd=project).stdout
-    refs = {}
-    for line in out.splitlines():
-        ref, sha = line.split()
-        name = ref.rsplit("/", 1)[-1]
-        if "@" in name and not ref.startswith("refs/exps/exec/"):
-            exp, _, step = name.rpartition("@")
-            refs[name] = Ref(ref, name, exp, int(step), sha)
-    return refs
-
-
-def steps(project: Path, exp: str) -> list[int]:
-    return sorted(r.step for r in checkpoint_refs(project).values() if r.exp == exp)
-
-
-def cache_object(project: Path, md5: str) -> Path:
-    return project / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
-
-
-def locked_model(project: Path, commit: str) -> tuple[str, int]:
-    """``(md5, size)`` that the commit's dvc.lock records for model.pt."""
-    lock = yaml.safe_load(run("git", "show", f"{commit}:dvc.lock", cwd=project).stdout)
-    for out in lock["stages"]["train"]["outs"]:
-        if out["path"] == "model.pt":
-            return out["md5"], int(out["size"])
-    raise AssertionError(f"dvc.lock of {commit} records no model.pt")
-
-
-def independent_problems(project: Path) -> list[str]:
-    """What is wrong with the checkpoint refs, found without expckpt's code."""
-    problems = []
-    for ref in checkpoint_refs(project).values():
-        if TEMP_MARK in ref.ref:
-            problems.append(f"{ref.ref}: a temp file's name became a ref")
-        kind = run("git", "cat-file", "-t", ref.commit, cwd=project, check=False).stdout.strip()
-        if kind != "commit":
-            problems.append(f"{ref.name}: {ref.commit} is not a commit ({kind or 'missing'})")
-            continue
-        paths = run("git", "ls-tree", "-r", "--name-only", ref.commit, cwd=project).stdout.split()
-        problems += [f"{ref.name}: commits temp file {p}" for p in paths if TEMP_MARK in p]
-        md5, size = locked_model(project, ref.commit)
-        obj = cache_object(project, md5)
-        if not obj.is_file():
-            problems.append(f"{ref.name}: cache object {md5} is missing")
-            continue
-        data = obj.read_bytes()
-        if hashlib.md5(data).hexdigest() != md5 or len(data) != size:
-            problems.append(f"{ref.name}: cache object {md5} does not hash to its name")
-    return problems
-
-
-def check_consistent(project: Path) -> dict[str, Ref]:
-    """Assert the crash invariants; return the checkpoint refs."""
-    refs = checkpoint_refs(project)
-    assert independent_problems(project) == []
-    verified = cli(project, "verify", "--all")
-    assert verified.returncode == 0, verified.stderr
-    assert f"{len(refs)} of {len(refs)} checkpoints verified" in verified.stdout
-    listed = cli(project, "list", "-A", "--json")
-    assert listed.returncode == 0, listed.stderr
-    names = [row["name"] for row in json.loads(listed.stdout)]
-    assert not [n for n in names if TEMP_MARK in n]
-    assert sorted(names) == sorted(refs), "expckpt list and the refs disagree"
-    return refs
-
-
-def md5_of(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
 def leftover_temps(project: Path) -> list[Path]:
     return [p for p in project.rglob(f"*{TEMP_MARK}*") if ".git" not in p.parts]
-
-
-# -- training output and weights -----------------------------------------------------------------
-def resumed_from(stdout: str) -> tuple[str | None, int]:
-    """``(checkpoint name or None, next step)`` of a train.py run (``(None, 0)``: fresh start)."""
-    match = RESUMED.search(stdout)
-    if match:
-        return match["name"], int(match["done"])
-    done = re.search(r"model\.pt already has (\d+) steps", stdout)
-    return None, int(done.group(1)) if done else 0
-
-
-def first_epoch(stdout: str) -> int | None:
-    match = EPOCH.search(stdout)
-    return int(match["n"]) if match else None
-
-
-def load_state(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def same_state(a: Path, b: Path) -> list[str]:
-    """Differences between the model and optimizer tensors of two checkpoint files."""
-    sa, sb = load_state(a), load_state(b)
-    diffs = []
-    if sa["step"] != sb["step"]:
-        diffs.append(f"step {sa['step']} != {sb['step']}")
-    if sa["model"].keys() != sb["model"].keys():
-        return [*diffs, "different parameter names"]
-    diffs += [f"model {k}" for k in sa["model"] if not torch.equal(sa["model"][k], sb["model"][k])]
-    oa, ob = sa["optimizer"]["state"], sb["optimizer"]["state"]
-    for index in oa:
-        for name, value in oa[index].items():
-            if not torch.equal(torch.as_tensor(value), torch.as_tensor(ob[index][name])):
-                diffs.append(f"optimizer {index}.{name}")
-    return diffs
 
 
 # -- processes that run in the background -----------------------------------------------------------

@@ -55,6 +55,54 @@ def test_write_temp_hash_is_the_published_files_md5(tmp_path: Path, durable: boo
     assert loaded["step"] == 4 and torch.equal(loaded["big"], payload["big"])
 
 
+def streamed_payload() -> dict:
+    """Big storages (streamed as views of the tensors), small ones, views, sharing, plain values."""
+    torch.manual_seed(3)
+    big = torch.randn(600_000)
+    return {"model": model().state_dict(), "big": big, "again": big, "slice": big[1000:2000],
+            "ints": torch.arange(70_000, dtype=torch.int64), "half": torch.randn(40_000).half(),
+            "empty": torch.zeros(0), "step": 9, "name": "run"}
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_streamed_file_is_exactly_what_torch_save_writes(tmp_path: Path, durable: bool) -> None:
+    import hashlib
+    import io
+
+    payload = streamed_payload()
+    written = write_temp(payload, tmp_path / "model.pt", durable=durable)
+    expected = io.BytesIO()
+    torch.save(payload, expected)  # into a file object, as write_temp streams
+    data = written.tmp.read_bytes()
+    assert data == expected.getvalue()
+    assert written.md5 == hashlib.md5(data).hexdigest() and written.size == len(data)
+    assert md5_file(written.tmp) == (written.md5, written.size)  # DVC's hash of the file
+    loaded = torch.load(written.tmp, weights_only=True)
+    assert torch.equal(loaded["big"], payload["big"]) and loaded["again"] is loaded["big"] or torch.equal(
+        loaded["again"], payload["big"])
+    assert torch.equal(loaded["slice"], payload["slice"]) and loaded["half"].dtype == torch.float16
+
+
+def test_streaming_hashes_each_byte_once_in_order(tmp_path: Path) -> None:
+    """Held chunks (views of the state's storages) and copied ones (headers) interleave correctly."""
+    import hashlib
+
+    from expckpt.streaming import HashingStream
+
+    chunks = [torch.randn(50_000), torch.arange(30_000, dtype=torch.int32), torch.randn(10)]
+    spans = [(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()) for t in chunks[:2]]
+    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT)
+    stream = HashingStream(fd, spans)
+    for i, tensor in enumerate(chunks):
+        stream.write(b"header %d" % i)
+        stream.write(memoryview(tensor.numpy()).cast("B"))
+    md5, size = stream.finish(durable=True)
+    os.close(fd)
+    data = (tmp_path / "out").read_bytes()
+    assert (md5, size) == (hashlib.md5(data).hexdigest(), len(data))
+    assert data.endswith(chunks[2].numpy().tobytes())
+
+
 def test_discard_removes_the_temp_file(tmp_path: Path) -> None:
     written = write_temp({"step": 1}, tmp_path / "model.pt")
     written.discard()

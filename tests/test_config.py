@@ -40,11 +40,12 @@ def test_from_params_reads_every_key():
     config = CheckpointConfig.from_params({
         "every": 2, "every_minutes": 15, "keep_last": None, "keep_best": 2, "monitor": "val_loss",
         "mode": "min", "async": True, "on_divergence": "stop", "divergence_steps": 4,
-        "divergence_metric": "train_loss", "patience": 7,
+        "divergence_metric": "train_loss", "patience": 7, "when_busy": "skip",
     })
     assert config == CheckpointConfig(
         every=2, every_minutes=15, keep_last=None, keep_best=2, monitor="val_loss", mode="min",
-        async_save=True, on_divergence="stop", divergence_steps=4, divergence_metric="train_loss", patience=7)
+        async_save=True, on_divergence="stop", divergence_steps=4, divergence_metric="train_loss", patience=7,
+        when_busy="skip")
 
 
 @pytest.mark.parametrize(
@@ -102,6 +103,8 @@ def test_regime_table_is_read_only():
         ({"regime": "huge"}, r"checkpoint\.regime must be one of 'short', 'normal', 'long', got 'huge'"),
         ({"regime": ["long"]}, r"checkpoint\.regime must be one of .*got \['long'\] \(list\)"),
         ({"async": "yes"}, r"checkpoint\.async must be true or false, got 'yes' \(str\)"),
+        ({"when_busy": "block"}, r"checkpoint\.when_busy must be one of 'wait', 'skip', got 'block' \(str\);"
+                                 r" use 'wait' to pause training .* or 'skip' to skip checkpoints that come too soon"),
         ({"on_divergence": "halt"}, r"checkpoint\.on_divergence must be one of 'warn', 'stop', got 'halt'"),
         ({"divergence_steps": 1}, r"checkpoint\.divergence_steps must be an integer >= 2, got 1"),
         ({"divergence_metric": ""}, r"checkpoint\.divergence_metric must be a metric name"),
@@ -194,3 +197,26 @@ def test_check_metrics_rejects(section, logged, match):
 )
 def test_check_metrics_accepts(section, logged):
     CheckpointConfig.from_params(section).check_metrics(logged)
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        ("--upload-pack=touch x", r"checkpoint\.push must be the name of a Git remote or null, got '--upload-pack=touch x' "
+                                  r"\(str\); use a name `git remote -v` lists, e\.g\. origin"),
+        ("", r"checkpoint\.push must be the name of a Git remote or null, got '' \(str\)"),
+        ("https://example.invalid/x.git", r"checkpoint\.push must be the name of a Git remote .*got 'https://"),
+        ("my remote", r"checkpoint\.push must be .*got 'my remote' \(str\)"),
+        (True, r"checkpoint\.push must be the name of a Git remote or null, got True \(bool\)"),
+    ],
+)
+def test_push_must_name_a_git_remote(value, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        CheckpointConfig.from_params({"push": value})
+    assert info.value.key == "checkpoint.push"
+
+
+@pytest.mark.parametrize("name", ["origin", "team-s3", "up.stream", "team/ml"])
+def test_push_takes_a_remote_name(name):
+    assert CheckpointConfig.from_params({"push": name}).push == name
+    assert CheckpointConfig.from_params({}).push is None

@@ -16,6 +16,7 @@ from conftest import run
 from expckpt.cache import DvcCache
 from expckpt.checkpointer import Checkpointer
 from expckpt.dirout import hash_dir
+from expckpt.errors import MissingCheckpointError
 from expckpt.dirstate import load_dir_checkpoint, split_payload, write_dir_temp
 from expckpt.gc import GcScope, execute_gc, plan_gc
 from expckpt.gitstore import GitStore
@@ -154,7 +155,7 @@ def test_gc_counts_the_files_of_a_kept_directory_as_used(tmp_path: Path, monkeyp
     assert not (set(plan.objects) & cache.expand(kept)), "a kept directory's manifest and files stay"
     assert recs["a@0"].outs["ckpt"].md5 in plan.objects
     assert cache.manifest(recs["a@0"].outs["ckpt"].md5)["expckpt.pt"] in plan.objects
-    execute_gc(plan, store, cache)
+    execute_gc(plan, store, cache, proj)
     assert cache.has(kept)
     assert verify_records(load_records(store), store, cache) == []
 
@@ -185,6 +186,21 @@ def test_two_outputs_in_one_commit_and_resumed_together(tmp_path: Path, monkeypa
     assert {o["path"]: o["md5"] for o in lock["stages"]["train"]["outs"]} == {p: o.md5 for p, o in recs["m@1"].outs.items()}
     ckpt, state = train(proj, "m", range(0), monkeypatch, paths=["model.pt", "ema.pt"])
     assert ckpt.resumed is not None and ckpt.resumed.record.name == "m@1" and state.step == 1
+
+
+def test_a_lost_second_output_stops_training_instead_of_resuming_half(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """model.pt is there, ema.pt and its cache object are gone: resuming the model alone would
+    quietly start the EMA over, so the run stops naming the checkpoint ema.pt should be."""
+    proj = toy_project(tmp_path / "p", "multi", ["model.pt", "ema.pt"])
+    train(proj, "m", range(2), monkeypatch, paths=["model.pt", "ema.pt"])
+    store, cache = GitStore.open(proj), DvcCache.for_project(proj, proj / ".git")
+    ema_md5 = {r.name: r for r in load_records(store)}["m@1"].outs["ema.pt"].md5
+    (proj / "ema.pt").unlink()
+    cache.object_path(ema_md5).unlink()
+    with pytest.raises(MissingCheckpointError, match=r"^ema\.pt should be checkpoint m@1 ") as info:
+        train(proj, "m", range(0), monkeypatch, paths=["model.pt", "ema.pt"])
+    assert info.value.path == proj / "ema.pt"
+    assert (proj / "model.pt").exists(), "the last good checkpoint is never touched"
 
 
 def test_a_directory_whose_files_are_complete_is_published_as_it_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

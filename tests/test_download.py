@@ -1,8 +1,8 @@
-"""Tests of the ``download`` stage (download.py), with real files, a real HTTP server and
-real subprocesses: no mocks.
+"""Tests of the ``download`` stage (download.py, and mnist.py for ``data.source: mnist``), with
+real files, a real HTTP server on 127.0.0.1 and real subprocesses: no mocks.
 
-MNIST is replaced by small generated IDX files served from 127.0.0.1; the digests the
-script expects are given through ``data.mnist_sha256`` in params.yaml.
+MNIST is replaced by small generated IDX files; the digests the stage expects are given
+through ``data.mnist_sha256`` in params.yaml.
 """
 
 from __future__ import annotations
@@ -25,30 +25,25 @@ import numpy as np
 import pytest
 import yaml
 
+from expckpt.errors import ConfigError, DataError, StorageError
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "download.py"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+import mnist  # noqa: E402  (the example's own module, beside download.py)
+
+_spec = importlib.util.spec_from_file_location("download_stage_under_test", SCRIPT)
+assert _spec is not None and _spec.loader is not None
+download = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(download)
 
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
 TRAIN_LABELS = "train-labels-idx1-ubyte.gz"
 TEST_IMAGES = "t10k-images-idx3-ubyte.gz"
 TEST_LABELS = "t10k-labels-idx1-ubyte.gz"
 N_TRAIN, N_TEST, SIDE = 20, 10, 28
-
-
-def _load_module():
-    spec = importlib.util.spec_from_file_location("download_stage_under_test", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-download = _load_module()
-
-
-# --------------------------------------------------------------------------- helpers
 
 
 def idx_images(images: np.ndarray) -> bytes:
@@ -60,21 +55,15 @@ def idx_labels(labels: np.ndarray) -> bytes:
     return struct.pack(">II", 2049, len(labels)) + labels.astype(np.uint8).tobytes()
 
 
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run download.py as DVC would: a fresh interpreter, cwd = the project."""
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONDONTWRITEBYTECODE="1")
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=60,
-    )
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=60)
 
 
-def write_params(directory: Path, data: dict, name: str = "params.yaml") -> Path:
-    path = directory / name
+def write_params(directory: Path, data: dict) -> Path:
+    path = directory / "params.yaml"
     path.write_text(yaml.safe_dump({"data": data}), encoding="utf-8")
     return path
 
@@ -86,18 +75,16 @@ def snapshot(directory: Path) -> dict[str, bytes]:
 def assert_one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
     assert proc.returncode == 1, proc
     lines = proc.stderr.splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("download.py: error: "), proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("download.py: error: "), proc.stderr
     return lines[0]
 
 
 def assert_no_leftovers(directory: Path, *expected: str) -> None:
-    """Only the expected entries remain: no .data.* staging, backup or download dirs."""
+    """Only the expected entries remain: no scratch directory, downloads or old data."""
     assert sorted(p.name for p in directory.iterdir()) == sorted(expected)
 
 
-# --------------------------------------------------------------------------- fixtures
+# --------------------------------------------------------------------------- server
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -119,30 +106,29 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def mnist_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """Serve small MNIST look-alikes: good/, truncated files, bad magic, bad IDX size."""
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """Serve small MNIST look-alikes from 127.0.0.1: good/ and broken variants of it."""
     root = tmp_path_factory.mktemp("www")
     rng = np.random.default_rng(42)
     arrays = {
-        "train_images": rng.integers(0, 256, (N_TRAIN, SIDE, SIDE), dtype=np.uint8),
-        "train_labels": rng.integers(0, 10, N_TRAIN).astype(np.int64),
-        "test_images": rng.integers(0, 256, (N_TEST, SIDE, SIDE), dtype=np.uint8),
-        "test_labels": rng.integers(0, 10, N_TEST).astype(np.int64),
+        "train": (rng.integers(0, 256, (N_TRAIN, SIDE, SIDE), dtype=np.uint8),
+                  rng.integers(0, 10, N_TRAIN).astype(np.int64)),
+        "test": (rng.integers(0, 256, (N_TEST, SIDE, SIDE), dtype=np.uint8),
+                 rng.integers(0, 10, N_TEST).astype(np.int64)),
     }
+    train_images = idx_images(arrays["train"][0])
     files = {
-        TRAIN_IMAGES: gzip.compress(idx_images(arrays["train_images"])),
-        TRAIN_LABELS: gzip.compress(idx_labels(arrays["train_labels"])),
-        TEST_IMAGES: gzip.compress(idx_images(arrays["test_images"])),
-        TEST_LABELS: gzip.compress(idx_labels(arrays["test_labels"])),
+        TRAIN_IMAGES: gzip.compress(train_images),
+        TRAIN_LABELS: gzip.compress(idx_labels(arrays["train"][1])),
+        TEST_IMAGES: gzip.compress(idx_images(arrays["test"][0])),
+        TEST_LABELS: gzip.compress(idx_labels(arrays["test"][1])),
     }
     variants = {
         "good": {},
-        # the gzip stream stops half-way
         "cutgz": {TRAIN_IMAGES: files[TRAIN_IMAGES][: len(files[TRAIN_IMAGES]) // 2]},
-        # a complete gzip stream whose IDX payload misses its last 100 bytes
-        "cutidx": {TRAIN_IMAGES: gzip.compress(idx_images(arrays["train_images"])[:-100])},
-        # labels where images should be
+        "cutidx": {TRAIN_IMAGES: gzip.compress(train_images[:-100])},
         "magic": {TRAIN_IMAGES: files[TRAIN_LABELS]},
+        "label12": {TRAIN_LABELS: gzip.compress(idx_labels(np.full(N_TRAIN, 12)))},
     }
     for variant, overrides in variants.items():
         (root / variant).mkdir()
@@ -150,164 +136,138 @@ def mnist_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             (root / variant / name).write_bytes(data)
 
     handler = lambda *a, **kw: _Handler(*a, directory=str(root), **kw)  # noqa: E731
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
 
     def digests(variant: str) -> dict[str, str]:
-        return {p.name: sha256(p.read_bytes()) for p in (root / variant).iterdir()}
+        folder = root / (variant if (root / variant).is_dir() else "good")
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
 
     try:
-        yield {"base": base, "arrays": arrays, "files": files, "digests": digests}
+        yield {"base": f"http://127.0.0.1:{httpd.server_address[1]}", "arrays": arrays,
+               "files": files, "digests": digests, "closed": f"http://127.0.0.1:{closed_port}"}
     finally:
-        server.shutdown()
-        server.server_close()
+        httpd.shutdown()
+        httpd.server_close()
         thread.join(5)
 
 
-def mnist_params(server: dict, variant: str = "good", **overrides: str) -> dict:
+def mnist_params(server: dict, variant: str = "good", **digests: str) -> dict:
     """params ``data:`` for MNIST from ``variant``, trusting the served files' digests."""
-    digests = server["digests"](variant)
-    digests.update(overrides)
-    return {"source": "mnist", "mnist_url": f"{server['base']}/{variant}/", "mnist_sha256": digests}
+    return {"source": "mnist", "mnist_url": f"{server['base']}/{variant}/",
+            "mnist_sha256": {**server["digests"](variant), **digests}}
 
 
 # --------------------------------------------------------------------------- MNIST
 
 
-def test_mnist_download_produces_dataset(tmp_path: Path, mnist_server: dict) -> None:
-    write_params(tmp_path, mnist_params(mnist_server))
+def test_mnist_download_produces_dataset(tmp_path: Path, server: dict) -> None:
+    write_params(tmp_path, mnist_params(server))
     proc = run(tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == ""
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert f"data/: {N_TRAIN} train, {N_TEST} test images 28x28 from mnist" in proc.stdout
+    assert proc.stdout.count("fetching http://127.0.0.1:") == 4
 
     data = tmp_path / "data"
     assert sorted(p.name for p in data.iterdir()) == ["meta.json", "test.npz", "train.npz"]
-    arrays = mnist_server["arrays"]
     for split, n in (("train", N_TRAIN), ("test", N_TEST)):
         with np.load(data / f"{split}.npz", allow_pickle=False) as npz:
             assert sorted(npz.files) == ["images", "labels"]
             images, labels = npz["images"], npz["labels"]
         assert images.dtype == np.uint8 and images.shape == (n, SIDE, SIDE)
         assert labels.dtype == np.int64 and labels.shape == (n,)
-        np.testing.assert_array_equal(images, arrays[f"{split}_images"])
-        np.testing.assert_array_equal(labels, arrays[f"{split}_labels"])
-    meta = json.loads((data / "meta.json").read_text())
-    assert meta == {"source": "mnist", "height": 28, "width": 28, "classes": 10,
-                    "train": N_TRAIN, "test": N_TEST}
+        np.testing.assert_array_equal(images, server["arrays"][split][0])
+        np.testing.assert_array_equal(labels, server["arrays"][split][1])
+    assert json.loads((data / "meta.json").read_text()) == {
+        "source": "mnist", "height": 28, "width": 28, "classes": 10,
+        "train": N_TRAIN, "test": N_TEST}
     assert_no_leftovers(tmp_path, "params.yaml", "data")
 
 
-@pytest.mark.parametrize("variant", ["good", "cutgz"])
-def test_wrong_sha256_keeps_previous_data(tmp_path: Path, mnist_server: dict, variant: str) -> None:
-    """A digest mismatch (a corrupt file, or a download cut short) changes nothing."""
-    write_params(tmp_path, mnist_params(mnist_server))
-    assert run(tmp_path).returncode == 0
-    (tmp_path / "data" / "marker.txt").write_text("previous run")
+# Each bad download: (served folder, digests expected instead of the served ones, fragments
+# of the error line). Fragments are formatted with the server's facts.
+BAD_DOWNLOADS = {
+    "corrupt": ("good", {TRAIN_IMAGES: "ab" * 32},
+                ["{base}/good/" + TRAIN_IMAGES, TRAIN_IMAGES + " from", "is corrupt",
+                 "expected " + "ab" * 32, "got {good}", "mnist_url"]),
+    "dropped connection": ("short", {},
+                           [TRAIN_IMAGES + " from {base}/short/" + TRAIN_IMAGES,
+                            "is truncated ({half} of {size} bytes)", "expected {good}"]),
+    "truncated gzip": ("cutgz", {}, [TRAIN_IMAGES, "truncated gzip"]),
+    "truncated idx": ("cutidx", {}, [TRAIN_IMAGES, f"{16 + N_TRAIN * SIDE * SIDE - 100} bytes",
+                                     f"declares {N_TRAIN}x{SIDE}x{SIDE} images"]),
+    "wrong magic": ("magic", {}, [TRAIN_IMAGES, "magic number 2049, expected 2051"]),
+    "label out of range": ("label12", {}, [TRAIN_LABELS, "largest 12", "0..9"]),
+    "http 404": ("missing", {}, ["{base}/missing/" + TRAIN_IMAGES, "HTTP 404"]),
+    "unreachable": ("{closed}", {}, ["{closed}/" + TRAIN_IMAGES, "check the network"]),
+}
+
+
+@pytest.mark.parametrize("case", BAD_DOWNLOADS)
+def test_bad_download_is_one_line_and_keeps_previous_data(
+    tmp_path: Path, server: dict, case: str
+) -> None:
+    variant, digests, fragments = BAD_DOWNLOADS[case]
+    params = mnist_params(server, variant, **digests)
+    if variant == "{closed}":
+        params["mnist_url"] = server["closed"]  # no slash: the stage adds it
+    write_params(tmp_path, params)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.npz").write_text("previous run")
     before = snapshot(tmp_path / "data")
 
-    # Expect the digest of the complete file, serve `variant`'s copy of it.
-    expected = "ab" * 32 if variant == "good" else mnist_server["digests"]("good")[TRAIN_IMAGES]
-    actual = mnist_server["digests"](variant)[TRAIN_IMAGES]
-    write_params(tmp_path, mnist_params(mnist_server, variant, **{TRAIN_IMAGES: expected}))
     line = assert_one_line_error(run(tmp_path))
-    assert TRAIN_IMAGES in line
-    assert expected in line and actual in line
-    assert "mnist_url" in line
-
+    size = len(server["files"][TRAIN_IMAGES])
+    facts = {"base": server["base"], "closed": server["closed"], "size": size,
+             "half": size // 2, "good": server["digests"]("good")[TRAIN_IMAGES]}
+    for fragment in fragments:
+        assert fragment.format(**facts) in line
     assert snapshot(tmp_path / "data") == before
     assert_no_leftovers(tmp_path, "params.yaml", "data")
 
 
-def test_dropped_connection_is_a_clear_error(tmp_path: Path, mnist_server: dict) -> None:
-    params = mnist_params(mnist_server)  # the digests of the complete files
-    params["mnist_url"] = f"{mnist_server['base']}/short/"
-    write_params(tmp_path, params)
-    line = assert_one_line_error(run(tmp_path))
-    size = len(mnist_server["files"][TRAIN_IMAGES])
-    assert f"{TRAIN_IMAGES} from {params['mnist_url']}{TRAIN_IMAGES} is truncated" in line
-    assert f"({size // 2} of {size} bytes)" in line
-    assert params["mnist_sha256"][TRAIN_IMAGES] in line
-    assert_no_leftovers(tmp_path, "params.yaml")
-
-
-def test_truncated_gzip_is_a_clear_error(tmp_path: Path, mnist_server: dict) -> None:
-    write_params(tmp_path, mnist_params(mnist_server, "cutgz"))  # digest matches the cut file
-    line = assert_one_line_error(run(tmp_path))
-    assert TRAIN_IMAGES in line and "truncated gzip" in line
-    assert_no_leftovers(tmp_path, "params.yaml")
-
-
-def test_truncated_idx_is_a_clear_error(tmp_path: Path, mnist_server: dict) -> None:
-    write_params(tmp_path, mnist_params(mnist_server, "cutidx"))
-    line = assert_one_line_error(run(tmp_path))
-    assert TRAIN_IMAGES in line and "truncated" in line
-    expected_size = 16 + N_TRAIN * SIDE * SIDE
-    assert str(expected_size) in line and str(expected_size - 100) in line
-    assert_no_leftovers(tmp_path, "params.yaml")
-
-
-def test_wrong_magic_is_a_clear_error(tmp_path: Path, mnist_server: dict) -> None:
-    write_params(tmp_path, mnist_params(mnist_server, "magic"))
-    line = assert_one_line_error(run(tmp_path))
-    assert TRAIN_IMAGES in line and "magic number 2049, expected 2051" in line
-    assert_no_leftovers(tmp_path, "params.yaml")
-
-
-def test_http_404_names_the_url(tmp_path: Path, mnist_server: dict) -> None:
-    params = mnist_params(mnist_server)
-    params["mnist_url"] = f"{mnist_server['base']}/missing/"
-    write_params(tmp_path, params)
-    line = assert_one_line_error(run(tmp_path))
-    assert f"{mnist_server['base']}/missing/{TRAIN_IMAGES}" in line
-    assert "404" in line
-    assert_no_leftovers(tmp_path, "params.yaml")
-
-
-def test_unreachable_server_names_the_url(tmp_path: Path) -> None:
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    write_params(tmp_path, {"source": "mnist", "mnist_url": f"http://127.0.0.1:{port}/mnist"})
-    line = assert_one_line_error(run(tmp_path))
-    assert f"http://127.0.0.1:{port}/mnist/{TRAIN_IMAGES}" in line
-    assert_no_leftovers(tmp_path, "params.yaml")
-
-
-def test_verbose_shows_the_traceback(tmp_path: Path, mnist_server: dict) -> None:
-    write_params(tmp_path, mnist_params(mnist_server, **{TRAIN_IMAGES: "cd" * 32}))
+def test_verbose_shows_the_traceback(tmp_path: Path, server: dict) -> None:
+    write_params(tmp_path, mnist_params(server, **{TRAIN_IMAGES: "cd" * 32}))
     proc = run(tmp_path, "-v")
     assert proc.returncode == 1
     assert "Traceback" in proc.stderr and "DataError" in proc.stderr
 
 
 def test_builtin_digests_are_the_official_mnist_ones() -> None:
-    table = download.MNIST_SHA256
+    url, table = mnist.settings({})
+    assert url == mnist.DEFAULT_URL
     assert set(table) == {TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS}
     assert table[TRAIN_IMAGES].startswith("440fcabf73cc546f")
-    assert all(len(d) == 64 and int(d, 16) >= 0 for d in table.values())
     # an override replaces only the files it names
-    merged = download.get_mnist_sha256({"mnist_sha256": {TEST_LABELS: "EF" * 32}})
+    _, merged = mnist.settings({"mnist_sha256": {TEST_LABELS: "EF" * 32}})
     assert merged[TEST_LABELS] == "ef" * 32 and merged[TRAIN_IMAGES] == table[TRAIN_IMAGES]
 
 
-def test_idx_readers_validate(tmp_path: Path) -> None:
-    labels = tmp_path / "labels.gz"
-    labels.write_bytes(gzip.compress(idx_labels(np.array([3, 1, 4]))))
-    np.testing.assert_array_equal(download.read_idx_labels(labels), [3, 1, 4])
-    assert download.read_idx_labels(labels).dtype == np.int64
-    with pytest.raises(download.DataError, match="magic number 2049, expected 2051"):
-        download.read_idx_images(labels)
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"mnist_url": "ftp://example.org/mnist/"}, "data.mnist_url"),
+        ({"mnist_url": 42}, "data.mnist_url"),
+        ({"mnist_sha256": ["ab" * 32]}, "data.mnist_sha256"),
+        ({"mnist_sha256": {TRAIN_IMAGES: "xyz"}}, f"data.mnist_sha256.{TRAIN_IMAGES}"),
+        ({"mnist_sha256": {"other.gz": "ab" * 32}}, "data.mnist_sha256.other.gz"),
+    ],
+)
+def test_bad_mnist_settings_are_config_errors(data: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        mnist.settings(data)
+    assert info.value.key == key and key in str(info.value)
+
+
+def test_read_idx_rejects_a_short_header(tmp_path: Path) -> None:
     short = tmp_path / "short.gz"
-    short.write_bytes(gzip.compress(b"\x00\x00\x08"))
-    with pytest.raises(download.DataError, match="shorter than the 16-byte"):
-        download.read_idx_images(short)
-    bad_label = tmp_path / "bad.gz"
-    bad_label.write_bytes(gzip.compress(idx_labels(np.array([1, 12]))))
-    with pytest.raises(download.DataError, match="label 12"):
-        download.read_idx_labels(bad_label)
+    short.write_bytes(gzip.compress(struct.pack(">I", 2051) + b"\x00\x00"))
+    with pytest.raises(DataError, match="not an IDX images file: .*6 bytes"):
+        mnist.read_idx(short, 0x0803, "images")
 
 
 # --------------------------------------------------------------------------- digits
@@ -329,9 +289,8 @@ def test_digits_default_runs_offline(tmp_path: Path) -> None:
     assert tr_labels.dtype == te_labels.dtype == np.int64
     assert tr_images.max() == 255 and tr_images.min() == 0
     assert set(np.unique(np.concatenate([tr_labels, te_labels]))) == set(range(10))
-    meta = json.loads((data / "meta.json").read_text())
-    assert meta == {"source": "digits", "height": 8, "width": 8, "classes": 10,
-                    "train": 1437, "test": 360}
+    assert json.loads((data / "meta.json").read_text()) == {
+        "source": "digits", "height": 8, "width": 8, "classes": 10, "train": 1437, "test": 360}
     assert_no_leftovers(tmp_path, "params.yaml", "data")
 
 
@@ -365,11 +324,10 @@ def test_rerun_replaces_data_atomically(tmp_path: Path, capsys: pytest.CaptureFi
     assert "898 train, 899 test images 8x8 from digits" in capsys.readouterr().out
 
 
-def test_failure_without_previous_data_leaves_nothing(tmp_path: Path) -> None:
-    """The output path is blocked by a file: an error, and no temp dirs are left."""
+def test_output_path_taken_by_a_file_is_an_error(tmp_path: Path) -> None:
     params = write_params(tmp_path, {"source": "digits"})
     (tmp_path / "data").write_text("not a directory")
-    with pytest.raises(download.StorageError, match="not a directory"):
+    with pytest.raises(StorageError, match="not a directory"):
         download.build_dataset(params, tmp_path / "data")
     assert_no_leftovers(tmp_path, "params.yaml", "data")
     assert (tmp_path / "data").read_text() == "not a directory"
@@ -385,37 +343,25 @@ def test_unknown_source_is_a_config_error(tmp_path: Path) -> None:
     assert "'digits'" in line and "'mnist'" in line
     assert_no_leftovers(tmp_path, "params.yaml")
 
-    with pytest.raises(download.ConfigError) as info:
-        download.get_source({"source": "imagenet"})
-    assert info.value.key == "data.source" and info.value.value == "imagenet"
 
-
-@pytest.mark.parametrize("value", [0, 1, 1.5, -0.1, "0.2", True, None])
+@pytest.mark.parametrize("value", [0, 1, 1.5, -0.1, float("nan"), "0.2", True, None])
 def test_bad_test_fraction_is_a_config_error(value: object) -> None:
-    with pytest.raises(download.ConfigError, match="data.test_fraction") as info:
-        download.get_test_fraction({"test_fraction": value})
+    with pytest.raises(ConfigError, match="data.test_fraction") as info:
+        download.load_digits_split(value)  # type: ignore[arg-type]
     assert info.value.key == "data.test_fraction"
 
 
-@pytest.mark.parametrize(
-    ("data", "key"),
-    [
-        ({"mnist_url": "ftp://example.org/mnist/"}, "data.mnist_url"),
-        ({"mnist_sha256": {TRAIN_IMAGES: "xyz"}}, f"data.mnist_sha256.{TRAIN_IMAGES}"),
-        ({"mnist_sha256": {"other.gz": "ab" * 32}}, "data.mnist_sha256.other.gz"),
-    ],
-)
-def test_bad_mnist_settings_are_config_errors(data: dict, key: str) -> None:
-    with pytest.raises(download.ConfigError) as info:
-        download.get_mnist_url(data)
-        download.get_mnist_sha256(data)
-    assert info.value.key == key and key in str(info.value)
-
-
-def test_missing_params_file_is_a_clear_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("text", "fragment"), [
+    (None, "cannot read params file 'nope.yaml' (No such file or directory)"),
+    ("data: [1, 2", "is not valid YAML"),
+    ("data: digits", "data in 'nope.yaml' must be a mapping"),
+])
+def test_bad_params_file_is_a_clear_error(tmp_path: Path, text: str | None, fragment: str) -> None:
+    if text is not None:
+        (tmp_path / "nope.yaml").write_text(text)
     line = assert_one_line_error(run(tmp_path, "--params", "nope.yaml"))
-    assert "nope.yaml" in line and "not found" in line
-    assert_no_leftovers(tmp_path)
+    assert fragment in line
+    assert not (tmp_path / "data").exists()
 
 
 def test_import_has_no_side_effects(tmp_path: Path) -> None:
@@ -423,6 +369,7 @@ def test_import_has_no_side_effects(tmp_path: Path) -> None:
         "import importlib.util as u\n"
         f"spec = u.spec_from_file_location('d', {str(SCRIPT)!r})\n"
         "spec.loader.exec_module(u.module_from_spec(spec))\n"
+        "import mnist\n"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONDONTWRITEBYTECODE="1")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,

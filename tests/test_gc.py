@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conftest import make_project, run, train_in_exp_env
+from expckpt.atomic import TEMP_MARK, md5_file
 from expckpt.cache import DvcCache
 from expckpt.catalog import Catalog
+from expckpt.cli import _size
 from expckpt.gitstore import GitStore
 
 
@@ -18,7 +26,8 @@ def checkpoint_names(project: Path) -> set[str]:
 
 
 def cache_objects(project: Path) -> set[str]:
-    return {md5 for md5, _ in DvcCache.for_project(project, project / ".git").iter_objects()}
+    base = DvcCache.for_project(project, project / ".git").root / "files" / "md5"
+    return {obj.parent.name + obj.name for obj in base.glob("??/*") if TEMP_MARK not in obj.name}
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +116,182 @@ def test_scope_is_required_and_no_prompt_without_a_terminal(trained: Path) -> No
     assert unconfirmed.returncode == 1
     assert "pass --force" in unconfirmed.stderr
     assert "old@0" in checkpoint_names(trained)
+
+
+# --------------------------------------------------------------------------- what else needs objects (#9.3)
+
+
+def record(project: Path, name: str):
+    return Catalog.load(GitStore.open(project)).resolve(name)
+
+
+def md5_of_record(rec) -> str:
+    return next(iter(rec.outs.values())).md5
+
+
+def md5_of(project: Path, name: str) -> str:
+    return md5_of_record(record(project, name))
+
+
+def object_bytes(project: Path, md5: str) -> bytes:
+    return DvcCache.for_project(project, project / ".git").object_path(md5).read_bytes()
+
+
+def test_objects_other_dvc_metafiles_name_survive_gc(trained: Path) -> None:
+    """A committed `.dvc` file (on a branch), a stage in a subdirectory's dvc.yaml/dvc.lock and an
+    untracked `.dvc` file in the workspace each name an object that only a removed checkpoint
+    had; gc must keep all three and free the rest."""
+    exported, staged, loose, only = (md5_of(trained, n) for n in ("old@0", "old@1", "new@0", "old@3"))
+    # a checkpoint exported and tracked with `dvc add`, committed on a branch that is not checked out
+    run("git", "checkout", "-qb", "export", cwd=trained)
+    (trained / "exported").mkdir()
+    (trained / "exported" / "best.pt").write_bytes(object_bytes(trained, exported))
+    run("dvc", "add", "-q", "exported/best.pt", cwd=trained)
+    # a pipeline in a subdirectory whose dvc.lock names another checkpoint's object
+    sub = trained / "serving"
+    sub.mkdir()
+    (sub / "weights.pt").write_bytes(object_bytes(trained, staged))
+    (sub / "dvc.yaml").write_text("stages:\n  pack:\n    cmd: 'true'\n    outs:\n      - weights.pt\n")
+    run("dvc", "commit", "-q", "-f", "serving/dvc.yaml:pack", cwd=trained)
+    assert staged in (sub / "dvc.lock").read_text()
+    run("git", "add", "exported", "serving/dvc.yaml", "serving/dvc.lock", "serving/.gitignore", cwd=trained)
+    run("git", "commit", "-qm", "export checkpoints", cwd=trained)
+    run("git", "checkout", "-q", "main", cwd=trained)
+    assert not (trained / "exported" / "best.pt.dvc").exists() and not (sub / "dvc.lock").exists()
+    # an untracked `.dvc` file in the workspace
+    (trained / "loose.pt").write_bytes(object_bytes(trained, loose))
+    run("dvc", "add", "-q", "loose.pt", cwd=trained)
+
+    run("expckpt", "gc", "--workspace", "--keep-last", "1", "-f", cwd=trained)
+
+    assert checkpoint_names(trained) == {"new@3"}
+    objects = cache_objects(trained)
+    assert {exported, staged, loose} <= objects, "objects other DVC metafiles name must survive"
+    assert only not in objects, "an object nothing else names is freed"
+    # and DVC can still check every one of them out
+    run("git", "checkout", "-q", "export", cwd=trained)
+    for path in ("exported/best.pt", "serving/weights.pt", "loose.pt"):
+        (trained / path).unlink()
+    run("dvc", "checkout", "-q", "exported/best.pt.dvc", "serving/dvc.yaml", "loose.pt.dvc", cwd=trained)
+    assert (trained / "serving" / "weights.pt").read_bytes() == object_bytes(trained, staged)
+    assert {md5 for md5, _ in [md5_file(trained / p) for p in ("exported/best.pt", "loose.pt")]} == {exported, loose}
+
+
+# --------------------------------------------------------------------------- one keep policy (#9.6)
+
+
+def test_keep_last_null_means_keep_all_in_gc_as_in_params(trained: Path) -> None:
+    from expckpt.config import CheckpointConfig
+    from expckpt.gc import GcScope, plan_gc
+
+    store = GitStore.open(trained)
+    cache = DvcCache.for_project(trained, store.git_dir)
+    config = CheckpointConfig.from_params({"keep_last": None, "keep_best": 1, "monitor": "acc"})
+    plan = plan_gc(store, cache, trained, GcScope(all_commits=True), keep_last=config.keep_last,
+                   keep_best=config.keep_best, metric=config.monitor, mode=config.mode)
+    assert plan.remove == [], "keep_last None keeps every checkpoint, as it does during training"
+
+    refused = run("expckpt", "gc", "-A", "--keep-best", "1", "--metric", "acc", "-f", cwd=trained, check=False)
+    assert refused.returncode == 1 and "add --keep-last N" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert checkpoint_names(trained) >= {"new@0", "new@1", "old@0"}
+
+
+# --------------------------------------------------------------------------- no terminal, true figures (#14.7)
+
+
+def gc_without_terminal(project: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["expckpt", "gc", *args], cwd=project, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=120)
+
+
+def test_without_a_terminal_refuses_before_listing_and_freed_bytes_are_what_was_deleted(trained: Path) -> None:
+    run("dvc", "exp", "branch", "new@1", "keep-new1", cwd=trained)
+    branch_kept = md5_of(trained, "new@1")
+    before = cache_objects(trained)
+
+    refused = gc_without_terminal(trained, "-w", "--keep-last", "1")
+
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert "Removing" not in refused.stdout + refused.stderr and "Freeing" not in refused.stdout + refused.stderr
+    (line,) = refused.stderr.strip().splitlines()
+    assert "refusing to remove 7 checkpoints" in line and "pass --force" in line
+    assert cache_objects(trained) == before and "old@0" in checkpoint_names(trained)
+
+    cache = DvcCache.for_project(trained, trained / ".git")
+    sizes = {md5: cache.object_path(md5).stat().st_size for md5 in before}
+    dry = gc_without_terminal(trained, "-w", "--keep-last", "1", "--dry-run")
+    done = gc_without_terminal(trained, "-w", "--keep-last", "1", "--force")
+
+    assert done.returncode == 0, done.stderr
+    deleted = before - cache_objects(trained)
+    assert branch_kept not in deleted, "the branch made with `dvc exp branch` keeps its object"
+    assert "Removed checkpoint new@1" in done.stdout
+    figure = _size(sum(sizes[m] for m in deleted))
+    assert f"freed {figure} in {len(deleted)} cache objects" in done.stdout
+    assert f"Would free {figure} in {len(deleted)} cache objects" in dry.stdout
+
+
+# --------------------------------------------------------------------------- behind a paused writer (#9.13)
+
+
+@pytest.fixture
+def paused_writer(trained: Path) -> Iterator[subprocess.Popen]:
+    """A real process holding the writers' (shared) gc lock, then stopped with SIGSTOP."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\nfrom expckpt.gclock import gc_lock\n"
+         "with gc_lock(sys.argv[1], exclusive=False):\n    print('held', flush=True)\n    time.sleep(300)\n",
+         str(trained / ".git")],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        os.kill(holder.pid, signal.SIGSTOP)
+        yield holder
+    finally:
+        os.kill(holder.pid, signal.SIGCONT)
+        holder.kill()
+        holder.wait()
+
+
+def test_gc_behind_a_paused_writer_names_it_and_times_out_while_dry_run_plans(trained: Path, paused_writer: subprocess.Popen) -> None:
+    before = checkpoint_names(trained)
+
+    dry = run("expckpt", "gc", "--workspace", "--dry-run", cwd=trained, timeout=60)
+    assert "Would remove checkpoint old@0" in dry.stdout
+
+    started = time.monotonic()
+    blocked = run("expckpt", "gc", "--workspace", "--force", "--wait", "1", cwd=trained, check=False, timeout=60)
+
+    assert time.monotonic() - started < 30
+    assert blocked.returncode == 1 and "Removed" not in blocked.stdout
+    assert f"waiting up to 1 s for the gc lock, held by pid {paused_writer.pid}" in blocked.stderr
+    error = blocked.stderr.strip().splitlines()[-1]
+    assert error.startswith("expckpt: error: timed out after 1 s") and f"pid {paused_writer.pid} (python -c" in error
+    assert "a checkpoint writer" in error and "nothing was removed" in error
+    assert checkpoint_names(trained) == before
+
+
+def test_executes_the_confirmed_plan_when_refs_change_meanwhile(trained: Path) -> None:
+    from expckpt.gc import GcScope, collect, plan_gc
+
+    store = GitStore.open(trained)
+    cache = DvcCache.for_project(trained, store.git_dir)
+    plan = plan_gc(store, cache, trained, GcScope(workspace=True))
+    assert {r.name for r in plan.remove} == {"old@0", "old@1", "old@2", "old@3"}
+    gone, moved, elsewhere = record(trained, "old@0"), record(trained, "old@1"), record(trained, "old@2").commit
+    # after the plan: DVC removes one ref, and another is pointed at a different commit
+    run("dvc", "exp", "remove", "old@0", cwd=trained)
+    run("git", "update-ref", moved.ref.ref, elsewhere, cwd=trained)
+
+    result = collect(plan, store, cache, trained, timeout=5)
+
+    assert [r.name for r in result.gone] == ["old@0"]
+    assert [(r.name, now) for r, now in result.moved] == [("old@1", elsewhere)]
+    assert {r.name for r in result.removed} == {"old@2", "old@3"}
+    assert store.get_ref(moved.ref.ref) == elsewhere  # kept, where it points now
+    objects = cache_objects(trained)
+    assert md5_of_record(moved) in objects, "a ref that moved keeps its objects"
+    assert md5_of_record(gone) not in objects, "a ref DVC removed frees its objects like a removed one"
+    assert sum(result.freed.values()) == result.bytes and set(result.freed) <= set(plan.objects)

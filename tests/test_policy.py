@@ -102,7 +102,7 @@ def test_policies_are_frozen_data():
         (lambda: KeepLast(n=True), r"checkpoint\.keep_last.*got True"),
         (lambda: KeepBest(k=0, metric="acc"), r"checkpoint\.keep_best.*got 0"),
         (lambda: KeepBest(k=1, metric=""), r"checkpoint\.monitor.*got ''"),
-        (lambda: KeepBest(k=1, metric="acc", mode="up"), r"checkpoint\.mode.*'min' or 'max', got 'up'"),
+        (lambda: KeepBest(k=1, metric="acc", mode="up"), r"checkpoint\.mode must be one of 'min', 'max', got 'up' \(str\)"),
         (lambda: AnyOf(policies=()), r"at least one keep policy"),
         (lambda: AnyOf(policies=(EverySteps(n=1),)), r"must be keep policies"),
         (lambda: EverySteps(n=0), r"checkpoint\.every.*got 0; .*Never\(\)"),
@@ -167,3 +167,23 @@ def test_final_and_stop_saves_are_policies(event, expected):
 def test_checkpointing_off_saves_nothing_even_at_the_end():
     policy = CheckpointConfig.from_params({"every": 0}).save_policy()
     assert not any(policy.should_save(SaveContext(step=2, event=e)) for e in ("step", "final", "stop"))
+
+
+@pytest.mark.parametrize(
+    ("field", "bad"),
+    [("mode", "up"), ("divergence_steps", 1), ("patience", 0)],
+)
+def test_each_setting_is_validated_by_one_rule_wherever_it_arrives(field, bad):
+    """params.yaml, policy objects and the report say the same thing about the same mistake."""
+    from expckpt.report import analyse
+
+    makers = [lambda: CheckpointConfig(**{field: bad, "monitor": "acc"}),
+              lambda: analyse([], monitor="acc", **{"mode": "max", field: bad})]
+    if field == "mode":
+        makers.append(lambda: KeepBest(k=1, metric="acc", mode=bad))
+    messages = set()
+    for make in makers:
+        with pytest.raises(ConfigError) as caught:
+            make()
+        messages.add(str(caught.value))
+    assert len(messages) == 1 and f"checkpoint.{field} must be" in messages.pop()

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import run
 from expckpt.gitstore import GitStore
-from expckpt.records import CheckpointRecord, OutputHash, format_message, load_records, parse_message
+from expckpt.records import BadRecordError, CheckpointRecord, OutputHash, format_message, load_records, parse_message
 from expckpt.refs import CheckpointRef
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -74,6 +74,16 @@ def test_time_is_rounded_to_milliseconds() -> None:
         "",
         "dvc: commit experiment 0123\n",
         "Initial commit\n\nexpckpt-meta was here\n",
+        ' expckpt-meta: {"outs": {}}\n',  # not at the start of a line
+    ],
+)
+def test_foreign_messages_are_not_records(message: str) -> None:
+    assert parse_message(CheckpointRef(SHA, "tut", 1), "c" * 40, message) is None
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
         "x\n\nexpckpt-meta: not json\n",
         "x\n\nexpckpt-meta: []\n",
         "x\n\nexpckpt-meta: {}\n",
@@ -82,11 +92,13 @@ def test_time_is_rounded_to_milliseconds() -> None:
         'x\n\nexpckpt-meta: {"outs": [], "metrics": {}}\n',
         'x\n\nexpckpt-meta: {"outs": {}, "metrics": []}\n',
         'x\n\nexpckpt-meta: {"outs": {}, "time": "yesterday"}\n',
-        ' expckpt-meta: {"outs": {}}\n',  # not at the start of a line
     ],
 )
-def test_foreign_messages_are_not_records(message: str) -> None:
-    assert parse_message(CheckpointRef(SHA, "tut", 1), "c" * 40, message) is None
+def test_damaged_records_are_refused(message: str) -> None:
+    """An expckpt-meta line that does not parse is a bad record (skipped with a warning by
+    ``load_records``), not a foreign commit."""
+    with pytest.raises(BadRecordError):
+        parse_message(CheckpointRef(SHA, "tut", 1), "c" * 40, message)
 
 
 # -- load_records on a real repository ---------------------------------------------------------

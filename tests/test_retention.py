@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -35,13 +36,12 @@ def test_twelve_epochs_keep_last_3_keep_best_1_then_gc_frees_the_rest(tmp_path: 
 
     cache = DvcCache.for_project(project, project / ".git")
     written = cache.written_objects()
-    assert len([m for m in written if cache.has(m)]) == 12, "evicted refs' objects stay until gc"
+    kept_objects = {o.md5 for r in records(project, "long") for o in r.outs.values()}
+    # Dropped checkpoints' objects were freed during training: the cache holds the kept ones only.
+    assert len(written) == 12 and {m for m in written if cache.has(m)} == kept_objects
 
     gc = run("expckpt", "gc", "--workspace", "--force", cwd=project)
-
-    kept_objects = {o.md5 for r in records(project, "long") for o in r.outs.values()}
-    assert {m for m in written if cache.has(m)} == kept_objects
-    assert "Removed 0 checkpoints" in gc.stdout and "freed" in gc.stdout
+    assert "Nothing to collect." in gc.stdout
     assert run("expckpt", "verify", cwd=project).returncode == 0
     listing = json.loads(run("expckpt", "list", "long", "--json", cwd=project).stdout)
     assert {c["name"]: c["kept_by"] for c in listing} == {
@@ -107,3 +107,88 @@ def test_divergence_stops_cleanly_after_keeping_the_checkpoint(tmp_path: Path) -
     report = run("expckpt", "report", "boom", cwd=project)
     assert "diverging" in report.stdout or "NaN" in report.stdout
     assert "checkpoint to apply: dvc exp apply boom@" in report.stdout
+
+
+# --------------------------------------------------------------------------- freeing during training (#14.6)
+
+
+def test_free_dropped_frees_what_retention_dropped_unless_something_else_needs_it(tmp_path: Path) -> None:
+    from expckpt.gc import free_dropped
+
+    project = make_project(tmp_path / "p", epochs=4, checkpoint={"keep_last": None})
+    train_in_exp_env(project, "run")
+    steps = records(project, "run")
+    store = GitStore.open(project)
+    cache = DvcCache.for_project(project, store.git_dir)
+    md5 = [next(iter(r.outs.values())).md5 for r in steps]
+    # step 1 lives on as a branch; step 0's weights were exported and tracked with `dvc add`
+    run("dvc", "exp", "branch", "run@1", "promising", cwd=project)
+    (project / "exported.pt").write_bytes(cache.object_path(md5[0]).read_bytes())
+    run("dvc", "add", "-q", "exported.pt", cwd=project)
+
+    for record in steps[:3]:  # what retention does after the newest checkpoint: drop the refs ...
+        store.delete_ref(record.ref.ref, record.commit)
+        assert store.get_ref(record.ref.ref) is None
+    started = time.monotonic()
+    freed = free_dropped(store, cache, project, steps[:3])  # ... then free what nothing else needs
+    first_call = time.monotonic() - started
+
+    assert freed == steps[2].size
+    assert [cache.has(m) for m in md5] == [True, True, False, True]
+    assert free_dropped(store, cache, project, steps[:3]) == 0
+    print(f"free_dropped: first call {first_call:.3f} s")
+
+
+def test_free_dropped_leaves_objects_to_gc_while_the_lock_is_busy(tmp_path: Path) -> None:
+    from expckpt.gc import free_dropped
+    from expckpt.gclock import gc_lock
+
+    project = make_project(tmp_path / "p", epochs=2, checkpoint={"keep_last": None})
+    train_in_exp_env(project, "run")
+    first = records(project, "run")[0]
+    store = GitStore.open(project)
+    cache = DvcCache.for_project(project, store.git_dir)
+    store.delete_ref(first.ref.ref, first.commit)
+    assert store.get_ref(first.ref.ref) is None
+
+    with gc_lock(store.git_dir, exclusive=False):  # a writer mid-checkpoint
+        assert free_dropped(store, cache, project, [first], timeout=0.2) == 0
+    assert cache.has(next(iter(first.outs.values())).md5)
+    assert free_dropped(store, cache, project, []) == first.size, "left over objects go with the next call"
+
+
+# --------------------------------------------------------------------------- one keep policy (#9.6, #10)
+
+
+@pytest.mark.parametrize("section", [
+    {"keep_last": None},
+    {"keep_last": None, "keep_best": 2, "monitor": "acc"},
+    {"keep_last": 3, "keep_best": 1, "monitor": "loss", "mode": "min"},
+    {"regime": "short", "monitor": "acc"},
+])
+def test_training_and_gc_build_their_keep_policy_with_one_function(section: dict) -> None:
+    from expckpt.config import CheckpointConfig
+    from expckpt.policy import CheckpointInfo, KeepAll, keep_policy
+
+    config = CheckpointConfig.from_params(section)
+    built = keep_policy(keep_last=config.keep_last, keep_best=config.keep_best, monitor=config.monitor, mode=config.mode)
+    assert config.keep_policy() == built
+    if config.keep_last is None:
+        assert KeepAll() in built.policies
+        infos = [CheckpointInfo(step=s, metrics={"acc": 0.1 * s}) for s in range(5)]
+        assert built.should_keep(infos) == [True] * 5
+
+
+def test_keep_policy_needs_a_monitor_for_keep_best_and_info_comes_from_a_record(tmp_path: Path) -> None:
+    from expckpt.errors import ConfigError
+    from expckpt.policy import CheckpointInfo, keep_policy
+
+    with pytest.raises(ConfigError, match="checkpoint.monitor is required when checkpoint.keep_best is 2"):
+        keep_policy(keep_last=1, keep_best=2)
+    with pytest.raises(ConfigError, match="checkpoint.keep_best must be a non-negative integer, got -1"):
+        keep_policy(keep_last=1, keep_best=-1)
+
+    class Record:
+        step, metrics, time = 7, {"acc": 0.5}, 12.5
+
+    assert CheckpointInfo.of(Record()) == CheckpointInfo(step=7, metrics={"acc": 0.5}, time=12.5)

@@ -18,18 +18,8 @@ import pytest
 import yaml
 
 from expckpt.faults import PAUSE_MESSAGE
-from faultkit import (
-    Background,
-    check_consistent,
-    clone,
-    dvc_env,
-    locked_model,
-    md5_of,
-    resumed_from,
-    set_param,
-    steps,
-    train,
-)
+from faultkit import Background, clone, dvc_env, set_param, train
+from oracle import check_consistent, locked_model, md5_of, resume_problems, steps
 
 STOPPED = re.compile(r"^expckpt: stopped by (?P<sig>SIG\w+); last complete checkpoint: (?P<name>\S+) \((?P<sha>[0-9a-f]{7})\)$", re.M)
 
@@ -103,7 +93,7 @@ def test_second_signal_exits_at_once_and_leaves_the_repo_consistent(project: Pat
     resumed = train(project, "sig")
 
     assert "did not finish; resuming from the last complete one, sig@0" in resumed.stdout
-    assert resumed_from(resumed.stdout) == ("sig@0", 1)
+    assert resume_problems(resumed.stdout, "sig", 0, 2) == []
     assert steps(project, "sig") == [0, 1]
     check_consistent(project)
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import random
+import io
 from pathlib import Path
+
+import pytest
 
 import numpy as np
 import torch
@@ -119,3 +122,43 @@ def test_restore_without_optional_parts(tmp_path: Path) -> None:
     assert_same_weights(snapshot(target), snapshot(source))
     assert target.step == 7 and target.best is None and target.extras == {}
     assert target.optimizer.state_dict() == optimizer_before  # nothing saved: left as it was
+
+
+def test_capturing_rng_creates_no_cuda_context(tmp_path: Path) -> None:
+    """A CPU-only run saves no CUDA generator, and asking for one must not start CUDA."""
+    if torch.cuda.is_initialized():
+        pytest.skip("CUDA was initialised in this process by an earlier test")
+    state = build(seed=0)
+    train(state, 1)
+    rng = capture_rng()
+    assert "cuda" not in rng and not torch.cuda.is_initialized()
+    write_temp(state.capture(), tmp_path / "model.pt").publish()
+    restore_rng(load_checkpoint(tmp_path / "model.pt")["rng"])
+    assert not torch.cuda.is_initialized()
+
+
+def saved_bytes(state: TrainingState) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state.capture(), buffer)
+    return buffer.getvalue()
+
+
+def test_resumed_run_saves_the_file_an_uninterrupted_run_saves(tmp_path: Path) -> None:
+    """Same values, same bytes: the resumed run's checkpoint is the uninterrupted run's cache object."""
+    random.seed(1)
+    np.random.seed(1)
+    original = build(seed=0)
+    train(original, 2)
+    written = write_temp(original.capture(), tmp_path / "model.pt")
+    written.publish()
+    train(original, 2)
+    uninterrupted = write_temp(original.capture(), tmp_path / "u.pt")
+
+    random.seed(7)
+    np.random.seed(7)
+    resumed = build(seed=5)
+    resumed.restore(load_checkpoint(tmp_path / "model.pt"))
+    train(resumed, 2)
+    again = write_temp(resumed.capture(), tmp_path / "r.pt")
+    assert again.tmp.read_bytes() == uninterrupted.tmp.read_bytes()
+    assert again.md5 == uninterrupted.md5

@@ -59,7 +59,8 @@ def test_missing_object_is_named_and_fails(project: Path) -> None:
 
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("expckpt: straight@0 (") and "missing" in lines[0], result.stderr
+    assert len(lines) == 2 and lines[0].startswith("expckpt: straight@0 (") and "missing" in lines[0], result.stderr
+    assert lines[1].startswith("expckpt: 1 checkpoint has no cache object") and "dvc exp pull" in lines[1]
     assert "1 broken" in result.stdout
 
 

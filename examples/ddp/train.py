@@ -1,0 +1,81 @@
+"""The ``train`` stage on several processes: ``torchrun --standalone --nproc_per_node 2 train.py``.
+
+DDP on CPU (gloo) with a small MLP on scikit-learn's bundled digits. Every rank restores the
+same checkpoint; each epoch all ranks complete the step together and rank 0 publishes it as a
+checkpoint experiment ``<exp>@<epoch>`` (dvclive's files are written by rank 0 only).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from sklearn.datasets import load_digits
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from expckpt import TrainingState
+from expckpt.integrations.distributed import DistributedCheckpointer
+from expckpt.integrations.loop import StepLog
+
+
+def digits(test_fraction: float = 0.2) -> tuple[TensorDataset, tuple[torch.Tensor, torch.Tensor]]:
+    """scikit-learn's 1,797 bundled 8x8 digits (offline), split the same way every time."""
+    data = load_digits()
+    x = torch.tensor(data.images / 16.0, dtype=torch.float32).flatten(1)
+    y = torch.tensor(data.target, dtype=torch.int64)
+    order = torch.from_numpy(np.random.RandomState(0).permutation(len(x)))
+    n_test = int(len(x) * test_fraction)
+    test, train = order[:n_test], order[n_test:]
+    return TensorDataset(x[train], y[train]), (x[test], y[test])
+
+
+def main() -> None:
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    torch.manual_seed(params["seed"])  # the same initial weights on every rank
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 10))
+    for seed in (random.seed, np.random.seed, torch.manual_seed):
+        seed(params["seed"] + rank)  # each rank its own dropout masks
+    ddp = DistributedDataParallel(model)
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=params["lr"], momentum=0.9)
+    train_set, (test_x, test_y) = digits()
+    sampler = DistributedSampler(train_set, shuffle=True, seed=params["seed"])
+    loader = DataLoader(train_set, batch_size=params["batch_size"], sampler=sampler)
+
+    checkpointer = DistributedCheckpointer.from_env("model.pt", params.get("checkpoint"))
+    state = TrainingState(model=model, optimizer=optimizer)
+    steps = StepLog(checkpointer, state, log=rank == 0)
+    steps.restore()  # prints "Resuming from model.pt (<exp>@<step>): N steps done" on rank 0
+    try:
+        for epoch in range(state.step + 1, params["epochs"]):
+            sampler.set_epoch(epoch)
+            ddp.train()
+            for x, y in loader:
+                optimizer.zero_grad()
+                F.cross_entropy(ddp(x), y).backward()
+                optimizer.step()
+            ddp.eval()
+            with torch.no_grad():
+                logits = model(test_x)  # the same weights on every rank, so the same metrics
+            metrics = {"loss": F.cross_entropy(logits, test_y).item(), "acc": (logits.argmax(1) == test_y).float().mean().item()}
+            if rank == 0:
+                print(f"epoch {epoch}: loss {metrics['loss']:.4f} acc {metrics['acc']:.4f}", flush=True)
+            if steps.completed(epoch, metrics):
+                break
+    except BaseException:
+        steps.close()
+        raise
+    steps.finish()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

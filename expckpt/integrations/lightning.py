@@ -1,0 +1,152 @@
+"""PyTorch Lightning: every epoch a checkpoint experiment, and ``trainer.fit`` resumes by itself.
+
+    from expckpt.integrations.lightning import ExpCkptCallback
+
+    trainer = L.Trainer(max_epochs=params["epochs"], logger=False,
+                        callbacks=[ExpCkptCallback("model.pt", params.get("checkpoint"))])
+    trainer.fit(model, train_loader, val_loader)     # no ckpt_path: resumes inside `dvc exp run`
+
+At the end of each training epoch (after validation, so ``val_*`` metrics are there) the
+callback logs ``trainer.callback_metrics`` with dvclive at step = epoch and hands the step to
+expckpt's ``Checkpointer``, which saves per ``checkpoint.every``, publishes ``<exp>@<epoch>`` and
+applies ``keep_last``/``keep_best``. The checkpoint holds the module's weights once, Lightning's
+own checkpoint dict (loops, optimizers, schedulers, precision, callbacks' state such as a
+``ModelCheckpoint``'s or ``EarlyStopping``'s) made loadable with ``weights_only=True``, and the
+global RNG states, which Lightning does not save: a deterministic run resumed after a kill ends
+bitwise equal to an uninterrupted one.
+
+Being a Lightning ``Checkpoint`` callback, it stops Lightning from adding its default
+``ModelCheckpoint``. A ``ModelCheckpoint`` you add yourself keeps writing its ``.ckpt`` files
+(keep them out of Git) and its state rides along; with no ``checkpoint:`` section given, its
+``monitor``/``mode``/``save_top_k``/``every_n_epochs`` become expckpt's retention
+(``config_from_model_checkpoint``). Use ``logger=False`` (or a logger writing elsewhere than
+``dvclive/``): this callback writes dvclive's files, one step per epoch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
+
+from expckpt.checkpointer import Checkpointer
+from expckpt.integrations.loop import StepLog, plain, training_state
+
+__all__ = ["ExpCkptCallback", "LightningLoopState", "config_from_model_checkpoint"]
+
+
+class LightningLoopState:
+    """Lightning's checkpoint dict, minus the weights, through ``state_dict``/``load_state_dict``.
+
+    ``load_state_dict`` only keeps the dict: Lightning itself puts it back into its loops,
+    optimizers and callbacks while ``fit`` sets up (``ExpCkptCallback.setup`` hands it over).
+    """
+
+    def __init__(self, trainer: pl.Trainer) -> None:
+        self.trainer = trainer
+        self.loaded: dict[str, Any] | None = None
+        self._warned = False
+
+    def state_dict(self) -> dict[str, Any]:
+        checkpoint = self.trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+        checkpoint.pop("state_dict", None)  # the module's weights are saved once, as "model"
+        dropped: list[str] = []
+        state = plain(checkpoint, dropped, "checkpoint")
+        if dropped and not self._warned and self.trainer.is_global_zero:
+            self._warned = True
+            warnings.warn(
+                "expckpt: left out of the checkpoint (not loadable with weights_only=True, not needed to resume): "
+                + ", ".join(dropped),
+                stacklevel=2,
+            )
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.loaded = dict(state)
+
+
+def config_from_model_checkpoint(callback: ModelCheckpoint) -> dict[str, Any]:
+    """A ``checkpoint:`` section equivalent to a ``ModelCheckpoint``'s retention settings.
+
+    ``save_top_k: k`` with a ``monitor`` keeps the k best (and always the newest, which expckpt
+    keeps for resume); ``save_top_k: -1`` keeps all; ``every_n_epochs`` saves every n-th epoch.
+    """
+    section: dict[str, Any] = {"every": max(int(callback._every_n_epochs or 1), 1)}
+    top_k = callback.save_top_k
+    if callback.monitor and top_k > 0:
+        section.update(monitor=callback.monitor, mode=callback.mode, keep_best=top_k, keep_last=1)
+    elif top_k == -1:
+        section["keep_last"] = None
+    else:
+        section["keep_last"] = max(top_k, 1)
+    return section
+
+
+class ExpCkptCallback(Checkpoint):
+    """Makes each training epoch a checkpoint experiment ``<exp>@<epoch>`` and resumes ``fit``."""
+
+    def __init__(
+        self,
+        path: str = "model.pt",
+        config: Mapping[str, Any] | None = None,
+        *,
+        live_dir: str = "dvclive",
+    ) -> None:
+        self.path = path
+        self.config = config
+        self.live_dir = live_dir
+        self.steps: StepLog | None = None
+        self.resumed: Any = None
+
+    @property
+    def state_key(self) -> str:
+        return "ExpCkptCallback"
+
+    def _config(self, trainer: pl.Trainer) -> Mapping[str, Any] | None:
+        if self.config is not None:
+            return self.config
+        theirs = [cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)]
+        return config_from_model_checkpoint(theirs[0]) if theirs else None
+
+    def _checkpointer(self, trainer: pl.Trainer) -> Any:
+        if trainer.world_size > 1:
+            from expckpt.integrations.distributed import DistributedCheckpointer
+
+            return DistributedCheckpointer.from_env(self.path, self._config(trainer), live_dir=self.live_dir)
+        return Checkpointer.from_env(self.path, self._config(trainer), live_dir=self.live_dir)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Restore before Lightning restores anything: weights and RNG now, the rest through Lightning."""
+        if stage != "fit":
+            return
+        loops = LightningLoopState(trainer)
+        self.steps = StepLog(
+            self._checkpointer(trainer), training_state(pl_module, lightning=loops), log=trainer.is_global_zero, live_dir=self.live_dir
+        )
+        self.resumed = self.steps.restore()
+        if self.resumed is None or loops.loaded is None:
+            return
+        checkpoint = dict(loops.loaded)
+        checkpoint["state_dict"] = pl_module.state_dict()  # restored already; Lightning loads it again
+        # Lightning's `fit(ckpt_path=...)` would read a file into this attribute; we hand it the
+        # dict from our checkpoint instead, before `fit` restores the module, callbacks and loops.
+        trainer._checkpoint_connector._loaded_checkpoint = checkpoint
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.steps is None or trainer.sanity_checking:
+            return
+        if self.steps.completed(trainer.current_epoch, trainer.callback_metrics):
+            trainer.should_stop = True
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.steps is not None:
+            steps, self.steps = self.steps, None
+            steps.finish()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self.steps is not None:
+            steps, self.steps = self.steps, None
+            steps.close()
