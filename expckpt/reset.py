@@ -28,7 +28,7 @@ def reset_workspace(project: Project, *, live_dir: str = "dvclive") -> list[Path
         elif path.exists():
             path.unlink()
             removed.append(path)
-        SessionNote.clear(project.workspace, out.path)
+        SessionNote.clear(project.workspace, Path(out.path).as_posix())  # `ckpt/`: noted as `ckpt`
     live = project.workspace / live_dir
     if live.is_dir():
         shutil.rmtree(live)

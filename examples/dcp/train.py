@@ -1,0 +1,101 @@
+"""The ``train`` stage, sharded: ``torchrun --standalone --nproc_per_node 2 train.py``.
+
+FSDP2 (``fully_shard``) on CPU (gloo) with a small MLP on scikit-learn's bundled digits. Each
+rank holds a shard of the parameters and of the optimizer state; each epoch every rank writes
+its shard with ``torch.distributed.checkpoint`` and rank 0 publishes the directory ``ckpt/`` as
+the checkpoint experiment ``<exp>@<epoch>`` (dvclive's files are written by rank 0 only).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from sklearn.datasets import load_digits
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.stateful import Stateful
+from torch.distributed.fsdp import fully_shard
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from expckpt.integrations.dcp import ShardedCheckpointer
+
+
+class AppState(Stateful):
+    """Model and optimizer as DCP saves them: each rank its shards (FSDP's DTensors)."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.model, self.optimizer = model, optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        model, optimizer = get_state_dict(self.model, self.optimizer)
+        return {"model": model, "optimizer": optimizer}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        set_state_dict(self.model, self.optimizer, model_state_dict=state_dict["model"], optim_state_dict=state_dict["optimizer"])
+
+
+def make_model(seed: int) -> nn.Module:
+    torch.manual_seed(seed)  # the same initial weights on every rank
+    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 10))
+
+
+def digits(test_fraction: float = 0.2) -> tuple[TensorDataset, tuple[torch.Tensor, torch.Tensor]]:
+    """scikit-learn's 1,797 bundled 8x8 digits (offline), split the same way every time."""
+    data = load_digits()
+    x = torch.tensor(data.images / 16.0, dtype=torch.float32).flatten(1)
+    y = torch.tensor(data.target, dtype=torch.int64)
+    order = torch.from_numpy(np.random.RandomState(0).permutation(len(x)))
+    n_test = int(len(x) * test_fraction)
+    test, train = order[:n_test], order[n_test:]
+    return TensorDataset(x[train], y[train]), (x[test], y[test])
+
+
+def main() -> None:
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    model = make_model(params["seed"])
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    for seed in (random.seed, np.random.seed, torch.manual_seed):
+        seed(params["seed"] + rank)  # each rank its own dropout masks
+    optimizer = torch.optim.AdamW(model.parameters(), lr=params["lr"])
+    train_set, (test_x, test_y) = digits()
+    sampler = DistributedSampler(train_set, shuffle=True, seed=params["seed"])
+    loader = DataLoader(train_set, batch_size=params["batch_size"], sampler=sampler)
+
+    checkpointer = ShardedCheckpointer.from_env("ckpt/", params.get("checkpoint"))
+    state = {"app": AppState(model, optimizer)}
+    start = checkpointer.restore(state) + 1  # rank 0 prints "Resuming from ckpt (<exp>@<step>): N steps done"
+    try:
+        for epoch in range(start, params["epochs"]):
+            sampler.set_epoch(epoch)
+            model.train()
+            for x, y in loader:
+                optimizer.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                optimizer.step()
+            model.eval()
+            with torch.no_grad():
+                logits = model(test_x)  # FSDP gathers the full weights: the same metrics on every rank
+            metrics = {"loss": F.cross_entropy(logits, test_y).item(), "acc": (logits.argmax(1) == test_y).float().mean().item()}
+            if rank == 0:
+                print(f"epoch {epoch}: loss {metrics['loss']:.4f} acc {metrics['acc']:.4f}", flush=True)
+            if checkpointer.save(state, epoch, metrics):
+                break
+    finally:
+        checkpointer.close()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
