@@ -16,7 +16,7 @@ from importlib.util import find_spec
 
 __all__ = ["available"]
 
-_REQUIRES = {"lightning": "lightning", "hf": "transformers", "distributed": "torch"}
+_REQUIRES = {"lightning": "lightning", "hf": "transformers", "distributed": "torch", "dcp": "torch"}
 
 
 def available() -> dict[str, bool]:
