@@ -317,6 +317,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("expckpt: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _close_repositories()
+
+
+def _close_repositories() -> None:
+    """Close Git's and DVC's pack files now, while Python can still run their finalisers: at
+    interpreter exit dulwich's would print "Exception ignored" tracebacks."""
+    import gc as collector
+
+    gc_module = sys.modules.get("expckpt.gc")
+    if gc_module is not None:
+        gc_module.close_in_use()
+    collector.collect()
 
 
 if __name__ == "__main__":

@@ -98,6 +98,13 @@ def _in_use(store: GitStore, dvc_root: Path) -> InUse:
     return found
 
 
+def close_in_use() -> None:
+    """Close the repositories the in-use answers keep open (end of a command)."""
+    for in_use in _IN_USE.values():
+        in_use.close()
+    _IN_USE.clear()
+
+
 def _kept_baselines(store: GitStore, scope: GcScope) -> set[str]:
     head = store.get_ref("HEAD")
     keep: set[str] = {head} if scope.workspace and head else set()

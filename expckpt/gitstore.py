@@ -73,6 +73,10 @@ class GitStore(TreeReads):
                 f"{root} is not a Git repository; run `git init && dvc init` first", path=root
             ) from exc
 
+    def close(self) -> None:
+        """Release dulwich's open pack files."""
+        self._repo.close()
+
     # -- identity -------------------------------------------------------------------------
     def identity(self) -> bytes:
         """``Name <email>`` from Git config, else ``user <user@host>``: never fails."""

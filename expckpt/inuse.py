@@ -133,6 +133,13 @@ class InUse:
             atomic_write_bytes(self._disk, json.dumps(payload, default=list).encode(), durable=False)
         self._dirty = False
 
+    def close(self) -> None:
+        for repo in self._repos.values():
+            with contextlib.suppress(Exception):
+                repo.close()
+        self._repos.clear()
+        self.store.close()
+
     def _repo(self, root: Path) -> Any:
         root = Path(root).resolve()
         if root not in self._repos:

@@ -295,3 +295,11 @@ def test_executes_the_confirmed_plan_when_refs_change_meanwhile(trained: Path) -
     assert md5_of_record(moved) in objects, "a ref that moved keeps its objects"
     assert md5_of_record(gone) not in objects, "a ref DVC removed frees its objects like a removed one"
     assert sum(result.freed.values()) == result.bytes and set(result.freed) <= set(plan.objects)
+
+
+def test_commands_leave_no_shutdown_noise_with_packed_objects(trained: Path) -> None:
+    """dulwich's pack finalisers must run before interpreter exit, not print 'Exception ignored'."""
+    run("git", "gc", "-q", cwd=trained)  # objects in packs, as after a while in any repository
+    for args in (["gc", "--workspace", "--keep-last", "1", "--dry-run"], ["show"], ["verify", "--all"]):
+        proc = run("expckpt", *args, cwd=trained)
+        assert proc.stderr == "", (args, proc.stderr)
