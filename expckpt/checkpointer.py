@@ -29,7 +29,8 @@ from expckpt.checkpoint_file import check_architecture, load_checkpoint
 from expckpt.dirstate import load_dir_checkpoint
 from expckpt.outputs import OutputFiles
 from expckpt.config import CheckpointConfig
-from expckpt.policy import CheckpointInfo, SaveContext
+from expckpt.policy import CheckpointInfo
+from expckpt.saving import SaveContext
 from expckpt.pusher import Pusher
 from expckpt.records import CheckpointRecord
 from expckpt.remote import PushTarget, resolve_target

@@ -52,16 +52,8 @@ from types import MappingProxyType
 
 from expckpt.checks import check_divergence_steps, check_mode, check_patience, fail, show
 from expckpt.errors import ConfigError
-from expckpt.policy import (
-    AnyOf,
-    AnyOfSave,
-    EveryMinutes,
-    EverySteps,
-    Never,
-    OnEvents,
-    SavePolicy,
-    keep_policy,
-)
+from expckpt.policy import AnyOf, keep_policy
+from expckpt.saving import AnyOfSave, EveryMinutes, EverySteps, Never, OnEvents, SavePolicy
 
 __all__ = ["REGIMES", "CheckpointConfig"]
 

@@ -10,14 +10,16 @@ from expckpt.config import REGIMES, CheckpointConfig
 from expckpt.errors import ConfigError
 from expckpt.policy import (
     AnyOf,
-    AnyOfSave,
     CheckpointInfo,
-    EveryMinutes,
-    EverySteps,
     KeepAll,
     KeepBest,
     KeepLast,
     KeepNewest,
+)
+from expckpt.saving import (
+    AnyOfSave,
+    EveryMinutes,
+    EverySteps,
     Never,
     OnEvents,
 )

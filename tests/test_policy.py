@@ -9,16 +9,18 @@ import pytest
 from expckpt.config import CheckpointConfig
 from expckpt.errors import ConfigError
 from expckpt.policy import (
-    SaveContext,
     AnyOf,
-    AnyOfSave,
     CheckpointInfo,
-    EveryMinutes,
-    EverySteps,
     KeepAll,
     KeepBest,
     KeepLast,
     KeepNewest,
+)
+from expckpt.saving import (
+    SaveContext,
+    AnyOfSave,
+    EveryMinutes,
+    EverySteps,
     Never,
 )
 

@@ -53,7 +53,8 @@ from expckpt.config import CheckpointConfig
 from expckpt.integrations.ranks import broadcast as _broadcast, gather as _gather, together as _together
 from expckpt.dirout import WrittenDir
 from expckpt.errors import ConfigError, ExpCkptError
-from expckpt.policy import CheckpointInfo, SaveContext
+from expckpt.policy import CheckpointInfo
+from expckpt.saving import SaveContext
 from expckpt.records import CheckpointRecord
 from expckpt.resume import ResumePoint, _alive, find_resume_point, remove_stale_temps, restore_live_files
 from expckpt.retention import RunRetention
