@@ -35,7 +35,8 @@ from expckpt.pusher import Pusher
 from expckpt.records import CheckpointRecord
 from expckpt.remote import PushTarget, resolve_target
 from expckpt.report import improvement_line
-from expckpt.resume import ResumePoint, Resumed, find_resume_point, remove_stale_temps, restore_live_files
+from expckpt.livefiles import restore_live_files
+from expckpt.resume import ResumePoint, Resumed, find_resume_point, remove_stale_temps
 from expckpt.resume import refuse_lost_checkpoint
 from expckpt.retention import RunRetention
 from expckpt.session import SessionNote

@@ -25,7 +25,7 @@ from expckpt.cache import DvcCache
 from expckpt.gitstore import GitStore
 from expckpt.records import BadRecordError, format_message, parse_message
 from expckpt.refs import CheckpointRef
-from expckpt.resume import restore_live_files
+from expckpt.livefiles import restore_live_files
 from expckpt.text import terminal_safe
 from faultkit import (
     EPOCHS,

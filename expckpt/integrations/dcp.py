@@ -56,7 +56,8 @@ from expckpt.errors import ConfigError, ExpCkptError
 from expckpt.policy import CheckpointInfo
 from expckpt.saving import SaveContext
 from expckpt.records import CheckpointRecord
-from expckpt.resume import ResumePoint, _alive, find_resume_point, remove_stale_temps, restore_live_files
+from expckpt.livefiles import restore_live_files
+from expckpt.resume import ResumePoint, _alive, find_resume_point, remove_stale_temps
 from expckpt.retention import RunRetention
 from expckpt.rng import capture_rng, restore_rng
 from expckpt.session import SessionNote
