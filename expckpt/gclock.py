@@ -27,7 +27,7 @@ from pathlib import Path
 
 from expckpt.errors import ProjectError
 
-__all__ = ["LockHolder", "gc_lock", "lock_holders"]
+__all__ = ["LockHolder", "gc_lock", "lock_holders", "pid_alive"]
 
 _POLL_S = 0.05
 _counter = itertools.count()
@@ -53,7 +53,8 @@ def _paths(git_dir: Path) -> tuple[Path, Path]:
     return base / "gc.lock", base / "gc-holders"
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -78,7 +79,7 @@ def lock_holders(git_dir: Path, *, exclude_pid: int | None = None) -> list[LockH
             pid, mode, command = int(data["pid"]), str(data["mode"]), str(data["command"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if not _alive(pid):
+        if not pid_alive(pid):
             with contextlib.suppress(OSError):
                 note.unlink()
             continue

@@ -37,6 +37,7 @@ from expckpt.atomic import TEMP_MARK
 from expckpt.cache import DvcCache
 from expckpt.dirout import hash_dir, output_stat
 from expckpt.errors import MissingCheckpointError
+from expckpt.gclock import pid_alive
 from expckpt.gitstore import GitStore
 from expckpt.records import CheckpointRecord, load_records
 from expckpt.refs import EXEC_APPLY, CheckpointRef
@@ -73,16 +74,6 @@ class ResumePoint:
     rolled_back: bool
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_temps(path: Path) -> None:
     """Delete ``<TEMP_MARK><name>.<pid>.<thread>`` files of processes that no longer exist.
 
@@ -100,7 +91,7 @@ def remove_stale_temps(path: Path) -> None:
                     continue
                 rest = tmp.name[len(prefix) :] if prefix != TEMP_MARK else tmp.name.rsplit(".", 2)[-2] + "."
                 pid = rest.split(".", 1)[0]
-                if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
                     with contextlib.suppress(OSError):
                         tmp.unlink()
 

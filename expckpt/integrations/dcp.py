@@ -57,7 +57,8 @@ from expckpt.policy import CheckpointInfo
 from expckpt.saving import SaveContext
 from expckpt.records import CheckpointRecord
 from expckpt.livefiles import restore_live_files
-from expckpt.resume import ResumePoint, _alive, find_resume_point, remove_stale_temps
+from expckpt.gclock import pid_alive
+from expckpt.resume import ResumePoint, find_resume_point, remove_stale_temps
 from expckpt.retention import RunRetention
 from expckpt.rng import capture_rng, restore_rng
 from expckpt.session import SessionNote
@@ -108,7 +109,7 @@ def remove_stale_staging(path: Path) -> None:
     with contextlib.suppress(OSError):
         for entry in path.parent.iterdir():
             pid = entry.name[len(prefix):].split(".", 1)[0]
-            if entry.name.startswith(prefix) and entry.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            if entry.name.startswith(prefix) and entry.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(entry, ignore_errors=True)
 
 

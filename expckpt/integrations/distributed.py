@@ -42,6 +42,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from expckpt.integrations.ranks import together
 from expckpt.checkpointer import Checkpointer
 from expckpt.config import CheckpointConfig
 from expckpt.errors import ConfigError, ExpCkptError
@@ -53,26 +54,6 @@ __all__ = ["DistributedCheckpointer", "StepDecision"]
 
 T = TypeVar("T")
 RANK_RNG = "_expckpt_rank_rng"
-
-
-def _agreed(action: Callable[[], T], rank: int, world: int, group: Any, *, everyone: bool = False) -> T:
-    """Run ``action`` on rank 0 (or on every rank) and let every rank know whether it failed."""
-    result: Any = None
-    error: BaseException | None = None
-    if everyone or rank == 0:
-        try:
-            result = action()
-        except Exception as exc:  # reported to the other ranks, then raised here
-            error = exc
-    errors: list[Any] = [None] * world
-    dist.all_gather_object(errors, None if error is None else f"{type(error).__name__}: {error}", group=group)
-    if error is not None:
-        raise error
-    failed = [(r, e) for r, e in enumerate(errors) if e is not None]
-    if failed:
-        first, message = failed[0]
-        raise ExpCkptError(f"rank {first} failed, so rank {rank} stops too: {message}")
-    return result
 
 
 def _pack(value: Any) -> bytes:
@@ -129,14 +110,14 @@ class DistributedCheckpointer:
         rank, world = dist.get_rank(group), dist.get_world_size(group)
         env = None if rank == 0 else {}  # {}: not inside `dvc exp run`, so it only reads files
         make = lambda: Checkpointer.from_env(path, config, live_dir=live_dir, env=env)  # noqa: E731
-        checkpointer = _agreed(make, rank, world, group, everyone=True)
+        checkpointer = together(make, rank, world, group, everyone=True)
         if rank != 0:
             checkpointer.echo = lambda line: None  # rank 0 says it
         return cls(checkpointer, rank=rank, world_size=world, group=group, path=path, live_dir=live_dir)
 
     # -- collectives ---------------------------------------------------------------------------
     def _agreed(self, action: Callable[[], T], *, everyone: bool = False) -> T:
-        return _agreed(action, self.rank, self.world_size, self.group, everyone=everyone)
+        return together(action, self.rank, self.world_size, self.group, everyone=everyone)
 
     def _broadcast(self, value: T) -> T:
         box = [value]
