@@ -9,20 +9,25 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-__all__ = ["MODES", "better", "finite", "rank_key"]
+__all__ = ["MODES", "better", "finite", "number", "rank_key"]
 
 MODES = ("min", "max")
 
 
-def finite(value: object) -> float | None:
-    """``value`` as a float when it is a finite number (not a bool), else None."""
+def number(value: object) -> float | None:
+    """``value`` as a float when it is a number, NaN and inf included (not a bool), else None."""
     if value is None or isinstance(value, bool):
         return None
     try:
-        number = float(value)  # type: ignore[arg-type]
+        return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None
-    return number if math.isfinite(number) else None
+
+
+def finite(value: object) -> float | None:
+    """``value`` as a float when it is a finite number (not a bool), else None."""
+    as_float = number(value)
+    return as_float if as_float is not None and math.isfinite(as_float) else None
 
 
 def better(value: object, than: float | None, mode: str) -> bool:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from expckpt.checks import check_divergence_steps, check_mode, check_patience
 from expckpt.ranking import better, finite
+from expckpt.ranking import number as as_number
 
 __all__ = ["Report", "analyse", "improvement_line"]
 
@@ -112,11 +113,8 @@ def _ago(steps: int) -> str:
 
 def _kind(value: object) -> str | None:
     """"NaN"/"inf"/"-inf" for a non-finite number, None otherwise (finite or not a number)."""
-    if isinstance(value, bool):
-        return None
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    number = as_number(value)
+    if number is None:
         return None
     if math.isnan(number):
         return "NaN"

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from expckpt.ranking import better, finite
+from expckpt.ranking import better, finite, number
 
 __all__ = ["Observation", "TrainingWatch", "flatten_metrics"]
 
@@ -94,7 +94,7 @@ class TrainingWatch:
         warnings = tuple(self._describe(p, step) for p in problems if p not in c.warned)
         c.warned.extend(p for p in problems if p not in c.warned)
         stop = ", ".join(problems) if problems and self.stop_on_problem else None
-        return Observation(improved=improved, previous_best=previous, value=_as_float(value),
+        return Observation(improved=improved, previous_best=previous, value=number(value),
                            problems=tuple(problems), warnings=warnings, stop=stop)
 
     def _diverging(self, step: int, metrics: Mapping[str, Any]) -> bool:
@@ -105,7 +105,7 @@ class TrainingWatch:
             return c.rises >= self.divergence_steps
         value = finite(metrics[self.divergence_metric])
         if value is None:
-            if _as_float(metrics[self.divergence_metric]) is not None:
+            if number(metrics[self.divergence_metric]) is not None:
                 c.nonfinite_step = step
                 return True
             return c.rises >= self.divergence_steps
@@ -135,17 +135,6 @@ class TrainingWatch:
         known = {k: v for k, v in saved.items() if k in _Counters.__dataclass_fields__}
         self._c = _Counters(**known)
         self._c.warned = list(self._c.warned)
-
-
-def _as_float(value: object) -> float | None:
-    """Any number as a float (NaN and inf included), None for non-numbers."""
-    if isinstance(value, bool):
-        return None
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return number
 
 
 def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
