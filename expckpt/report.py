@@ -26,8 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from expckpt.checks import check_divergence_steps, check_mode, check_patience
-from expckpt.ranking import better, finite
-from expckpt.ranking import number as as_number
+from expckpt.ranking import better, finite, number
 
 __all__ = ["Report", "analyse", "improvement_line"]
 
@@ -113,13 +112,13 @@ def _ago(steps: int) -> str:
 
 def _kind(value: object) -> str | None:
     """"NaN"/"inf"/"-inf" for a non-finite number, None otherwise (finite or not a number)."""
-    number = as_number(value)
-    if number is None:
+    as_float = number(value)
+    if as_float is None:
         return None
-    if math.isnan(number):
+    if math.isnan(as_float):
         return "NaN"
-    if math.isinf(number):
-        return "inf" if number > 0 else "-inf"
+    if math.isinf(as_float):
+        return "inf" if as_float > 0 else "-inf"
     return None
 
 

@@ -98,10 +98,9 @@ def training_state(p: dict[str, Any]) -> dict[str, Any]:
     return {k: p.get(k) for k in ("step", "model", "optimizer", "scheduler", "scaler", "rng")}
 
 
-def run_and_kill(project: Path, base: str, exp: str, *args: str, after_step: int = 1, timeout: float = 300) -> str:
-    """``dvc exp run -n exp ARGS``, killed (whole process group, SIGKILL) once ``exp@after_step``
-    exists; returns its output."""
-    proc = subprocess.Popen(
+def _start_exp_run(project: Path, exp: str, args: tuple[str, ...]) -> subprocess.Popen:
+    """``dvc exp run -n exp ARGS`` in its own process group (so a kill reaches every process)."""
+    return subprocess.Popen(
         ["dvc", "exp", "run", "-n", exp, *args],
         cwd=project,
         stdout=subprocess.PIPE,
@@ -109,6 +108,12 @@ def run_and_kill(project: Path, base: str, exp: str, *args: str, after_step: int
         text=True,
         start_new_session=True,
     )
+
+
+def run_and_kill(project: Path, base: str, exp: str, *args: str, after_step: int = 1, timeout: float = 300) -> str:
+    """``dvc exp run -n exp ARGS``, killed (whole process group, SIGKILL) once ``exp@after_step``
+    exists; returns its output."""
+    proc = _start_exp_run(project, exp, args)
     try:
         deadline = time.monotonic() + timeout
         while proc.poll() is None and time.monotonic() < deadline:
@@ -145,14 +150,7 @@ def _rank_pid(exp: str, rank: int) -> int | None:
 def run_and_kill_rank(project: Path, base: str, exp: str, *args: str, rank: int, after_step: int = 1, timeout: float = 300) -> str:
     """``dvc exp run -n exp ARGS`` of a torchrun stage, with worker ``rank`` killed by SIGKILL
     once ``exp@after_step`` exists; torchrun then stops the other ranks and the run fails."""
-    proc = subprocess.Popen(
-        ["dvc", "exp", "run", "-n", exp, *args],
-        cwd=project,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = _start_exp_run(project, exp, args)
     try:
         deadline = time.monotonic() + timeout
         victim = None
