@@ -30,7 +30,7 @@ from expckpt.errors import (
 # in a fraction of a second (importing torch alone takes seconds).
 _LAZY = {
     "load_checkpoint": "expckpt.checkpoint_file",
-    "load_model": "expckpt.checkpoint_file",
+    "load_model": "expckpt.loading",
     "Checkpointer": "expckpt.checkpointer",
     "Decision": "expckpt.checkpointer",
     "Resumed": "expckpt.resume",
@@ -42,7 +42,8 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from expckpt.checkpoint_file import load_checkpoint, load_model
+    from expckpt.checkpoint_file import load_checkpoint
+    from expckpt.loading import load_model
     from expckpt.checkpointer import Checkpointer, Decision, StopTraining
     from expckpt.resume import Resumed
     from expckpt.config import CheckpointConfig

@@ -28,7 +28,7 @@ from expckpt.errors import (
     UnsafeCheckpointError,
 )
 
-__all__ = ["check_architecture", "load_checkpoint", "load_model", "write_temp"]
+__all__ = ["check_architecture", "load_checkpoint", "write_temp"]
 
 # What torch's weights-only unpickler says when a file asks to import or call something.
 _ASKS_FOR_CODE = re.compile(
@@ -159,16 +159,3 @@ def check_architecture(model: torch.nn.Module, weights: Mapping[str, Any], path:
         path=path,
     )
 
-
-def load_model(path: Path, model: torch.nn.Module) -> dict[str, Any]:
-    """Load only the model weights of a checkpoint file or directory (for evaluation and inference)."""
-    if Path(path).is_dir():
-        from expckpt.dirstate import load_dir_checkpoint  # it builds on this module
-
-        payload = load_dir_checkpoint(Path(path))
-    else:
-        payload = load_checkpoint(path)
-    weights = payload.get("model", payload)
-    check_architecture(model, weights, Path(path))
-    model.load_state_dict(weights)
-    return payload

@@ -1,18 +1,23 @@
-"""The training-side orchestrator: restore where training stopped, save each completed step.
+"""The core every front end adapts to: restore where training stopped, save each completed step.
 
     checkpointer = Checkpointer.from_env(config=params.get("checkpoint"))
-    checkpointer.restore(state)                       # None on a fresh start
+    resumed = checkpointer.restore(state)             # a Resumed, or None on a fresh start
     for step in range(state.step + 1, total):
         ...
         if checkpointer.save(state, step, metrics).stop:
             break
     checkpointer.close(state)                         # final save if skipped, then wait
 
-It wires the parts and decides nothing itself: the save policy says when (the final and the
-stop save are policies too), the training watch says how training goes, the committer publishes
-(inside ``dvc exp run`` every checkpoint becomes an experiment ref ``<exp>@<step>``), retention
-drops what the keep policy no longer keeps. Outside ``dvc exp run`` the file is still written
-atomically and resumed from, so ``python train.py`` works the same way.
+It owns every decision and the publish, whatever the front end (plain loop, ``CheckpointLive``,
+torchrun DDP, sharded DCP, Lightning, the HF ``Trainer``): the save policy says when (the final
+and the stop save are policies too), the training watch says how training goes, the committer
+publishes (inside ``dvc exp run`` every checkpoint becomes an experiment ref ``<exp>@<step>``),
+retention drops what the keep policy no longer keeps, the pusher shares it. Two parts differ by
+front end and are handed in: a *handler* turns the state into files and back
+(``expckpt.handlers``: ``torch.save`` files by default, DCP shards in ``integrations.dcp``), and
+a *coordinator* says who takes part (``expckpt.coordination``: one process, or every rank with
+rank 0 deciding and publishing). Outside ``dvc exp run`` the files are still written atomically
+and resumed from, so ``python train.py`` works the same way.
 """
 
 from __future__ import annotations
@@ -25,24 +30,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from expckpt.checkpoint_file import check_architecture, load_checkpoint
-from expckpt.dirstate import load_dir_checkpoint
-from expckpt.outputs import OutputFiles
 from expckpt.config import CheckpointConfig
+from expckpt.coordination import Coordinator, coordinator_from_env
+from expckpt.handlers import FileHandler, Handler
+from expckpt.livefiles import restore_live_files
 from expckpt.policy import CheckpointInfo
-from expckpt.saving import SaveContext
 from expckpt.pusher import Pusher
 from expckpt.records import CheckpointRecord
 from expckpt.remote import PushTarget, resolve_target
 from expckpt.report import improvement_line
-from expckpt.livefiles import restore_live_files
-from expckpt.resume import ResumePoint, Resumed, find_resume_point, remove_stale_temps
-from expckpt.resume import refuse_lost_checkpoint
+from expckpt.resume import ResumePoint, Resumed, find_resume_point, refuse_lost_checkpoint
 from expckpt.retention import RunRetention
+from expckpt.saving import SaveContext
 from expckpt.session import SessionNote
 from expckpt.signals import GracefulStop
-from expckpt.state import TrainingState
-from expckpt.stateset import StateFiles, as_state_files
 from expckpt.watch import TrainingWatch, flatten_metrics
 from expckpt.wiring import Wiring, wire
 from expckpt.workspace_guard import WorkspaceGuard
@@ -50,8 +51,8 @@ from expckpt.writer import AsyncWriter
 
 __all__ = ["Checkpointer", "Decision", "Resumed", "StopTraining"]
 
-AnyState = TrainingState | StateFiles | Mapping[str, TrainingState]
-"""One ``TrainingState``, or ``checkpoint output path -> TrainingState`` for several outputs."""
+HandlerFactory = Callable[[Wiring, Coordinator], Handler]
+"""Makes the handler of a run from its wiring and coordinator (``FileHandler`` by default)."""
 
 
 class StopTraining(Exception):
@@ -60,21 +61,41 @@ class StopTraining(Exception):
 
 @dataclass(frozen=True)
 class Decision:
-    """What ``Checkpointer.save`` did with a completed step."""
+    """What ``Checkpointer.save`` did with a completed step (the same on every rank)."""
 
     saved: bool
     stop: str | None = None
     """Why training should stop now (``on_divergence: stop``), or None to go on."""
 
 
-class Checkpointer:
-    """Saves and restores one checkpoint file; publishes each save as a checkpoint experiment."""
+@dataclass(frozen=True)
+class _Plan:
+    """Rank 0's verdict on a completed step, shared with every rank."""
 
-    def __init__(self, wiring: Wiring, config: CheckpointConfig, *, echo: Callable[[str], None] = print,
-                 push: PushTarget | None = None) -> None:
+    save: bool
+    event: str = "step"
+    note: str | None = None
+    stop: str | None = None
+
+
+class Checkpointer:
+    """Saves and restores a run's checkpoint outputs; publishes each save as a checkpoint experiment."""
+
+    def __init__(
+        self,
+        wiring: Wiring,
+        config: CheckpointConfig,
+        *,
+        echo: Callable[[str], None] = print,
+        push: PushTarget | None = None,
+        coordinator: Coordinator | None = None,
+        handler: HandlerFactory = FileHandler,
+    ) -> None:
         self.wiring = wiring
         self.config = config
-        self.echo = echo
+        self.coord: Coordinator = coordinator or coordinator_from_env()
+        self.echo = echo if self.coord.is_main else (lambda line: None)
+        self.handler = handler(wiring, self.coord)
         self.watch = TrainingWatch(
             monitor=config.monitor, mode=config.mode, divergence_metric=config.divergence_metric,
             divergence_steps=config.divergence_steps, patience=config.patience,
@@ -83,21 +104,22 @@ class Checkpointer:
         self.resumed: Resumed | None = None
         self.parent: str | None = None
         self.last_record: CheckpointRecord | None = None
+        self._point: ResumePoint | None = None
         self._save_policy = config.save_policy(start=time.time())
         self._last_saved: CheckpointInfo | None = None
         self._unsaved: tuple[int, dict[str, float]] | None = None
         self._metrics_checked = False
         self._guard = WorkspaceGuard(wiring)
-        self._outputs = OutputFiles(wiring.outputs)
-        """Per-file stats of each directory output as last published (unchanged files are skipped)."""
         self._writer: AsyncWriter | None = None
         self._inflight = 0
         self._inflight_lock = threading.Lock()
-        self._retention = (
-            RunRetention(config.keep_policy(), wiring.committer.store, echo, free=wiring.free)
-            if wiring.committer is not None else None
-        )
-        self._pusher = Pusher(push, wiring.committer.project.root, echo) if push and wiring.committer else None
+        self._async = config.async_save and self.handler.supports_async
+        if config.async_save and not self._async:
+            self.echo(f"expckpt: checkpoint.async is not used with {type(self.handler).__name__}: every rank saves,"
+                      " then rank 0 publishes")
+        c = wiring.committer
+        self._retention = RunRetention(config.keep_policy(), c.store, self.echo, free=wiring.free) if c else None
+        self._pusher = Pusher(push, c.project.root, self.echo) if push and c else None
 
     @classmethod
     def from_env(
@@ -107,20 +129,35 @@ class Checkpointer:
         *,
         live_dir: str = "dvclive",
         env: Mapping[str, str] | None = None,
+        handler: HandlerFactory = FileHandler,
+        group: Any = None,
     ) -> Checkpointer:
-        """Set up for this process. ``path`` defaults to the stage's ``checkpoint: true`` output;
-        a list of paths publishes them together (``ckpt/``, ending in ``/``: a directory output)."""
+        """Set up for this process (collective under torchrun: call it on every rank).
+
+        ``path`` defaults to the stage's ``checkpoint: true`` output; a list of paths publishes
+        them together (``ckpt/``, ending in ``/``: a directory output). Under ``torch.distributed``
+        rank 0 finds the project and publishes; the other ranks only read and write files.
+        """
         if not isinstance(config, CheckpointConfig):
             config = CheckpointConfig.from_params(config)
-        wiring = wire(path, live_dir=live_dir, env=env)
-        c = wiring.committer  # checkpoint.push / DVC_EXP_AUTO_PUSH: checked before training starts
-        push, warning = resolve_target(c.store, c.project.root, config.push, env) if c else (None, None)
-        checkpointer = cls(wiring, config, push=push)
-        if warning:
-            checkpointer.echo(warning)
-        return checkpointer
+        coord = coordinator_from_env(group)
+        main = coord.is_main
 
-    # -- compatibility with expckpt 0.1 ---------------------------------------------------------
+        def make() -> Checkpointer:
+            wiring = wire(path, live_dir=live_dir, env=env if main else {})
+            c = wiring.committer  # checkpoint.push / DVC_EXP_AUTO_PUSH: checked before training starts
+            push, warning = resolve_target(c.store, c.project.root, config.push, env) if c else (None, None)
+            checkpointer = cls(wiring, config, push=push, coordinator=coord, handler=handler)
+            if warning:
+                checkpointer.echo(warning)
+            return checkpointer
+
+        made: list[Checkpointer] = []
+        coord.on_main(lambda: made.append(make()))  # rank 0 first: a bad project fails on every rank
+        if not main:
+            made.append(make())
+        return made[0]
+
     @property
     def path(self) -> Path:
         return self.wiring.path
@@ -133,82 +170,77 @@ class Checkpointer:
     def live_dir(self) -> str:
         return self.wiring.live_dir
 
-    @property
-    def committer(self) -> Any:
-        return self.wiring.committer
-
     # -- resume ----------------------------------------------------------------------------------
-    def group(self, state: AnyState) -> StateFiles:
-        """``state`` as one TrainingState per checkpoint output."""
-        return as_state_files(state, [o.rel_path for o in self.wiring.outputs])
-
-    def restore(self, state: AnyState, *, defer_rng: bool = False) -> Resumed | None:
+    def restore(self, state: Any, *, defer_rng: bool = False) -> Resumed | None:
         """Load the checkpoint output(s) into ``state`` if there are any; ``None`` means a fresh start.
 
-        The rules for which checkpoint that is are in ``expckpt.resume``. With ``defer_rng`` the
-        RNG states wait for ``state.apply_rng()`` (``CheckpointLive`` calls it at the first step).
-        ``state`` is a ``TrainingState``, or ``output path -> TrainingState`` for several outputs.
-        Inside ``dvc exp run``, a run whose next steps are already checkpoints of another run
-        with the same experiment name is refused here, before any training.
+        Collective under torchrun: rank 0 applies the resume rules (``expckpt.resume``), then
+        every rank loads the checkpoint it chose. With ``defer_rng`` the RNG states wait for
+        ``state.apply_rng()`` (``CheckpointLive`` calls it at the first step). Inside
+        ``dvc exp run``, a run whose next steps are already checkpoints of another run with the
+        same experiment name is refused here, before any training.
         """
-        resumed = self._restore(state, defer_rng)
-        if self.wiring.committer is not None:
-            self.wiring.committer.check_name(self.group(state).step + 1)
-        return resumed
+        if self.coord.on_main(self._find_resume_point):
+            loaded = self.coord.everyone(lambda: self.handler.load(state, defer_rng=defer_rng, echo=self.echo))
+            self.coord.same_step(loaded.step, "restored")
+            self.watch.load_state_dict(loaded.watch)
+            self._last_saved = CheckpointInfo(step=loaded.step, metrics={}, time=time.time())
+            point = self._point or ResumePoint(None, rolled_back=False)  # rank 0's; the others' say nothing
+            self.resumed = Resumed(step=loaded.step, record=point.record, rolled_back=point.rolled_back)
+            self.coord.on_main(self._resumed)
+        step = self.resumed.step if self.resumed else -1
+        c = self.wiring.committer
+        self.coord.on_main(lambda: c.check_name(step + 1) if c is not None else None)
+        return self.resumed
 
-    def _restore(self, state: AnyState, defer_rng: bool) -> Resumed | None:
+    def _find_resume_point(self) -> bool:
+        """Rank 0: clean up, refuse a lost checkpoint, apply the resume rules (False: fresh start)."""
         w = self.wiring
-        group = self.group(state)
-        for out in w.outputs:
-            remove_stale_temps(out.path)
+        self.handler.clean()
         if w.committer is not None:  # a lost checkpoint (any output's) is not a fresh start
             for out in w.outputs:
                 refuse_lost_checkpoint(out.path, out.rel_path, w.workspace, w.committer.store, w.committer.cache)
-        if not w.path.exists():
-            return None
+        if not self.handler.present():
+            return False
         if SessionNote.was_reset(w.workspace, w.rel_path):
             self.echo(f"expckpt: starting from scratch (expckpt reset); ignoring {w.rel_path} as DVC checked it out")
-            return None
-        point = ResumePoint(None, rolled_back=False)
-        if w.committer is not None and w.path.exists():
+            return False
+        if w.committer is not None:
             c = w.committer
             paths = {o.rel_path: o.path for o in w.outputs}
-            point = find_resume_point(paths, w.rel_path, w.workspace, c.store, c.cache, self.echo)
-        if not w.path.exists():
-            return None
-        for out in w.outputs:
-            st = group.states.get(out.rel_path)
-            if st is None or not out.path.exists():
-                continue
-            payload = load_dir_checkpoint(out.path) if out.path.is_dir() else load_checkpoint(out.path)
-            for name, module in st.modules().items():
-                check_architecture(module, payload.get(name), out.path)
-            for line in st.restore(payload, defer_rng=True):
-                self.echo(line)
-        if not defer_rng:
-            group.apply_rng()
-        self.watch.load_state_dict(group.library.get("watch") or {})
-        if point.record is not None:
-            assert w.committer is not None
-            self.parent = point.record.commit
-            self.last_record = point.record
-            restore_live_files(w.committer.store, point.record.commit, w.workspace, w.live_dir)
-        self._last_saved = CheckpointInfo(step=group.step, metrics={}, time=time.time())
+            self._point = find_resume_point(paths, w.rel_path, w.workspace, c.store, c.cache, self.echo)
+        return self.handler.present()
+
+    def _resumed(self) -> None:
+        """Rank 0, after every rank loaded: lineage, dvclive's history, what the workspace holds."""
+        w, resumed = self.wiring, self.resumed
+        assert resumed is not None
+        if resumed.record is not None and w.committer is not None:
+            self.parent, self.last_record = resumed.record.commit, resumed.record
+            restore_live_files(w.committer.store, resumed.record.commit, w.workspace, w.live_dir)
         self._guard.note_now()
-        self._outputs.remember_noted(w.workspace)
-        self.resumed = Resumed(step=group.step, record=point.record, rolled_back=point.rolled_back)
-        origin = f" ({point.record.name})" if point.record else ""
+        origin = f" ({resumed.record.name})" if resumed.record else ""
         names = ", ".join(o.rel_path for o in w.outputs if o.path.exists())
-        self.echo(f"Resuming from {names}{origin}: {group.step + 1} steps done")
-        return self.resumed
+        self.echo(f"Resuming from {names}{origin}: {resumed.step + 1} steps done")
 
     # -- training hooks --------------------------------------------------------------------------
-    def save(self, state: AnyState, step: int, metrics: Mapping[str, Any]) -> Decision:
-        """Step ``step`` completed with ``metrics``: save it if the save policy says so."""
-        state = self.group(state)
+    def save(self, state: Any, step: int, metrics: Mapping[str, Any]) -> Decision:
+        """Step ``step`` completed with ``metrics``: save it if the save policy says so.
+
+        Collective under torchrun: every rank calls it for the same step; rank 0 decides.
+        """
+        self.coord.same_step(step)
+        self.handler.set_step(state, step)
         flat = flatten_metrics(metrics)
+        plan = self.coord.on_main(lambda: self._plan(step, flat))
+        saved = plan.save and self._save(state, step, flat, plan)
+        if plan.stop:
+            self.echo(f"expckpt: stopping training at step {step} ({plan.stop}; checkpoint.on_divergence: stop)")
+        return Decision(saved=saved, stop=plan.stop)
+
+    def _plan(self, step: int, flat: dict[str, float]) -> _Plan:
+        """Rank 0: watch the step, then ask the save policy."""
         self._check_metrics(flat)
-        state.step = step
         seen = self.watch.observe(step, flat)
         for warning in seen.warnings:
             self.echo(f"expckpt: warning: {warning}")
@@ -217,12 +249,16 @@ class Checkpointer:
             kept = seen.improved and self.config.keep_best > 0
             note = improvement_line(step, self.config.monitor, seen.previous_best, seen.value, self.config.mode, kept)
         event = "stop" if seen.stop else "step"
-        saved = self._save_if(state, step, flat, event, note)
-        if seen.stop:
-            self.echo(f"expckpt: stopping training at step {step} ({seen.stop}; checkpoint.on_divergence: stop)")
-        return Decision(saved=saved, stop=seen.stop)
+        return self._ask_policy(step, flat, event, note, seen.stop)
 
-    step_completed = save  # expckpt 0.1's name
+    def _ask_policy(self, step: int, flat: dict[str, float], event: str, note: str | None, stop: str | None) -> _Plan:
+        ctx = SaveContext(step=step, now=time.time(), last_saved=self._last_saved, event=event)
+        if self._save_policy.should_save(ctx):
+            return _Plan(save=True, event=event, note=note, stop=stop)
+        self._unsaved = (step, flat)
+        if note:
+            self.echo(note)
+        return _Plan(save=False, stop=stop)
 
     def _check_metrics(self, flat: Mapping[str, float]) -> None:
         if self._metrics_checked or not flat:
@@ -233,63 +269,71 @@ class Checkpointer:
             self.echo(f"expckpt: divergence detection is off: this run logs no metric named"
                       f" {self.config.divergence_metric!r} (set checkpoint.divergence_metric to one it logs)")
 
-    def _save_if(self, state: StateFiles, step: int, flat: dict[str, float], event: str, note: str | None) -> bool:
-        ctx = SaveContext(step=step, now=time.time(), last_saved=self._last_saved, event=event)
-        if not self._save_policy.should_save(ctx):
-            self._unsaved = (step, flat)
-            if note:
-                self.echo(note)
-            return False
-        if event != "step":
-            self.wait()  # the final and the stop save are never skipped as busy
-        state.library["watch"] = self.watch.state_dict()
-        self._guard.check(busy=self._inflight > 0, last=self.last_record)
-        payload = self._outputs.capture(state)
-        live_files = self.wiring.committer.read_live_files() if self.wiring.committer else {}
-        job = (step, flat, live_files, note)
+    def _save(self, state: Any, step: int, flat: dict[str, float], plan: _Plan) -> bool:
+        """Capture on every rank, write (rank 0, or every rank for shards), publish on rank 0."""
+        if plan.event != "step":
+            self.coord.on_main(self.wait)  # the final and the stop save are never skipped as busy
+        self.coord.on_main(lambda: self._guard.check(busy=self._inflight > 0, last=self.last_record))
+        payload = self.handler.capture(state, step, self.watch.state_dict() if self.coord.is_main else None)
+        job = (step, flat, plan.note)
         with self.stop.critical():
-            if self.config.async_save:
-                if self._writer is None:
-                    self._writer = AsyncWriter(self._write_job, when_busy=self.config.when_busy, echo=self.echo)
-                with self._inflight_lock:
-                    self._inflight += 1
-                if not self._writer.submit(payload, lambda snapshot: (snapshot, *job)):
-                    with self._inflight_lock:
-                        self._inflight -= 1
-                    self._unsaved = (step, flat)  # when_busy: skip; a later step (or the final one) is saved
-                    if note:
-                        self.echo(note)
-                    return False
+            if self._async:
+                saved = self.coord.on_main(lambda: self._submit(payload, job))
+            elif self.handler.collective:
+                items = self.coord.everyone(lambda: self.handler.write(payload))
+                self.coord.on_main(lambda: self._publish(items, *job))
+                saved = True
             else:
-                self._write_job((payload, *job))
-        self._unsaved = None
-        self._last_saved = CheckpointInfo(step=step, metrics=flat, time=ctx.now)
-        return True
+                self.coord.on_main(lambda: self._publish(self.handler.write(payload), *job))
+                saved = True
+        if self.coord.is_main:
+            if saved:
+                self._unsaved = None
+                self._last_saved = CheckpointInfo(step=step, metrics=flat, time=time.time())
+            else:  # when_busy: skip; a later step (or the final one) is saved
+                self._unsaved = (step, flat)
+                if plan.note:
+                    self.echo(plan.note)
+        return saved
 
-    def _write_job(self, job: tuple[Any, int, Mapping[str, float], dict[str, bytes], str | None]) -> None:
+    def _submit(self, payload: Any, job: tuple[int, Mapping[str, float], str | None]) -> bool:
+        """Rank 0, asynchronous: hand the captured state to the background writer."""
+        if self._writer is None:
+            self._writer = AsyncWriter(self._write_job, when_busy=self.config.when_busy, echo=self.echo)
+        with self._inflight_lock:
+            self._inflight += 1
+        if self._writer.submit(payload, lambda snapshot: (snapshot, *job)):
+            return True
+        with self._inflight_lock:
+            self._inflight -= 1
+        return False
+
+    def _write_job(self, job: tuple[Any, int, Mapping[str, float], str | None]) -> None:
+        payload, *rest = job
         try:
-            self._publish(job)
+            self._publish(self.handler.write(payload), *rest)
         finally:
-            if self.config.async_save:
-                with self._inflight_lock:
-                    self._inflight -= 1
+            with self._inflight_lock:
+                self._inflight -= 1
 
-    def _publish(self, job: tuple[Any, int, Mapping[str, float], dict[str, bytes], str | None]) -> None:
-        payload, step, metrics, live_files, note = job
+    def _publish(self, items: list[Any], step: int, metrics: Mapping[str, float], note: str | None) -> None:
+        """Rank 0: complete temp files become the outputs and, inside ``dvc exp run``, ``<exp>@<step>``."""
         w = self.wiring
-        items = self._outputs.write(payload)
         try:
             if w.committer is None:
                 for item in items:
                     item.publish()
                 SessionNote.forget_reset(w.workspace, w.rel_path)
             else:
+                live_files = w.committer.read_live_files()
                 record = w.committer.publish(items, step=step, metrics=metrics, live_files=live_files, parent=self.parent)
         except BaseException:
             for item in items:
                 item.discard()
             raise
-        self._outputs.published(items)
+        finally:
+            self.handler.done()
+        self.handler.published(items)
         self._guard.note_published()
         if note:
             self.echo(note)
@@ -303,32 +347,52 @@ class Checkpointer:
             self._pusher.submit(record)
 
     # -- the end -----------------------------------------------------------------------------------
-    def finish(self, state: AnyState) -> None:
-        """End of training: save the last completed step if the policy skipped it, and wait."""
-        state = self.group(state)
-        if self._unsaved is not None and state.step >= 0:
-            step, flat = self._unsaved
+    def finish(self, state: Any) -> None:
+        """End of training (collective): save the last completed step if the policy skipped it, and wait.
+
+        With ``every: 0`` the last step is written to the outputs without a checkpoint
+        experiment: DVC's own commit at the end of ``dvc exp run`` takes it.
+        """
+        unsaved = self.coord.on_main(lambda: self._unsaved)
+        if unsaved is not None:
+            step, flat = unsaved
             if self.config.every == 0:
-                self._guard.check(busy=self._inflight > 0, last=self.last_record)
-                items = self._outputs.write(self._outputs.capture(state))
+                self._write_unpublished(state, step)
+            else:
+                plan = self.coord.on_main(lambda: self._ask_policy(step, flat, "final", None, None))
+                if plan.save:
+                    self._save(state, step, flat, plan)
+        self.coord.on_main(self.wait)
+        if self.coord.is_main:
+            self._guard.put_back(self.last_record, self.echo)
+
+    def _write_unpublished(self, state: Any, step: int) -> None:
+        self.coord.on_main(lambda: self._guard.check(busy=self._inflight > 0, last=self.last_record))
+        payload = self.handler.capture(state, step, self.watch.state_dict() if self.coord.is_main else None)
+        items = self.coord.everyone(lambda: self.handler.write(payload) if self.handler.collective or self.coord.is_main else [])
+
+        def publish() -> None:
+            try:
                 for item in items:
                     item.publish()
-                self._outputs.published(items)
-                self._guard.note_now()
-            else:
-                self._save_if(state, step, flat, "final", None)
-        self.wait()
-        self._guard.put_back(self.last_record, self.echo)
+            finally:
+                self.handler.done()
+            self.handler.published(items)
+            self._guard.note_now()
+
+        self.coord.on_main(publish)
 
     def wait(self) -> None:
         """Wait until every background checkpoint is published (re-raises a failure)."""
         if self._writer is not None:
             self._writer.drain()
 
-    drain = wait  # expckpt 0.1's name
+    def close(self, state: Any = None) -> None:
+        """Finish (when given the state), then stop the background writer.
 
-    def close(self, state: AnyState | None = None) -> None:
-        """Finish (when given the state), then stop the background writer."""
+        Without ``state`` (training failed or was stopped) no rank waits for another: a rank
+        may be gone. The last complete checkpoint is left in the workspace.
+        """
         try:
             if state is not None:
                 self.finish(state)
@@ -338,7 +402,7 @@ class Checkpointer:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
-            if state is None:  # training failed: still leave the last checkpoint in the workspace
+            if state is None and self.coord.is_main:
                 self._guard.put_back(self.last_record, self.echo)
             if self._pusher is not None:  # bounded wait; never fails the run
                 self._pusher.close()
@@ -349,3 +413,6 @@ class Checkpointer:
         if self.wiring.committer is None and self.wiring.path.exists():
             return f"last checkpoint: {self.wiring.rel_path}"
         return "no checkpoint was completed"
+
+    def __repr__(self) -> str:
+        return f"Checkpointer({self.handler!r}, {self.coord!r})"

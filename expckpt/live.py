@@ -68,7 +68,7 @@ class CheckpointLive(Live):
             path = [str(p) for p in state]
         checkpointer = Checkpointer.from_env(path, config, live_dir=live_kwargs.get("dir", "dvclive"))
         checkpointer.restore(state, defer_rng=True)
-        return cls(checkpointer, checkpointer.group(state), **live_kwargs)  # type: ignore[arg-type]
+        return cls(checkpointer, checkpointer.handler.group(state), **live_kwargs)  # type: ignore[attr-defined]
 
     def steps(self, total: int) -> Iterator[int]:
         """The steps left to reach ``total`` (none when already there); stops early on request."""

@@ -26,7 +26,7 @@ LAYERS: dict[str, int] = {
     "rng": 4, "safe_values": 4, "hparams": 4, "state": 4, "checkpoint_file": 4, "writer": 4, "staging": 4, "streaming": 0,
     "dirstate": 4, "stateset": 4,
     # 5: training-loop integrations
-    "outputs": 4, "checkpointer": 5, "live": 6,
+    "outputs": 4, "loading": 4, "coordination": 0, "handlers": 4, "checkpointer": 5, "live": 6,
 }
 """Each module's layer: a module may import only from its own layer or lower ones."""
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from expckpt.atomic import TEMP_MARK, md5_file
-from expckpt.checkpoint_file import check_architecture, load_checkpoint, load_model, write_temp
+from expckpt.checkpoint_file import check_architecture, load_checkpoint, write_temp
+from expckpt.loading import load_model
 from expckpt.errors import (
     ArchitectureMismatchError,
     CheckpointError,

@@ -127,7 +127,7 @@ def test_retention_drops_refs_the_keep_policy_no_longer_keeps(repo: Path) -> Non
 def test_outside_dvc_exp_run_the_file_is_saved_and_resumed_without_refs(repo: Path) -> None:
     state = new_state()
     ckpt = Checkpointer.from_env(config={}, env={})
-    assert ckpt.committer is None and ckpt.path == repo / "model.pt"
+    assert ckpt.wiring.committer is None and ckpt.path == repo / "model.pt"
     ckpt.restore(state)
     for step in range(2):
         ckpt.save(state, step, train_step(state, step))
@@ -159,7 +159,7 @@ def test_env_names_the_experiment_and_its_baseline(repo: Path) -> None:
     ckpt.save(state, 0, train_step(state, 0))
     ckpt.close(state)
 
-    assert ckpt.committer is not None and ckpt.committer.run.baseline == env["DVC_EXP_BASELINE_REV"]
+    assert ckpt.wiring.committer is not None and ckpt.wiring.committer.run.baseline == env["DVC_EXP_BASELINE_REV"]
     assert list(refs(repo)) == ["named@0"]
     ref = git(repo, "for-each-ref", "--format=%(refname)", "refs/exps").split()
     assert ref == [f"refs/exps/{env['DVC_EXP_BASELINE_REV'][:2]}/{env['DVC_EXP_BASELINE_REV'][2:]}/named@0"]

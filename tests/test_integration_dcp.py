@@ -43,7 +43,8 @@ def _ranks(rank: int, tmp: str) -> None:
     from torch.distributed.fsdp import fully_shard
 
     from expckpt.errors import ConfigError, ExpCkptError
-    from expckpt.integrations.dcp import ShardedCheckpointer
+    from expckpt import Checkpointer
+    from expckpt.integrations.dcp import DcpHandler
 
     dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=2)
     try:
@@ -52,13 +53,14 @@ def _ranks(rank: int, tmp: str) -> None:
         fully_shard(model[2])
         fully_shard(model)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        checkpointer = ShardedCheckpointer.from_env(f"{tmp}/ckpt/", {"every": 1}, log=False)
-        assert checkpointer.restore({"model": get_model_state_dict(model)}) == -1
+        checkpointer = Checkpointer.from_env(f"{tmp}/ckpt/", {"every": 1}, handler=DcpHandler)
+        assert checkpointer.restore({"model": get_model_state_dict(model)}) is None
         torch.manual_seed(10 + rank)
         for step in (0, 1):
             model(torch.randn(4, 6)).sum().backward()
             optimizer.step()
-            assert checkpointer.save({"model": get_model_state_dict(model)}, step, {"loss": 1.0}) is False
+            decision = checkpointer.save({"model": get_model_state_dict(model)}, step, {"loss": 1.0})
+            assert decision.saved and decision.stop is None
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
         torch.save({"model": full, "rng": torch.get_rng_state()}, f"{tmp}/rank{rank}.pt")
         seen = {}
@@ -66,7 +68,7 @@ def _ranks(rank: int, tmp: str) -> None:
             checkpointer.save({"model": get_model_state_dict(model)}, 2 + rank, {})
         except ConfigError as exc:
             seen["mismatch"] = str(exc)
-        blocked = ShardedCheckpointer.from_env(f"{tmp}/blocked/", None, log=False)  # a file: rank 0 cannot publish
+        blocked = Checkpointer.from_env(f"{tmp}/blocked/", None, handler=DcpHandler)  # a file: rank 0 cannot publish
         try:
             blocked.save({"model": get_model_state_dict(model)}, 0, {})
         except ExpCkptError as exc:
@@ -79,7 +81,8 @@ def _ranks(rank: int, tmp: str) -> None:
 
 
 def test_two_ranks_save_and_one_process_loads_their_shards(tmp_path: Path) -> None:
-    from expckpt.integrations.dcp import ShardedCheckpointer
+    from expckpt import Checkpointer
+    from expckpt.integrations.dcp import DcpHandler
 
     (tmp_path / "blocked").write_text("")
     context = mp.start_processes(_ranks, args=(str(tmp_path),), nprocs=2, start_method="spawn", join=False)
@@ -96,8 +99,9 @@ def test_two_ranks_save_and_one_process_loads_their_shards(tmp_path: Path) -> No
     single = _model()
     for param in single.parameters():
         param.data.zero_()
-    checkpointer = ShardedCheckpointer.from_env(tmp_path / "ckpt/", None, log=False)  # no process group: 1 process
-    assert checkpointer.restore({"model": single.state_dict()}) == 1
+    checkpointer = Checkpointer.from_env(tmp_path / "ckpt/", None, handler=DcpHandler)  # no process group: 1 process
+    resumed = checkpointer.restore({"model": single.state_dict()})
+    assert resumed is not None and resumed.step == 1
     assert same(dict(single.state_dict()), saved[0]["model"])  # 2 ranks' shards, whole in one process
     assert torch.equal(torch.get_rng_state(), saved[0]["rng"])  # rank 0's RNG, saved in the DCP state
     seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -244,7 +248,8 @@ def test_a_directory_mixing_two_checkpoints_is_rolled_back(
     """What a kill between two of rank 0's renames leaves: some files of one checkpoint, some of
     another. Loaded here by one process (world size 1) inside the run's DVC environment."""
     from expckpt.dirout import hash_dir
-    from expckpt.integrations.dcp import ShardedCheckpointer
+    from expckpt import Checkpointer
+    from expckpt.integrations.dcp import DcpHandler
     from expckpt.session import SessionNote
 
     p, base = proj["project"], proj["base"]
@@ -260,8 +265,8 @@ def test_a_directory_mixing_two_checkpoints_is_rolled_back(
     for key, value in {"DVC_ROOT": str(p), "DVC_EXP_NAME": "mixed", "DVC_EXP_BASELINE_REV": base, "DVC_STAGE": "train"}.items():
         monkeypatch.setenv(key, value)
     model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(32, 10))
-    step = ShardedCheckpointer.from_env("ckpt/", None, log=False).restore({"app": {"model": model.state_dict()}})
-    assert step == note.step
+    resumed = Checkpointer.from_env("ckpt/", None, handler=DcpHandler).restore({"app": {"model": model.state_dict()}})
+    assert resumed is not None and resumed.step == note.step
     assert "did not finish; resuming from the last complete one" in capsys.readouterr().out
     assert hash_dir(p / "ckpt")[0] == note.md5
 

@@ -46,14 +46,14 @@ def _ranks(rank: int, tmp: str) -> None:
 
     from expckpt import TrainingState
     from expckpt.errors import ConfigError, ExpCkptError
-    from expckpt.integrations.distributed import DistributedCheckpointer
+    from expckpt import Checkpointer
 
     dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=2)
     seen: dict[str, Any] = {}
     try:
         torch.manual_seed(100 + rank)
         model = torch.nn.Linear(2, 2)
-        checkpointer = DistributedCheckpointer.from_env(Path(tmp) / "model.pt", {"every": 1, "keep_last": 2})
+        checkpointer = Checkpointer.from_env(Path(tmp) / "model.pt", {"every": 1, "keep_last": 2})
         state = TrainingState(model=model)
         seen["fresh"] = checkpointer.restore(state) is None
         for step in (0, 1):
@@ -69,7 +69,7 @@ def _ranks(rank: int, tmp: str) -> None:
             checkpointer.save(state, 2 + rank, {})
         except ConfigError as exc:
             seen["mismatch"] = str(exc)
-        broken = DistributedCheckpointer.from_env(Path(tmp) / "missing" / "model.pt", None)
+        broken = Checkpointer.from_env(Path(tmp) / "missing" / "model.pt", None)
         broken.restore(TrainingState(model=model))
         try:
             broken.save(TrainingState(model=model), 0, {})
@@ -92,7 +92,7 @@ def test_ranks_restore_the_same_checkpoint_and_fail_together(tmp_path: Path) -> 
             pytest.fail("the ranks hung")
     rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     for seen in (rank0, rank1):
-        assert seen["fresh"] is True and seen["stop"] is False
+        assert seen["fresh"] is True and seen["stop"] is None
         assert seen["resumed"] == 1
         assert seen["rng_back"] is True  # each rank its own RNG state, not rank 0's
         assert "ranks completed different steps [2, 3]" in seen["mismatch"]

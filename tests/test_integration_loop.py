@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from expckpt.checkpointer import Checkpointer, StopTraining
-from expckpt.integrations.loop import StepLog, plain, save_step, scalar_metrics, training_state
+from expckpt import TrainingState
+from expckpt.checkpointer import Checkpointer
+from expckpt.integrations.loop import StepLog, plain, scalar_metrics
 
 
 class AttributeDict(dict):
@@ -60,37 +61,36 @@ def test_scalar_metrics_keeps_numbers_and_one_element_tensors() -> None:
     assert scalar_metrics(metrics) == {"loss": 0.5, "acc": 1.0}
 
 
-def test_training_state_saves_and_restores_a_named_stateful_object(tmp_path: Path) -> None:
+def test_step_log_saves_and_restores_a_named_stateful_object(tmp_path: Path) -> None:
     model, loop = torch.nn.Linear(2, 2), Stateful()
-    state = training_state(model, loop=loop)
-    checkpointer = Checkpointer.from_env(tmp_path / "model.pt", {"every": 1}, env={})
+    steps = StepLog(Checkpointer.from_env(tmp_path / "model.pt", {"every": 1}, env={}), TrainingState(model=model, loop=loop))
+    assert steps.restore() is None and steps.start == 0
     loop.value = 7
-    assert save_step(checkpointer, state, 0, {"loss": 1.0}) is False
-    checkpointer.finish(state)
-    checkpointer.close()
+    decision = steps.completed(0, {"loss": 1.0})
+    assert decision.saved and decision.stop is None
+    steps.finish()
     loop.value = 0
-    again = training_state(torch.nn.Linear(2, 2), loop=loop)
-    resumed = Checkpointer.from_env(tmp_path / "model.pt", {"every": 1}, env={}).restore(again)
-    assert resumed is not None and resumed.step == 0 and loop.value == 7
+    again = StepLog(Checkpointer.from_env(tmp_path / "model.pt", {"every": 1}, env={}),
+                    TrainingState(model=torch.nn.Linear(2, 2), loop=loop))
+    resumed = again.restore()
+    assert resumed is not None and resumed.step == 0 and again.start == 1 and loop.value == 7
+    again.close()
 
 
-def test_save_step_turns_stop_training_into_true() -> None:
-    class Stopping:
-        def step_completed(self, *args: object) -> None:
-            raise StopTraining("plateau")
-
-    class Deciding:
-        def save(self, *args: object) -> object:
-            return type("Decision", (), {"stop": True})()
-
-    state = training_state(torch.nn.Linear(1, 1))
-    assert save_step(Stopping(), state, 0, {}) is True
-    assert save_step(Deciding(), state, 0, {}) is True
+def test_step_log_passes_the_core_stop_decision_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = {"every": 1, "on_divergence": "stop", "divergence_metric": "loss"}
+    steps = StepLog(Checkpointer.from_env("model.pt", config, env={}), TrainingState(model=torch.nn.Linear(1, 1)))
+    steps.restore()
+    assert steps.completed(0, {"loss": 1.0}).stop is None
+    decision = steps.completed(1, {"loss": float("nan")})
+    assert decision.stop is not None and "diverging" in decision.stop
+    steps.close()
 
 
 def test_step_log_writes_dvclive_at_the_framework_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    state = training_state(torch.nn.Linear(1, 1))
+    state = TrainingState(model=torch.nn.Linear(1, 1))
     steps = StepLog(Checkpointer.from_env("model.pt", {"every": 1}, env={}), state)
     assert steps.restore() is None
     steps.completed(22, {"loss": torch.tensor(0.25)})

@@ -24,7 +24,9 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from expckpt.integrations.dcp import ShardedCheckpointer
+from expckpt import Checkpointer
+from expckpt.integrations.dcp import DcpHandler
+from expckpt.integrations.loop import StepLog
 
 
 class AppState(Stateful):
@@ -73,11 +75,12 @@ def main() -> None:
     sampler = DistributedSampler(train_set, shuffle=True, seed=params["seed"])
     loader = DataLoader(train_set, batch_size=params["batch_size"], sampler=sampler)
 
-    checkpointer = ShardedCheckpointer.from_env("ckpt/", params.get("checkpoint"))
+    checkpointer = Checkpointer.from_env("ckpt/", params.get("checkpoint"), handler=DcpHandler)
     state = {"app": AppState(model, optimizer)}
-    start = checkpointer.restore(state) + 1  # rank 0 prints "Resuming from ckpt (<exp>@<step>): N steps done"
+    steps = StepLog(checkpointer, state)  # dvclive on rank 0
+    steps.restore()  # rank 0 prints "Resuming from ckpt (<exp>@<step>): N steps done"
     try:
-        for epoch in range(start, params["epochs"]):
+        for epoch in range(steps.start, params["epochs"]):
             sampler.set_epoch(epoch)
             model.train()
             for x, y in loader:
@@ -90,10 +93,12 @@ def main() -> None:
             metrics = {"loss": F.cross_entropy(logits, test_y).item(), "acc": (logits.argmax(1) == test_y).float().mean().item()}
             if rank == 0:
                 print(f"epoch {epoch}: loss {metrics['loss']:.4f} acc {metrics['acc']:.4f}", flush=True)
-            if checkpointer.save(state, epoch, metrics):
+            if steps.completed(epoch, metrics).stop:
                 break
-    finally:
-        checkpointer.close()
+    except BaseException:
+        steps.close()
+        raise
+    steps.finish()
     dist.destroy_process_group()
 
 

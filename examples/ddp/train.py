@@ -20,8 +20,7 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from expckpt import TrainingState
-from expckpt.integrations.distributed import DistributedCheckpointer
+from expckpt import Checkpointer, TrainingState
 from expckpt.integrations.loop import StepLog
 
 
@@ -50,12 +49,12 @@ def main() -> None:
     sampler = DistributedSampler(train_set, shuffle=True, seed=params["seed"])
     loader = DataLoader(train_set, batch_size=params["batch_size"], sampler=sampler)
 
-    checkpointer = DistributedCheckpointer.from_env("model.pt", params.get("checkpoint"))
+    checkpointer = Checkpointer.from_env(config=params.get("checkpoint"))  # every rank; rank 0 publishes
     state = TrainingState(model=model, optimizer=optimizer)
-    steps = StepLog(checkpointer, state, log=rank == 0)
+    steps = StepLog(checkpointer, state)  # dvclive on rank 0
     steps.restore()  # prints "Resuming from model.pt (<exp>@<step>): N steps done" on rank 0
     try:
-        for epoch in range(state.step + 1, params["epochs"]):
+        for epoch in range(steps.start, params["epochs"]):
             sampler.set_epoch(epoch)
             ddp.train()
             for x, y in loader:
@@ -68,7 +67,7 @@ def main() -> None:
             metrics = {"loss": F.cross_entropy(logits, test_y).item(), "acc": (logits.argmax(1) == test_y).float().mean().item()}
             if rank == 0:
                 print(f"epoch {epoch}: loss {metrics['loss']:.4f} acc {metrics['acc']:.4f}", flush=True)
-            if steps.completed(epoch, metrics):
+            if steps.completed(epoch, metrics).stop:
                 break
     except BaseException:
         steps.close()

@@ -38,7 +38,8 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from expckpt.checkpointer import Checkpointer
-from expckpt.integrations.loop import StepLog, training_state
+from expckpt.integrations.loop import StepLog
+from expckpt.state import TrainingState
 
 __all__ = ["ExpCkptTrainerCallback", "TrainerFiles", "config_from_training_args"]
 
@@ -105,7 +106,7 @@ def _step_metrics(state: TrainerState) -> dict[str, Any]:
 class ExpCkptTrainerCallback(TrainerCallback):
     """Makes each Trainer save a checkpoint experiment ``<exp>@<global_step>``; finds the resume point."""
 
-    def __init__(self, path: str = "model.pt", config: Mapping[str, Any] | None = None, *, live_dir: str = "dvclive") -> None:
+    def __init__(self, path: str | None = None, config: Mapping[str, Any] | None = None, *, live_dir: str = "dvclive") -> None:
         self.path = path
         self.config = config
         self.live_dir = live_dir
@@ -114,19 +115,13 @@ class ExpCkptTrainerCallback(TrainerCallback):
         self.resumed: Any = None
         self.resume_from_checkpoint: str | None = None
 
-    def _checkpointer(self, args: TrainingArguments) -> Any:
+    def _checkpointer(self, args: TrainingArguments) -> Checkpointer:
         config = self.config if self.config is not None else config_from_training_args(args)
-        if args.world_size > 1:
-            from expckpt.integrations.distributed import DistributedCheckpointer
-
-            return DistributedCheckpointer.from_env(self.path, config, live_dir=self.live_dir)
         return Checkpointer.from_env(self.path, config, live_dir=self.live_dir)
 
     def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         model = kwargs["model"]
-        self.steps = StepLog(
-            self._checkpointer(args), training_state(model, hf=self.files), log=state.is_world_process_zero, live_dir=self.live_dir
-        )
+        self.steps = StepLog(self._checkpointer(args), TrainingState(model=model, hf=self.files))
         self.resumed = self.steps.restore()
         resume_dir = Path(args.output_dir) / RESUME_DIR
         if args.should_save and resume_dir.exists():
@@ -145,7 +140,7 @@ class ExpCkptTrainerCallback(TrainerCallback):
         if self.steps is None:
             return
         self.files.directory = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if self.steps.completed(state.global_step, _step_metrics(state)):
+        if self.steps.completed(state.global_step, _step_metrics(state)).stop:
             control.should_training_stop = True
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:

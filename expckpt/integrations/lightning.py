@@ -33,7 +33,9 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 
 from expckpt.checkpointer import Checkpointer
-from expckpt.integrations.loop import StepLog, plain, training_state
+from expckpt.integrations import lightning_internals as internals
+from expckpt.integrations.loop import StepLog, plain
+from expckpt.state import TrainingState
 
 __all__ = ["ExpCkptCallback", "LightningLoopState", "config_from_model_checkpoint"]
 
@@ -51,7 +53,7 @@ class LightningLoopState:
         self._warned = False
 
     def state_dict(self) -> dict[str, Any]:
-        checkpoint = self.trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+        checkpoint = internals.dump_checkpoint(self.trainer)
         checkpoint.pop("state_dict", None)  # the module's weights are saved once, as "model"
         dropped: list[str] = []
         state = plain(checkpoint, dropped, "checkpoint")
@@ -74,7 +76,7 @@ def config_from_model_checkpoint(callback: ModelCheckpoint) -> dict[str, Any]:
     ``save_top_k: k`` with a ``monitor`` keeps the k best (and always the newest, which expckpt
     keeps for resume); ``save_top_k: -1`` keeps all; ``every_n_epochs`` saves every n-th epoch.
     """
-    section: dict[str, Any] = {"every": max(int(callback._every_n_epochs or 1), 1)}
+    section: dict[str, Any] = {"every": max(internals.every_n_epochs(callback), 1)}
     top_k = callback.save_top_k
     if callback.monitor and top_k > 0:
         section.update(monitor=callback.monitor, mode=callback.mode, keep_best=top_k, keep_last=1)
@@ -90,7 +92,7 @@ class ExpCkptCallback(Checkpoint):
 
     def __init__(
         self,
-        path: str = "model.pt",
+        path: str | None = None,
         config: Mapping[str, Any] | None = None,
         *,
         live_dir: str = "dvclive",
@@ -111,34 +113,24 @@ class ExpCkptCallback(Checkpoint):
         theirs = [cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)]
         return config_from_model_checkpoint(theirs[0]) if theirs else None
 
-    def _checkpointer(self, trainer: pl.Trainer) -> Any:
-        if trainer.world_size > 1:
-            from expckpt.integrations.distributed import DistributedCheckpointer
-
-            return DistributedCheckpointer.from_env(self.path, self._config(trainer), live_dir=self.live_dir)
-        return Checkpointer.from_env(self.path, self._config(trainer), live_dir=self.live_dir)
-
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Restore before Lightning restores anything: weights and RNG now, the rest through Lightning."""
         if stage != "fit":
             return
         loops = LightningLoopState(trainer)
-        self.steps = StepLog(
-            self._checkpointer(trainer), training_state(pl_module, lightning=loops), log=trainer.is_global_zero, live_dir=self.live_dir
-        )
+        checkpointer = Checkpointer.from_env(self.path, self._config(trainer), live_dir=self.live_dir)
+        self.steps = StepLog(checkpointer, TrainingState(model=pl_module, lightning=loops))
         self.resumed = self.steps.restore()
         if self.resumed is None or loops.loaded is None:
             return
         checkpoint = dict(loops.loaded)
         checkpoint["state_dict"] = pl_module.state_dict()  # restored already; Lightning loads it again
-        # Lightning's `fit(ckpt_path=...)` would read a file into this attribute; we hand it the
-        # dict from our checkpoint instead, before `fit` restores the module, callbacks and loops.
-        trainer._checkpoint_connector._loaded_checkpoint = checkpoint
+        internals.hand_over(trainer, checkpoint)  # before `fit` restores the module, callbacks and loops
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.steps is None or trainer.sanity_checking:
             return
-        if self.steps.completed(trainer.current_epoch, trainer.callback_metrics):
+        if self.steps.completed(trainer.current_epoch, trainer.callback_metrics).stop:
             trainer.should_stop = True
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -1,66 +1,24 @@
-"""What every framework adapter shares: one run's dvclive ``Live`` and ``Checkpointer`` per step.
+"""What every framework adapter shares: one run's dvclive ``Live`` and the core, per completed step.
 
-A framework (Lightning, the HF ``Trainer``, a torchrun loop) decides when a step is complete
-and which metrics it has; ``StepLog`` then does what ``CheckpointLive.next_step`` does for a
-hand-written loop: logs the metrics at that step with dvclive, syncs its files (a checkpoint
-commit carries them), and hands the step to the checkpointer, which saves per the save policy,
-publishes ``<exp>@<step>`` and applies retention.
-
-It also holds the small shims that let the adapters work with both shapes of the core API
-(``step_completed`` today, ``save`` returning a decision tomorrow; ``TrainingState`` with fixed
-slots today, any named stateful object tomorrow) and ``plain()``, which turns framework state
-into what ``torch.load(weights_only=True)`` accepts.
+A framework (Lightning, the HF ``Trainer``, a torchrun loop, a sharded DCP loop) decides when a
+step is complete and which metrics it has; ``StepLog`` then does what
+``CheckpointLive.next_step`` does for a hand-written loop: logs the metrics at that step with
+dvclive (rank 0 only), syncs its files (a checkpoint commit carries them), and hands the step to
+the core ``Checkpointer``, which decides, saves, publishes ``<exp>@<step>`` and applies retention.
+``plain()`` turns framework state into what ``torch.load(weights_only=True)`` accepts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
-from expckpt.checkpointer import StopTraining
-from expckpt.state import TrainingState
+from expckpt.checkpointer import Checkpointer, Decision
+from expckpt.resume import Resumed
 
-__all__ = ["CheckpointerLike", "StepLog", "plain", "save_step", "scalar_metrics", "training_state"]
-
-
-class CheckpointerLike(Protocol):
-    """``Checkpointer`` or ``DistributedCheckpointer``: what an adapter calls (and ``save`` or,
-    in today's core, ``step_completed``)."""
-
-    def restore(self, state: TrainingState) -> Any: ...
-    def finish(self, state: TrainingState) -> None: ...
-    def close(self) -> None: ...
-
-
-def save_step(checkpointer: Any, state: TrainingState, step: int, metrics: Mapping[str, float]) -> bool:
-    """Hand a completed step to the checkpointer; True when training should stop."""
-    save = getattr(checkpointer, "save", None) or checkpointer.step_completed
-    try:
-        decision = save(state, step, metrics)
-    except StopTraining:  # today's way of saying "stop" (divergence or plateau, if configured)
-        return True
-    return bool(getattr(decision, "stop", False))
-
-
-def training_state(model: torch.nn.Module, **objects: Any) -> TrainingState:
-    """``TrainingState(model=..., name=obj, ...)``; objects need ``state_dict``/``load_state_dict``.
-
-    The core is moving to stateful objects by name; until then, the one framework object an
-    adapter adds (its loop state) rides in the ``scaler`` slot, which only calls those two methods.
-    """
-    given = {k: v for k, v in objects.items() if v is not None}
-    try:
-        return TrainingState(model=model, **given)
-    except TypeError:
-        known = {k: given.pop(k) for k in ("optimizer", "scheduler") if k in given}
-        if len(given) > 1:
-            raise
-        if given:
-            known["scaler"] = next(iter(given.values()))
-        return TrainingState(model=model, **known)
-
+__all__ = ["StepLog", "plain", "scalar_metrics"]
 
 _PLAIN = (str, int, float, bool, type(None), torch.Tensor, torch.dtype, torch.device, torch.Size)
 
@@ -114,46 +72,44 @@ def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 class StepLog:
-    """One run: restore, then per completed step log metrics with dvclive and save a checkpoint.
+    """One run: restore, then per completed step log metrics with dvclive and hand it to the core.
 
-    ``log=False`` (every torchrun rank but 0) keeps the checkpointer calls, which all ranks must
-    make together, and writes no dvclive files.
+    Under torchrun every rank makes the same calls (the core's are collective); only rank 0
+    writes dvclive's files.
     """
 
-    def __init__(self, checkpointer: Any, state: TrainingState, *, log: bool = True, live_dir: str | None = None) -> None:
+    def __init__(self, checkpointer: Checkpointer, state: Any) -> None:
         self.checkpointer = checkpointer
         self.state = state
-        self.log = log
-        self.live_dir = live_dir or getattr(checkpointer, "live_dir", "dvclive")
         self.live: Any = None
-        self.resumed: Any = None
+        self.resumed: Resumed | None = None
 
-    def restore(self) -> Any:
+    @property
+    def start(self) -> int:
+        """The first step to train (0 on a fresh start)."""
+        return self.resumed.step + 1 if self.resumed is not None else 0
+
+    def restore(self) -> Resumed | None:
         """Load the checkpoint to resume from (if any), then open dvclive at the step after it."""
         self.resumed = self.checkpointer.restore(self.state)
-        core = getattr(self.checkpointer, "checkpointer", self.checkpointer)
-        if self.resumed is not None and self.log and not hasattr(core, "resumed"):  # newer cores say it themselves
-            record = getattr(self.resumed, "record", None)
-            origin = f" ({record.name})" if record is not None else ""
-            print(f"Resuming from {getattr(core, 'rel_path', 'model.pt')}{origin}: {self.state.step + 1} steps done", flush=True)
-        if self.log:
+        if self.checkpointer.coord.is_main:
             from dvclive import Live
 
-            resume = self.state.step >= 0
-            self.live = Live(dir=self.live_dir, dvcyaml=None, save_dvc_exp=False, resume=resume, report=None)
+            resume = self.resumed is not None
+            self.live = Live(dir=self.checkpointer.live_dir, dvcyaml=None, save_dvc_exp=False, resume=resume, report=None)
             if resume:
-                self.live.step = self.state.step + 1
+                self.live.step = self.start
         return self.resumed
 
-    def completed(self, step: int, metrics: Mapping[str, Any]) -> bool:
-        """Step ``step`` is complete with ``metrics``: log and checkpoint it; True = stop training."""
+    def completed(self, step: int, metrics: Mapping[str, Any]) -> Decision:
+        """Step ``step`` is complete with ``metrics``: log and checkpoint it."""
         values = scalar_metrics(metrics)
         if self.live is not None:
             self.live.step = step
             for name, value in values.items():
                 self.live.log_metric(name, value)
             self.live.next_step()
-        return save_step(self.checkpointer, self.state, step, values)
+        return self.checkpointer.save(self.state, step, values)
 
     def finish(self) -> None:
         """Training ended normally: save the last step if the policy skipped it, and wait."""
