@@ -2,7 +2,7 @@
 
     from expckpt.integrations.hf import ExpCkptTrainerCallback
 
-    expckpt_cb = ExpCkptTrainerCallback("model.pt", params.get("checkpoint"))
+    expckpt_cb = ExpCkptTrainerCallback(config=params.get("checkpoint"))
     trainer = Trainer(model=model, args=args, ..., callbacks=[expckpt_cb])
     trainer.train(resume_from_checkpoint=expckpt_cb.resume_from_checkpoint)   # None on a fresh start
 

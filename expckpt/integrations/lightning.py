@@ -3,7 +3,7 @@
     from expckpt.integrations.lightning import ExpCkptCallback
 
     trainer = L.Trainer(max_epochs=params["epochs"], logger=False,
-                        callbacks=[ExpCkptCallback("model.pt", params.get("checkpoint"))])
+                        callbacks=[ExpCkptCallback(config=params.get("checkpoint"))])
     trainer.fit(model, train_loader, val_loader)     # no ckpt_path: resumes inside `dvc exp run`
 
 At the end of each training epoch (after validation, so ``val_*`` metrics are there) the
