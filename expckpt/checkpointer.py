@@ -178,8 +178,10 @@ class Checkpointer:
         every rank loads the checkpoint it chose. With ``defer_rng`` the RNG states wait for
         ``state.apply_rng()`` (``CheckpointLive`` calls it at the first step). Inside
         ``dvc exp run``, a run whose next steps are already checkpoints of another run with the
-        same experiment name is refused here, before any training.
+        same experiment name is refused here, before any training. From here until ``close``,
+        Ctrl+C and SIGTERM finish the checkpoint in progress, then stop (``expckpt.signals``).
         """
+        self.stop.install()
         if self.coord.on_main(self._find_resume_point):
             loaded = self.coord.everyone(lambda: self.handler.load(state, defer_rng=defer_rng, echo=self.echo))
             self.coord.same_step(loaded.step, "restored")
@@ -406,6 +408,7 @@ class Checkpointer:
                 self._guard.put_back(self.last_record, self.echo)
             if self._pusher is not None:  # bounded wait; never fails the run
                 self._pusher.close()
+            self.stop.uninstall()
 
     def describe_last(self) -> str:
         if self.last_record is not None:

@@ -98,7 +98,6 @@ class CheckpointLive(Live):
                 raise StopTraining(decision.stop)
 
     def __enter__(self) -> CheckpointLive:
-        self.checkpointer.stop.install()
         # Loops written without live.steps() begin right after entering; steps() puts the RNGs
         # back once more as its first step begins (the latest moment, whatever ran in between).
         self.state.apply_rng(keep=True)
@@ -111,6 +110,5 @@ class CheckpointLive(Live):
             else:
                 self.checkpointer.close()
         finally:
-            self.checkpointer.stop.uninstall()
             super().__exit__(exc_type, exc_val, exc_tb)
         return exc_type is StopTraining

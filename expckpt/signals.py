@@ -40,7 +40,8 @@ class GracefulStop:
         self._previous: dict[int, object] = {}
 
     def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
+        """Take over SIGINT/SIGTERM (main thread only; a second call changes nothing)."""
+        if self._previous or threading.current_thread() is not threading.main_thread():
             return
         for signum in _NAMES:
             self._previous[signum] = signal.signal(signum, self._handle)

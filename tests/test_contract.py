@@ -1,0 +1,204 @@
+"""One contract, every front end: the same rows run over the plain loop, ``CheckpointLive``, torchrun
+DDP and sharded DCP (2 gloo processes each), Lightning and the HF ``Trainer``, each through a real
+``dvc exp run`` of its example (``tests/contractkit.py``). The README's contract table is this file.
+
+Per front end, one project (5 epochs, ``every`` chosen so that the interval skips the last step,
+``keep_last: 1`` + ``keep_best: 1``, pushing to a bare Git remote and a local DVC remote) and one
+reference run ``ref``; the rows then run in order in that project.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from conftest import run
+from contractkit import EPOCHS, FRONT_ENDS, FrontEnd, back_to_branch, kill_tree, signal_training, start, wait_for
+from integrationkit import baseline, checkpoint_refs, lineage, meta
+
+pytestmark = pytest.mark.slow
+
+CHECKPOINT_LINE = re.compile(r"^Checkpoint experiment '([^']+)'", re.M)
+
+
+@pytest.fixture(scope="module", params=FRONT_ENDS, ids=[f.name for f in FRONT_ENDS])
+def ref(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    front: FrontEnd = request.param
+    root = tmp_path_factory.mktemp(front.name)
+    project = front.make(root / "p")
+    run("git", "init", "-q", "--bare", str(root / "origin.git"), cwd=root)
+    run("git", "remote", "add", "origin", str(root / "origin.git"), cwd=project)
+    run("dvc", "remote", "add", "-d", "storage", str(root / "dvc-storage"), cwd=project)
+    values = yaml.safe_load((project / "params.yaml").read_text())
+    values["checkpoint"]["push"] = "origin"
+    (project / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+    run("git", "commit", "-qam", "push checkpoints to origin", cwd=project)
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in front.env.items():
+            mp.setenv(key, value)
+        base = baseline(project)
+        out = run("dvc", "exp", "run", "-n", "ref", cwd=project).stdout
+        yield {"front": front, "project": project, "base": base, "out": out, "root": root}
+
+
+def _refs(ref: dict[str, Any], exp: str) -> dict[int, str]:
+    return checkpoint_refs(ref["project"], ref["base"], exp)
+
+
+def _chain(ref: dict[str, Any], exp: str) -> dict[int, dict[str, Any]]:
+    """step -> meta of every checkpoint the run ``exp`` made (removed ones too, along the parents)."""
+    refs = _refs(ref, exp)
+    return {step: meta(ref["project"], commit) for step, commit in lineage(ref["project"], refs[max(refs)]).items()}
+
+
+def test_the_final_step_is_saved_even_when_the_interval_skips_it(ref: dict[str, Any]) -> None:
+    front: FrontEnd = ref["front"]
+    assert (front.steps()[-1] + 1) % front.every != 0  # the interval alone would skip it
+    assert CHECKPOINT_LINE.findall(ref["out"]) == [f"ref@{s}" for s in front.saved()]  # once each, on rank 0
+
+
+def test_retention_during_training_keeps_exactly_the_policys_refs(ref: dict[str, Any]) -> None:
+    front: FrontEnd = ref["front"]
+    chain = _chain(ref, "ref")
+    assert sorted(chain) == front.saved()
+    best = max(chain, key=lambda s: (chain[s]["metrics"][front.monitor], -s))  # the first of equals wins
+    assert sorted(_refs(ref, "ref")) == sorted({front.saved()[-1], best})
+
+
+def test_push_sends_the_kept_checkpoints_to_the_git_and_dvc_remotes(ref: dict[str, Any]) -> None:
+    p, root = ref["project"], ref["root"]
+    remote = run("git", "ls-remote", str(root / "origin.git"), "refs/exps/*", cwd=p).stdout
+    pushed = {line.split()[1].rsplit("/", 1)[1]: line.split()[0] for line in remote.splitlines()}
+    for step, commit in _refs(ref, "ref").items():
+        assert pushed.get(f"ref@{step}") == commit
+        for out in meta(p, commit)["outs"].values():
+            md5 = out["md5"]
+            assert (root / "dvc-storage" / "files" / "md5" / md5[:2] / md5[2:]).is_file(), f"ref@{step}: {md5}"
+
+
+def test_a_reused_experiment_name_is_refused(ref: dict[str, Any]) -> None:
+    p = ref["project"]
+    before = _refs(ref, "ref")
+    run("expckpt", "reset", cwd=p)
+    result = run("dvc", "exp", "run", "-n", "ref", cwd=p, check=False)
+    assert result.returncode != 0
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if "ref@" in line and "error" in line]
+    assert errors, result.stdout + result.stderr
+    assert not re.search(r"^epoch \d|^Checkpoint experiment", result.stdout, re.M), "it trained"
+    assert _refs(ref, "ref") == before
+    back_to_branch(p)
+
+
+def test_a_kill_at_a_random_step_resumes_bitwise_exact_under_its_own_name(ref: dict[str, Any], tmp_path: Path) -> None:
+    front: FrontEnd = ref["front"]
+    p, base = ref["project"], ref["base"]
+    after = random.Random(front.name).choice(front.saved()[:-1])
+    run("expckpt", "reset", cwd=p)
+    proc = start(p, "killed")
+    wait_for(p, base, "killed", proc, lambda refs: after in refs)
+    kill_tree(proc, "killed")
+    back_to_branch(p)
+    killed = _refs(ref, "killed")
+    assert after in killed and max(killed) < front.steps()[-1]
+
+    out = run("dvc", "exp", "run", "-n", "resumed", cwd=p).stdout
+
+    assert re.search(rf"Resuming from {front.output}/? \(killed@{max(killed)}\)", out), out
+    assert _refs(ref, "killed") == killed  # nothing more under the killed run's name
+    resumed = _refs(ref, "resumed")
+    assert max(resumed) == front.steps()[-1]
+    assert lineage(p, resumed[max(resumed)])[max(killed)] == killed[max(killed)]
+    reference = _refs(ref, "ref")[front.steps()[-1]]
+    from integrationkit import same
+
+    assert same(front.exact(p, resumed[max(resumed)], tmp_path), front.exact(p, reference, tmp_path))
+
+
+def test_sigkill_during_a_save_leaves_the_previous_checkpoint_loadable(ref: dict[str, Any], tmp_path: Path) -> None:
+    front: FrontEnd = ref["front"]
+    p = ref["project"]
+    first, second = front.saved()[:2]
+    run("expckpt", "reset", cwd=p)
+    result = run("dvc", "exp", "run", "-n", "crashed", cwd=p, check=False,
+                 env={"EXPCKPT_CRASH_AT": f"after-publish:{second}"})
+    assert result.returncode != 0
+    back_to_branch(p)
+    crashed = _refs(ref, "crashed")
+    assert sorted(crashed) == [first]
+    front.exact(p, crashed[first], tmp_path)  # loads (weights_only) from the cache
+    verified = run("expckpt", "verify", "--all", cwd=p, check=False)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_sigterm_saves_and_exits_cleanly(ref: dict[str, Any]) -> None:
+    front: FrontEnd = ref["front"]
+    p, base = ref["project"], ref["base"]
+    first = front.saved()[0]
+    run("expckpt", "reset", cwd=p)
+    proc = start(p, "termed")
+    try:
+        wait_for(p, base, "termed", proc, lambda refs: first in refs)
+        assert signal_training("termed", signal.SIGTERM)
+        output = proc.communicate(timeout=300)[0]
+    finally:
+        if proc.poll() is None:
+            kill_tree(proc, "termed")
+    back_to_branch(p)
+    termed = _refs(ref, "termed")
+    last = max(termed)
+    assert re.search(rf"^expckpt: .*SIGTERM.*termed@{last}", output, re.M), output
+    assert "Traceback" not in output, output
+    verified = run("expckpt", "verify", "--all", cwd=p, check=False)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_resuming_from_a_lost_checkpoint_is_refused(ref: dict[str, Any]) -> None:
+    front: FrontEnd = ref["front"]
+    p = ref["project"]
+    run("dvc", "exp", "apply", f"ref@{front.steps()[-1]}", cwd=p)
+    lock = yaml.safe_load((p / "dvc.lock").read_text())
+    (md5,) = [o["md5"] for o in lock["stages"]["train"]["outs"] if o["path"].rstrip("/") == front.output]
+    from expckpt.cache import DvcCache
+
+    cache = DvcCache.for_project(p, p / ".git")
+    cache.object_path(md5).unlink()
+    out = p / front.output
+    if out.is_dir():
+        import shutil
+
+        shutil.rmtree(out)
+    else:
+        out.unlink()
+    before = {exp: _refs(ref, exp) for exp in ("ref", "resumed")}
+    result = run("dvc", "exp", "run", "-n", "lost", "-S", f"epochs={EPOCHS + 1}", cwd=p, check=False)
+    assert result.returncode != 0
+    assert re.search(rf"{front.output}/? should be checkpoint ref@{front.steps()[-1]}", result.stderr), result.stderr
+    assert not re.search(r"^Checkpoint experiment", result.stdout, re.M), "it trained"
+    assert {exp: _refs(ref, exp) for exp in before} == before
+    back_to_branch(p)
+    run("git", "checkout", "-q", "--", "params.yaml", cwd=p)
+    run("expckpt", "reset", cwd=p)
+
+
+def test_divergence_stops_and_keeps_the_best(ref: dict[str, Any]) -> None:
+    front: FrontEnd = ref["front"]
+    p = ref["project"]
+    first = front.steps()[0]
+    result = run("dvc", "exp", "run", "-n", "div", "-S", "lr=1e30", "-S", "+checkpoint.on_divergence=stop",
+                 "-S", f"+checkpoint.divergence_metric={front.loss}", cwd=p, check=False)
+    out = result.stdout + result.stderr
+    assert f"expckpt: stopping training at step {first} (" in out, out
+    div = _refs(ref, "div")
+    assert first in div and not math.isfinite(float(meta(p, div[first])["metrics"][front.loss]))
+    assert sorted(div) == [first]  # the stop step: saved though the interval skips it, and nothing after
+    back_to_branch(p)
+    run("git", "checkout", "-q", "--", "params.yaml", cwd=p)
