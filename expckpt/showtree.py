@@ -5,7 +5,7 @@ in, just above that checkpoint, its first row naming where it came from::
 
     ╓ tut@12        12  4c1d2e0  ...  newest
     │ ╓ tut-b@8      8  9a0b1c2  ...  newest
-    │ ╨ tut-b@6      6  77e0f1a (from 5d3c2b1 tut@5)
+    │ ╨ tut-b@6      6  77e0f1a (5d3c2b1 tut@5)
     ╟ tut@5          5  5d3c2b1  ...
     ┆ … 4 more (tut@1 … tut@4), kept by: all
     ╨ tut@0          0  0a1b2c3
@@ -36,8 +36,8 @@ def _source_text(run: Run) -> str:
     if run.source_commit is None:
         return ""
     name = f" {run.source.name}" if run.source is not None else ""
-    word = "init from" if run.link == "initialized" else "from"
-    return f" ({word} {run.source_commit[:7]}{name})"
+    word = "init from " if run.link == "initialized" else ""  # a resumed run reads as before: (sha name)
+    return f" ({word}{run.source_commit[:7]}{name})"
 
 
 def _visible(run: Run, fold: bool) -> list[bool]:
@@ -46,14 +46,17 @@ def _visible(run: Run, fold: bool) -> list[bool]:
         return [True] * count
     sources = {c.source.commit for c in run.children if c.source is not None}
     return [i == 0 or i >= count - _KEEP_NEWEST or bool(set(p.marks) - {"pushed"}) or p.record.commit in sources
-            or not p.kept_by for i, p in enumerate(run.points)]
+            for i, p in enumerate(run.points)]
 
 
-def _fold_line(hidden: list[Point]) -> list[str]:
+def _fold_line(hidden: list[Point]) -> str:
     reasons = sorted({r for p in hidden for r in p.kept_by})
+    outside = sum(1 for p in hidden if not p.kept_by)
     first, last = hidden[0].record.name, hidden[-1].record.name
     span = first if len(hidden) == 1 else f"{first} … {last}"
-    return [f"┆ … {len(hidden)} more ({span}), kept by: {','.join(reasons)}"]
+    why = [f"kept by {','.join(reasons)}"] if reasons else []
+    why += [f"{outside} outside policy"] if outside else []
+    return f"┆ … {len(hidden)} more ({span}): {'; '.join(why)}"
 
 
 def _rows(run: Run, metrics: list[str], depth: int, fold: bool, folded: list[int]) -> list[list[str]]:
@@ -68,15 +71,15 @@ def _rows(run: Run, metrics: list[str], depth: int, fold: bool, folded: list[int
     hidden: list[Point] = []
     for i, point in enumerate(newest_first):
         record = point.record
-        for child in below.get(record.commit, []):
-            rows += _rows(child, metrics, depth + 1, fold, folded)
-        if not shown[i]:
+        if not shown[i]:  # never a branch point: those are always shown
             hidden.append(point)
             continue
         if hidden:
-            rows.append([indent + _fold_line(list(reversed(hidden)))[0]] + [""] * (len(metrics) + 5))
+            rows.append([indent + _fold_line(list(reversed(hidden)))] + [""] * (len(metrics) + 5))
             folded.append(len(hidden))
             hidden = []
+        for child in below.get(record.commit, []):
+            rows += _rows(child, metrics, depth + 1, fold, folded)
         commit = record.commit[:7] + (_source_text(run) if point is run.points[0] else "")
         rows.append([
             f"{indent}{_glyph(i, len(newest_first))} {record.name}", str(record.step), commit, _created(record),
