@@ -152,8 +152,8 @@ def test_the_page_in_a_browser(repo, tmp_path: Path) -> None:
         assert browser.run("return document.getElementById('apply-command').textContent") == "dvc exp apply tut-b@6"
         assert "params changed since tut@5" in detail and "lr\t0.1 → 0.5" in detail
         browser.screenshot(tmp_path / "report.png")
-        if os.environ.get("EXPCKPT_SCREENSHOT"):  # how the README's picture is made
-            browser.screenshot(Path(os.environ["EXPCKPT_SCREENSHOT"]))
+        if os.environ.get("REPORT_SCREENSHOT"):  # how the README's picture is made
+            browser.screenshot(Path(os.environ["REPORT_SCREENSHOT"]))
         assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert browser.console_errors() == []
 

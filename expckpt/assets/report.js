@@ -215,7 +215,8 @@
     " experiments. Hover a checkpoint for its metrics and the command that gets it back; click to pin.";
   drawTree();
   drawCurves().then(function () {
-    document.body.dataset.renderMs = String(Math.round(performance.now() - started));
+    document.body.dataset.renderMs = String(Math.round(performance.now() - started));  // script start to drawn
+    document.body.dataset.readyAt = String(Math.round(performance.now()));  // since navigation started
     document.body.dataset.ready = "1";
   }, function (error) {
     document.body.dataset.error = String(error);
