@@ -22,6 +22,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from expckpt.catalog import Catalog, Chain
+from expckpt.errors import UnknownCheckpointError
 from expckpt.policy import CheckpointInfo, KeepPolicy
 from expckpt.ranking import better, finite
 from expckpt.records import CheckpointRecord
@@ -178,13 +179,16 @@ def _below(parent: Run, run: Run, runs: Mapping[tuple[str, str], Run]) -> bool:
 
 def lineage_of(catalog: Catalog, exp: str) -> Catalog:
     """Only experiment ``exp`` and the runs it came from (so its fork points still show); an unknown
-    name is an ``UnknownCheckpointError`` that suggests names there are."""
+    name is an ``UnknownCheckpointError`` naming the experiments there are."""
     by_run: dict[tuple[str, str], list[CheckpointRecord]] = {}
     for record in catalog.records:
         by_run.setdefault((record.ref.baseline, record.exp), []).append(record)
     todo = [key for key in by_run if key[1] == exp]
     if not todo:
-        raise catalog.unknown(exp)
+        names = sorted({e for _, e in by_run})
+        shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+        raise UnknownCheckpointError(f"no experiment named {exp!r}; experiments with checkpoints: "
+                                     f"{shown or '(none yet)'}", ref=exp)
     wanted: set[tuple[str, str]] = set()
     while todo:
         key = todo.pop()
