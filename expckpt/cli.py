@@ -71,16 +71,20 @@ def _chains(ctx: Context, exp: str | None, all_baselines: bool) -> list[Chain]:
     return chains
 
 
-def _tree(ctx: Context, catalog: Catalog, monitor: str | None = None, mode: str | None = None) -> Tree:
+def _tree(ctx: Context, catalog: Catalog, git_remote: str | None, monitor: str | None = None,
+          mode: str | None = None) -> Tree:
     cfg = ctx.config()
+    pushed = set()
+    if git_remote:  # one `git ls-remote`: the checkpoints whose commit the remote's refs/exps name
+        pushed = {sha for ref, sha in ctx.store.remote_refs(git_remote).items() if ref.startswith("refs/exps/")}
     return build_tree(catalog, ctx.labels(), cfg.keep_policy(), monitor=monitor or cfg.monitor, mode=mode or cfg.mode,
-                      head=ctx.head())
+                      pushed=pushed, head=ctx.head())
 
 
 def cmd_show(args: argparse.Namespace, ctx: Context) -> int:
     from expckpt.showtree import render_tree, tree_as_json
 
-    tree = _tree(ctx, ctx.catalog(args.all_commits))
+    tree = _tree(ctx, ctx.catalog(args.all_commits), args.git_remote)
     if args.json:
         print(json.dumps(tree_as_json(tree), indent=2))
     else:
@@ -231,7 +235,7 @@ def _report_html(args: argparse.Namespace, ctx: Context) -> int:
     catalog = ctx.catalog(args.all_commits or bool(args.exp))
     if args.exp:
         catalog = lineage_of(catalog, args.exp)
-    tree = _tree(ctx, catalog, args.metric, args.mode)
+    tree = _tree(ctx, catalog, args.git_remote, args.metric, args.mode)
     path = Path(args.html)
     size = write_report(path, tree, ctx.store, metrics=[args.metric] if args.metric else None)
     print(terminal_safe(f"wrote {path} ({_size(size)}, {len(catalog.records)} checkpoints); open it in a browser"))
@@ -287,6 +291,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("-A", "--all-commits", action="store_true", help="experiments of every baseline, not only HEAD")
     p.add_argument("--all", action="store_true", help="list every checkpoint (long runs fold their middle otherwise)")
+    p.add_argument("--git-remote", metavar="NAME", help="mark the checkpoints this Git remote has (one ls-remote)")
 
     p = add("list", cmd_list, "checkpoints with step, metrics, size and the rule that keeps each")
     p.add_argument("exp", nargs="?", help="only this experiment")
@@ -328,6 +333,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-A", "--all-commits", action="store_true")
     p.add_argument("--html", nargs="?", const="expckpt-report.html", metavar="FILE",
                    help="write the checkpoint tree and curves as one offline page (default: expckpt-report.html)")
+    p.add_argument("--git-remote", metavar="NAME", help="with --html: mark the checkpoints this Git remote has")
     return parser
 
 

@@ -123,3 +123,23 @@ def test_a_cycle_of_hand_made_refs_still_shows_every_run(tmp_path: Path) -> None
     tree = build_tree(Catalog.load(repo.store), {}, None)
     assert sorted(r.exp for r in tree.runs()) == ["a", "b", "c"]
     assert "(init from fffffff)" in render_tree(tree)  # a source not in the catalog still named
+
+
+def test_git_remote_marks_the_checkpoints_it_has(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from conftest import run
+    from treekit import init_repo
+
+    repo = init_repo(tmp_path / "repo")
+    first = repo.write("tut", 0, metrics={"acc": 0.1})
+    repo.write("tut", 1, metrics={"acc": 0.2}, parent=first)
+    run("git", "init", "-q", "--bare", str(tmp_path / "remote.git"), cwd=tmp_path)
+    run("git", "remote", "add", "origin", str(tmp_path / "remote.git"), cwd=repo.path)
+    ref = f"refs/exps/{repo.base[:2]}/{repo.base[2:]}/tut@0"
+    run("git", "push", "-q", "origin", f"{first}:{ref}", cwd=repo.path)
+    monkeypatch.chdir(repo.path)
+    assert main(["show", "--json", "--git-remote", "origin"]) == 0
+    marks = {c["name"]: c["marks"] for c in json.loads(capsys.readouterr().out)[0]["checkpoints"]}
+    assert marks == {"tut@1": ["newest"], "tut@0": ["pushed"]}  # no monitor configured: no best
+    assert main(["show", "--git-remote", "nowhere"]) == 1
+    assert capsys.readouterr().err == ("expckpt: error: no Git remote 'nowhere' in this repository; "
+                                       "name one `git remote` lists\n")
