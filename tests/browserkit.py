@@ -109,8 +109,9 @@ class Browser:
             time.sleep(0.05)
         return time.monotonic() - start
 
-    def hover(self, css: str) -> None:
-        element = self._do("POST", "/element", {"using": "css selector", "value": css})
+    def hover(self, css: str | dict) -> None:
+        """Move the mouse onto the first element ``css`` matches (or an element ``run`` returned)."""
+        element = css if isinstance(css, dict) else self._do("POST", "/element", {"using": "css selector", "value": css})
         move = {"type": "pointerMove", "duration": 0, "origin": {_ELEMENT: element[_ELEMENT]}, "x": 0, "y": 0}
         self._do("POST", "/actions", {"actions": [
             {"type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"}, "actions": [move]}]})

@@ -147,10 +147,16 @@ def test_the_page_in_a_browser(repo, tmp_path: Path) -> None:
                             ".map(p => [p.getAttribute('aria-label'), (p.getAttribute('d').match(/M/g) || []).length])")
         assert sorted(n for label, n in paths if "tut-b" in label) == [2]
         browser.hover("#tree li.ckpt[data-name='tut-b@6']")
-        browser.wait_for("return document.getElementById('apply-command') !== null")
+        browser.wait_for("return document.getElementById('apply-command').textContent === 'dvc exp apply tut-b@6'")
         detail = browser.run("return document.getElementById('detail').innerText")
-        assert browser.run("return document.getElementById('apply-command').textContent") == "dvc exp apply tut-b@6"
         assert "params changed since tut@5" in detail and "lr\t0.1 → 0.5" in detail
+        # a point on a curve shows its checkpoint too
+        symbol = browser.run("return Array.from(document.querySelectorAll("
+                             "'.chart[data-metric=loss] .mark-symbol.role-mark path'))"
+                             ".find(p => p.getAttribute('aria-label') .startsWith('step: 10; loss: 0.0909'))")
+        browser.hover(symbol)
+        browser.wait_for("return document.getElementById('apply-command').textContent === 'dvc exp apply tut@10'")
+        browser.hover("#tree li.ckpt[data-name='tut-b@6']")
         browser.screenshot(tmp_path / "report.png")
         if os.environ.get("REPORT_SCREENSHOT"):  # how the README's picture is made
             browser.screenshot(Path(os.environ["REPORT_SCREENSHOT"]))

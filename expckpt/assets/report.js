@@ -54,7 +54,6 @@
     if (pin) pinned = (pinned === i ? null : i);
     var p = points[i], run = runs[p.run], panel = document.getElementById("detail");
     panel.replaceChildren();
-    panel.hidden = false;
     panel.appendChild(el("h2", null, p.name));
     var table = el("table");
     row(table, "experiment", runTitle(run));
@@ -173,9 +172,9 @@
   function spec(metric, rows) {
     var x = {field: "step", type: "quantitative", title: "step"};
     var y = {field: "v", type: "quantitative", title: metric, scale: {zero: false}};
-    var color = {field: "series", type: "nominal", title: "experiment"};
+    var color = {field: "series", type: "nominal", title: "experiment", legend: {orient: "bottom", columns: 4}};
     return {
-      width: 560, height: 260, title: metric,
+      width: 440, height: 220, title: metric,
       data: {values: rows},
       layer: [
         {mark: {type: "line", strokeWidth: 1.5}, encoding: {x: x, y: y, color: color}},
