@@ -178,3 +178,34 @@ def test_hostile_names_cannot_script_the_page(hostile, tmp_path: Path) -> None:
         detail = browser.run("return document.getElementById('detail').innerText")
         assert HOSTILE_METRIC in detail and HOSTILE_PARAM in detail
         assert browser.run(COUNTS)["requests"] == [] and browser.console_errors() == []
+
+
+def test_all_commits_takes_every_baseline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    repo = init_repo(tmp_path / "repo")
+    repo.write("old", 0, metrics={"acc": 0.1})
+    run("git", "commit", "-q", "--allow-empty", "-m", "next baseline", cwd=repo.path)
+    repo.base = run("git", "rev-parse", "HEAD", cwd=repo.path).stdout.strip()
+    repo.write("new", 0, metrics={"acc": 0.2})
+    monkeypatch.chdir(repo.path)
+    assert main(["report", "--html", "head.html"]) == 0
+    assert main(["report", "--html", "all.html", "-A"]) == 0
+    runs = {name: sorted(r["exp"] for r in json.loads(data_block((repo.path / name).read_text()))["runs"])
+            for name in ("head.html", "all.html")}
+    assert runs == {"head.html": ["new"], "all.html": ["new", "old"]}
+
+
+def test_the_assets_ship_with_the_package_and_stay_inline_safe() -> None:
+    import tomllib
+
+    from expckpt.htmlassets import asset, inline_script
+
+    root = Path(__file__).resolve().parent.parent
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["expckpt"]
+    files = [p for p in (root / "expckpt" / "assets").iterdir() if p.is_file()]
+    assert {p.name for p in files} >= {"vega.min.js", "vega-lite.min.js", "report.js", "report.css", "LICENSE.vega",
+                                       "LICENSE.vega-lite", "README.md"}
+    assert [p.name for p in files if not any(p.match(f"expckpt/{g}") for g in globs)] == []
+    for name in ("vega.min.js", "vega-lite.min.js", "report.js"):
+        assert inline_script(asset(name)) == asset(name)
+    with pytest.raises(ValueError, match="an inlined script holds '</script'"):
+        inline_script("var s = '</SCRIPT>';")
