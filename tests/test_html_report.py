@@ -209,3 +209,12 @@ def test_the_assets_ship_with_the_package_and_stay_inline_safe() -> None:
         assert inline_script(asset(name)) == asset(name)
     with pytest.raises(ValueError, match="an inlined script holds '</script'"):
         inline_script("var s = '</SCRIPT>';")
+
+
+def test_without_a_browser_the_page_tests_skip_saying_how_to_install_one(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no chromium, no chromedriver
+    with pytest.raises(pytest.skip.Exception, match=r"^no headless browser: install one with "
+                                                    r"`apt-get install -y chromium chromium-driver` \(CI does\)$"):
+        with Browser.start(tmp_path / "profile"):
+            pass
