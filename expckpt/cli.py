@@ -11,6 +11,7 @@ import json
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import yaml
 
@@ -19,6 +20,7 @@ from expckpt.catalog import Catalog, Chain
 from expckpt.config import CheckpointConfig
 from expckpt.errors import ConfigError, ExpCkptError
 from expckpt.gitstore import GitStore
+from expckpt.lineage import Tree, build_tree, lineage_of
 from expckpt.policy import CheckpointInfo
 from expckpt.project import Project
 from expckpt.report import analyse
@@ -69,14 +71,24 @@ def _chains(ctx: Context, exp: str | None, all_baselines: bool) -> list[Chain]:
     return chains
 
 
-def cmd_show(args: argparse.Namespace, ctx: Context) -> int:
-    from expckpt.show import chains_as_json, render_chains
+def _tree(ctx: Context, catalog: Catalog, git_remote: str | None, monitor: str | None = None,
+          mode: str | None = None) -> Tree:
+    cfg = ctx.config()
+    pushed = set()
+    if git_remote:  # one `git ls-remote`: the checkpoints whose commit the remote's refs/exps name
+        pushed = {sha for ref, sha in ctx.store.remote_refs(git_remote).items() if ref.startswith("refs/exps/")}
+    return build_tree(catalog, ctx.labels(), cfg.keep_policy(), monitor=monitor or cfg.monitor, mode=mode or cfg.mode,
+                      pushed=pushed, head=ctx.head())
 
-    catalog = ctx.catalog(args.all_commits)
+
+def cmd_show(args: argparse.Namespace, ctx: Context) -> int:
+    from expckpt.showtree import render_tree, tree_as_json
+
+    tree = _tree(ctx, ctx.catalog(args.all_commits), args.git_remote)
     if args.json:
-        print(json.dumps(chains_as_json(catalog, ctx.labels()), indent=2))
+        print(json.dumps(tree_as_json(tree), indent=2))
     else:
-        print(render_chains(catalog, ctx.labels()))
+        print(render_tree(tree, expand=args.all))
     return 0
 
 
@@ -217,7 +229,22 @@ def _history(ctx: Context, chain: Chain) -> list[tuple[int, dict[str, float]]]:
     return metric_history(ctx.store, chain.newest.commit) or [(r.step, dict(r.metrics)) for r in chain.records]
 
 
+def _report_html(args: argparse.Namespace, ctx: Context) -> int:
+    from expckpt.htmlreport import write_report
+
+    catalog = ctx.catalog(args.all_commits or bool(args.exp))
+    if args.exp:
+        catalog = lineage_of(catalog, args.exp)
+    tree = _tree(ctx, catalog, args.git_remote, args.metric, args.mode)
+    path = Path(args.html)
+    size = write_report(path, tree, ctx.store, metrics=[args.metric] if args.metric else None)
+    print(terminal_safe(f"wrote {path} ({_size(size)}, {len(catalog.records)} checkpoints); open it in a browser"))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace, ctx: Context) -> int:
+    if args.html:
+        return _report_html(args, ctx)
     chains = _chains(ctx, args.exp, args.all_commits or bool(args.exp))
     if not chains:
         print("No checkpoints yet.")
@@ -263,6 +290,8 @@ def _parser() -> argparse.ArgumentParser:
     p = add("show", cmd_show, "checkpoint chains per experiment, newest first")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("-A", "--all-commits", action="store_true", help="experiments of every baseline, not only HEAD")
+    p.add_argument("--all", action="store_true", help="list every checkpoint (long runs fold their middle otherwise)")
+    p.add_argument("--git-remote", metavar="NAME", help="mark the checkpoints this Git remote has (one ls-remote)")
 
     p = add("list", cmd_list, "checkpoints with step, metrics, size and the rule that keeps each")
     p.add_argument("exp", nargs="?", help="only this experiment")
@@ -302,6 +331,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("min", "max"))
     p.add_argument("--json", action="store_true")
     p.add_argument("-A", "--all-commits", action="store_true")
+    p.add_argument("--html", nargs="?", const="expckpt-report.html", metavar="FILE",
+                   help="write the checkpoint tree and curves as one offline page (default: expckpt-report.html)")
+    p.add_argument("--git-remote", metavar="NAME", help="with --html: mark the checkpoints this Git remote has")
     return parser
 
 

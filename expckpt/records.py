@@ -29,6 +29,7 @@ __all__ = [
     "BadRecord",
     "BadRecordError",
     "CheckpointRecord",
+    "InitializedFrom",
     "OutputHash",
     "format_message",
     "load_records",
@@ -52,6 +53,19 @@ class OutputHash:
 
 
 @dataclass(frozen=True)
+class InitializedFrom:
+    """The checkpoint a new trial took its weights from: experiment, step and commit."""
+
+    exp: str
+    step: int
+    commit: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.exp}@{self.step}"
+
+
+@dataclass(frozen=True)
 class CheckpointRecord:
     """One checkpoint experiment: where it is and what it holds."""
 
@@ -65,6 +79,10 @@ class CheckpointRecord:
     params: Mapping[str, object] = field(default_factory=dict)
     resumed: bool = False
     """True for the first checkpoint of a run that continued from ``parent`` (a branch point)."""
+    initialized_from: InitializedFrom | None = None
+    """The checkpoint whose weights a new trial started from (``init_from``), if it did."""
+    paused: bool = False
+    """True when the run was paused at this checkpoint (to be continued later)."""
 
     @property
     def name(self) -> str:
@@ -235,6 +253,9 @@ def _record(ref: CheckpointRef, commit: str, meta: object) -> CheckpointRecord:
         raise BadRecordError(f"metrics {_show(metrics)} is not an object")
     if "time" not in meta:
         raise BadRecordError("it has no time")
+    paused = meta.get("paused", False)
+    if not isinstance(paused, bool):
+        raise BadRecordError(f"paused {_show(paused)} is not true or false")
     return CheckpointRecord(
         ref=ref,
         commit=commit,
@@ -243,7 +264,22 @@ def _record(ref: CheckpointRef, commit: str, meta: object) -> CheckpointRecord:
         metrics={_name("metric", k): _metric(k, v) for k, v in metrics.items()},
         time=_time(meta["time"]),
         resumed=resumed,
+        initialized_from=_initialized_from(meta.get("initialized_from")),
+        paused=paused,
     )
+
+
+def _initialized_from(value: object) -> InitializedFrom | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise BadRecordError(f"initialized_from {_show(value)} is not an object")
+    exp, step, commit = value.get("exp"), value.get("step"), value.get("commit")
+    if not _is_int(step) or step < 0:  # type: ignore[operator]
+        raise BadRecordError(f"initialized_from step {_show(step)} is not a non-negative integer")
+    if not isinstance(commit, str) or not _SHA.fullmatch(commit):
+        raise BadRecordError(f"initialized_from commit {_show(commit)} is not a 40-hex commit id")
+    return InitializedFrom(_name("initialized_from experiment", exp), step, commit)  # type: ignore[arg-type]
 
 
 def parse_message(ref: CheckpointRef, commit: str, message: str) -> CheckpointRecord | None:

@@ -27,6 +27,8 @@ LAYERS: dict[str, int] = {
     "dirstate": 4, "stateset": 4,
     # 5: training-loop integrations
     "outputs": 4, "loading": 4, "coordination": 0, "handlers": 4, "checkpointer": 5, "live": 6,
+    # issue 26: the checkpoint tree and its views
+    "lineage": 2, "showtree": 2, "htmlreport": 2, "htmlassets": 1,
 }
 """Each module's layer: a module may import only from its own layer or lower ones."""
 

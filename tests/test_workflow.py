@@ -164,10 +164,10 @@ def expckpt_chains(project: Path) -> dict[str, dict[str, Any]]:
 
 
 def show_line(table: str, name: str) -> str:
-    """The row of ``expckpt show`` for checkpoint ``name``."""
-    lines = [line for line in table.splitlines() if re.match(rf"^[╓╟╨═] {re.escape(name)}\s", line)]
+    """The row of ``expckpt show`` for checkpoint ``name``, without the tree's ``│ `` indent."""
+    lines = [line for line in table.splitlines() if re.match(rf"^(?:│ )*[╓╟╨═] {re.escape(name)}\s", line)]
     assert len(lines) == 1, f"no single row for {name} in:\n{table}"
-    return lines[0]
+    return re.sub(r"^(?:│ )*", "", lines[0])
 
 
 # --------------------------------------------------------------------------- the project
