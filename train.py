@@ -23,7 +23,8 @@ import torch
 import yaml
 from torch import nn
 
-from expckpt import CheckpointLive, ConfigError, DataError, ExpCkptError, TrainingState
+from expckpt import CheckpointLive, ConfigError, ExpCkptError, TrainingState
+from expckpt.errors import DataError
 from expckpt.atomic import atomic_write_bytes
 from expckpt.phases import log_phases
 from expckpt.progress import Progress

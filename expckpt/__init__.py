@@ -3,28 +3,15 @@
 Each completed training step becomes a Git experiment ref ``<exp>@<step>`` that DVC's own
 commands (``exp show``, ``exp apply``, ``metrics diff``, ``exp push`` ...) understand, with the
 checkpoint file in the DVC cache. Resume is exact; loading never runs code.
+
+The public API is the names in ``__all__``; the errors are in ``expckpt.errors``, the framework
+adapters in ``expckpt.integrations``. Everything else is internal.
 """
 
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from expckpt.errors import (
-    ArchitectureMismatchError,
-    CheckpointError,
-    ConfigError,
-    CorruptCheckpointError,
-    DataError,
-    ExpCkptError,
-    GitLockedError,
-    InvalidNameError,
-    MissingCheckpointError,
-    ProjectError,
-    RefConflictError,
-    RefError,
-    StorageError,
-    UnknownCheckpointError,
-    UnsafeCheckpointError,
-)
+from expckpt.errors import ConfigError, ExpCkptError
 
 # Exports that pull in torch or dvclive load on first use, so `expckpt show` and friends start
 # in a fraction of a second (importing torch alone takes seconds).
@@ -37,18 +24,19 @@ _LAZY = {
     "StopTraining": "expckpt.checkpointer",
     "CheckpointConfig": "expckpt.config",
     "CheckpointLive": "expckpt.live",
-    "CheckpointRef": "expckpt.refs",
     "TrainingState": "expckpt.state",
 }
 
+_MOVED = {"CheckpointRef": "expckpt.refs"}
+"""Names the top level no longer exports, and where they live (every error: ``expckpt.errors``)."""
+
 if TYPE_CHECKING:
     from expckpt.checkpoint_file import load_checkpoint
-    from expckpt.loading import load_model
     from expckpt.checkpointer import Checkpointer, Decision, StopTraining
-    from expckpt.resume import Resumed
     from expckpt.config import CheckpointConfig
     from expckpt.live import CheckpointLive
-    from expckpt.refs import CheckpointRef
+    from expckpt.loading import load_model
+    from expckpt.resume import Resumed
     from expckpt.state import TrainingState
 
 
@@ -57,6 +45,10 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
+    errors = importlib.import_module("expckpt.errors")
+    home = _MOVED.get(name) or ("expckpt.errors" if name in errors.__all__ else None)
+    if home:
+        raise AttributeError(f"expckpt.{name} is not exported from the top level any more: from {home} import {name}")
     raise AttributeError(f"module 'expckpt' has no attribute {name!r}")
 
 
@@ -65,29 +57,15 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "ArchitectureMismatchError",
     "CheckpointConfig",
-    "CheckpointError",
     "CheckpointLive",
-    "CheckpointRef",
     "Checkpointer",
     "ConfigError",
-    "CorruptCheckpointError",
-    "DataError",
     "Decision",
     "ExpCkptError",
-    "GitLockedError",
-    "InvalidNameError",
-    "MissingCheckpointError",
-    "ProjectError",
-    "RefConflictError",
-    "RefError",
     "Resumed",
     "StopTraining",
-    "StorageError",
     "TrainingState",
-    "UnknownCheckpointError",
-    "UnsafeCheckpointError",
     "load_checkpoint",
     "load_model",
 ]

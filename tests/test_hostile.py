@@ -20,7 +20,7 @@ import pytest
 from dulwich.objects import Blob, Tree
 from dulwich.repo import Repo
 
-from expckpt import CorruptCheckpointError, MissingCheckpointError, UnsafeCheckpointError
+from expckpt.errors import CorruptCheckpointError, MissingCheckpointError, UnsafeCheckpointError
 from expckpt.cache import DvcCache
 from expckpt.gitstore import GitStore
 from expckpt.records import BadRecordError, format_message, parse_message

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from expckpt import InvalidNameError, UnsafeCheckpointError, load_checkpoint, load_model
+from expckpt import load_checkpoint, load_model
+from expckpt.errors import InvalidNameError, UnsafeCheckpointError
 from expckpt.project import RunContext
 from faultkit import FAST, checkpoint_refs, dvc_env, run, snapshot, train, trained
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from expckpt import CheckpointError, Checkpointer, CheckpointLive, ConfigError, TrainingState
+from expckpt import Checkpointer, CheckpointLive, ConfigError, TrainingState
+from expckpt.errors import CheckpointError
 from expckpt.checkpoint_file import load_checkpoint, write_temp
 
 
