@@ -81,9 +81,10 @@ FRONT_ENDS = [
 ]
 
 
-def _run_processes(exp: str) -> list[int]:
-    """Every process of the ``dvc exp run -n exp`` under way: torchrun starts its workers in
-    sessions of their own, so a process-group kill misses them; their environment names the run."""
+def _run_processes(exp: str, project: Path) -> list[int]:
+    """Every process of the ``dvc exp run -n exp`` under way in ``project``: torchrun starts its
+    workers in sessions of their own, so a process-group kill misses them; their environment
+    names the run and its project (other tests may run an experiment of the same name)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -92,7 +93,7 @@ def _run_processes(exp: str) -> list[int]:
             environ = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if f"DVC_EXP_NAME={exp}".encode() in environ:
+        if f"DVC_EXP_NAME={exp}".encode() in environ and f"DVC_ROOT={project}".encode() in environ:
             found.append(int(entry.name))
     return found
 
@@ -114,9 +115,9 @@ def wait_for(project: Path, base: str, exp: str, proc: subprocess.Popen, ready: 
     raise AssertionError(f"{exp}: not ready (rc {proc.poll()}):\n{proc.communicate()[0] if proc.poll() is not None else ''}")
 
 
-def kill_tree(proc: subprocess.Popen, exp: str) -> str:
+def kill_tree(proc: subprocess.Popen, exp: str, project: Path) -> str:
     """SIGKILL ``dvc exp run`` and every process of its run, at once."""
-    pids = [proc.pid, *_run_processes(exp)]
+    pids = [proc.pid, *_run_processes(exp, project)]
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -127,14 +128,14 @@ def kill_tree(proc: subprocess.Popen, exp: str) -> str:
     except ProcessLookupError:
         pass
     output = proc.communicate()[0]
-    for pid in _run_processes(exp):  # none may linger and write on
+    for pid in _run_processes(exp, project):  # none may linger and write on
         os.kill(pid, signal.SIGKILL)
     return output
 
 
-def signal_training(exp: str, signum: int) -> list[int]:
+def signal_training(exp: str, project: Path, signum: int) -> list[int]:
     """Send ``signum`` to the training processes of the run (not to ``dvc`` itself)."""
-    pids = [pid for pid in _run_processes(exp) if b"train.py" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    pids = [pid for pid in _run_processes(exp, project) if b"train.py" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     for pid in pids:
         os.kill(pid, signum)
     return pids

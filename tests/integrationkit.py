@@ -132,8 +132,8 @@ def run_and_kill(project: Path, base: str, exp: str, *args: str, after_step: int
     return output
 
 
-def _rank_pid(exp: str, rank: int) -> int | None:
-    """The pid of torchrun worker ``rank`` of the ``dvc exp run -n exp`` under way, if any."""
+def _rank_pid(exp: str, rank: int, project: Path) -> int | None:
+    """The pid of torchrun worker ``rank`` of the ``dvc exp run -n exp`` under way in ``project``."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -141,7 +141,8 @@ def _rank_pid(exp: str, rank: int) -> int | None:
             environ = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if f"DVC_EXP_NAME={exp}".encode() in environ and f"RANK={rank}".encode() in environ:
+        mine = f"DVC_EXP_NAME={exp}".encode() in environ and f"DVC_ROOT={project}".encode() in environ
+        if mine and f"RANK={rank}".encode() in environ:
             if b"train.py" in (entry / "cmdline").read_bytes():
                 return int(entry.name)
     return None
@@ -156,7 +157,7 @@ def run_and_kill_rank(project: Path, base: str, exp: str, *args: str, rank: int,
         victim = None
         while proc.poll() is None and time.monotonic() < deadline and victim is None:
             if after_step in checkpoint_refs(project, base, exp):
-                victim = _rank_pid(exp, rank)
+                victim = _rank_pid(exp, rank, project)
             time.sleep(0.05)
         assert victim is not None, f"no rank {rank} to kill:\n{proc.communicate()[0]}"
         os.kill(victim, signal.SIGKILL)
