@@ -8,6 +8,7 @@ checkpoint file in the DVC cache. Resume is exact; loading never runs code.
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from expckpt import seeding as _seeding  # noqa: F401  (the generators' states before the script seeds them)
 from expckpt.errors import (
     ArchitectureMismatchError,
     CheckpointError,

@@ -31,6 +31,7 @@ from expckpt.outputs import OutputFiles
 from expckpt.config import CheckpointConfig
 from expckpt.policy import CheckpointInfo
 from expckpt.saving import SaveContext
+from expckpt.seeding import unseeded_note
 from expckpt.pusher import Pusher
 from expckpt.records import CheckpointRecord
 from expckpt.remote import PushTarget, resolve_target
@@ -87,6 +88,7 @@ class Checkpointer:
         self._last_saved: CheckpointInfo | None = None
         self._unsaved: tuple[int, dict[str, float]] | None = None
         self._metrics_checked = False
+        self._seeds_checked = False
         self._guard = WorkspaceGuard(wiring)
         self._outputs = OutputFiles(wiring.outputs)
         """Per-file stats of each directory output as last published (unchanged files are skipped)."""
@@ -208,6 +210,11 @@ class Checkpointer:
         state = self.group(state)
         flat = flatten_metrics(metrics)
         self._check_metrics(flat)
+        if not self._seeds_checked:  # once, at the first save of a fresh start (issue 22)
+            self._seeds_checked = True
+            seeds = unseeded_note() if self.resumed is None else None
+            if seeds:
+                self.echo(seeds)
         state.step = step
         seen = self.watch.observe(step, flat)
         for warning in seen.warnings:

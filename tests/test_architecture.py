@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "expckpt"
 LAYERS: dict[str, int] = {
     # 0: pure values and rules, no Git, no DVC, no torch
     "errors": 0, "refs": 0, "ranking": 0, "checks": 0, "text": 0, "phases": 0, "faults": 0, "atomic": 0,
-    "policy": 0, "saving": 0, "config": 0, "progress": 0, "gclock": 0, "__init__": 0,
+    "policy": 0, "saving": 0, "config": 0, "progress": 0, "gclock": 0, "__init__": 0, "seeding": 0,
     # 1: storage: Git, the DVC cache and project files
     "gitstore": 1, "cache": 1, "records": 1, "session": 1, "project": 1, "lockfile": 1, "catalog": 1,
     "report": 1, "watch": 1, "inuse": 1, "history": 1, "gitlocks": 1, "gitwrites": 1, "gittrees": 1,

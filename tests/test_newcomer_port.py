@@ -6,13 +6,16 @@ on real Git + DVC repositories) or, where only DVC itself shows the trap, throug
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from expckpt import ConfigError, TrainingState
+from expckpt import Checkpointer, ConfigError, TrainingState, seeding
 from expckpt.checkpoint_file import load_checkpoint, write_temp
+from inprocess import dvc_env, new_repo, train_step
 
 
 def step_lr(gamma: float) -> TrainingState:
@@ -35,3 +38,51 @@ def test_a_changed_gamma_is_refused_without_blaming_epochs_or_batches(tmp_path: 
         "the LR scheduler (StepLR) has gamma 0.5 now but 0.7 in the checkpoint; a restored schedule cannot"
         " change shape: keep gamma 0.7 to resume from this checkpoint, or start over with `expckpt reset`"
     )
+
+
+# 2. saved generators that were never seeded --------------------------------------------------------
+def run_steps(repo: Path, exp: str, steps: int) -> list[str]:
+    """Train ``steps`` steps as a fresh ``dvc exp run -n exp`` would; return what expckpt said."""
+    state = TrainingState(model=torch.nn.Linear(4, 3))
+    state = TrainingState(model=state.model, optimizer=torch.optim.SGD(state.model.parameters(), lr=0.1))
+    said: list[str] = []
+    ckpt = Checkpointer.from_env(config={}, env=dvc_env(repo, exp))
+    ckpt.echo = said.append
+    ckpt.restore(state)
+    for step in range(state.step + 1, steps):
+        ckpt.save(state, step, train_step(state, step))
+    ckpt.close(state)
+    return said
+
+
+def test_generators_never_seeded_are_named_once_at_the_first_save(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pytorch/examples seeds only torch: its checkpoints carry OS-entropy Python/NumPy states."""
+    repo = new_repo(tmp_path_factory, tmp_path / "p")
+    monkeypatch.chdir(repo)
+    monkeypatch.setattr(seeding, "AT_IMPORT", seeding.SeedWatch())  # the script has just imported expckpt
+    torch.manual_seed(1)
+    said = run_steps(repo, "only-torch", 3)
+    notes = [line for line in said if line.startswith("expckpt: note:")]
+    assert notes == [
+        "expckpt: note: Python's random and NumPy's global generator were never seeded (nor used) in this run;"
+        " the checkpoint saves their state drawn from OS entropy, so two runs with the same seed and params"
+        " write different checkpoint files (no shared cache object); call random.seed(seed) and"
+        " numpy.random.seed(seed) with your seed to make them byte-identical"
+    ], said
+    first_save = next(i for i, line in enumerate(said) if line.startswith("Checkpoint experiment 'only-torch@0'"))
+    assert said.index(notes[0]) < first_save, said
+
+    monkeypatch.chdir(new_repo(tmp_path_factory, tmp_path / "p2"))  # each a fresh start
+    monkeypatch.setattr(seeding, "AT_IMPORT", seeding.SeedWatch())
+    random.seed(1)  # the script seeds Python's random too; NumPy is left out
+    notes = [line for line in run_steps(Path.cwd(), "python-seeded", 2) if line.startswith("expckpt: note:")]
+    assert len(notes) == 1 and notes[0].startswith("expckpt: note: NumPy's global generator was never seeded"), notes
+    assert "call numpy.random.seed(seed) with your seed" in notes[0]
+
+    monkeypatch.chdir(new_repo(tmp_path_factory, tmp_path / "p3"))
+    monkeypatch.setattr(seeding, "AT_IMPORT", seeding.SeedWatch())
+    random.seed(2)  # (seed 1 again would give the state the watch started from)
+    np.random.seed(2)
+    assert not [line for line in run_steps(Path.cwd(), "all-seeded", 2) if line.startswith("expckpt: note:")]
