@@ -44,7 +44,7 @@ from expckpt.session import SessionNote
 from expckpt.signals import GracefulStop
 from expckpt.state import TrainingState
 from expckpt.stateset import StateFiles, as_state_files
-from expckpt.watch import TrainingWatch, flatten_metrics
+from expckpt.watch import TrainingWatch, divergence_metric_for, divergence_off_line, flatten_metrics
 from expckpt.wiring import Wiring, wire
 from expckpt.workspace_guard import WorkspaceGuard
 from expckpt.writer import AsyncWriter
@@ -236,9 +236,13 @@ class Checkpointer:
             return
         self._metrics_checked = True
         self.config.check_metrics(flat.keys())
-        if self.config.divergence_metric not in flat:
-            self.echo(f"expckpt: divergence detection is off: this run logs no metric named"
-                      f" {self.config.divergence_metric!r} (set checkpoint.divergence_metric to one it logs)")
+        if divergence_metric_for(self.config.divergence_metric, flat) is None and not self._off_said():
+            self.echo(divergence_off_line(self.config.divergence_metric))
+
+    def _off_said(self) -> bool:
+        """Whether the run resumed from has said it already (once per experiment, not per resume)."""
+        last = self.last_record
+        return self.resumed is not None and (last is None or divergence_metric_for(self.config.divergence_metric, last.metrics) is None)
 
     def _save_if(self, state: StateFiles, step: int, flat: dict[str, float], event: str, note: str | None) -> bool:
         ctx = SaveContext(step=step, now=time.time(), last_saved=self._last_saved, event=event)

@@ -86,3 +86,43 @@ def test_generators_never_seeded_are_named_once_at_the_first_save(
     random.seed(2)  # (seed 1 again would give the state the watch started from)
     np.random.seed(2)
     assert not [line for line in run_steps(Path.cwd(), "all-seeded", 2) if line.startswith("expckpt: note:")]
+
+
+# 6. divergence detection: the usual loss names, and "off" said once per experiment -----------------
+def saves(repo: Path, exp: str, metrics: list[dict[str, float]], config: dict | None = None) -> list[str]:
+    """Restore, then save one step per ``metrics`` entry as ``dvc exp run -n exp`` would; the lines said."""
+    torch.manual_seed(0)
+    state = TrainingState(model=torch.nn.Linear(2, 1))
+    said: list[str] = []
+    ckpt = Checkpointer.from_env(config=config or {}, env=dvc_env(repo, exp))
+    ckpt.echo = said.append
+    ckpt.restore(state)
+    for values in metrics:
+        ckpt.save(state, state.step + 1, values)
+    ckpt.close(state)
+    return said
+
+
+@pytest.mark.parametrize("name", ["train_loss", "train/loss", "eval_loss", "val_loss"])
+def test_a_framework_loss_name_is_watched_for_divergence(
+    name: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning logs ``train_loss``, the HF Trainer ``eval_loss``: no "off" line, and a rise is seen."""
+    repo = new_repo(tmp_path_factory, tmp_path / "p")
+    monkeypatch.chdir(repo)
+    said = saves(repo, "lit", [{name: v, "acc": 0.5} for v in (1.0, 2.0, 3.0, 4.0)])
+    assert not [line for line in said if "divergence detection is off" in line], said
+    assert f"expckpt: warning: step 3: {name} rose 3 steps in a row since step 1: diverging" in said, said
+
+
+def test_divergence_off_is_said_once_per_experiment_not_at_each_resume(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = new_repo(tmp_path_factory, tmp_path / "p")
+    monkeypatch.chdir(repo)
+    first = saves(repo, "a", [{"acc": 0.5}, {"acc": 0.6}])
+    resumed = saves(repo, "a", [{"acc": 0.7}])  # `dvc exp run` again: goes on from a@1
+    again = saves(repo, "a", [{"acc": 0.8}])
+    assert sum("divergence detection is off" in line for line in first) == 1, first
+    assert any(line.startswith("Resuming from model.pt (a@1)") for line in resumed), resumed
+    assert not [line for line in resumed + again if "divergence detection is off" in line], resumed + again
