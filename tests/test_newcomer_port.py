@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from expckpt import Checkpointer, ConfigError, TrainingState, seeding
+from expckpt import Checkpointer, CheckpointLive, ConfigError, TrainingState, seeding
 from expckpt.checkpoint_file import load_checkpoint, write_temp
 from inprocess import dvc_env, new_repo, train_step
 
@@ -126,3 +126,27 @@ def test_divergence_off_is_said_once_per_experiment_not_at_each_resume(
     assert sum("divergence detection is off" in line for line in first) == 1, first
     assert any(line.startswith("Resuming from model.pt (a@1)") for line in resumed), resumed
     assert not [line for line in resumed + again if "divergence detection is off" in line], resumed + again
+
+
+# 7. argparse scripts: params without a `checkpoint` section ----------------------------------------
+@pytest.mark.parametrize(("params_yaml", "given", "warned"), [
+    ("epochs: 2\ncheckpoint:\n  keep_last: 1\n", {"epochs": 2}, True),       # vars(args): the section is lost
+    ("epochs: 2\ncheckpoint:\n  keep_last: 1\n", {"epochs": 2, "checkpoint": {"keep_last": 1}}, False),
+    ("epochs: 2\n", {"epochs": 2}, False),                                     # nothing to lose
+])
+def test_params_without_the_checkpoint_section_params_yaml_has_is_one_warning(
+    params_yaml: str, given: dict, warned: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(params_yaml)
+    with CheckpointLive.from_env(TrainingState(model=torch.nn.Linear(2, 1)), given) as live:
+        for _ in live.steps(1):
+            live.next_step()
+    out = capsys.readouterr()
+    lines = [line for line in (out.out + out.err).splitlines() if "no 'checkpoint' section" in line]
+    assert lines == ([
+        "expckpt: warning: the params given to CheckpointLive.from_env have no 'checkpoint' section but"
+        " params.yaml has one, so its settings are not used; pass them too, e.g."
+        " {**vars(args), 'checkpoint': yaml.safe_load(open('params.yaml'))['checkpoint']}"
+    ] if warned else [])
