@@ -15,7 +15,11 @@ import torch
 
 from expckpt import Checkpointer, CheckpointLive, ConfigError, TrainingState, seeding
 from expckpt.checkpoint_file import load_checkpoint, write_temp
-from inprocess import dvc_env, new_repo, train_step
+from conftest import run
+from expckpt.project import Project
+from expckpt.reset import reset_workspace
+from expckpt.session import SessionNote
+from inprocess import dvc_env, new_repo, new_state, refs, train, train_step
 
 
 def step_lr(gamma: float) -> TrainingState:
@@ -91,8 +95,7 @@ def test_generators_never_seeded_are_named_once_at_the_first_save(
 # 6. divergence detection: the usual loss names, and "off" said once per experiment -----------------
 def saves(repo: Path, exp: str, metrics: list[dict[str, float]], config: dict | None = None) -> list[str]:
     """Restore, then save one step per ``metrics`` entry as ``dvc exp run -n exp`` would; the lines said."""
-    torch.manual_seed(0)
-    state = TrainingState(model=torch.nn.Linear(2, 1))
+    state = new_state(0)
     said: list[str] = []
     ckpt = Checkpointer.from_env(config=config or {}, env=dvc_env(repo, exp))
     ckpt.echo = said.append
@@ -150,3 +153,45 @@ def test_params_without_the_checkpoint_section_params_yaml_has_is_one_warning(
         " params.yaml has one, so its settings are not used; pass them too, e.g."
         " {**vars(args), 'checkpoint': yaml.safe_load(open('params.yaml'))['checkpoint']}"
     ] if warned else [])
+
+
+# 1. `expckpt reset`, then `dvc exp apply`: the apply wins ------------------------------------------
+def reset(repo: Path) -> None:
+    reset_workspace(Project.discover(env={}))
+    assert SessionNote.was_reset(repo, "model.pt")
+
+
+def test_an_apply_after_a_reset_wins(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``expckpt reset && dvc exp apply a@2 && dvc exp run -n h`` used to train h from scratch."""
+    repo = new_repo(tmp_path_factory, tmp_path / "p")
+    monkeypatch.chdir(repo)
+    train(repo, "a", 5)
+    reset(repo)
+    saves(repo, "failed", [])  # a run that fails before training leaves the reset mark in place
+    assert SessionNote.was_reset(repo, "model.pt")
+    run("dvc", "exp", "apply", "a@2", cwd=repo)
+    said = saves(repo, "h", [{"loss": 1.0}])
+    applied = refs(repo)["a@2"]
+    assert said[:2] == [
+        f"expckpt: model.pt is a@2 ({applied[:7]}), applied after `expckpt reset`; the apply wins: resuming"
+        " from it (`expckpt reset` again to start from scratch)",
+        "Resuming from model.pt (a@2): 3 steps done",
+    ], said
+    assert "h@3" in refs(repo) and "h@0" not in refs(repo)
+
+
+def test_a_reset_after_an_apply_still_starts_from_scratch(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = new_repo(tmp_path_factory, tmp_path / "p")
+    monkeypatch.chdir(repo)
+    train(repo, "a", 5)
+    run("dvc", "exp", "apply", "a@2", cwd=repo)
+    reset(repo)
+    run("dvc", "checkout", "--force", cwd=repo)  # what `dvc exp run` does first: model.pt is a@2 again
+    assert (repo / "model.pt").exists()
+    said = saves(repo, "h", [{"loss": 1.0}])
+    assert said[0] == "expckpt: starting from scratch (expckpt reset); ignoring model.pt as DVC checked it out", said
+    assert "h@0" in refs(repo)
