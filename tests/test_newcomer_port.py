@@ -7,6 +7,8 @@ on real Git + DVC repositories) or, where only DVC itself shows the trap, throug
 from __future__ import annotations
 
 import random
+import re
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,9 @@ import torch
 from expckpt import Checkpointer, CheckpointLive, ConfigError, TrainingState, seeding
 from expckpt.checkpoint_file import load_checkpoint, write_temp
 from conftest import run
+from faultkit import Background
+from faultkit import dvc_env as faultkit_env
+from integrationkit import make_example_project
 from expckpt.project import Project
 from expckpt.reset import reset_workspace
 from expckpt.session import SessionNote
@@ -195,3 +200,23 @@ def test_a_reset_after_an_apply_still_starts_from_scratch(
     said = saves(repo, "h", [{"loss": 1.0}])
     assert said[0] == "expckpt: starting from scratch (expckpt reset); ignoring model.pt as DVC checked it out", said
     assert "h@0" in refs(repo)
+
+
+# 8. Ctrl+C under Lightning ends like the plain loop ------------------------------------------------
+STOPPED = re.compile(r"^expckpt: stopped by SIGINT; last complete checkpoint: (?P<name>lit@\d+) \((?P<sha>[0-9a-f]{7})\)$", re.M)
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_lightning_names_the_last_complete_checkpoint_and_exits_130(tmp_path: Path) -> None:
+    project = make_example_project(tmp_path / "lit", "lightning", epochs=1000, checkpoint={"keep_last": 2})
+    bg = Background.start(["python", "train.py"], project, faultkit_env(project, "lit"))
+    bg.wait_for("Checkpoint experiment 'lit@1'", timeout=300)
+
+    bg.proc.send_signal(signal.SIGINT)
+
+    assert bg.wait(120) == 130, bg.text()
+    assert "Detected KeyboardInterrupt" not in bg.text() and "Traceback" not in bg.text(), bg.text()
+    stopped = STOPPED.search(bg.stderr)
+    assert stopped, bg.text()
+    newest = max(int(n.rsplit("@", 1)[1]) for n in refs(project) if n.startswith("lit@"))
+    assert stopped["name"] == f"lit@{newest}" and refs(project)[stopped["name"]].startswith(stopped["sha"])

@@ -100,6 +100,7 @@ class ExpCkptCallback(Checkpoint):
         self.live_dir = live_dir
         self.steps: StepLog | None = None
         self.resumed: Any = None
+        self._stop: Any = None
 
     @property
     def state_key(self) -> str:
@@ -126,6 +127,9 @@ class ExpCkptCallback(Checkpoint):
         self.steps = StepLog(
             self._checkpointer(trainer), training_state(pl_module, lightning=loops), log=trainer.is_global_zero, live_dir=self.live_dir
         )
+        self._stop = getattr(getattr(self.steps.checkpointer, "checkpointer", self.steps.checkpointer), "stop", None)
+        if self._stop is not None:  # Ctrl+C/SIGTERM end as in a plain loop: one line, exit 130/143
+            self._stop.install()
         self.resumed = self.steps.restore()
         if self.resumed is None or loops.loaded is None:
             return
@@ -144,9 +148,20 @@ class ExpCkptCallback(Checkpoint):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.steps is not None:
             steps, self.steps = self.steps, None
-            steps.finish()
+            try:
+                steps.finish()
+            finally:
+                self._uninstall()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if self.steps is not None:
             steps, self.steps = self.steps, None
-            steps.close()
+            try:
+                steps.close()
+            finally:
+                self._uninstall()
+
+    def _uninstall(self) -> None:
+        stop, self._stop = getattr(self, "_stop", None), None
+        if stop is not None:
+            stop.uninstall()
