@@ -27,6 +27,7 @@ from typing import Any
 
 from expckpt.checkpoint_file import check_architecture, load_checkpoint
 from expckpt.dirstate import load_dir_checkpoint
+from expckpt.headstate import detached_head_note
 from expckpt.outputs import OutputFiles
 from expckpt.config import CheckpointConfig
 from expckpt.policy import CheckpointInfo
@@ -121,6 +122,10 @@ class Checkpointer:
         checkpointer = cls(wiring, config, push=push)
         if warning:
             checkpointer.echo(warning)
+        if c is not None and c.project.workspace == c.project.root:  # a workspace run, not --temp/--queue
+            detached = detached_head_note(c.store.git_dir, c.run.baseline, c.store.branch_and_tag_tips())
+            if detached:
+                checkpointer.echo(detached)
         return checkpointer
 
     # -- compatibility with expckpt 0.1 ---------------------------------------------------------

@@ -6,9 +6,12 @@ on real Git + DVC repositories) or, where only DVC itself shows the trap, throug
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +20,12 @@ import torch
 
 from expckpt import Checkpointer, CheckpointLive, ConfigError, TrainingState, seeding
 from expckpt.checkpoint_file import load_checkpoint, write_temp
-from conftest import run
+from conftest import make_project, run
 from faultkit import Background
 from faultkit import dvc_env as faultkit_env
 from integrationkit import make_example_project
+from expckpt.gitstore import GitStore
+from expckpt.headstate import detached_head_note
 from expckpt.project import Project
 from expckpt.reset import reset_workspace
 from expckpt.session import SessionNote
@@ -220,3 +225,55 @@ def test_ctrl_c_under_lightning_names_the_last_complete_checkpoint_and_exits_130
     assert stopped, bg.text()
     newest = max(int(n.rsplit("@", 1)[1]) for n in refs(project) if n.startswith("lit@"))
     assert stopped["name"] == f"lit@{newest}" and refs(project)[stopped["name"]].startswith(stopped["sha"])
+
+
+# 5. HEAD left detached by a killed run --------------------------------------------------------------
+def test_detached_head_note_reads_the_reflog_against_this_runs_exec_head(tmp_path: Path) -> None:
+    """Real Git: HEAD detached before EXEC_MERGE was written (a killed run) vs by this run."""
+    repo = tmp_path / "r"
+    repo.mkdir()
+    run("git", "init", "-q", "-b", "trunk", cwd=repo)
+    run("git", "commit", "-q", "--allow-empty", "-m", "base", cwd=repo)
+    base = run("git", "rev-parse", "HEAD", cwd=repo).stdout.strip()
+    git_dir, exec_merge = repo / ".git", repo / ".git" / "refs" / "exps" / "exec" / "EXEC_MERGE"
+    tips = lambda: GitStore.open(repo).branch_and_tag_tips()  # noqa: E731
+    assert detached_head_note(git_dir, base, tips()) is None  # not inside a `dvc exp run`
+
+    run("git", "checkout", "-q", "--detach", cwd=repo)  # the killed run detached HEAD ...
+    run("git", "update-ref", "refs/exps/exec/EXEC_MERGE", base, cwd=repo)  # ... and this one found it so
+    os.utime(exec_merge, (time.time() + 5, time.time() + 5))
+    assert detached_head_note(git_dir, base, tips()) == (
+        f"expckpt: note: HEAD was already detached at {base[:7]} when this run began (a `dvc exp run` killed"
+        " earlier leaves it so), and DVC leaves it detached after this run too; `git checkout trunk` puts it back"
+    )
+    os.utime(exec_merge, (time.time() - 5, time.time() - 5))  # this run detached HEAD itself
+    assert detached_head_note(git_dir, base, tips()) is None
+
+
+@pytest.mark.slow
+def test_after_a_killed_run_the_next_run_names_the_users_branch(tmp_path: Path) -> None:
+    """``git init`` made ``master`` (here: ``trunk``); the README said ``git checkout main``."""
+    project = make_project(tmp_path / "p", epochs=2)
+    run("git", "branch", "-m", "trunk", cwd=project)
+    base = run("git", "rev-parse", "HEAD", cwd=project).stdout.strip()
+    (project / "params.yaml").write_text((project / "params.yaml").read_text().replace("epochs: 2", "epochs: 50"))
+    proc = subprocess.Popen(["dvc", "exp", "run", "-n", "k"], cwd=project,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while "k@0" not in refs(project) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "k@0" in refs(project)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert run("git", "branch", "--show-current", cwd=project).stdout.strip() == ""  # DVC left HEAD detached
+
+    after = run("dvc", "exp", "run", "-n", "b", "-S", "epochs=2", cwd=project)  # nothing left to train
+    assert (f"expckpt: note: HEAD was already detached at {base[:7]} when this run began (a `dvc exp run` killed"
+            " earlier leaves it so), and DVC leaves it detached after this run too; `git checkout trunk` puts it"
+            " back") in after.stdout, after.stdout
+    run("git", "checkout", "-q", "trunk", cwd=project)
+    again = run("dvc", "exp", "run", "-n", "c", cwd=project)
+    assert "HEAD was already detached" not in again.stdout, again.stdout
+    assert run("git", "branch", "--show-current", cwd=project).stdout.strip() == "trunk"
