@@ -29,6 +29,7 @@ from expckpt.checkpoint_file import check_architecture, load_checkpoint
 from expckpt.dirstate import load_dir_checkpoint
 from expckpt.headstate import detached_head_note
 from expckpt.outputs import OutputFiles
+from expckpt.outside import dropped_outside_line, note_outside_step
 from expckpt.config import CheckpointConfig
 from expckpt.policy import CheckpointInfo
 from expckpt.saving import SaveContext
@@ -161,6 +162,11 @@ class Checkpointer:
         """
         resumed = self._restore(state, defer_rng)
         if self.wiring.committer is not None:
+            w = self.wiring
+            over = resumed.record.name if resumed is not None and resumed.record is not None else None
+            dropped = dropped_outside_line(w.workspace, w.rel_path, w.path, self.group(state).step, over)
+            if dropped:
+                self.echo(dropped)
             self.wiring.committer.check_name(self.group(state).step + 1)
         return resumed
 
@@ -316,6 +322,7 @@ class Checkpointer:
                 for item in items:
                     item.publish()
                 SessionNote.forget_reset(w.workspace, w.rel_path)
+                note_outside_step(w.workspace, w.rel_path, w.path, step)
             else:
                 record = w.committer.publish(items, step=step, metrics=metrics, live_files=live_files, parent=self.parent)
         except BaseException:

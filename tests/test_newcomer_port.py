@@ -277,3 +277,57 @@ def test_after_a_killed_run_the_next_run_names_the_users_branch(tmp_path: Path) 
     again = run("dvc", "exp", "run", "-n", "c", cwd=project)
     assert "HEAD was already detached" not in again.stdout, again.stdout
     assert run("git", "branch", "--show-current", cwd=project).stdout.strip() == "trunk"
+
+
+# 4. steps trained outside DVC, then `dvc exp run` ----------------------------------------------------
+def test_a_step_trained_outside_dvc_and_replaced_by_dvc_is_named(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``python main.py --epochs 3`` after ``b@1``; ``dvc exp run`` then checked ``b@1`` out over step 2."""
+    repo = new_repo(tmp_path_factory, tmp_path / "p")
+    monkeypatch.chdir(repo)
+    train(repo, "b", 2)
+    outside = Checkpointer.from_env(config={}, env={})  # python train.py: no DVC variables
+    state = new_state(0)
+    outside.restore(state)
+    outside.save(state, 2, train_step(state, 2))
+    outside.close(state)
+    run("dvc", "checkout", "--force", cwd=repo)  # how `dvc exp run` begins: dvc.lock's model.pt, b@1's
+
+    said = saves(repo, "c", [])
+    assert said[-1] == (
+        "expckpt: warning: model.pt held step 2, trained outside `dvc exp run` (no checkpoint experiment was made"
+        " of it); DVC checked out b@1 over it before this run started, so training goes on from step 2 and step 2"
+        " is trained again (run training inside `dvc exp run` to keep every step)"
+    ), said
+    assert "Resuming from model.pt (b@1): 2 steps done" in said
+    assert not [line for line in saves(repo, "c", []) if "outside" in line], "said once"
+
+
+def test_a_step_trained_outside_dvc_still_in_place_is_resumed_silently(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = new_repo(tmp_path_factory, tmp_path / "p")
+    monkeypatch.chdir(repo)
+    train(repo, "b", 2)
+    outside = Checkpointer.from_env(config={}, env={})
+    state = new_state(0)
+    outside.restore(state)
+    outside.save(state, 2, train_step(state, 2))
+    outside.close(state)
+    said = saves(repo, "c", [])
+    assert "Resuming from model.pt: 3 steps done" in said and not [line for line in said if "outside" in line], said
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_after_training_outside_dvc_names_the_lost_step(tmp_path: Path) -> None:
+    """The issue's route through the real ``dvc exp run`` and ``python train.py``."""
+    project = make_project(tmp_path / "p", epochs=2)
+    run("dvc", "exp", "run", "-n", "b", cwd=project)
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace("epochs: 2", "epochs: 3"))
+    assert "epoch 2:" in run("python", "train.py", cwd=project).stdout  # outside DVC: step 2 into model.pt
+    out = run("dvc", "exp", "run", "-S", "epochs=3", cwd=project).stdout
+    assert "Resuming from model.pt (b@1): 2 steps done" in out, out
+    assert ("expckpt: warning: model.pt held step 2, trained outside `dvc exp run` (no checkpoint experiment was"
+            " made of it); DVC checked out b@1 over it before this run started") in out, out
