@@ -42,8 +42,8 @@ from expckpt.livefiles import restore_live_files
 from expckpt.resume import ResumePoint, Resumed, find_resume_point, remove_stale_temps
 from expckpt.resume import refuse_lost_checkpoint
 from expckpt.retention import RunRetention
-from expckpt.reset import applied_since_reset
-from expckpt.session import SessionNote, hash_with_note
+from expckpt.reset import applied_over_reset
+from expckpt.session import SessionNote
 from expckpt.signals import GracefulStop
 from expckpt.state import TrainingState
 from expckpt.stateset import StateFiles, as_state_files
@@ -180,9 +180,11 @@ class Checkpointer:
                 refuse_lost_checkpoint(out.path, out.rel_path, w.workspace, w.committer.store, w.committer.cache)
         if not w.path.exists():
             return None
-        if SessionNote.was_reset(w.workspace, w.rel_path) and not self._applied_after_reset():
-            self.echo(f"expckpt: starting from scratch (expckpt reset); ignoring {w.rel_path} as DVC checked it out")
-            return None
+        if SessionNote.was_reset(w.workspace, w.rel_path):
+            won = applied_over_reset(w.workspace, {o.rel_path: o.path for o in w.outputs}, w.committer.store) if w.committer else None
+            self.echo(won or f"expckpt: starting from scratch (expckpt reset); ignoring {w.rel_path} as DVC checked it out")
+            if won is None:
+                return None
         point = ResumePoint(None, rolled_back=False)
         if w.committer is not None and w.path.exists():
             c = w.committer
@@ -215,22 +217,6 @@ class Checkpointer:
         names = ", ".join(o.rel_path for o in w.outputs if o.path.exists())
         self.echo(f"Resuming from {names}{origin}: {group.step + 1} steps done")
         return self.resumed
-
-    def _applied_after_reset(self) -> bool:
-        """A ``dvc exp apply`` after ``expckpt reset`` wins: drop the reset mark and say so."""
-        w = self.wiring
-        if w.committer is None or not all(o.path.exists() for o in w.outputs):
-            return False
-        notes = {o.rel_path: SessionNote.read(w.workspace, o.rel_path) for o in w.outputs}
-        current = {o.rel_path: hash_with_note(o.path, notes[o.rel_path])[0] for o in w.outputs}
-        record = applied_since_reset(w.workspace, current, w.committer.store)
-        if record is None:
-            return False
-        for out in w.outputs:
-            SessionNote.forget_reset(w.workspace, out.rel_path)
-        self.echo(f"expckpt: {w.rel_path} is {record.name} ({record.commit[:7]}), applied after `expckpt reset`;"
-                  " the apply wins: resuming from it (`expckpt reset` again to start from scratch)")
-        return True
 
     # -- training hooks --------------------------------------------------------------------------
     def save(self, state: AnyState, step: int, metrics: Mapping[str, Any]) -> Decision:

@@ -23,10 +23,10 @@ from expckpt.gitstore import GitStore
 from expckpt.project import Project
 from expckpt.records import CheckpointRecord, load_records
 from expckpt.refs import EXEC_APPLY
-from expckpt.session import SessionNote
+from expckpt.session import SessionNote, hash_with_note
 from expckpt.verify import locked_outputs
 
-__all__ = ["applied_since_reset", "reset_workspace"]
+__all__ = ["applied_over_reset", "applied_since_reset", "reset_workspace"]
 
 
 def _held(workspace: Path, store: GitStore | None) -> dict[str, object]:
@@ -98,3 +98,18 @@ def applied_since_reset(
                 if all(rel in r.outs and r.outs[rel].md5 == md5 for rel, md5 in current.items())]
     matching.sort(key=lambda r: (r.commit == applied, r.time))
     return matching[-1] if matching and all(current.values()) else None
+
+
+def applied_over_reset(workspace: Path, paths: Mapping[str, Path], store: GitStore) -> str | None:
+    """Inside ``dvc exp run``: when a ``dvc exp apply`` after the reset wins (``applied_since_reset``),
+    drop the reset marks and return the line saying so; None when the reset stands."""
+    if not all(p.exists() for p in paths.values()):
+        return None
+    current = {rel: hash_with_note(p, SessionNote.read(workspace, rel))[0] for rel, p in paths.items()}
+    record = applied_since_reset(workspace, current, store)
+    if record is None:
+        return None
+    for rel in paths:
+        SessionNote.forget_reset(workspace, rel)
+    return (f"expckpt: {next(iter(paths))} is {record.name} ({record.commit[:7]}), applied after `expckpt reset`;"
+            " the apply wins: resuming from it (`expckpt reset` again to start from scratch)")
