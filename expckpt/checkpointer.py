@@ -181,7 +181,8 @@ class Checkpointer:
         if not w.path.exists():
             return None
         if SessionNote.was_reset(w.workspace, w.rel_path):
-            won = applied_over_reset(w.workspace, {o.rel_path: o.path for o in w.outputs}, w.committer.store) if w.committer else None
+            paths = {o.rel_path: o.path for o in w.outputs}
+            won = applied_over_reset(w.workspace, paths, w.committer.store) if w.committer else None
             self.echo(won or f"expckpt: starting from scratch (expckpt reset); ignoring {w.rel_path} as DVC checked it out")
             if won is None:
                 return None
@@ -256,7 +257,8 @@ class Checkpointer:
     def _off_said(self) -> bool:
         """Whether the run resumed from has said it already (once per experiment, not per resume)."""
         last = self.last_record
-        return self.resumed is not None and (last is None or divergence_metric_for(self.config.divergence_metric, last.metrics) is None)
+        metric = self.config.divergence_metric
+        return self.resumed is not None and (last is None or divergence_metric_for(metric, last.metrics) is None)
 
     def _save_if(self, state: StateFiles, step: int, flat: dict[str, float], event: str, note: str | None) -> bool:
         ctx = SaveContext(step=step, now=time.time(), last_saved=self._last_saved, event=event)

@@ -10,7 +10,9 @@ but Git's reflog shows it: DVC writes ``refs/exps/exec/EXEC_MERGE`` (this run's 
 commit, so the file is always rewritten) just before it detaches ``HEAD``, and detaching a
 ``HEAD`` that was on a branch writes a reflog entry. When the newest ``HEAD`` reflog entry is
 older than ``EXEC_MERGE``, ``HEAD`` was detached already when this run began (measured on DVC
-3.67: ``EXEC_HEAD`` is not rewritten when its value does not change, ``EXEC_MERGE`` is). The branch to go back to is the one whose tip is the baseline (the reflog's last
+3.67: ``EXEC_HEAD`` is not rewritten when its value does not change, ``EXEC_MERGE`` is).
+
+The branch to go back to is the one whose tip is the baseline (the reflog's last
 ``Restore HEAD to '<branch>'`` / ``moving from <branch>`` picks among several, or names it when
 none points there); with no branch at all (detached on purpose at an old commit) nothing is said.
 """
@@ -79,6 +81,6 @@ def detached_head_note(git_dir: Path, baseline: str, tips: Mapping[str, str]) ->
         return None
     return (
         f"expckpt: note: HEAD was already detached at {baseline[:7]} when this run began (a `dvc exp run`"
-        f" killed earlier leaves it so), and DVC leaves it detached after this run too; `git checkout {terminal_safe(branch)}`"
-        " puts it back"
+        " killed earlier leaves it so), and DVC leaves it detached after this run too;"
+        f" `git checkout {terminal_safe(branch)}` puts it back"
     )

@@ -35,7 +35,9 @@ def note_outside_step(workspace: Path, rel_path: str, path: Path, step: int) -> 
         atomic_write_bytes(note, json.dumps({"step": step, "stat": output_stat(path)}).encode(), durable=False)
 
 
-def dropped_outside_line(workspace: Path, rel_path: str, path: Path, resumed_step: int, checked_out: str | None) -> str | None:
+def dropped_outside_line(
+    workspace: Path, rel_path: str, path: Path, resumed_step: int, checked_out: str | None
+) -> str | None:
     """Inside ``dvc exp run``: the line saying the step saved outside DVC is lost (then forget it).
 
     None when nothing was saved outside, when ``path`` is still that file (training resumes from

@@ -21,7 +21,9 @@ from typing import Any
 
 from expckpt.ranking import better, finite, number
 
-__all__ = ["LOSS_NAMES", "Observation", "TrainingWatch", "divergence_metric_for", "divergence_off_line", "flatten_metrics"]
+__all__ = [
+    "LOSS_NAMES", "Observation", "TrainingWatch", "divergence_metric_for", "divergence_off_line", "flatten_metrics",
+]
 
 DEFAULT_LOSS = "loss"
 LOSS_NAMES = ("loss", "train_loss", "train/loss", "train_loss_epoch", "train/loss_epoch", "train/epoch/loss",
