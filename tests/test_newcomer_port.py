@@ -228,7 +228,7 @@ def test_ctrl_c_under_lightning_names_the_last_complete_checkpoint_and_exits_130
 
 
 # 5. HEAD left detached by a killed run --------------------------------------------------------------
-def test_detached_head_note_reads_the_reflog_against_this_runs_exec_head(tmp_path: Path) -> None:
+def test_detached_head_note_reads_the_reflog_against_this_runs_exec_merge(tmp_path: Path) -> None:
     """Real Git: HEAD detached before EXEC_MERGE was written (a killed run) vs by this run."""
     repo = tmp_path / "r"
     repo.mkdir()
