@@ -11,6 +11,7 @@ adapters in ``expckpt.integrations``. Everything else is internal.
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from expckpt import seeding as _seeding  # noqa: F401  (the generators' states before the script seeds them)
 from expckpt.errors import ConfigError, ExpCkptError
 
 # Exports that pull in torch or dvclive load on first use, so `expckpt show` and friends start

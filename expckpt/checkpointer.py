@@ -33,18 +33,22 @@ from typing import Any
 from expckpt.config import CheckpointConfig
 from expckpt.coordination import Coordinator, coordinator_from_env
 from expckpt.handlers import FileHandler, Handler
+from expckpt.headstate import detached_head_note
 from expckpt.livefiles import restore_live_files
+from expckpt.outside import dropped_outside_line, note_outside_step
 from expckpt.policy import CheckpointInfo
 from expckpt.pusher import Pusher
 from expckpt.records import CheckpointRecord
 from expckpt.remote import PushTarget, resolve_target
+from expckpt.reset import applied_over_reset
 from expckpt.report import improvement_line
 from expckpt.resume import ResumePoint, Resumed, find_resume_point, refuse_lost_checkpoint
 from expckpt.retention import RunRetention
 from expckpt.saving import SaveContext
+from expckpt.seeding import unseeded_note
 from expckpt.session import SessionNote
 from expckpt.signals import GracefulStop
-from expckpt.watch import TrainingWatch, flatten_metrics
+from expckpt.watch import TrainingWatch, divergence_metric_for, divergence_off_line, flatten_metrics
 from expckpt.wiring import Wiring, wire
 from expckpt.workspace_guard import WorkspaceGuard
 from expckpt.writer import AsyncWriter
@@ -109,6 +113,7 @@ class Checkpointer:
         self._last_saved: CheckpointInfo | None = None
         self._unsaved: tuple[int, dict[str, float]] | None = None
         self._metrics_checked = False
+        self._seeds_checked = False
         self._guard = WorkspaceGuard(wiring)
         self._writer: AsyncWriter | None = None
         self._inflight = 0
@@ -150,6 +155,10 @@ class Checkpointer:
             checkpointer = cls(wiring, config, push=push, coordinator=coord, handler=handler)
             if warning:
                 checkpointer.echo(warning)
+            if c is not None and c.project.workspace == c.project.root:  # a workspace run, not --temp/--queue
+                detached = detached_head_note(c.store.git_dir, c.run.baseline, c.store.branch_and_tag_tips())
+                if detached:
+                    checkpointer.echo(detached)
             return checkpointer
 
         made: list[Checkpointer] = []
@@ -191,9 +200,20 @@ class Checkpointer:
             self.resumed = Resumed(step=loaded.step, record=point.record, rolled_back=point.rolled_back)
             self.coord.on_main(self._resumed)
         step = self.resumed.step if self.resumed else -1
-        c = self.wiring.committer
-        self.coord.on_main(lambda: c.check_name(step + 1) if c is not None else None)
+        self.coord.on_main(lambda: self._check_start(state, step))
         return self.resumed
+
+    def _check_start(self, state: Any, step: int) -> None:
+        """Rank 0, inside ``dvc exp run``: say what is dropped, refuse a name another run holds."""
+        w, c = self.wiring, self.wiring.committer
+        if c is None:
+            return
+        resumed = self.resumed
+        over = resumed.record.name if resumed is not None and resumed.record is not None else None
+        dropped = dropped_outside_line(w.workspace, w.rel_path, w.path, step, over)
+        if dropped:
+            self.echo(dropped)
+        c.check_name(step + 1)
 
     def _find_resume_point(self) -> bool:
         """Rank 0: clean up, refuse a lost checkpoint, apply the resume rules (False: fresh start)."""
@@ -205,8 +225,11 @@ class Checkpointer:
         if not self.handler.present():
             return False
         if SessionNote.was_reset(w.workspace, w.rel_path):
-            self.echo(f"expckpt: starting from scratch (expckpt reset); ignoring {w.rel_path} as DVC checked it out")
-            return False
+            paths = {o.rel_path: o.path for o in w.outputs}
+            won = applied_over_reset(w.workspace, paths, w.committer.store) if w.committer else None
+            self.echo(won or f"expckpt: starting from scratch (expckpt reset); ignoring {w.rel_path} as DVC checked it out")
+            if won is None:
+                return False
         if w.committer is not None:
             c = w.committer
             paths = {o.rel_path: o.path for o in w.outputs}
@@ -243,6 +266,11 @@ class Checkpointer:
     def _plan(self, step: int, flat: dict[str, float]) -> _Plan:
         """Rank 0: watch the step, then ask the save policy."""
         self._check_metrics(flat)
+        if not self._seeds_checked:  # once, at the first save of a fresh start (issue 22)
+            self._seeds_checked = True
+            seeds = unseeded_note() if self.resumed is None else None
+            if seeds:
+                self.echo(seeds)
         seen = self.watch.observe(step, flat)
         for warning in seen.warnings:
             self.echo(f"expckpt: warning: {warning}")
@@ -267,9 +295,14 @@ class Checkpointer:
             return
         self._metrics_checked = True
         self.config.check_metrics(flat.keys())
-        if self.config.divergence_metric not in flat:
-            self.echo(f"expckpt: divergence detection is off: this run logs no metric named"
-                      f" {self.config.divergence_metric!r} (set checkpoint.divergence_metric to one it logs)")
+        if divergence_metric_for(self.config.divergence_metric, flat) is None and not self._off_said():
+            self.echo(divergence_off_line(self.config.divergence_metric))
+
+    def _off_said(self) -> bool:
+        """Whether the run resumed from has said it already (once per experiment, not per resume)."""
+        last = self.last_record
+        metric = self.config.divergence_metric
+        return self.resumed is not None and (last is None or divergence_metric_for(metric, last.metrics) is None)
 
     def _save(self, state: Any, step: int, flat: dict[str, float], plan: _Plan) -> bool:
         """Capture on every rank, write (rank 0, or every rank for shards), publish on rank 0."""
@@ -326,6 +359,7 @@ class Checkpointer:
                 for item in items:
                     item.publish()
                 SessionNote.forget_reset(w.workspace, w.rel_path)
+                note_outside_step(w.workspace, w.rel_path, w.path, step)
             else:
                 live_files = w.committer.read_live_files()
                 record = w.committer.publish(items, step=step, metrics=metrics, live_files=live_files, parent=self.parent)

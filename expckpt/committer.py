@@ -99,25 +99,33 @@ class Committer:
             if parsed and parsed.exp == self.run.exp_name and parsed.step >= start_step and self._own.get(ref) != commit:
                 taken.append((parsed.step, parsed, commit))
         if taken:
-            _, ref, commit = min(taken, key=lambda t: t[0])
-            raise self._taken(ref, commit)
+            taken.sort(key=lambda t: t[0])
+            _, ref, commit = taken[0]
+            raise self._taken(ref, commit, [t[1] for t in taken])
 
     def _check_step(self, ref: CheckpointRef) -> None:
         existing = self.store.get_ref(ref.ref)
         if existing is not None and self._own.get(ref.ref) != existing:
             raise self._taken(ref, existing)
 
-    def _taken(self, ref: CheckpointRef, commit: str | None) -> RefConflictError:
-        """The one line for a checkpoint name another run holds, with a free name to use."""
+    def _taken(self, ref: CheckpointRef, commit: str | None, every: Sequence[CheckpointRef] = ()) -> RefConflictError:
+        """The one line for a checkpoint name another run holds, with a free name to use; with
+        ``every`` (all the checkpoints in the way, ``ref`` first), the range and one command
+        that removes them all."""
         prefix = f"{EXPS_PREFIX}{ref.baseline[:2]}/{ref.baseline[2:]}/"
         used = {p.exp for p in map(CheckpointRef.parse, self.store.ref_targets(prefix)) if p}
         n = 2
         while f"{ref.exp}-{n}" in used:
             n += 1
         held = f"{commit[:7]}, from another run of {ref.exp!r}" if commit else f"written by another run of {ref.exp!r}"
+        what, exists, it = f"checkpoint {ref.name!r}", "exists", "it"
+        if len(every) > 1:
+            what = f"checkpoints {ref.name!r} to {every[-1].name!r}"
+            exists, it, held = "exist", "them", f"{len(every)} of them; {ref.name} is {held}"
+        names = " ".join(r.name for r in every) if len(every) > 1 else ref.name
         return RefConflictError(
-            f"checkpoint {ref.name!r} already exists ({held}); run with another name,"
-            f" e.g. dvc exp run -n {ref.exp}-{n}, or remove it first: dvc exp remove {ref.name}",
+            f"{what} already {exists} ({held}); run with another name,"
+            f" e.g. dvc exp run -n {ref.exp}-{n}, or remove {it} first: dvc exp remove {names}",
             ref=ref.ref,
             actual=commit,
         )

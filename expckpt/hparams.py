@@ -33,6 +33,8 @@ _SHAPE = ("total_steps", "T_max", "T_0", "T_mult", "step_size", "milestones", "g
           "total_iters", "factor", "start_factor", "end_factor", "power", "pct_start", "div_factor",
           "final_div_factor", "step_size_up", "step_size_down")
 """Scheduler settings that fix the shape of the schedule."""
+_LENGTH = ("total_steps", "T_max", "T_0", "step_size", "milestones", "total_iters", "step_size_up", "step_size_down")
+"""The shape settings scripts usually derive from the number of epochs or batches."""
 
 
 def optimizer_hparams(optimizer: Any) -> dict[str, Any]:
@@ -81,10 +83,11 @@ def reconcile(name: str, optimizer: Any, scheduler: Any, fresh: Fresh, saved_hpa
 def _check_shape(kind: str, fresh: Mapping[str, Any], saved: Mapping[str, Any]) -> None:
     for key in _SHAPE:
         if key in fresh and key in saved and fresh[key] != saved[key]:
+            why = " (did epochs or the batch count change?)" if key in _LENGTH else ""
             raise ConfigError(
                 f"the LR scheduler ({kind}) has {key} {fresh[key]!r} now but {saved[key]!r} in the checkpoint"
-                " (did epochs or the batch count change?); a restored schedule cannot change shape: keep the"
-                " old settings to resume, or start over with `expckpt reset`",
+                f"{why}; a restored schedule cannot change shape: keep {key} {saved[key]!r} to resume from"
+                " this checkpoint, or start over with `expckpt reset`",
                 key=f"scheduler.{key}", value=fresh[key])
 
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
+import yaml
 from dvclive import Live
 
 from expckpt.checkpointer import Checkpointer, StopTraining
@@ -21,6 +23,15 @@ from expckpt.resume import Resumed
 from expckpt.state import TrainingState
 
 __all__ = ["CheckpointLive"]
+
+
+def _has_checkpoint_section(path: Path) -> bool:
+    """Whether the params file ``path`` has a non-empty ``checkpoint`` mapping (unreadable: no)."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    return isinstance(data, Mapping) and isinstance(data.get("checkpoint"), Mapping) and bool(data["checkpoint"])
 
 
 class CheckpointLive(Live):
@@ -67,6 +78,11 @@ class CheckpointLive(Live):
         if isinstance(state, Mapping) and path is None:  # {"model.pt": state, "ema.pt": ema_state}
             path = [str(p) for p in state]
         checkpointer = Checkpointer.from_env(path, config, live_dir=live_kwargs.get("dir", "dvclive"))
+        if isinstance(params, Mapping) and "checkpoint" not in params and _has_checkpoint_section(Path("params.yaml")):
+            checkpointer.echo(  # e.g. vars(args) of an argparse script (issue 22)
+                "expckpt: warning: the params given to CheckpointLive.from_env have no 'checkpoint' section but"
+                " params.yaml has one, so its settings are not used; pass them too, e.g."
+                " {**vars(args), 'checkpoint': yaml.safe_load(open('params.yaml'))['checkpoint']}")
         checkpointer.restore(state, defer_rng=True)
         return cls(checkpointer, checkpointer.handler.group(state), **live_kwargs)  # type: ignore[attr-defined]
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from expckpt.checks import check_divergence_steps, check_mode, check_patience
 from expckpt.ranking import better, finite, number
+from expckpt.watch import divergence_metric_for
 
 __all__ = ["Report", "analyse", "improvement_line"]
 
@@ -137,6 +138,9 @@ def analyse(
     check_patience(patience)
     by_step = dict(history)
     steps = sorted(by_step)
+    first = next((by_step[s] for s in steps if by_step[s]), None)
+    if first:  # the watch's rule: the first step's names decide
+        divergence_metric = divergence_metric_for(divergence_metric, first) or divergence_metric
     if not steps:
         return Report(monitor=monitor, mode=mode, divergence_metric=divergence_metric, patience=patience)
 

@@ -16,7 +16,11 @@ from typing import Any
 
 import torch
 
+from expckpt.seeding import AT_IMPORT
+
 __all__ = ["capture_rng", "restore_rng"]
+
+AT_IMPORT.add_new()  # NumPy's generator, when torch imported NumPy after expckpt itself was imported
 
 
 def capture_rng() -> dict[str, Any]:

@@ -89,23 +89,31 @@ class SessionNote:
             SessionNote.path_for(workspace, checkpoint).with_suffix(".pending.json").unlink()
 
     @staticmethod
-    def clear(workspace: Path, checkpoint: str) -> None:
+    def clear(workspace: Path, checkpoint: str, held: dict[str, Any] | None = None) -> None:
         """Forget the last checkpoint: the next run in this workspace starts from scratch.
 
         Leaves a reset mark where the note was, because ``dvc exp run`` checks the checkpoint
         file out of dvc.lock again (forced) before training starts; the next run ignores that
-        file, and its first checkpoint's note replaces the mark.
+        file, and its first checkpoint's note replaces the mark. ``held`` records what the
+        workspace held at the reset (``expckpt.reset``: a later ``dvc exp apply`` wins over it).
         """
         path = SessionNote.path_for(workspace, checkpoint)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, json.dumps(_RESET_MARK).encode(), durable=False)
+        atomic_write_bytes(path, json.dumps({**(held or {}), **_RESET_MARK}).encode(), durable=False)
+
+    @staticmethod
+    def reset_mark(workspace: Path, checkpoint: str) -> dict[str, Any] | None:
+        """The reset mark ``clear`` left (with what it recorded), if it is the last thing here."""
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(SessionNote.path_for(workspace, checkpoint).read_text())
+            if isinstance(data, dict) and data.get("reset") is True:
+                return data
+        return None
 
     @staticmethod
     def was_reset(workspace: Path, checkpoint: str) -> bool:
         """Whether ``clear`` was the last thing to happen to this workspace's note."""
-        with contextlib.suppress(OSError, ValueError):
-            return json.loads(SessionNote.path_for(workspace, checkpoint).read_text()) == _RESET_MARK
-        return False
+        return SessionNote.reset_mark(workspace, checkpoint) is not None
 
     @staticmethod
     def forget_reset(workspace: Path, checkpoint: str) -> None:

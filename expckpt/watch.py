@@ -8,18 +8,46 @@ best value and its counters.
 
 The definitions are those of ``expckpt.report`` (which reads a whole history after the fact):
 diverging = ``divergence_metric`` went NaN/inf, or rose strictly ``divergence_steps`` times in a
-row; plateau = ``patience`` steps since ``monitor`` last improved.
+row; plateau = ``patience`` steps since ``monitor`` last improved. With the default
+``divergence_metric`` (``loss``) a run that logs no ``loss`` is watched on the first of the usual
+names frameworks give it that it logs (``LOSS_NAMES``, ``divergence_metric_for``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from expckpt.ranking import better, finite, number
 
-__all__ = ["Observation", "TrainingWatch", "flatten_metrics"]
+__all__ = [
+    "LOSS_NAMES", "Observation", "TrainingWatch", "divergence_metric_for", "divergence_off_line", "flatten_metrics",
+]
+
+DEFAULT_LOSS = "loss"
+LOSS_NAMES = ("loss", "train_loss", "train/loss", "train_loss_epoch", "train/loss_epoch", "train/epoch/loss",
+              "eval_loss", "eval/loss", "val_loss", "val/loss", "valid_loss", "validation_loss", "test_loss")
+"""What plain loops, Lightning, the HF Trainer, Keras and dvclive's loggers call the loss, training first."""
+
+
+def divergence_metric_for(configured: str, logged: Collection[str]) -> str | None:
+    """The metric watched for divergence among ``logged``: ``configured`` when logged; for the
+    default ``loss``, else the first of ``LOSS_NAMES`` logged; None when there is none."""
+    if configured in logged:
+        return configured
+    if configured != DEFAULT_LOSS:
+        return None
+    return next((name for name in LOSS_NAMES if name in logged), None)
+
+
+def divergence_off_line(configured: str) -> str:
+    """What to say when ``divergence_metric_for`` found nothing in a run's metrics."""
+    if configured != DEFAULT_LOSS:
+        return f"expckpt: divergence detection is off: this run logs no metric named {configured!r}"
+    return ("expckpt: divergence detection is off: this run logs no loss metric (looked for "
+            f"{', '.join(LOSS_NAMES[:3])}, {LOSS_NAMES[6]}, {LOSS_NAMES[8]} and the like); set"
+            " checkpoint.divergence_metric to the metric it logs")
 
 
 @dataclass(frozen=True)
@@ -71,6 +99,7 @@ class TrainingWatch:
         self.patience = patience
         self.stop_on_problem = stop_on_problem
         self._c = _Counters()
+        self._resolved = False
 
     @property
     def best(self) -> tuple[float, int] | None:
@@ -81,6 +110,9 @@ class TrainingWatch:
 
     def observe(self, step: int, metrics: Mapping[str, Any]) -> Observation:
         c = self._c
+        if metrics and not self._resolved:  # the first step's names decide (the report does the same)
+            self._resolved = True
+            self.divergence_metric = divergence_metric_for(self.divergence_metric, metrics) or self.divergence_metric
         previous = c.best_value
         value = metrics.get(self.monitor) if self.monitor else None
         improved = self.monitor is not None and better(value, previous, self.mode)

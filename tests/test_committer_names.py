@@ -92,13 +92,20 @@ def test_check_name_refuses_steps_another_run_of_the_name_holds(repo: Path) -> N
     again = committer(repo)
     with pytest.raises(RefConflictError) as fresh:
         again.check_name(0)
-    assert str(fresh.value) == (
-        f"checkpoint 'tut@0' already exists ({before['tut@0'][:7]}, from another run of 'tut');"
-        " run with another name, e.g. dvc exp run -n tut-2, or remove it first: dvc exp remove tut@0"
+    assert str(fresh.value) == (  # issue 22: the whole range, and one command that removes it
+        f"checkpoints 'tut@0' to 'tut@2' already exist (3 of them; tut@0 is {before['tut@0'][:7]}, from another"
+        " run of 'tut'); run with another name, e.g. dvc exp run -n tut-2, or remove them first:"
+        " dvc exp remove tut@0 tut@1 tut@2"
     )
     with pytest.raises(RefConflictError, match=r"checkpoint 'tut@2' already exists") as resumed:
         again.check_name(2)  # resumed from tut@1: the next step, 2, is another run's
     assert resumed.value.actual == before["tut@2"]
+    with pytest.raises(RefConflictError) as last:
+        again.check_name(2)
+    assert str(last.value) == (  # one checkpoint in the way: named alone
+        f"checkpoint 'tut@2' already exists ({before['tut@2'][:7]}, from another run of 'tut');"
+        " run with another name, e.g. dvc exp run -n tut-2, or remove it first: dvc exp remove tut@2"
+    )
     again.check_name(3)  # steps after the chain's end are free
     committer(repo, "other").check_name(0)  # other names are not affected
     assert refs(repo) == before

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -48,15 +49,24 @@ def lock_lr(project: Path, commit: str) -> float:
     return lock["stages"]["train"]["params"]["params.yaml"]["lr"]
 
 
-def refusal(stderr: str, name: str, commit: str, exp: str) -> str:
-    """The one ``train.py: error:`` line naming checkpoint ``name``; no traceback."""
+def refusal(stderr: str, name: str, commit: str, exp: str, *others: str) -> str:
+    """The one ``train.py: error:`` line naming checkpoint ``name`` (and the ``others`` after it in
+    the way, with one command that removes them all); no traceback."""
     assert "Traceback" not in stderr, stderr
     lines = [x for x in stderr.splitlines() if x.startswith("train.py: error: ")]
     assert len(lines) == 1, stderr
-    assert lines[0] == (
-        f"train.py: error: checkpoint '{name}' already exists ({commit[:7]}, from another run of '{exp}');"
-        f" run with another name, e.g. dvc exp run -n {exp}-2, or remove it first: dvc exp remove {name}"
-    ), stderr
+    if others:
+        expected = (
+            f"train.py: error: checkpoints '{name}' to '{others[-1]}' already exist ({len(others) + 1} of them;"
+            f" {name} is {commit[:7]}, from another run of '{exp}'); run with another name, e.g. dvc exp run"
+            f" -n {exp}-2, or remove them first: dvc exp remove {' '.join((name, *others))}"
+        )
+    else:
+        expected = (
+            f"train.py: error: checkpoint '{name}' already exists ({commit[:7]}, from another run of '{exp}');"
+            f" run with another name, e.g. dvc exp run -n {exp}-2, or remove it first: dvc exp remove {name}"
+        )
+    assert lines[0] == expected, stderr
     return lines[0]
 
 
@@ -76,7 +86,7 @@ def test_name_reused_after_exp_remove_and_reset_is_refused(tmp_path: Path) -> No
     again = dvc_exp_run(p, "-n", "tut", check=False)
 
     assert again.returncode != 0
-    refusal(again.stderr, "tut@0", before[0], "tut")
+    refusal(again.stderr, "tut@0", before[0], "tut", "tut@1")
     assert checkpoints(p, "tut") == before, "the earlier run's checkpoints keep their commits"
 
 
@@ -141,8 +151,8 @@ def test_two_queued_runs_with_the_same_name_never_interleave(tmp_path: Path) -> 
     assert sorted(states.values()) == ["Failed", "Success"], states
     failed = next(task for task, state in states.items() if state == "Failed")
     log = run("dvc", "queue", "logs", failed, cwd=p, check=False)
-    assert "train.py: error: checkpoint 'q@" in log.stdout + log.stderr, log.stdout + log.stderr
-    assert "already exists" in log.stdout + log.stderr and "Traceback" not in log.stdout + log.stderr
+    assert re.search(r"train\.py: error: checkpoints? 'q@", log.stdout + log.stderr), log.stdout + log.stderr
+    assert "already exist" in log.stdout + log.stderr and "Traceback" not in log.stdout + log.stderr
 
     chain = checkpoints(p, "q")
     assert sorted(chain) == [0, 1]

@@ -181,10 +181,11 @@ def test_divergence_detection_off_is_said_once(tmp_path: Path, monkeypatch: pyte
     checkpointer.echo = lines.append
     state = TrainingState(model=mlp(0))
     for step in range(3):
-        checkpointer.save(state, step, {"val_loss": 1.0})
+        checkpointer.save(state, step, {"error": 1.0})
     said = [line for line in lines if "divergence detection is off" in line]
-    assert said == ["expckpt: divergence detection is off: this run logs no metric named 'loss'"
-                    " (set checkpoint.divergence_metric to one it logs)"]
+    assert said == ["expckpt: divergence detection is off: this run logs no loss metric (looked for loss,"
+                    " train_loss, train/loss, eval_loss, val_loss and the like); set checkpoint.divergence_metric"
+                    " to the metric it logs"]
 
 
 # the training watch agrees with the after-the-fact report, step by step ---------------------------

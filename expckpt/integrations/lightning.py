@@ -139,6 +139,7 @@ class ExpCkptCallback(Checkpoint):
             steps.finish()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """Ctrl+C/SIGTERM (the core's handler: one line naming the last checkpoint, exit 130/143) or a failure."""
         if self.steps is not None:
             steps, self.steps = self.steps, None
             steps.close()
