@@ -61,6 +61,11 @@ def load_params(path: Path) -> dict[str, Any]:
         if key not in params:
             raise ConfigError(f"params.yaml has no key '{key}'; add it at the top level (e.g. `{key}: ...`)", key=key)
         value = params[key]
+        if kind is float and isinstance(value, str):  # `dvc exp run -S lr=1e-5` writes 1e-05, a string to YAML 1.1
+            try:
+                value = params[key] = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
             raise ConfigError(f"params.yaml key '{key}' must be a{'n integer' if kind is int else ' number'}, got {value!r}", key=key, value=value)
     if params["epochs"] < 1 or params["batch_size"] < 1:

@@ -33,3 +33,18 @@ def test_verbose_logs_every_publishing_phase_in_order(tmp_path: Path) -> None:
     proc = train_in_exp_env(project, "v", "-v")
     phases = [line.split(": ", 2)[2].split(" ")[0] for line in proc.stderr.splitlines() if line.startswith("expckpt: step 0: ")]
     assert phases == ["after-temp", "after-cache", "after-publish", "after-commit", "after-lock", "after-ref", "after-note"]
+
+
+def test_a_learning_rate_dvc_wrote_in_exponent_form_is_read_as_a_number(tmp_path: Path) -> None:
+    """`dvc exp run -S lr=1e-5` writes `lr: 1e-05`, which YAML 1.1 (PyYAML) reads as a string."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from train import load_params
+
+    params = make_project(tmp_path / "p", epochs=1) / "params.yaml"
+    params.write_text(params.read_text().replace("lr: 0.003", "lr: 1e-05"))
+    assert load_params(params)["lr"] == 1e-05
+    params.write_text(params.read_text().replace("lr: 1e-05", "lr: fast"))
+    with pytest.raises(Exception, match="params.yaml key 'lr' must be a number, got 'fast'"):
+        load_params(params)

@@ -70,7 +70,7 @@ def main() -> None:
     fully_shard(model)
     for seed in (random.seed, np.random.seed, torch.manual_seed):
         seed(params["seed"] + rank)  # each rank its own dropout masks
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params["lr"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(params["lr"]))
     train_set, (test_x, test_y) = digits()
     sampler = DistributedSampler(train_set, shuffle=True, seed=params["seed"])
     loader = DataLoader(train_set, batch_size=params["batch_size"], sampler=sampler)

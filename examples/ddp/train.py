@@ -44,7 +44,7 @@ def main() -> None:
     for seed in (random.seed, np.random.seed, torch.manual_seed):
         seed(params["seed"] + rank)  # each rank its own dropout masks
     ddp = DistributedDataParallel(model)
-    optimizer = torch.optim.SGD(ddp.parameters(), lr=params["lr"], momentum=0.9)
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=float(params["lr"]), momentum=0.9)
     train_set, (test_x, test_y) = digits()
     sampler = DistributedSampler(train_set, shuffle=True, seed=params["seed"])
     loader = DataLoader(train_set, batch_size=params["batch_size"], sampler=sampler)

@@ -65,7 +65,7 @@ def main() -> None:
         output_dir="hf-out",             # the Trainer's own checkpoint-* dirs: a cache, not in Git
         num_train_epochs=params["epochs"],
         per_device_train_batch_size=params["batch_size"],
-        learning_rate=params["lr"],
+        learning_rate=float(params["lr"]),
         eval_strategy="epoch",
         save_strategy="epoch",
         logging_strategy="epoch",

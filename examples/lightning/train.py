@@ -73,7 +73,7 @@ def main() -> None:
         enable_model_summary=False,
         callbacks=[ExpCkptCallback("model.pt", params.get("checkpoint"))],
     )
-    trainer.fit(DigitsMLP(params["lr"]), train_loader, val_loader)
+    trainer.fit(DigitsMLP(float(params["lr"])), train_loader, val_loader)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def train() -> None:
     for seed in (random.seed, np.random.seed, torch.manual_seed):
         seed(params["seed"])
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 10))
-    optimizer = torch.optim.SGD(model.parameters(), lr=params["lr"], momentum=0.9)
+    optimizer = torch.optim.SGD(model.parameters(), lr=float(params["lr"]), momentum=0.9)
     train_set, (test_x, test_y) = digits()
     loader = DataLoader(train_set, batch_size=params["batch_size"], shuffle=True)
 
