@@ -284,7 +284,8 @@ class Checkpointer:
                     item.publish()
                 SessionNote.forget_reset(w.workspace, w.rel_path)
             else:
-                record = w.committer.publish(items, step=step, metrics=metrics, live_files=live_files, parent=self.parent)
+                record = w.committer.publish(items, step=step, metrics=metrics, live_files=live_files, parent=self.parent,
+                                             settings=self.config)
         except BaseException:
             for item in items:
                 item.discard()

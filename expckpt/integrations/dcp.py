@@ -286,7 +286,8 @@ class ShardedCheckpointer:
                 SessionNote.forget_reset(w.workspace, w.rel_path)
                 return
             live_files = w.committer.read_live_files()
-            record = w.committer.publish(item, step=step, metrics=flat, live_files=live_files, parent=self.parent)
+            record = w.committer.publish(item, step=step, metrics=flat, live_files=live_files, parent=self.parent,
+                                         settings=self.config)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         self.parent, self.last_record = record.commit, record
