@@ -38,7 +38,7 @@ from expckpt.report import improvement_line
 from expckpt.livefiles import restore_live_files
 from expckpt.resume import ResumePoint, Resumed, find_resume_point, remove_stale_temps
 from expckpt.resume import refuse_lost_checkpoint
-from expckpt.retention import RunRetention
+from expckpt.retention import RunRetention, interrupted_run
 from expckpt.session import SessionNote
 from expckpt.signals import GracefulStop
 from expckpt.state import TrainingState
@@ -192,6 +192,8 @@ class Checkpointer:
             assert w.committer is not None
             self.parent = point.record.commit
             self.last_record = point.record
+            if self._retention is not None:  # continuing a killed run: its retention covers that run's checkpoints
+                self._retention.adopt(interrupted_run(w.committer.store, point.record))
             restore_live_files(w.committer.store, point.record.commit, w.workspace, w.live_dir)
         self._last_saved = CheckpointInfo(step=group.step, metrics={}, time=time.time())
         self._guard.note_now()

@@ -61,8 +61,21 @@ class Tiny(nn.Module):
         return out
 
 
-def train(project: Path, exp: str, *, resume: Any = "callback", steps: int = STEPS) -> tuple[Any, ExpCkptTrainerCallback]:
-    """One ``dvc exp run -n <exp>`` of the Trainer script, in this process."""
+class Killed(BaseException):
+    """Stands for a kill -9 right after a checkpoint was published."""
+
+
+class KillAt(transformers.TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == self.step:
+            raise Killed(self.step)
+
+
+def train(project: Path, exp: str, *, resume: Any = "callback", steps: int = STEPS, kill_at: int | None = None) -> tuple[Any, ExpCkptTrainerCallback]:
+    """One ``dvc exp run -n <exp>`` of the Trainer script, in this process (killed after ``kill_at``)."""
     holder: dict[str, Any] = {}
 
     def accuracy(prediction: Any) -> dict[str, float]:
@@ -80,7 +93,7 @@ def train(project: Path, exp: str, *, resume: Any = "callback", steps: int = STE
         )
         callback = ExpCkptTrainerCallback("model.pt")
         trainer = transformers.Trainer(model=Tiny(), args=args, train_dataset=Points(), eval_dataset=Points(12),
-                                       compute_metrics=accuracy, callbacks=[callback])
+                                       compute_metrics=accuracy, callbacks=[callback, *([KillAt(kill_at)] if kill_at else [])])
         holder["trainer"] = trainer
         trainer.train(resume_from_checkpoint=callback.resume_from_checkpoint if resume == "callback" else resume)
     return trainer, callback
@@ -122,6 +135,14 @@ def test_retention_and_monitor_from_training_args_are_recorded(project: Path, ca
     assert main(["report", "a"]) == 0
     out = capsys.readouterr().out
     assert "best eval_accuracy 0.9 at step 4" in out and "dvc exp apply a@4" in out
+
+
+def test_retention_after_a_kill_and_resume_keeps_what_an_uninterrupted_run_keeps(project: Path) -> None:
+    with pytest.raises(Killed):
+        train(project, "killed", kill_at=6)
+    assert sorted(refs(project)) == ["killed@4", "killed@6"]
+    train(project, "resumed")
+    assert sorted(refs(project)) == ["killed@4", "resumed@10", "resumed@12"]  # as uninterrupted: 4 (best), 10, 12
 
 
 def test_timings_are_not_metrics(project: Path) -> None:
