@@ -193,7 +193,7 @@ class Checkpointer:
             self.parent = point.record.commit
             self.last_record = point.record
             if self._retention is not None:  # continuing a killed run: its retention covers that run's checkpoints
-                self._retention.adopt(interrupted_run(w.committer.store, point.record))
+                self._retention.adopt(interrupted_run(w.committer.store, point.record, self.config))
             restore_live_files(w.committer.store, point.record.commit, w.workspace, w.live_dir)
         self._last_saved = CheckpointInfo(step=group.step, metrics={}, time=time.time())
         self._guard.note_now()

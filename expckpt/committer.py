@@ -85,6 +85,8 @@ class Committer:
         self.live_paths = live_paths
         self._base_tree: str | None = None
         self._published = False
+        self._origin: str | None = None
+        """The checkpoint this run resumed from (recorded in each of its checkpoints)."""
         self._lock: LockBuilder | None = None
         self._own: dict[str, str] = {}
         """ref -> commit of every checkpoint this run published (the refs it may replace)."""
@@ -196,9 +198,11 @@ class Committer:
             tree = self.store.tree_with_files(self._base_tree, files)
             now = time.time()
             resumed = parent is not None and not self._published
+            if resumed:
+                self._origin = parent  # every later checkpoint of this run names it too
             recorded = settings.recorded() if settings is not None else None
             message = format_message(ref, parent=parent, outs=outs, metrics=metrics, time=now, resumed=resumed,
-                                     settings=recorded)
+                                     settings=recorded, origin=self._origin)
             commit = self.store.write_commit(tree, [self.run.baseline], message)
             phase("after-commit", step)
             # The workspace dvc.lock follows the checkpoint too: `dvc exp run` starts by checking
@@ -229,7 +233,7 @@ class Committer:
             self._published = True
             return CheckpointRecord(
                 ref=ref, commit=commit, parent=parent, outs=outs, metrics=dict(metrics), time=now, resumed=resumed,
-                settings=settings,
+                settings=settings, origin=self._origin,
             )
 
     def restore_lock(self, record: CheckpointRecord) -> None:

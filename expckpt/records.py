@@ -70,6 +70,9 @@ class CheckpointRecord:
     """True for the first checkpoint of a run that continued from ``parent`` (a branch point)."""
     settings: CheckpointConfig | None = None
     """The checkpoint settings the run that wrote it used (None: written before expckpt recorded them)."""
+    origin: str | None = None
+    """Commit of the checkpoint the run that wrote this one resumed from (every checkpoint of
+    that run records it, so the branch point survives retention removing the run's first one)."""
 
     @property
     def name(self) -> str:
@@ -103,6 +106,7 @@ def format_message(
     time: float,
     resumed: bool = False,
     settings: Mapping[str, object] | None = None,
+    origin: str | None = None,
 ) -> str:
     """The commit message of a checkpoint: DVC's subject line plus one JSON metadata line."""
     meta = {
@@ -115,6 +119,7 @@ def format_message(
         "metrics": {k: _finite_or_str(v) for k, v in metrics.items()},
         "time": round(time, 3),
         **({"settings": dict(settings)} if settings is not None else {}),
+        **({"origin": origin} if origin is not None else {}),
     }
     digest = next(iter(outs.values())).md5 if outs else "0" * 32
     return (
@@ -248,6 +253,9 @@ def _record(ref: CheckpointRef, commit: str, meta: object) -> CheckpointRecord:
     parent = meta.get("parent")
     if parent is not None and (not isinstance(parent, str) or not _SHA.fullmatch(parent)):
         raise BadRecordError(f"parent {_show(parent)} is not a 40-hex commit id")
+    origin = meta.get("origin")
+    if origin is not None and (not isinstance(origin, str) or not _SHA.fullmatch(origin)):
+        raise BadRecordError(f"origin {_show(origin)} is not a 40-hex commit id")
     resumed = meta.get("resumed", False)
     if not isinstance(resumed, bool):
         raise BadRecordError(f"resumed {_show(resumed)} is not true or false")
@@ -267,6 +275,7 @@ def _record(ref: CheckpointRef, commit: str, meta: object) -> CheckpointRecord:
         time=_time(meta["time"]),
         resumed=resumed,
         settings=_settings(meta["settings"]) if "settings" in meta else None,
+        origin=origin,
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from expckpt.catalog import Catalog
+from expckpt.config import CheckpointConfig
 from expckpt.errors import GitLockedError, RefConflictError
 from expckpt.gitstore import GitStore
 from expckpt.policy import CheckpointInfo, KeepPolicy
@@ -71,9 +72,10 @@ class RunRetention:
         return "removed"
 
 
-def interrupted_run(store: GitStore, resumed: CheckpointRecord) -> list[CheckpointRecord]:
+def interrupted_run(store: GitStore, resumed: CheckpointRecord, settings: CheckpointConfig) -> list[CheckpointRecord]:
     """The checkpoints of the run that ``resumed`` ended, when that run was interrupted (killed,
-    failed: DVC made no experiment commit ``<exp>`` for it) and ``resumed`` is its newest checkpoint.
+    failed: DVC made no experiment commit ``<exp>`` for it), ``resumed`` is its newest checkpoint
+    and it recorded the same checkpoint ``settings`` as this run.
 
     A run resuming from there is that run's continuation (``dvc exp run`` after a kill), so its
     retention keeps what an uninterrupted run would have kept. A finished experiment, or a
@@ -83,6 +85,6 @@ def interrupted_run(store: GitStore, resumed: CheckpointRecord) -> list[Checkpoi
     if store.get_ref(f"{EXPS_PREFIX}{base[:2]}/{base[2:]}/{resumed.exp}") is not None:
         return []
     chain = Catalog.load(store, [base]).of(resumed.exp)
-    if not chain or chain[-1].commit != resumed.commit:
+    if not chain or chain[-1].commit != resumed.commit or chain[-1].settings != settings:
         return []
     return chain

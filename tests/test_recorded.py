@@ -119,3 +119,22 @@ def test_gc_keeps_each_experiments_recorded_best(ran: Path, capsys: pytest.Captu
     assert main(["gc", "--workspace", "--keep-last", "1", "--keep-best", "1", "--metric", "eval_accuracy",
                  "--mode", "max", "--dry-run"]) == 0
     assert "Would remove checkpoint lossy@2" in capsys.readouterr().out  # explicit flags win
+
+
+def test_show_names_the_branch_point_after_retention_removed_the_runs_first_checkpoint(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from inprocess import train
+
+    project = new_repo(tmp_path_factory, tmp_path / "p")
+    monkeypatch.chdir(project)
+    train(project, "k", 4, config={"keep_last": None})
+    train(project, "k2", 8, config={"keep_last": 1})  # resumes from k@3; k2@4, its first, is dropped
+    assert sorted(refs(project)) == ["k2@7", "k@0", "k@1", "k@2", "k@3"]
+    capsys.readouterr()
+    assert main(["show", "--json"]) == 0
+    chains = {c["experiment"]: c for c in json.loads(capsys.readouterr().out)}
+    assert chains["k2"]["resumed_from"] == {"commit": refs(project)["k@3"], "name": "k@3"}
+    assert main(["show"]) == 0
+    assert f"({refs(project)['k@3'][:7]} k@3)" in capsys.readouterr().out
