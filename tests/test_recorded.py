@@ -138,3 +138,12 @@ def test_show_names_the_branch_point_after_retention_removed_the_runs_first_chec
     assert chains["k2"]["resumed_from"] == {"commit": refs(project)["k@3"], "name": "k@3"}
     assert main(["show"]) == 0
     assert f"({refs(project)['k@3'][:7]} k@3)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("origin", ["zz", 7, "A" * 40])
+def test_a_bad_origin_is_refused(origin: object) -> None:
+    ref = CheckpointRef(SHA, "tut", 3)
+    meta = json.loads(format_message(ref, parent=None, outs={}, metrics={}, time=1.0).splitlines()[-1].split(": ", 1)[1])
+    meta["origin"] = origin
+    with pytest.raises(BadRecordError, match="origin .* is not a 40-hex commit id"):
+        parse_message(ref, "c" * 40, f"dvc: commit experiment x\n\nexpckpt-meta: {json.dumps(meta)}\n")
