@@ -35,11 +35,11 @@ class Chain:
     def origin(self) -> str | None:
         """Commit of the checkpoint this experiment continued from, if it did.
 
-        Only a run's first checkpoint records a branch point; when earlier checkpoints of the
-        same run were removed, the chain still started from scratch.
+        A run's first checkpoint records the branch point as its parent, and every checkpoint
+        of the run as its ``origin``: the mark survives retention removing the first one.
         """
         first = self.records[0]
-        return first.parent if first.resumed else None
+        return first.parent if first.resumed else first.origin
 
 
 class Catalog:

@@ -43,7 +43,7 @@ from expckpt.remote import PushTarget, resolve_target
 from expckpt.reset import applied_over_reset
 from expckpt.report import improvement_line
 from expckpt.resume import ResumePoint, Resumed, find_resume_point, refuse_lost_checkpoint
-from expckpt.retention import RunRetention
+from expckpt.retention import RunRetention, interrupted_run
 from expckpt.saving import SaveContext
 from expckpt.seeding import unseeded_note
 from expckpt.session import SessionNote
@@ -242,6 +242,8 @@ class Checkpointer:
         assert resumed is not None
         if resumed.record is not None and w.committer is not None:
             self.parent, self.last_record = resumed.record.commit, resumed.record
+            if self._retention is not None:  # continuing a killed run: its retention covers that run's checkpoints
+                self._retention.adopt(interrupted_run(w.committer.store, resumed.record, self.config))
             restore_live_files(w.committer.store, resumed.record.commit, w.workspace, w.live_dir)
         self._guard.note_now()
         origin = f" ({resumed.record.name})" if resumed.record else ""
@@ -362,7 +364,8 @@ class Checkpointer:
                 note_outside_step(w.workspace, w.rel_path, w.path, step)
             else:
                 live_files = w.committer.read_live_files()
-                record = w.committer.publish(items, step=step, metrics=metrics, live_files=live_files, parent=self.parent)
+                record = w.committer.publish(items, step=step, metrics=metrics, live_files=live_files, parent=self.parent,
+                                             settings=self.config)
         except BaseException:
             for item in items:
                 item.discard()

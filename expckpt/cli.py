@@ -23,6 +23,7 @@ from expckpt.gitstore import GitStore
 from expckpt.lineage import Tree, build_tree, lineage_of
 from expckpt.policy import CheckpointInfo
 from expckpt.project import Project
+from expckpt.recorded import check_logged, gc_policy, logged_metrics, settings_of
 from expckpt.report import analyse
 from expckpt.reset import reset_workspace
 from expckpt.text import terminal_safe
@@ -93,9 +94,9 @@ def cmd_show(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_list(args: argparse.Namespace, ctx: Context) -> int:
-    policy = ctx.config().keep_policy()
     rows = []
     for chain in _chains(ctx, args.exp, args.all_commits):
+        policy = settings_of(chain, ctx.config).keep_policy()  # the run's own retention
         infos = [CheckpointInfo.of(r) for r in chain.records]
         for record, why in zip(chain.records, policy.reasons(infos)):
             rows.append((record, sorted(why)))
@@ -157,8 +158,8 @@ def cmd_gc(args: argparse.Namespace, ctx: Context) -> int:
             key="keep_last")
     if args.wait < 0:
         raise ConfigError(f"--wait must be a number of seconds >= 0, got {args.wait:g}", key="wait")
-    plan = plan_gc(ctx.store, ctx.cache, ctx.project.workspace, scope,
-                   keep_last=args.keep_last, keep_best=args.keep_best or 0, metric=args.metric, mode=args.mode)
+    plan = plan_gc(ctx.store, ctx.cache, ctx.project.workspace, scope, policy_for=lambda chain: gc_policy(
+        chain, keep_last=args.keep_last, keep_best=args.keep_best, metric=args.metric, mode=args.mode))
     cloud = None
     if args.cloud:
         from expckpt.cloudgc import plan_cloud_gc
@@ -250,9 +251,12 @@ def cmd_report(args: argparse.Namespace, ctx: Context) -> int:
         print("No checkpoints yet.")
         return 0
     chain = chains[0]
-    cfg = ctx.config()
+    cfg = settings_of(chain, ctx.config)  # the run's own monitor and mode, not today's params.yaml
+    history = _history(ctx, chain)
+    if args.metric:
+        check_logged(args.metric, logged_metrics(chain, history), chain.exp, flag="--metric")
     report = analyse(
-        _history(ctx, chain),
+        history,
         monitor=args.metric or cfg.monitor,
         mode=args.mode or cfg.mode,
         divergence_metric=cfg.divergence_metric,
@@ -309,8 +313,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-A", "--all-commits", action="store_true", help="keep those based on any commit")
     p.add_argument("--keep-last", type=int, metavar="N", help="in each experiment keep only the N newest (default: all)")
     p.add_argument("--keep-best", type=int, metavar="K", help="... plus the K best by --metric (needs --keep-last)")
-    p.add_argument("--metric", help="metric for --keep-best")
-    p.add_argument("--mode", choices=("min", "max"), default="max")
+    p.add_argument("--metric", help="metric for --keep-best (default: the one each experiment recorded)")
+    p.add_argument("--mode", choices=("min", "max"), help="default: the one each experiment recorded, else max")
     p.add_argument("--dry-run", action="store_true", help="list what would go and the bytes, remove nothing")
     p.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
     p.add_argument("-c", "--cloud", action="store_true",
@@ -327,7 +331,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = add("report", cmd_report, "best step, plateau, NaN/inf and divergence of an experiment")
     p.add_argument("exp", nargs="?", help="experiment (default: the most recent)")
-    p.add_argument("--metric", help="metric to rank by (default: checkpoint.monitor)")
+    p.add_argument("--metric", help="metric to rank by (default: the monitor the experiment recorded)")
     p.add_argument("--mode", choices=("min", "max"))
     p.add_argument("--json", action="store_true")
     p.add_argument("-A", "--all-commits", action="store_true")

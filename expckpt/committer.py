@@ -35,6 +35,7 @@ from pathlib import Path
 
 from expckpt.atomic import WrittenFile, _storage_error, atomic_write_bytes
 from expckpt.cache import DvcCache
+from expckpt.config import CheckpointConfig
 from expckpt.dirout import WrittenDir
 from expckpt.errors import RefConflictError
 from expckpt.gclock import gc_lock
@@ -84,6 +85,8 @@ class Committer:
         self.live_paths = live_paths
         self._base_tree: str | None = None
         self._published = False
+        self._origin: str | None = None
+        """The checkpoint this run resumed from (recorded in each of its checkpoints)."""
         self._lock: LockBuilder | None = None
         self._own: dict[str, str] = {}
         """ref -> commit of every checkpoint this run published (the refs it may replace)."""
@@ -167,9 +170,11 @@ class Committer:
         metrics: Mapping[str, float],
         live_files: Mapping[str, bytes],
         parent: str | None,
+        settings: CheckpointConfig | None = None,
     ) -> CheckpointRecord:
         """Publish complete temp files (one per checkpoint output, in ``checkpoint_paths``
-        order) as checkpoint ``<exp>@<step>``: one commit and one ref for all; return its record."""
+        order) as checkpoint ``<exp>@<step>``: one commit and one ref for all; return its record.
+        ``settings`` (the run's effective checkpoint settings) are recorded in its metadata."""
         items = [written] if isinstance(written, (WrittenFile, WrittenDir)) else list(written)
         paths = self.checkpoint_paths[: len(items)]
         self.prepare()
@@ -201,7 +206,11 @@ class Committer:
             tree = self.store.tree_with_files(self._base_tree, files)
             now = time.time()
             resumed = parent is not None and not self._published
-            message = format_message(ref, parent=parent, outs=outs, metrics=metrics, time=now, resumed=resumed)
+            if resumed:
+                self._origin = parent  # every later checkpoint of this run names it too
+            recorded = settings.recorded() if settings is not None else None
+            message = format_message(ref, parent=parent, outs=outs, metrics=metrics, time=now, resumed=resumed,
+                                     settings=recorded, origin=self._origin)
             commit = self.store.write_commit(tree, [self.run.baseline], message)
             phase("after-commit", step)
             # The workspace dvc.lock follows the checkpoint too: `dvc exp run` starts by checking
@@ -231,7 +240,8 @@ class Committer:
             phase("after-note", step)
             self._published = True
             return CheckpointRecord(
-                ref=ref, commit=commit, parent=parent, outs=outs, metrics=dict(metrics), time=now, resumed=resumed
+                ref=ref, commit=commit, parent=parent, outs=outs, metrics=dict(metrics), time=now, resumed=resumed,
+                settings=settings, origin=self._origin,
             )
 
     def restore_lock(self, record: CheckpointRecord) -> None:

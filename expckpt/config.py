@@ -55,7 +55,7 @@ from expckpt.errors import ConfigError
 from expckpt.policy import AnyOf, keep_policy
 from expckpt.saving import AnyOfSave, EveryMinutes, EverySteps, Never, OnEvents, SavePolicy
 
-__all__ = ["REGIMES", "CheckpointConfig"]
+__all__ = ["RECORDED", "REGIMES", "CheckpointConfig"]
 
 REGIMES: Mapping[str, Mapping[str, object]] = MappingProxyType({
     "short": MappingProxyType({"every": 1, "keep_last": 1, "keep_best": 1}),
@@ -63,6 +63,11 @@ REGIMES: Mapping[str, Mapping[str, object]] = MappingProxyType({
     "long": MappingProxyType({"every": 5, "every_minutes": 30, "keep_last": 20, "keep_best": 3}),
 })
 """Preset values per ``checkpoint.regime``, keyed by field name."""
+
+RECORDED = ("every", "every_minutes", "keep_last", "keep_best", "monitor", "mode", "divergence_metric",
+            "divergence_steps", "on_divergence", "patience")
+"""The settings each checkpoint records (``settings`` in its ``expckpt-meta`` line): what the CLI's
+``list``, ``report`` and ``gc`` read back as that experiment's own retention and ranking."""
 
 _PARAM_KEY = {"async_save": "async"}  # field name -> params.yaml key where they differ
 _DEFAULT_DIVERGENCE_METRIC = "loss"
@@ -205,6 +210,10 @@ class CheckpointConfig:
                 values.pop("every_minutes", None)
         values.update(explicit)
         return cls(**values)  # type: ignore[arg-type]
+
+    def recorded(self) -> dict[str, object]:
+        """The effective settings a checkpoint records (``RECORDED``), as params.yaml keys."""
+        return {name: getattr(self, name) for name in RECORDED}
 
     def save_policy(self, *, start: float | None = None) -> SavePolicy:
         """When to save. ``start`` (the run's start, unix seconds) starts the ``every_minutes`` clock."""

@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from expckpt.cache import DvcCache
-from expckpt.catalog import Catalog
+from expckpt.catalog import Catalog, Chain
 from expckpt.errors import ConfigError, ExpCkptError, RefConflictError
 from expckpt.gclock import LockHolder, gc_lock
 from expckpt.gitstore import GitStore
 from expckpt.inuse import InUse
-from expckpt.policy import CheckpointInfo, keep_policy
+from expckpt.policy import AnyOf, CheckpointInfo, keep_policy
 from expckpt.records import BadRecordError, CheckpointRecord, parse_message
 from expckpt.refs import CheckpointRef
 
@@ -164,17 +164,22 @@ def plan_gc(
     keep_best: int = 0,
     metric: str | None = None,
     mode: str = "max",
+    policy_for: Callable[[Chain], AnyOf] | None = None,
 ) -> GcPlan:
-    """What gc would remove, decided without any lock (nothing is changed)."""
-    if keep_best and not metric:
-        raise ConfigError("--keep-best needs --metric (the metric to rank by, e.g. acc)", key="metric")
-    policy = keep_policy(keep_last=keep_last, keep_best=keep_best or 0, monitor=metric, mode=mode)
+    """What gc would remove, decided without any lock (nothing is changed). ``policy_for``
+    gives each experiment's own rules (``recorded.gc_policy``) instead of the keyword settings."""
+    if policy_for is None:
+        if keep_best and not metric:
+            raise ConfigError("--keep-best needs --metric (the metric to rank by, e.g. acc)", key="metric")
+        policy = keep_policy(keep_last=keep_last, keep_best=keep_best or 0, monitor=metric, mode=mode)
     baselines = _kept_baselines(store, scope)
     plan = GcPlan()
     for chain in Catalog.load(store).chains():
         if chain.baseline not in baselines:
             plan.remove.extend(chain.records)
             continue
+        if policy_for is not None:
+            policy = policy_for(chain)
         for record, keep in zip(chain.records, policy.should_keep([CheckpointInfo.of(r) for r in chain.records])):
             (plan.keep if keep else plan.remove).append(record)
     needed = needed_objects(

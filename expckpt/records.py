@@ -7,7 +7,8 @@ parent checkpoint, output hashes, metrics, time). Listing every checkpoint is th
 A pulled ref is anyone's, so every field of the metadata is checked before it is used: md5s are
 32 lowercase hex digits (they become cache paths), sizes non-negative ints, times finite Unix
 times, parents 40-hex shas, metric names printable and their values finite numbers or the
-``"nan"``/``"inf"``/``"-inf"`` markers ``format_message`` writes. A ref that fails is skipped
+``"nan"``/``"inf"``/``"-inf"`` markers ``format_message`` writes; ``settings`` (the run's effective
+checkpoint settings, ``config.RECORDED``) only known keys whose values ``CheckpointConfig`` accepts. A ref that fails is skipped
 with one warning naming it and why; every other checkpoint stays usable.
 """
 
@@ -21,6 +22,8 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from expckpt.config import RECORDED, CheckpointConfig
+from expckpt.errors import ConfigError
 from expckpt.gitstore import GitStore
 from expckpt.refs import EXPS_PREFIX, CheckpointRef
 from expckpt.text import is_printable, terminal_safe
@@ -83,6 +86,11 @@ class CheckpointRecord:
     """The checkpoint whose weights a new trial started from (``init_from``), if it did."""
     paused: bool = False
     """True when the run was paused at this checkpoint (to be continued later)."""
+    settings: CheckpointConfig | None = None
+    """The checkpoint settings the run that wrote it used (None: written before expckpt recorded them)."""
+    origin: str | None = None
+    """Commit of the checkpoint the run that wrote this one resumed from (every checkpoint of
+    that run records it, so the branch point survives retention removing the run's first one)."""
 
     @property
     def name(self) -> str:
@@ -115,6 +123,8 @@ def format_message(
     metrics: Mapping[str, float],
     time: float,
     resumed: bool = False,
+    settings: Mapping[str, object] | None = None,
+    origin: str | None = None,
 ) -> str:
     """The commit message of a checkpoint: DVC's subject line plus one JSON metadata line."""
     meta = {
@@ -126,6 +136,8 @@ def format_message(
         "outs": {path: o.as_dict() for path, o in outs.items()},
         "metrics": {k: _finite_or_str(v) for k, v in metrics.items()},
         "time": round(time, 3),
+        **({"settings": dict(settings)} if settings is not None else {}),
+        **({"origin": origin} if origin is not None else {}),
     }
     digest = next(iter(outs.values())).md5 if outs else "0" * 32
     return (
@@ -230,6 +242,22 @@ def _time(value: object) -> float:
     raise BadRecordError(f"time {_show(value)} is not a Unix time between 0 and {_MAX_TIME:.0f}")
 
 
+def _settings(value: object) -> CheckpointConfig:
+    """The recorded checkpoint settings: an object of ``RECORDED`` keys that ``CheckpointConfig`` accepts."""
+    if not isinstance(value, dict):
+        raise BadRecordError(f"settings {_show(value)} is not an object")
+    for key in value:
+        if key not in RECORDED:
+            raise BadRecordError(f"settings key {_show(key)} is not one of {', '.join(RECORDED)}")
+    for key in ("monitor", "divergence_metric"):
+        if value.get(key) is not None:
+            _name(f"settings {key}", value[key])
+    try:
+        return CheckpointConfig.from_params(value)
+    except ConfigError as exc:
+        raise BadRecordError(f"settings are not valid ({exc})") from None
+
+
 def _record(ref: CheckpointRef, commit: str, meta: object) -> CheckpointRecord:
     """Check every field of a parsed ``expckpt-meta`` object (all of it is untrusted)."""
     if not isinstance(meta, dict):
@@ -243,6 +271,9 @@ def _record(ref: CheckpointRef, commit: str, meta: object) -> CheckpointRecord:
     parent = meta.get("parent")
     if parent is not None and (not isinstance(parent, str) or not _SHA.fullmatch(parent)):
         raise BadRecordError(f"parent {_show(parent)} is not a 40-hex commit id")
+    origin = meta.get("origin")
+    if origin is not None and (not isinstance(origin, str) or not _SHA.fullmatch(origin)):
+        raise BadRecordError(f"origin {_show(origin)} is not a 40-hex commit id")
     resumed = meta.get("resumed", False)
     if not isinstance(resumed, bool):
         raise BadRecordError(f"resumed {_show(resumed)} is not true or false")
@@ -266,6 +297,8 @@ def _record(ref: CheckpointRef, commit: str, meta: object) -> CheckpointRecord:
         resumed=resumed,
         initialized_from=_initialized_from(meta.get("initialized_from")),
         paused=paused,
+        settings=_settings(meta["settings"]) if "settings" in meta else None,
+        origin=origin,
     )
 
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from expckpt.catalog import Catalog
+from expckpt.config import CheckpointConfig
 from expckpt.errors import GitLockedError, RefConflictError
 from expckpt.gitstore import GitStore
 from expckpt.policy import CheckpointInfo, KeepPolicy
 from expckpt.records import CheckpointRecord
+from expckpt.refs import EXPS_PREFIX
 
-__all__ = ["RunRetention"]
+__all__ = ["RunRetention", "interrupted_run"]
 
 Freer = Callable[[Sequence[CheckpointRecord]], int]
 
@@ -29,6 +32,11 @@ class RunRetention:
         self.echo = echo
         self.free = free
         self.chain: list[CheckpointRecord] = []
+
+    def adopt(self, records: Sequence[CheckpointRecord]) -> None:
+        """Take in the checkpoints of the interrupted run this one continues (``interrupted_run``):
+        its retention covers them, as if the run had not been interrupted."""
+        self.chain = [*records, *self.chain]
 
     def add(self, record: CheckpointRecord) -> list[CheckpointRecord]:
         """Take in a new checkpoint and apply the policy; return the checkpoints dropped."""
@@ -62,3 +70,21 @@ class RunRetention:
             self.echo(f"expckpt: warning: kept {record.name} for now: {exc}")
             return "retry"
         return "removed"
+
+
+def interrupted_run(store: GitStore, resumed: CheckpointRecord, settings: CheckpointConfig) -> list[CheckpointRecord]:
+    """The checkpoints of the run that ``resumed`` ended, when that run was interrupted (killed,
+    failed: DVC made no experiment commit ``<exp>`` for it), ``resumed`` is its newest checkpoint
+    and it recorded the same checkpoint ``settings`` as this run.
+
+    A run resuming from there is that run's continuation (``dvc exp run`` after a kill), so its
+    retention keeps what an uninterrupted run would have kept. A finished experiment, or a
+    checkpoint applied from the middle of one, is a branch point: its checkpoints stay its own.
+    """
+    base = resumed.ref.baseline
+    if store.get_ref(f"{EXPS_PREFIX}{base[:2]}/{base[2:]}/{resumed.exp}") is not None:
+        return []
+    chain = Catalog.load(store, [base]).of(resumed.exp)
+    if not chain or chain[-1].commit != resumed.commit or chain[-1].settings != settings:
+        return []
+    return chain

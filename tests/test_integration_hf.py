@@ -1,7 +1,7 @@
 """Hugging Face Trainer through the real ``dvc exp run`` of ``examples/hf`` (offline, CPU).
 
-One project per module (4 epochs of 23 steps, a save per epoch: steps 23, 46, 69, 92; keep_last
-2 + the best by eval_accuracy); the tests run in order: a first run (checkpoints named by
+One project per module (4 epochs of 23 steps, a save per epoch: steps 23, 46, 69, 92; retention
+from the TrainingArguments: save_total_limit 2 + the best by accuracy); the tests run in order: a first run (checkpoints named by
 global step, with the step's train and eval metrics; retention), apply a checkpoint and branch
 off it (the Trainer resumes from it by itself: exact, lineage), SIGKILL and resume (bitwise
 equal to the uninterrupted run), verify.
@@ -9,6 +9,7 @@ equal to the uninterrupted run), verify.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +36,7 @@ EPOCHS, STEPS_PER_EPOCH = 4, 23
 SAVES = [STEPS_PER_EPOCH * (n + 1) for n in range(EPOCHS)]
 LAST = SAVES[-1]
 CHECKPOINT = {"every": 1, "keep_last": 2, "keep_best": 1, "monitor": "eval_accuracy", "mode": "max"}
+"""What the example's TrainingArguments become (no ``checkpoint:`` section)."""
 
 
 def exact_state(state: dict[str, Any]) -> dict[str, Any]:
@@ -54,7 +56,7 @@ def proj(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setenv("TRANSFORMERS_OFFLINE", "1")
-        project = make_example_project(tmp_path_factory.mktemp("hf") / "p", "hf", epochs=EPOCHS, checkpoint=CHECKPOINT)
+        project = make_example_project(tmp_path_factory.mktemp("hf") / "p", "hf", epochs=EPOCHS)
         base = baseline(project)
         out = run("dvc", "exp", "run", "-n", "ref", cwd=project).stdout
         yield {"project": project, "base": base, "out": out}
@@ -82,6 +84,11 @@ def test_each_trainer_save_is_a_checkpoint_experiment_with_metrics(proj: dict[st
     refs = checkpoint_refs(p, base, "ref")
     assert set(SAVES[-2:]) <= set(refs) and len(refs) <= 3, out  # keep_last 2 + the best
     assert sorted(lineage(p, refs[LAST])) == SAVES
+    assert all(meta(p, commit)["settings"] == {**CHECKPOINT, "every_minutes": None, "divergence_metric": "loss",
+               "divergence_steps": 3, "on_divergence": "warn", "patience": None} for commit in refs.values())
+    best = max(refs, key=lambda step: meta(p, refs[step])["metrics"]["eval_accuracy"])
+    assert hashlib.md5((p / "model.pt").read_bytes()).hexdigest() == meta(p, refs[best])["outs"]["model.pt"]["md5"]
+    assert f"expckpt: model.pt holds the {'last' if best == LAST else 'best'} checkpoint" in out
     for step, commit in refs.items():
         record = meta(p, commit)
         metrics = show_json(p, commit, "dvclive/metrics.json")
@@ -103,7 +110,7 @@ def test_apply_and_run_resumes_the_trainer_exactly(proj: dict[str, Any]) -> None
     k = SAVES[-2]
     run("dvc", "exp", "apply", f"ref@{k}", cwd=p)
     out = run("dvc", "exp", "run", "-n", "branch", cwd=p).stdout
-    assert f"Resuming from model.pt (ref@{k}): {k + 1} steps done" in out
+    assert f"Resuming from model.pt (ref@{k}): {k} steps done" in out  # global step k: k steps done
     branch = checkpoint_refs(p, base, "branch")
     assert sorted(branch) == [LAST]
     assert meta(p, branch[LAST])["parent"] == refs[k]
@@ -126,7 +133,7 @@ def test_sigkill_then_resume_ends_bitwise_equal(proj: dict[str, Any]) -> None:
         assert payload(p, commit)["step"] == step
     last = max(killed)
     out = run("dvc", "exp", "run", "-n", "resumed", cwd=p).stdout
-    assert f"Resuming from model.pt (killed@{last}): {last + 1} steps done" in out, out
+    assert f"Resuming from model.pt (killed@{last}): {last} steps done" in out, out
     resumed = checkpoint_refs(p, base, "resumed")
     chain = lineage(p, resumed[LAST])
     assert sorted(chain) == SAVES and chain[last] == killed[last]

@@ -3,7 +3,9 @@
 The model is built locally (no hub download). The expckpt lines are the callback and the
 ``resume_from_checkpoint`` it finds: each Trainer save (here every epoch) becomes a checkpoint
 experiment ``<exp>@<global_step>``, and inside ``dvc exp run`` training resumes from the last (or
-the applied) checkpoint. ``epochs`` in params.yaml is the total to reach.
+the applied) checkpoint. ``epochs`` in params.yaml is the total to reach. Retention is the
+Trainer's own settings (``save_total_limit`` 2 + the best by ``accuracy``); with
+``load_best_model_at_end`` the final model, and ``model.pt``, is the best checkpoint's.
 """
 
 from __future__ import annotations
@@ -69,13 +71,15 @@ def main() -> None:
         eval_strategy="epoch",
         save_strategy="epoch",
         logging_strategy="epoch",
-        save_total_limit=1,
+        save_total_limit=2,              # expckpt keeps the 2 newest checkpoints + the best
+        load_best_model_at_end=True,     # the final model (and model.pt) is the best checkpoint's
+        metric_for_best_model="accuracy",
         seed=params["seed"],
         use_cpu=True,
         report_to="none",
         disable_tqdm=True,
     )
-    callback = ExpCkptTrainerCallback("model.pt", params.get("checkpoint"))
+    callback = ExpCkptTrainerCallback("model.pt")  # retention from the TrainingArguments above
     trainer = Trainer(
         model=DigitsMLP(),
         args=args,
