@@ -225,7 +225,7 @@ class ExpCkptTrainerCallback(TrainerCallback):
         stale = [p for p in _folders(output_dir) if keep is None or not os.path.samefile(p, keep)]
         for folder in stale:
             shutil.rmtree(folder, ignore_errors=True)
-        if stale and say and self.steps is not None and self.steps.log:
+        if stale and say and self.steps is not None and self.steps.checkpointer.coord.is_main:
             names = ", ".join(p.name for p in stale[:3]) + (", ..." if len(stale) > 3 else "")
             print(terminal_safe(f"expckpt: removed {len(stale)} Trainer folder(s) an earlier run left in {output_dir}"
                                 f" ({names}); expckpt keeps its own copies"), flush=True)
