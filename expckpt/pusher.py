@@ -20,7 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from expckpt.records import CheckpointRecord
-from expckpt.remote import REJECTED_EXIT, PushTarget, one_line
+from expckpt.remote import REJECTED_EXIT, PushTarget
+from expckpt.text import one_line
 
 __all__ = ["Pusher"]
 
