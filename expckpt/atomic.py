@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 from expckpt.errors import StorageError
 
-__all__ = ["WrittenFile", "atomic_write_bytes", "atomic_writer", "fsync_dir", "md5_file", "TEMP_MARK"]
+__all__ = ["TEMP_MARK", "WrittenFile", "atomic_write_bytes", "atomic_writer", "fsync_dir", "md5_file"]
 
 TEMP_MARK = ".expckpt-tmp-"
 """Every temp file expckpt writes has this in its name, so none is mistaken for a checkpoint."""

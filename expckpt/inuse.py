@@ -291,6 +291,8 @@ class InUse:
             for rel, data in contents.items():
                 name, folder = rel.rpartition("/")[2], _dirname(rel)
                 lock_rel = f"{folder}/{_LOCK}" if folder else _LOCK
+                group: tuple[Any, ...]
+                key: tuple[Any, ...]
                 if name == _PIPELINE:
                     templated = b"${" in data or b"vars" in data
                     group = ("ws", str(workspace), rel, digest[rel], context if templated else None)

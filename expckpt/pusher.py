@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from expckpt.records import CheckpointRecord
@@ -103,8 +103,8 @@ class Pusher:
 
     # -- the thread -------------------------------------------------------------------------------
     @staticmethod
-    def _names(records: object) -> str:
-        return ", ".join(r.name for r in sorted(records, key=lambda r: r.step))  # type: ignore[attr-defined]
+    def _names(records: Iterable[CheckpointRecord]) -> str:
+        return ", ".join(r.name for r in sorted(records, key=lambda r: r.step))
 
     def _run(self) -> None:
         backoff = FIRST_BACKOFF_S

@@ -26,6 +26,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from expckpt.cache import DvcCache
 from expckpt.errors import ProjectError
@@ -59,7 +60,7 @@ class PushTarget:
     """What asked for pushing: ``checkpoint.push`` or ``DVC_EXP_AUTO_PUSH``."""
 
 
-def _dvc_config(dvc_root: Path) -> Mapping[str, object]:
+def _dvc_config(dvc_root: Path) -> Mapping[str, Any]:
     from dvc.config import Config
 
     return Config(dvc_dir=str(Path(dvc_root) / ".dvc"))
@@ -102,7 +103,7 @@ def _git_remote(store: GitStore, name: str, source: str) -> str:
     return name
 
 
-def _dvc_remote(config: Mapping[str, object]) -> str:
+def _dvc_remote(config: Mapping[str, Any]) -> str:
     core = config.get("core", {}) or {}
     name = core.get("remote") if isinstance(core, Mapping) else None
     if not name or name not in (config.get("remote") or {}):
@@ -200,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         store = GitStore.open(args.root)
         target = PushTarget(git_remote=args.git_remote, dvc_remote=args.dvc_remote, source="expckpt")
-        for ref in push_batch(store, args.root, target, pairs):  # type: ignore[arg-type]
+        for ref in push_batch(store, args.root, target, pairs):
             print(f"pushed {ref}", flush=True)
     except PushFailed as exc:
         print(_one_line(exc), file=sys.stderr)

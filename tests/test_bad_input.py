@@ -27,7 +27,6 @@ from faultkit import (
     leftover_temps,
     locked_model,
     md5_of,
-    reference,
     resumed_from,
     run,
     set_param,

@@ -213,7 +213,7 @@ def test_unwritable_cache_raises_a_storage_error(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     cache = DvcCache(blocker, tmp_path / "git" / "cache-objects.log")
     src, md5, size = make_file(tmp_path / "ws" / "model.pt", b"checkpoint")
-    with pytest.raises(StorageError, match="could not add .* to the DVC cache at .*; free some space") as info:
+    with pytest.raises(StorageError, match=r"could not add .* to the DVC cache at .*; free some space") as info:
         cache.add(src, md5, size)
     message = str(info.value)
     assert "\n" not in message and str(src) in message and str(blocker) in message

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -266,7 +266,7 @@ def test_bad_mnist_settings_are_config_errors(data: dict, key: str) -> None:
 def test_read_idx_rejects_a_short_header(tmp_path: Path) -> None:
     short = tmp_path / "short.gz"
     short.write_bytes(gzip.compress(struct.pack(">I", 2051) + b"\x00\x00"))
-    with pytest.raises(DataError, match="not an IDX images file: .*6 bytes"):
+    with pytest.raises(DataError, match=r"not an IDX images file: .*6 bytes"):
         mnist.read_idx(short, 0x0803, "images")
 
 
@@ -346,7 +346,7 @@ def test_unknown_source_is_a_config_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("value", [0, 1, 1.5, -0.1, float("nan"), "0.2", True, None])
 def test_bad_test_fraction_is_a_config_error(value: object) -> None:
-    with pytest.raises(ConfigError, match="data.test_fraction") as info:
+    with pytest.raises(ConfigError, match=r"data\.test_fraction") as info:
         download.load_digits_split(value)  # type: ignore[arg-type]
     assert info.value.key == "data.test_fraction"
 

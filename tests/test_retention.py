@@ -183,9 +183,9 @@ def test_keep_policy_needs_a_monitor_for_keep_best_and_info_comes_from_a_record(
     from expckpt.errors import ConfigError
     from expckpt.policy import CheckpointInfo, keep_policy
 
-    with pytest.raises(ConfigError, match="checkpoint.monitor is required when checkpoint.keep_best is 2"):
+    with pytest.raises(ConfigError, match=r"checkpoint\.monitor is required when checkpoint\.keep_best is 2"):
         keep_policy(keep_last=1, keep_best=2)
-    with pytest.raises(ConfigError, match="checkpoint.keep_best must be a non-negative integer, got -1"):
+    with pytest.raises(ConfigError, match=r"checkpoint\.keep_best must be a non-negative integer, got -1"):
         keep_policy(keep_last=1, keep_best=-1)
 
     class Record:

@@ -52,7 +52,7 @@ def test_corrupt_object_is_named_and_fails(project: Path) -> None:
 
 
 def test_missing_object_is_named_and_fails(project: Path) -> None:
-    md5, obj = object_of(project, "straight@0")
+    _md5, obj = object_of(project, "straight@0")
     obj.unlink()
 
     result = cli(project, "verify", "--all")

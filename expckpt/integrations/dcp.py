@@ -65,7 +65,7 @@ from expckpt.session import SessionNote
 from expckpt.watch import TrainingWatch
 from expckpt.wiring import Wiring, wire
 
-__all__ = ["STEP_KEY", "ShardedCheckpointer", "SafeLoadPlanner", "rng_key"]
+__all__ = ["STEP_KEY", "SafeLoadPlanner", "ShardedCheckpointer", "rng_key"]
 
 STEP_KEY = "expckpt/step"
 WATCH_KEY = "expckpt/watch"
@@ -168,7 +168,8 @@ class ShardedCheckpointer:
             return wiring
 
         wiring = _together(make, rank, world, group)
-        where = _broadcast(str(wiring.path) if wiring else None, group) if world > 1 else str(wiring.path)  # type: ignore[union-attr]
+        where = _broadcast(str(wiring.path) if wiring else None, group) if world > 1 else str(wiring.path)
+        assert where is not None  # every rank raised if rank 0 had no wiring
         return cls(wiring, config, Path(where), rank=rank, world_size=world, group=group, log=log, live_dir=live_dir)
 
     # -- resume ------------------------------------------------------------------------------------

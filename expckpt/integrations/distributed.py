@@ -108,7 +108,7 @@ class DistributedCheckpointer:
                 )
             return cls(Checkpointer.from_env(path, config, live_dir=live_dir), rank=0, world_size=1, path=path, live_dir=live_dir)
         rank, world = dist.get_rank(group), dist.get_world_size(group)
-        env = None if rank == 0 else {}  # {}: not inside `dvc exp run`, so it only reads files
+        env: dict[str, str] | None = None if rank == 0 else {}  # {}: not inside `dvc exp run`, so it only reads files
         make = lambda: Checkpointer.from_env(path, config, live_dir=live_dir, env=env)  # noqa: E731
         checkpointer = together(make, rank, world, group, everyone=True)
         if rank != 0:

@@ -75,8 +75,9 @@ class TrainerFiles:
             if "/" in name or name in ("", ".", ".."):  # names come from a checkpoint file: untrusted
                 continue
             (directory / name).write_bytes(data.numpy().tobytes())
-        if hasattr(model, "save_pretrained"):
-            model.save_pretrained(directory)
+        save_pretrained = getattr(model, "save_pretrained", None)
+        if save_pretrained is not None:
+            save_pretrained(directory)
         else:
             from safetensors.torch import save_file
 

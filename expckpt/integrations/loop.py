@@ -54,7 +54,7 @@ def training_state(model: torch.nn.Module, **objects: Any) -> TrainingState:
     try:
         return TrainingState(model=model, **given)
     except TypeError:
-        known = {k: given.pop(k) for k in ("optimizer", "scheduler") if k in given}
+        known: dict[str, Any] = {k: given.pop(k) for k in ("optimizer", "scheduler") if k in given}
         if len(given) > 1:
             raise
         if given:
@@ -124,7 +124,7 @@ class StepLog:
         self.checkpointer = checkpointer
         self.state = state
         self.log = log
-        self.live_dir = live_dir or getattr(checkpointer, "live_dir", "dvclive")
+        self.live_dir: str = live_dir or getattr(checkpointer, "live_dir", None) or "dvclive"
         self.live: Any = None
         self.resumed: Any = None
 
