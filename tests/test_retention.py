@@ -103,10 +103,21 @@ def test_divergence_stops_cleanly_after_keeping_the_checkpoint(tmp_path: Path) -
     assert "expckpt: stopping training at step" in result.stdout
     stopped_at = int(result.stdout.split("stopping training at step ")[1].split()[0])
     assert stopped_at < 11
-    assert max(r.step for r in records(project, "boom")) == stopped_at
-    report = run("expckpt", "report", "boom", cwd=project)
-    assert "diverging" in report.stdout or "NaN" in report.stdout
-    assert "checkpoint to apply: dvc exp apply boom@" in report.stdout
+    assert f"expckpt: stopping training at step {stopped_at} (diverging; checkpoint.on_divergence: stop)" in (
+        result.stdout.splitlines())
+    kept = sorted(records(project, "boom"), key=lambda r: r.step)
+    assert [r.step for r in kept] == list(range(stopped_at + 1))  # keep_last: None keeps every step
+    best = max(kept, key=lambda r: (r.metrics["acc"], -r.step))  # the first step of the highest acc
+    analysed = json.loads(run("expckpt", "report", "boom", "--json", cwd=project).stdout)
+    assert analysed["diverging"] is True and 0 < analysed["diverging_since"] <= stopped_at
+    assert analysed["best_step"] == analysed["recommended_step"] == best.step
+    report = run("expckpt", "report", "boom", cwd=project).stdout.splitlines()
+    assert [line for line in report if line.endswith(": diverging")] == [
+        f"  loss rose {analysed['rising_steps']} steps in a row since step {analysed['diverging_since']}: diverging"
+        if analysed["rising_steps"] else
+        f"  NaN in loss at step {analysed['diverging_since']}: diverging"
+    ]
+    assert report[-1] == f"  checkpoint to apply: dvc exp apply boom@{best.step}"
 
 
 # --------------------------------------------------------------------------- freeing during training (#14.6)
