@@ -52,7 +52,7 @@ def test_a_chain_is_drawn_newest_first_under_its_baseline_with_every_metric() ->
     ]
     for line, r in zip(lines[3:], newest_first):  # the columns line up under their headers
         assert line.index(r.commit[:7]) == lines[0].index("Commit")
-        assert line.index(f"{r.metrics['loss']:.5g}") == lines[0].index("loss")
+        assert line.rindex(f"{r.metrics['loss']:.5g}") == lines[0].index("loss")
 
 
 def test_a_resumed_chain_names_its_origin_and_missing_or_nonfinite_metrics_show_as_such() -> None:
