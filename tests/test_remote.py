@@ -64,6 +64,7 @@ def test_dvc_exp_auto_push_convention(bare: Path, tmp_path: Path) -> None:
     assert resolve_target(store, bare, "team", env={"DVC_EXP_AUTO_PUSH": "false"})[0] is not None  # the key wins
 
 
+@pytest.mark.slow
 def test_push_batch_skips_dropped_checkpoints_and_sends_objects_before_refs(tmp_path: Path) -> None:
     project = make_project(tmp_path / "project", epochs=3, checkpoint={"every": 1, "keep_last": None})
     remote, objects = tmp_path / "remote.git", tmp_path / "store"

@@ -52,6 +52,7 @@ def test_twelve_epochs_keep_last_3_keep_best_1_then_gc_frees_the_rest(tmp_path: 
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("checkpoint", "message"),
     [
@@ -72,6 +73,7 @@ def test_bad_checkpoint_settings_get_one_line_naming_the_key(tmp_path: Path, che
     assert records(project, "bad") == [] and not (project / "model.pt").exists()
 
 
+@pytest.mark.slow
 def test_every_n_steps_and_the_last_step_is_always_saved(tmp_path: Path) -> None:
     project = make_project(tmp_path / "p", epochs=5, checkpoint={"every": 2, "keep_last": None})
 
@@ -80,6 +82,7 @@ def test_every_n_steps_and_the_last_step_is_always_saved(tmp_path: Path) -> None
     assert sorted(r.step for r in records(project, "sparse")) == [1, 3, 4]
 
 
+@pytest.mark.slow
 def test_every_zero_turns_checkpoints_off_but_writes_the_model(tmp_path: Path) -> None:
     project = make_project(tmp_path / "p", epochs=2, checkpoint={"every": 0})
 
@@ -89,6 +92,7 @@ def test_every_zero_turns_checkpoints_off_but_writes_the_model(tmp_path: Path) -
     assert (project / "model.pt").is_file()
 
 
+@pytest.mark.slow
 def test_divergence_stops_cleanly_after_keeping_the_checkpoint(tmp_path: Path) -> None:
     project = make_project(
         tmp_path / "p",
@@ -123,6 +127,7 @@ def test_divergence_stops_cleanly_after_keeping_the_checkpoint(tmp_path: Path) -
 # --------------------------------------------------------------------------- freeing during training (#14.6)
 
 
+@pytest.mark.slow
 def test_free_dropped_frees_what_retention_dropped_unless_something_else_needs_it(tmp_path: Path) -> None:
     from expckpt.gc import free_dropped
 
@@ -150,6 +155,7 @@ def test_free_dropped_frees_what_retention_dropped_unless_something_else_needs_i
     print(f"free_dropped: first call {first_call:.3f} s")
 
 
+@pytest.mark.slow
 def test_free_dropped_leaves_objects_to_gc_while_the_lock_is_busy(tmp_path: Path) -> None:
     from expckpt.gc import free_dropped
     from expckpt.gclock import gc_lock
