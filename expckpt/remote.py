@@ -14,6 +14,8 @@ process's interpreter lock and a hung upload can be killed. In order:
 Nothing here takes DVC's repository lock or touches the workspace, so it runs while
 ``dvc exp run`` runs the stage. ``resolve_target`` turns ``checkpoint.push`` (or DVC's
 ``DVC_EXP_AUTO_PUSH`` convention) into remote names, checked once before training starts.
+
+(``remote.one_line`` moved to ``expckpt.text.one_line``, the one text sanitiser.)
 """
 
 from __future__ import annotations
