@@ -62,7 +62,7 @@ from expckpt.resume import ResumePoint, find_resume_point, remove_stale_temps
 from expckpt.retention import RunRetention
 from expckpt.rng import capture_rng, restore_rng
 from expckpt.session import SessionNote
-from expckpt.watch import TrainingWatch
+from expckpt.watch import TrainingWatch, flatten_metrics
 from expckpt.wiring import Wiring, wire
 
 __all__ = ["STEP_KEY", "SafeLoadPlanner", "ShardedCheckpointer", "rng_key"]
@@ -238,7 +238,7 @@ class ShardedCheckpointer:
         steps = _gather(step, self.group) if self.world_size > 1 else [step]
         if len(set(steps)) != 1:
             raise ConfigError(f"ranks completed different steps {steps}; call save() on every rank with the same step")
-        flat = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        flat = flatten_metrics(metrics)
         decided = _together(lambda: self._decide(step, flat), self.rank, self.world_size, self.group)
         save, stop = _broadcast(decided, self.group) if self.world_size > 1 else decided
         if save:
