@@ -1,4 +1,7 @@
-"""Atomic file writes: temp file in the same directory, fsync, rename; the name moves last."""
+"""Atomic file writes: temp file in the same directory, fsync, rename; the name moves last.
+
+(``HashingWriter`` was removed: nothing used it; ``md5_file`` hashes a written file.)
+"""
 
 from __future__ import annotations
 
@@ -14,31 +17,10 @@ from typing import BinaryIO
 
 from expckpt.errors import StorageError
 
-__all__ = ["HashingWriter", "WrittenFile", "atomic_write_bytes", "atomic_writer", "fsync_dir", "md5_file", "TEMP_MARK"]
+__all__ = ["TEMP_MARK", "WrittenFile", "atomic_write_bytes", "atomic_writer", "fsync_dir", "md5_file"]
 
 TEMP_MARK = ".expckpt-tmp-"
 """Every temp file expckpt writes has this in its name, so none is mistaken for a checkpoint."""
-
-
-class HashingWriter:
-    """A write-only file object that computes the MD5 (DVC's hash) and size of what passes."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self._raw = raw
-        self._md5 = hashlib.md5(usedforsecurity=False)
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self._md5.update(data)
-        self.size += len(data)
-        return self._raw.write(data)
-
-    def flush(self) -> None:
-        self._raw.flush()
-
-    @property
-    def md5(self) -> str:
-        return self._md5.hexdigest()
 
 
 def _umask() -> int:

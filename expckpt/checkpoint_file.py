@@ -57,7 +57,7 @@ def write_temp(payload: Mapping[str, Any], dest: Path, *, durable: bool = True) 
     stream = HashingStream(fd, cpu_storages(payload), writeback=durable)
     try:
         try:
-            torch.save(payload, stream)
+            torch.save(payload, stream)  # type: ignore[arg-type]  # a write-only file object: all torch.save needs
             md5, size = stream.finish(durable=durable)
         finally:
             stream.abort()
@@ -134,7 +134,7 @@ def _corrupt(path: Path, exc: BaseException) -> CorruptCheckpointError:
     )
 
 
-def check_architecture(model: torch.nn.Module, weights: Mapping[str, Any], path: Path) -> None:
+def check_architecture(model: torch.nn.Module, weights: Mapping[str, Any] | None, path: Path) -> None:
     """Raise ``ArchitectureMismatchError`` unless ``weights`` fit ``model`` exactly."""
     if not isinstance(weights, Mapping):
         raise CorruptCheckpointError(f"{path} has no model weights", path=path)

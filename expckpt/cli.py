@@ -114,9 +114,9 @@ def cmd_list(args: argparse.Namespace, ctx: Context) -> int:
         return 0
     metrics = sorted({m for r, _ in rows for m in r.metrics})
     table = [["Checkpoint", "Step", "Commit", *metrics, "Size", "Kept by"]]
-    for r, why in rows:
+    for r, kept_by in rows:
         table.append([r.name, str(r.step), r.commit[:7], *[f"{r.metrics[m]:.5g}" if m in r.metrics else "-" for m in metrics],
-                      _size(r.size), ",".join(why) or "- (outside policy)"])
+                      _size(r.size), ",".join(kept_by) or "- (outside policy)"])
     table = [[terminal_safe(cell) for cell in row] for row in table]  # metric names come from Git
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:

@@ -28,7 +28,7 @@ from expckpt.cache import DvcCache
 from expckpt.errors import ProjectError
 from expckpt.gc import still_needed
 from expckpt.gitstore import GitStore
-from expckpt.remote import one_line
+from expckpt.text import one_line
 
 __all__ = ["CloudPlan", "execute_cloud_gc", "plan_cloud_gc"]
 

@@ -202,7 +202,7 @@ class Committer:
             for path, item in zip(paths, items):
                 self._lock.remember(item.dest, outs[path])
             rendered = self._lock.render(outs)
-            files = {**live_files, **rendered.files, "dvc.lock": rendered.lock}
+            files: dict[str, bytes | None] = {**live_files, **rendered.files, "dvc.lock": rendered.lock}
             tree = self.store.tree_with_files(self._base_tree, files)
             now = time.time()
             resumed = parent is not None and not self._published
@@ -217,7 +217,7 @@ class Committer:
             # outputs out of it (force), so after a crash it puts back this checkpoint's file, not the
             # one of whatever run wrote dvc.lock before. Written before the ref: a crash in between
             # leaves a file no ref names, which resuming rolls back (see Checkpointer.restore).
-            atomic_write_bytes(self.project.workspace / "dvc.lock", files["dvc.lock"], durable=False)
+            atomic_write_bytes(self.project.workspace / "dvc.lock", rendered.lock, durable=False)
             phase("after-lock", step)
 
             self._write_ref(ref, commit)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from expckpt.errors import ProjectError
+from expckpt.text import one_line
 
 __all__ = ["LockHolder", "gc_lock", "lock_holders", "pid_alive"]
 
@@ -64,11 +65,6 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def _printable(text: str, limit: int = 120) -> str:
-    clean = "".join(c if c.isprintable() else "?" for c in text)
-    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
-
-
 def lock_holders(git_dir: Path, *, exclude_pid: int | None = None) -> list[LockHolder]:
     """Live processes that noted holding the gc lock (stale notes are removed)."""
     _, holders_dir = _paths(git_dir)
@@ -84,7 +80,7 @@ def lock_holders(git_dir: Path, *, exclude_pid: int | None = None) -> list[LockH
                 note.unlink()
             continue
         if pid != exclude_pid:
-            found.append(LockHolder(pid, mode, _printable(command)))
+            found.append(LockHolder(pid, mode, one_line(command, 120)))
     return found
 
 

@@ -31,6 +31,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from expckpt.gclock import pid_alive
+
 __all__ = ["WriterSlot", "process_start", "writer_slot"]
 
 _RECORD = 256
@@ -48,12 +50,8 @@ def process_start(pid: int) -> int:
 
 def _alive(pid: int, start: int) -> bool:
     """Whether process ``pid`` (started at ``start``) still runs; a reused pid is not it."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        pass
     now = process_start(pid)
     return not (start and now and now != start)
 

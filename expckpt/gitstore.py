@@ -106,7 +106,7 @@ class GitStore(TreeReads):
         """Write blobs for ``files`` (None deletes) over ``base_tree``; return the new tree."""
         def write(slot: WriterSlot) -> str:
             store = RecordingStore(self._repo.object_store, slot, self.git_dir)
-            changes = []
+            changes: list[tuple[bytes, int | None, Any]] = []
             for path, data in sorted(files.items()):
                 if data is None:
                     changes.append((path.encode(), None, None))

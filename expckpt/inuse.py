@@ -217,6 +217,7 @@ class InUse:
                         self._units[key] = frozenset(self._ask_dvc(repo, key, lock, dvcfiles))
 
     def _ask_dvc(self, repo: Any, key: tuple[Any, ...], lock: str | None, dvcfiles: dict[str, dict[str, Any]]) -> set[str]:
+        import yaml
         from dvc.exceptions import DvcException
 
         try:
@@ -227,7 +228,7 @@ class InUse:
             folder = key[1]
             path = f"/{folder}/{_PIPELINE}" if folder else f"/{_PIPELINE}"
             return self._pipeline(repo, path, self.store.blob(lock) if lock else None, dvcfiles.setdefault(path, {}))
-        except (DvcException, ValueError, TypeError, KeyError, OSError):
+        except (DvcException, yaml.YAMLError, ValueError, TypeError, KeyError, OSError):  # a lock that is not YAML too
             names = set()
             for sha in (key[2], lock):
                 if sha:
@@ -291,6 +292,8 @@ class InUse:
             for rel, data in contents.items():
                 name, folder = rel.rpartition("/")[2], _dirname(rel)
                 lock_rel = f"{folder}/{_LOCK}" if folder else _LOCK
+                group: tuple[Any, ...]
+                key: tuple[Any, ...]
                 if name == _PIPELINE:
                     templated = b"${" in data or b"vars" in data
                     group = ("ws", str(workspace), rel, digest[rel], context if templated else None)

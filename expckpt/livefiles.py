@@ -80,8 +80,8 @@ def restore_live_files(store: GitStore, commit: str, workspace: Path, live_dir: 
     root_real = os.path.realpath(workspace)
     base_real = os.path.join(root_real, *live_parts)
     for parts in wanted:
-        target = os.path.realpath(base.joinpath(*parts).parent)
-        if os.path.commonpath([target, base_real]) != base_real:
+        parent = os.path.realpath(base.joinpath(*parts).parent)
+        if os.path.commonpath([parent, base_real]) != base_real:
             raise _unsafe(commit, f"{terminal_safe('/'.join(parts))} resolves outside {base}")
     if base.is_dir():
         for root, _, names in os.walk(base):  # does not follow symlinked directories

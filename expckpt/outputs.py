@@ -31,7 +31,7 @@ class OutputFiles:
         for out in self.outputs:
             note = SessionNote.read(workspace, out.rel_path)
             if out.is_dir and note is not None and note.files:
-                self._dir_files[out.rel_path] = {k: tuple(v) for k, v in note.files.items()}  # type: ignore[misc]
+                self._dir_files[out.rel_path] = {k: tuple(v) for k, v in note.files.items()}
 
     def capture(self, state: StateFiles) -> dict[str, Any]:
         """``output path -> payload`` (a directory output: ``relpath inside it -> payload``)."""

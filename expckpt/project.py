@@ -93,9 +93,9 @@ class Project:
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except FileNotFoundError:
-            raise ProjectError(f"{path} does not exist; add a stage with a checkpoint output", path=path)
+            raise ProjectError(f"{path} does not exist; add a stage with a checkpoint output", path=path) from None
         except yaml.YAMLError as exc:
-            raise ProjectError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}", path=path)
+            raise ProjectError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}", path=path) from None
         return data
 
     def stage_specs(self) -> dict[str, Any]:

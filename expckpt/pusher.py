@@ -16,11 +16,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from expckpt.records import CheckpointRecord
-from expckpt.remote import REJECTED_EXIT, PushTarget, one_line
+from expckpt.remote import REJECTED_EXIT, PushTarget
+from expckpt.text import one_line
 
 __all__ = ["Pusher"]
 
@@ -102,8 +103,8 @@ class Pusher:
 
     # -- the thread -------------------------------------------------------------------------------
     @staticmethod
-    def _names(records: object) -> str:
-        return ", ".join(r.name for r in sorted(records, key=lambda r: r.step))  # type: ignore[attr-defined]
+    def _names(records: Iterable[CheckpointRecord]) -> str:
+        return ", ".join(r.name for r in sorted(records, key=lambda r: r.step))
 
     def _run(self) -> None:
         backoff = FIRST_BACKOFF_S

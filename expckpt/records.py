@@ -209,7 +209,7 @@ def _output(path: str, value: object) -> OutputHash:
     if not _is_int(size) or not 0 <= size <= _MAX_SIZE:  # type: ignore[operator]
         raise BadRecordError(f"size {_show(size)} of {_show(path)} is not a non-negative integer")
     nfiles = value.get("nfiles")
-    if nfiles is not None and (not _is_int(nfiles) or not 0 <= nfiles <= _MAX_SIZE or not md5.endswith(".dir")):  # type: ignore[operator]
+    if nfiles is not None and (not _is_int(nfiles) or not 0 <= nfiles <= _MAX_SIZE or not md5.endswith(".dir")):
         raise BadRecordError(f"nfiles {_show(nfiles)} of {_show(path)} is not a directory's file count")
     return OutputHash(md5, size, nfiles)  # type: ignore[arg-type]
 

@@ -14,6 +14,8 @@ process's interpreter lock and a hung upload can be killed. In order:
 Nothing here takes DVC's repository lock or touches the workspace, so it runs while
 ``dvc exp run`` runs the stage. ``resolve_target`` turns ``checkpoint.push`` (or DVC's
 ``DVC_EXP_AUTO_PUSH`` convention) into remote names, checked once before training starts.
+
+(``remote.one_line`` moved to ``expckpt.text.one_line``, the one text sanitiser.)
 """
 
 from __future__ import annotations
@@ -26,12 +28,15 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from expckpt.cache import DvcCache
 from expckpt.errors import ProjectError
 from expckpt.gitstore import GitStore
 from expckpt.refs import CheckpointRef
+from expckpt.text import one_line
 
-__all__ = ["PushFailed", "PushTarget", "one_line", "push_batch", "resolve_target"]
+__all__ = ["PushFailed", "PushTarget", "push_batch", "resolve_target"]
 
 _SHA = re.compile(r"[0-9a-f]{40}")
 _TRUE = ("1", "y", "yes", "true", "on")
@@ -57,7 +62,7 @@ class PushTarget:
     """What asked for pushing: ``checkpoint.push`` or ``DVC_EXP_AUTO_PUSH``."""
 
 
-def _dvc_config(dvc_root: Path) -> Mapping[str, object]:
+def _dvc_config(dvc_root: Path) -> Mapping[str, Any]:
     from dvc.config import Config
 
     return Config(dvc_dir=str(Path(dvc_root) / ".dvc"))
@@ -100,7 +105,7 @@ def _git_remote(store: GitStore, name: str, source: str) -> str:
     return name
 
 
-def _dvc_remote(config: Mapping[str, object]) -> str:
+def _dvc_remote(config: Mapping[str, Any]) -> str:
     core = config.get("core", {}) or {}
     name = core.get("remote") if isinstance(core, Mapping) else None
     if not name or name not in (config.get("remote") or {}):
@@ -129,7 +134,7 @@ def objects_of(store: GitStore, dvc_root: Path, commits: Sequence[str]) -> set[s
     return InUse(store, dvc_root).of_commits({c: store.commit_tree(c) for c in commits})
 
 
-def upload_objects(dvc_root: Path, dvc_remote: str, objects: set[str]) -> int:
+def upload_objects(cache: DvcCache, dvc_root: Path, dvc_remote: str, objects: set[str]) -> int:
     """Upload ``objects`` (md5 values, ``.dir`` manifests with their files) from the cache to
     ``dvc_remote``; return how many were sent. Objects missing from the cache are skipped
     (DVC says which); a failed transfer raises ``PushFailed``."""
@@ -140,7 +145,7 @@ def upload_objects(dvc_root: Path, dvc_remote: str, objects: set[str]) -> int:
 
     logging.getLogger("dvc").setLevel(logging.ERROR)  # this is a child process: no progress noise
     with Repo(str(dvc_root)) as repo:
-        present = {o for o in objects if repo.cache.local.exists(o)}
+        present = {o for o in objects if cache.object_path(o).is_file()}
         result = repo.cloud.push([HashInfo("md5", o) for o in sorted(present)], remote=dvc_remote)
     if result.failed:
         raise PushFailed(f"{len(result.failed)} of {len(present)} files did not upload to DVC remote {dvc_remote!r}")
@@ -172,15 +177,10 @@ def push_batch(store: GitStore, dvc_root: Path, target: PushTarget, pairs: Seque
     kept = _still_named(store, pairs)
     if not kept:
         return []
-    upload_objects(dvc_root, target.dvc_remote, objects_of(store, dvc_root, [c for _, c in kept]))
+    cache = DvcCache.for_project(dvc_root, store.git_dir)
+    upload_objects(cache, dvc_root, target.dvc_remote, objects_of(store, dvc_root, [c for _, c in kept]))
     push_refs(store, target.git_remote, kept)
     return [ref for ref, _ in kept]
-
-
-def one_line(text: str, limit: int = 300) -> str:
-    """``text`` as one terminal-safe line: a remote's error message may carry escape sequences."""
-    text = "".join(ch if ch.isprintable() else " " for ch in " ".join(text.split()))
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _one_line(exc: BaseException) -> str:
@@ -203,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         store = GitStore.open(args.root)
         target = PushTarget(git_remote=args.git_remote, dvc_remote=args.dvc_remote, source="expckpt")
-        for ref in push_batch(store, args.root, target, pairs):  # type: ignore[arg-type]
+        for ref in push_batch(store, args.root, target, pairs):
             print(f"pushed {ref}", flush=True)
     except PushFailed as exc:
         print(_one_line(exc), file=sys.stderr)

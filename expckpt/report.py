@@ -185,6 +185,7 @@ def analyse(
         diverging_since = first_bad
     diverging = diverging_since is not None
 
+    recommended: int | None
     if best_step is not None:
         recommended = best_step
     elif series:

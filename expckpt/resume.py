@@ -111,7 +111,7 @@ def _ours(path: Path, note: SessionNote | None, md5: str | None, written: Mappin
     if md5 in written or not path.is_dir():
         return md5 in written
     known = {k: tuple(v) for k, v in (note.files or {}).items()} if note else None
-    stats = hash_dir(path, known)[3]  # type: ignore[arg-type]
+    stats = hash_dir(path, known)[3]
     return bool(stats) and all(s[0] in written for s in stats.values())
 
 

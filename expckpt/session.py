@@ -127,7 +127,7 @@ def hash_with_note(path: Path, note: SessionNote | None) -> tuple[str, int]:
     """MD5 and size of ``path``, trusting ``note`` when the file's stat still matches it (for
     a directory: its ``.dir`` hash, trusting the note's stat of each file)."""
     if path.is_dir():
-        md5, size, _, _ = hash_dir(path, {k: tuple(v) for k, v in (note.files or {}).items()} if note else None)  # type: ignore[misc]
+        md5, size, _, _ = hash_dir(path, {k: tuple(v) for k, v in (note.files or {}).items()} if note else None)
         return md5, size
     st = os.stat(path)
     if note and (note.size, note.mtime_ns, note.inode) == (st.st_size, st.st_mtime_ns, st.st_ino):

@@ -42,7 +42,7 @@ def _created(record: CheckpointRecord) -> str:
 
 def _iso(time: float) -> str | None:
     try:
-        return dt.datetime.fromtimestamp(time, dt.timezone.utc).isoformat()
+        return dt.datetime.fromtimestamp(time, dt.UTC).isoformat()
     except (ValueError, OverflowError, OSError):
         return None
 

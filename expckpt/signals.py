@@ -18,7 +18,7 @@ from types import FrameType
 
 __all__ = ["GracefulStop", "TrainingInterrupted"]
 
-_NAMES = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+_NAMES: dict[int, str] = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
 
 
 class TrainingInterrupted(SystemExit):

@@ -119,7 +119,8 @@ class TrainingState:
         Returns lines saying which optimizer settings differ now and what happens (see
         ``expckpt.hparams``). With ``defer_rng`` the RNG states wait for ``apply_rng()``.
         """
-        library = payload.get("expckpt") if isinstance(payload.get("expckpt"), Mapping) else {}
+        raw_library = payload.get("expckpt")
+        library: Mapping[str, Any] = raw_library if isinstance(raw_library, Mapping) else {}
         saved_hparams = dict(library.get("hparams") or {})
         if "optimizer" not in saved_hparams and isinstance(payload.get("optimizer_hparams"), Mapping):
             saved_hparams["optimizer"] = payload["optimizer_hparams"]  # checkpoints of expckpt 0.1

@@ -3,14 +3,17 @@
 Commit messages, tree entry names and ref names are written by whoever made the commit, and a
 pulled experiment ref is anyone's. Printed raw, an ESC or CSI sequence can recolour, move the
 cursor, rewrite the title or hide text, and a newline or CR can forge whole table rows. Every
-printer passes Git-sourced strings through ``terminal_safe`` first.
+printer passes Git-sourced strings through ``terminal_safe`` first; ``one_line`` does the same
+for a message that must fit one short line (a remote's error, a process's command line).
+
+This is expckpt's one text sanitiser: nothing else escapes or strips characters for printing.
 """
 
 from __future__ import annotations
 
 import unicodedata
 
-__all__ = ["is_printable", "terminal_safe"]
+__all__ = ["is_printable", "one_line", "terminal_safe"]
 
 # Cc: C0 (incl. ESC, CR, LF, TAB), DEL, C1 (incl. CSI U+009B); Cf: bidi overrides and other
 # invisible format characters that can reorder what is shown; Zl/Zp: line/paragraph separators;
@@ -50,3 +53,10 @@ def terminal_safe(text: object) -> str:
         else:
             out.append(f"\\U{ord(char):08x}")
     return "".join(out)
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    """``text`` with its whitespace runs (newlines included) collapsed to one space, made
+    ``terminal_safe``, and cut to ``limit`` characters (ending ``...`` when cut)."""
+    flat = terminal_safe(" ".join(str(text).split()))
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."

@@ -169,13 +169,19 @@ class TrainingWatch:
         self._c.warned = list(self._c.warned)
 
 
-def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """dvclive's nested summary as ``{"train/loss": 0.3, ...}``: numbers only, ``step`` left out."""
+def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "", *,
+                    skip: frozenset[str] = frozenset({"step"})) -> dict[str, float]:
+    """dvclive's nested summary as ``{"train/loss": 0.3, ...}``: numbers only (not bools, not
+    strings), keys named in ``skip`` (dvclive's ``step``) left out.
+
+    expckpt's one metric flattener: the checkpointer, the sharded checkpointer and the framework
+    adapters (``integrations.loop.scalar_metrics``) all read metrics through it.
+    """
     flat: dict[str, float] = {}
     for key, value in metrics.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            flat.update(flatten_metrics(value, f"{name}/"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
+            flat.update(flatten_metrics(value, f"{name}/", skip=skip))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and key not in skip:
             flat[name] = float(value)
     return flat

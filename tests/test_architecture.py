@@ -85,6 +85,7 @@ def test_no_import_cycles() -> None:
         visit(name, [])
 
 
+@pytest.mark.slow
 def test_core_imports_without_torch() -> None:
     """committer, gc, verify, show, resume and the CLI work on a machine without torch."""
     blocker = (

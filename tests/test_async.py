@@ -19,6 +19,7 @@ from expckpt.staging import Stager
 from expckpt.writer import AsyncWriter
 
 
+@pytest.mark.slow
 def test_async_run_publishes_the_same_checkpoints_as_a_sync_run(tmp_path: Path) -> None:
     sync = make_project(tmp_path / "sync", epochs=3, checkpoint={"keep_last": None})
     asyn = make_project(tmp_path / "async", epochs=3, checkpoint={"keep_last": None, "async": True})

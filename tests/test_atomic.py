@@ -1,10 +1,9 @@
-"""Atomic writes, MD5 hashing as DVC does it, and the hashing writer."""
+"""Atomic writes and MD5 hashing as DVC does it."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import os
 import resource
 import signal
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from expckpt.atomic import TEMP_MARK, HashingWriter, atomic_write_bytes, atomic_writer, md5_file
+from expckpt.atomic import TEMP_MARK, atomic_write_bytes, atomic_writer, md5_file
 from expckpt.errors import StorageError
 
 
@@ -126,25 +125,3 @@ def test_md5_file_equals_hashlib(tmp_path: Path, size: int) -> None:
 def test_md5_file_of_the_empty_file_is_dvcs_empty_hash(tmp_path: Path) -> None:
     (tmp_path / "empty").write_bytes(b"")
     assert md5_file(tmp_path / "empty") == ("d41d8cd98f00b204e9800998ecf8427e", 0)
-
-
-def test_hashing_writer() -> None:
-    raw = io.BytesIO()
-    writer = HashingWriter(raw)
-    assert (writer.md5, writer.size) == (hashlib.md5(b"").hexdigest(), 0)
-    chunks = [b"abc", b"", b"\0" * 1000, bytes(range(256))]
-    for chunk in chunks:
-        assert writer.write(chunk) == len(chunk)
-    writer.flush()
-    data = b"".join(chunks)
-    assert raw.getvalue() == data
-    assert (writer.md5, writer.size) == (hashlib.md5(data).hexdigest(), len(data))
-
-
-def test_hashing_writer_as_a_torch_save_target(tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
-    path = tmp_path / "model.pt"
-    with open(path, "wb") as raw:
-        writer = HashingWriter(raw)
-        torch.save({"w": torch.arange(10)}, writer)
-    assert (writer.md5, writer.size) == md5_file(path)

@@ -27,7 +27,6 @@ from faultkit import (
     leftover_temps,
     locked_model,
     md5_of,
-    reference,
     resumed_from,
     run,
     set_param,
@@ -66,6 +65,7 @@ def good(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Path:
     return trained(tmp_path_factory, tmp_path / "p")
 
 
+@pytest.mark.slow
 def test_model_pt_truncated_in_place_then_dvc_exp_run(good: Path) -> None:
     """model.pt cut short where it lies (``cp x model.pt``, ``torch.save(..., "model.pt")`` as
     root): DVC cannot check out a good copy, train.py refuses the file in one line, and the other
@@ -93,6 +93,7 @@ def test_model_pt_truncated_in_place_then_dvc_exp_run(good: Path) -> None:
     assert [line.split(" (")[0] for line in broken.stderr.splitlines()] in ([], [f"expckpt: straight@{EPOCHS - 1}"])
 
 
+@pytest.mark.slow
 def test_truncated_model_pt_is_refused_not_replaced(good: Path) -> None:
     """A damaged file is not silently swapped for a checkpoint: the user is told how to restore."""
     before = snapshot(good)
@@ -108,6 +109,7 @@ def test_truncated_model_pt_is_refused_not_replaced(good: Path) -> None:
     assert check_consistent(good).keys() == {f"straight@{i}" for i in range(EPOCHS)}
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_architecture(good: Path) -> None:
     before = snapshot(good)
     other = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
@@ -125,6 +127,7 @@ def test_checkpoint_of_another_architecture(good: Path) -> None:
     assert snapshot(good) == before
 
 
+@pytest.mark.slow
 def test_unknown_checkpoint_name_suggests_close_ones(good: Path) -> None:
     result = run("expckpt", "list", "straigt9", cwd=good, check=False)
 
@@ -133,6 +136,7 @@ def test_unknown_checkpoint_name_suggests_close_ones(good: Path) -> None:
     assert line.startswith("expckpt: error: no checkpoint named 'straigt9'; did you mean 'straight'")
 
 
+@pytest.mark.slow
 def test_show_outside_a_git_repository(tmp_path: Path) -> None:
     result = run("expckpt", "show", cwd=tmp_path, check=False)
 
@@ -141,6 +145,7 @@ def test_show_outside_a_git_repository(tmp_path: Path) -> None:
     assert "is not inside a Git repository" in line and "git init && dvc init" in line
 
 
+@pytest.mark.slow
 def test_show_in_a_git_repository_without_dvc(tmp_path: Path) -> None:
     run("git", "init", "-q", cwd=tmp_path)
 
@@ -151,6 +156,7 @@ def test_show_in_a_git_repository_without_dvc(tmp_path: Path) -> None:
     assert "is not a DVC project" in line and "dvc init" in line
 
 
+@pytest.mark.slow
 def test_dvc_yaml_without_checkpoint_output(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
     project = clone(tmp_path_factory, tmp_path / "p")
     dvc_yaml = project / "dvc.yaml"
@@ -169,6 +175,7 @@ def test_dvc_yaml_without_checkpoint_output(tmp_path_factory: pytest.TempPathFac
     assert checkpoint_refs(project) == {}
 
 
+@pytest.mark.slow
 def test_disk_full_during_a_save_keeps_the_previous_checkpoint(good: Path) -> None:
     """The file system runs out of room between two checkpoints.
 
@@ -208,6 +215,7 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(good: Path) -> No
     check_consistent(good)
 
 
+@pytest.mark.slow
 def test_missing_params_key_names_it(good: Path) -> None:
     before = snapshot(good)
     params = good / "params.yaml"

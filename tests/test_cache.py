@@ -213,7 +213,7 @@ def test_unwritable_cache_raises_a_storage_error(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     cache = DvcCache(blocker, tmp_path / "git" / "cache-objects.log")
     src, md5, size = make_file(tmp_path / "ws" / "model.pt", b"checkpoint")
-    with pytest.raises(StorageError, match="could not add .* to the DVC cache at .*; free some space") as info:
+    with pytest.raises(StorageError, match=r"could not add .* to the DVC cache at .*; free some space") as info:
         cache.add(src, md5, size)
     message = str(info.value)
     assert "\n" not in message and str(src) in message and str(blocker) in message
@@ -252,6 +252,7 @@ def test_for_project_default_location(tmp_path: Path) -> None:
     assert cache.written_log == tmp_path / "proj" / ".git" / "expckpt" / "cache-objects.log"
 
 
+@pytest.mark.slow
 def test_for_project_honours_cache_dir_as_real_dvc_does(tmp_path: Path) -> None:
     """The object we add is the one ``dvc checkout`` finds, with ``cache.dir`` set by ``dvc``."""
     proj = dvc_project(tmp_path / "proj")
@@ -314,6 +315,7 @@ def test_cache_shared_group_makes_group_writable_directories(tmp_path: Path) -> 
     assert stat.S_IMODE(dest.stat().st_mode) == 0o444
 
 
+@pytest.mark.slow
 def test_for_project_does_not_import_dvc_until_the_cache_is_used(tmp_path: Path) -> None:
     """``expckpt show`` builds a DvcCache and must stay fast: DVC is imported on first use only."""
     proj = dvc_project(tmp_path / "proj")

@@ -69,7 +69,7 @@ def test_restore_puts_back_the_saved_state(repo: Path) -> None:
 
 def test_the_resumed_run_continues_the_chain_and_the_straight_run(repo: Path) -> None:
     train(repo, "part", 2)
-    resumed, state = train(repo, "rest", 4)
+    _resumed, state = train(repo, "rest", 4)
 
     found = refs(repo)
     assert sorted(found) == ["part@0", "part@1", "rest@2", "rest@3"]

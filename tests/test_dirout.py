@@ -98,6 +98,7 @@ def test_directory_round_trip_restores_every_object_exactly(tmp_path: Path) -> N
     assert serialised(opt.state_dict()) == serialised(other_opt.state_dict())
 
 
+@pytest.mark.slow
 def test_manifest_hash_is_the_one_dvc_add_computes(tmp_path: Path) -> None:
     proj = tmp_path / "p"
     proj.mkdir()

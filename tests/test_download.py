@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -165,6 +165,7 @@ def mnist_params(server: dict, variant: str = "good", **digests: str) -> dict:
 # --------------------------------------------------------------------------- MNIST
 
 
+@pytest.mark.slow
 def test_mnist_download_produces_dataset(tmp_path: Path, server: dict) -> None:
     write_params(tmp_path, mnist_params(server))
     proc = run(tmp_path)
@@ -207,6 +208,7 @@ BAD_DOWNLOADS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", BAD_DOWNLOADS)
 def test_bad_download_is_one_line_and_keeps_previous_data(
     tmp_path: Path, server: dict, case: str
@@ -230,6 +232,7 @@ def test_bad_download_is_one_line_and_keeps_previous_data(
     assert_no_leftovers(tmp_path, "params.yaml", "data")
 
 
+@pytest.mark.slow
 def test_verbose_shows_the_traceback(tmp_path: Path, server: dict) -> None:
     write_params(tmp_path, mnist_params(server, **{TRAIN_IMAGES: "cd" * 32}))
     proc = run(tmp_path, "-v")
@@ -266,13 +269,14 @@ def test_bad_mnist_settings_are_config_errors(data: dict, key: str) -> None:
 def test_read_idx_rejects_a_short_header(tmp_path: Path) -> None:
     short = tmp_path / "short.gz"
     short.write_bytes(gzip.compress(struct.pack(">I", 2051) + b"\x00\x00"))
-    with pytest.raises(DataError, match="not an IDX images file: .*6 bytes"):
+    with pytest.raises(DataError, match=r"not an IDX images file: .*6 bytes"):
         mnist.read_idx(short, 0x0803, "images")
 
 
 # --------------------------------------------------------------------------- digits
 
 
+@pytest.mark.slow
 def test_digits_default_runs_offline(tmp_path: Path) -> None:
     """No data.source at all: the bundled scikit-learn digits, split 80/20."""
     write_params(tmp_path, {"test_fraction": 0.2})
@@ -336,6 +340,7 @@ def test_output_path_taken_by_a_file_is_an_error(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- config
 
 
+@pytest.mark.slow
 def test_unknown_source_is_a_config_error(tmp_path: Path) -> None:
     write_params(tmp_path, {"source": "imagenet"})
     line = assert_one_line_error(run(tmp_path))
@@ -346,11 +351,12 @@ def test_unknown_source_is_a_config_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("value", [0, 1, 1.5, -0.1, float("nan"), "0.2", True, None])
 def test_bad_test_fraction_is_a_config_error(value: object) -> None:
-    with pytest.raises(ConfigError, match="data.test_fraction") as info:
+    with pytest.raises(ConfigError, match=r"data\.test_fraction") as info:
         download.load_digits_split(value)  # type: ignore[arg-type]
     assert info.value.key == "data.test_fraction"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("text", "fragment"), [
     (None, "cannot read params file 'nope.yaml' (No such file or directory)"),
     ("data: [1, 2", "is not valid YAML"),
@@ -364,6 +370,7 @@ def test_bad_params_file_is_a_clear_error(tmp_path: Path, text: str | None, frag
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.slow
 def test_import_has_no_side_effects(tmp_path: Path) -> None:
     code = (
         "import importlib.util as u\n"

@@ -9,6 +9,7 @@ import pytest
 from conftest import make_project, run, train_in_exp_env
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("device", "line"),
     [
@@ -28,6 +29,7 @@ def test_a_bad_device_is_one_line(tmp_path: Path, device: str, line: str) -> Non
     assert not (project / "model.pt").exists()
 
 
+@pytest.mark.slow
 def test_verbose_logs_every_publishing_phase_in_order(tmp_path: Path) -> None:
     project = make_project(tmp_path / "p", epochs=1, device="cpu")
     proc = train_in_exp_env(project, "v", "-v")

@@ -44,6 +44,7 @@ def assert_finished_like_straight_run(project: Path, exp: str, ref_model: Path) 
     assert final_problems(project, exp, EPOCHS, ref_model) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("async_save", "points"),
     [(False, POINTS), (True, ("after-publish", "after-ref"))],
@@ -124,6 +125,7 @@ def ref_path(project: Path, exp: str, step: int) -> str:
     return f"refs/exps/{baseline[:2]}/{baseline[2:]}/{exp}@{step}"
 
 
+@pytest.mark.slow
 def test_unfinished_first_checkpoint_is_not_resumed(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
     """Killed after publishing model.pt for step 0 but before its ref: nothing was complete,
     so the next run starts from scratch (the file is dropped; its bytes stay in the cache)."""
@@ -200,6 +202,7 @@ def test_random_sigkill_of_dvc_exp_run(tmp_path_factory: pytest.TempPathFactory,
     assert_finished_like_straight_run(project, "rnd", ref_model)
 
 
+@pytest.mark.slow
 def test_random_sigkill_of_training(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
     """train.py's process group killed at a random moment while it trains and checkpoints."""
     ref_model = reference(tmp_path_factory)

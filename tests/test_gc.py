@@ -53,6 +53,7 @@ def trained(trained_once: Path, tmp_path: Path) -> Path:
     return copy
 
 
+@pytest.mark.slow
 def test_workspace_scope_removes_checkpoints_of_other_baselines_and_their_cache(trained: Path) -> None:
     old = [r for r in Catalog.load(GitStore.open(trained)).records if r.exp == "old"]
     old_objects = {o.md5 for r in old for o in r.outs.values()}
@@ -65,6 +66,7 @@ def test_workspace_scope_removes_checkpoints_of_other_baselines_and_their_cache(
     assert run("expckpt", "verify", cwd=trained).returncode == 0
 
 
+@pytest.mark.slow
 def test_all_commits_scope_keeps_everything(trained: Path) -> None:
     before = checkpoint_names(trained)
     result = run("expckpt", "gc", "--all-commits", "--force", cwd=trained)
@@ -72,6 +74,7 @@ def test_all_commits_scope_keeps_everything(trained: Path) -> None:
     assert "Nothing to collect." in result.stdout
 
 
+@pytest.mark.slow
 def test_dry_run_lists_what_would_go_with_bytes_and_removes_nothing(trained: Path) -> None:
     before_refs, before_objects = checkpoint_names(trained), cache_objects(trained)
 
@@ -82,6 +85,7 @@ def test_dry_run_lists_what_would_go_with_bytes_and_removes_nothing(trained: Pat
     assert checkpoint_names(trained) == before_refs and cache_objects(trained) == before_objects
 
 
+@pytest.mark.slow
 def test_keep_last_and_keep_best_per_experiment(trained: Path) -> None:
     records = [r for r in Catalog.load(GitStore.open(trained)).records if r.exp == "new"]
     worst = min(records, key=lambda r: r.metrics["acc"])  # keep-best by acc with mode min keeps it
@@ -94,6 +98,7 @@ def test_keep_last_and_keep_best_per_experiment(trained: Path) -> None:
     assert len([n for n in survivors if n.startswith("new@")]) == len({"new@3", worst.name})
 
 
+@pytest.mark.slow
 def test_never_touches_refs_or_objects_it_did_not_write(trained: Path) -> None:
     store = GitStore.open(trained)
     head = run("git", "rev-parse", "HEAD~1", cwd=trained).stdout.strip()
@@ -109,6 +114,7 @@ def test_never_touches_refs_or_objects_it_did_not_write(trained: Path) -> None:
     assert foreign.read_bytes() == b"not expckpt's"
 
 
+@pytest.mark.slow
 def test_scope_is_required_and_no_prompt_without_a_terminal(trained: Path) -> None:
     missing = run("expckpt", "gc", cwd=trained, check=False)
     assert missing.returncode == 1 and "--workspace" in missing.stderr
@@ -137,6 +143,7 @@ def object_bytes(project: Path, md5: str) -> bytes:
     return DvcCache.for_project(project, project / ".git").object_path(md5).read_bytes()
 
 
+@pytest.mark.slow
 def test_objects_other_dvc_metafiles_name_survive_gc(trained: Path) -> None:
     """A committed `.dvc` file (on a branch), a stage in a subdirectory's dvc.yaml/dvc.lock and an
     untracked `.dvc` file in the workspace each name an object that only a removed checkpoint
@@ -180,6 +187,7 @@ def test_objects_other_dvc_metafiles_name_survive_gc(trained: Path) -> None:
 # --------------------------------------------------------------------------- one keep policy (#9.6)
 
 
+@pytest.mark.slow
 def test_keep_last_null_means_keep_all_in_gc_as_in_params(trained: Path) -> None:
     from expckpt.config import CheckpointConfig
     from expckpt.gc import GcScope, plan_gc
@@ -205,6 +213,7 @@ def gc_without_terminal(project: Path, *args: str) -> subprocess.CompletedProces
                           stdin=subprocess.DEVNULL, timeout=120)
 
 
+@pytest.mark.slow
 def test_without_a_terminal_refuses_before_listing_and_freed_bytes_are_what_was_deleted(trained: Path) -> None:
     run("dvc", "exp", "branch", "new@1", "keep-new1", cwd=trained)
     branch_kept = md5_of(trained, "new@1")
@@ -255,6 +264,7 @@ def paused_writer(trained: Path) -> Iterator[subprocess.Popen]:
         holder.wait()
 
 
+@pytest.mark.slow
 def test_gc_behind_a_paused_writer_names_it_and_times_out_while_dry_run_plans(trained: Path, paused_writer: subprocess.Popen) -> None:
     before = checkpoint_names(trained)
 
@@ -273,6 +283,7 @@ def test_gc_behind_a_paused_writer_names_it_and_times_out_while_dry_run_plans(tr
     assert checkpoint_names(trained) == before
 
 
+@pytest.mark.slow
 def test_executes_the_confirmed_plan_when_refs_change_meanwhile(trained: Path) -> None:
     from expckpt.gc import GcScope, collect, plan_gc
 
@@ -297,6 +308,7 @@ def test_executes_the_confirmed_plan_when_refs_change_meanwhile(trained: Path) -
     assert sum(result.freed.values()) == result.bytes and set(result.freed) <= set(plan.objects)
 
 
+@pytest.mark.slow
 def test_commands_leave_no_shutdown_noise_with_packed_objects(trained: Path) -> None:
     """dulwich's pack finalisers must run before interpreter exit, not print 'Exception ignored'."""
     run("git", "gc", "-q", cwd=trained)  # objects in packs, as after a while in any repository

@@ -381,6 +381,7 @@ def test_reachable_commits_and_batch_blob_reads(repo: Path) -> None:
 
 
 # -- living beside git: packing, foreign locks, dead writers, full disk ------------------------
+@pytest.mark.slow
 def test_ref_writes_survive_concurrent_git_pack_refs(repo: Path) -> None:
     """``git pack-refs`` (which ``git gc --auto`` runs on its own) locks refs and packed-refs
     while expckpt creates, replaces and deletes refs: every write waits its turn, none fails,
@@ -449,6 +450,7 @@ def test_a_lock_held_by_a_live_git_transaction_is_never_removed(repo: Path) -> N
     assert store.get_ref(REF) == c  # git's update, not ours
 
 
+@pytest.mark.slow
 def test_a_lock_of_a_dead_foreign_process_is_not_removed(repo: Path) -> None:
     """A ``.lock`` no expckpt writer recorded (git killed mid-update, another tool) is someone
     else's: expckpt waits, then fails in one line naming it, and leaves it for the user."""
@@ -484,6 +486,7 @@ with writer_slot(git_dir) as slot:
 """
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_killed_expckpt_writer_is_recovered(repo: Path) -> None:
     store = GitStore.open(repo)
     a = head(repo)
@@ -524,6 +527,7 @@ except ExpCkptError as exc:
 """
 
 
+@pytest.mark.slow
 def test_full_disk_at_the_ref_write_is_one_line_and_leaves_no_lock(repo: Path) -> None:
     result = run(sys.executable, "-X", "dev", "-c", _FULL_DISK, str(repo), REF, cwd=repo, check=False)
     assert result.returncode == 1, result.stderr

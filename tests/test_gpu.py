@@ -167,6 +167,7 @@ print("cuda initialised:", torch.cuda.is_initialized(), "available:", torch.cuda
 """
 
 
+@pytest.mark.slow
 def test_cpu_only_checkpoints_create_no_cuda_context(tmp_path: Path) -> None:
     """Runs in a fresh process: this one may have used CUDA in other tests."""
     proc = subprocess.run([sys.executable, "-c", CPU_ONLY_RUN, str(tmp_path)], capture_output=True, text=True,

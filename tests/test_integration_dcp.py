@@ -80,6 +80,7 @@ def _ranks(rank: int, tmp: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_ranks_save_and_one_process_loads_their_shards(tmp_path: Path) -> None:
     from expckpt import Checkpointer
     from expckpt.integrations.dcp import DcpHandler

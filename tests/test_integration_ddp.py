@@ -82,6 +82,7 @@ def _ranks(rank: int, tmp: str) -> None:
         (Path(tmp) / f"rank{rank}.json").write_text(json.dumps(seen))
 
 
+@pytest.mark.slow
 def test_ranks_restore_the_same_checkpoint_and_fail_together(tmp_path: Path) -> None:
     context = mp.start_processes(_ranks, args=(str(tmp_path),), nprocs=2, start_method="spawn", join=False)
     deadline = time.monotonic() + 120

@@ -61,6 +61,11 @@ def test_scalar_metrics_keeps_numbers_and_one_element_tensors() -> None:
     assert scalar_metrics(metrics) == {"loss": 0.5, "acc": 1.0}
 
 
+def test_scalar_metrics_reads_nested_metrics_through_the_one_flattener_and_keeps_the_frameworks_step() -> None:
+    metrics = {"step": 7, "val": {"loss": torch.tensor(0.25), "names": ["a"]}, "epoch": 1.0}
+    assert scalar_metrics(metrics) == {"step": 7.0, "val/loss": 0.25, "epoch": 1.0}
+
+
 def test_step_log_saves_and_restores_a_named_stateful_object(tmp_path: Path) -> None:
     model, loop = torch.nn.Linear(2, 2), Stateful()
     steps = StepLog(Checkpointer.from_env(tmp_path / "model.pt", {"every": 1}, env={}), TrainingState(model=model, loop=loop))

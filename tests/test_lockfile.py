@@ -133,6 +133,7 @@ def dvc_commit_lock(proj: Path, stage: str) -> str:
     return (proj / "dvc.lock").read_text()
 
 
+@pytest.mark.slow
 def test_lock_has_every_output_of_the_stage_as_dvc_commit_writes_it(tmp_path: Path) -> None:
     """Regression: the hand-rendered lock kept only model.pt; preds.bin and scores.json vanished."""
     proj = make_pipeline(tmp_path / "proj", STAGE_WITH_OUTPUTS)
@@ -157,6 +158,7 @@ def test_lock_has_every_output_of_the_stage_as_dvc_commit_writes_it(tmp_path: Pa
     assert set(yaml.safe_load(ours)["stages"]) == {"prepare", "train"}
 
 
+@pytest.mark.slow
 def test_params_from_a_second_file_and_directory_deps(tmp_path: Path) -> None:
     proj = make_pipeline(tmp_path / "proj", STAGE_WITH_OUTPUTS)
     (proj / "preds.bin").write_bytes(b"preds")
@@ -169,6 +171,7 @@ def test_params_from_a_second_file_and_directory_deps(tmp_path: Path) -> None:
     assert show(proj, commit, "dvc.lock") == dvc_commit_lock(proj, "train")
 
 
+@pytest.mark.slow
 def test_matrix_stage(tmp_path: Path) -> None:
     proj = make_pipeline(tmp_path / "proj", MATRIX_STAGE)
     assert Project(root=proj, workspace=proj).checkpoint_output("model-lr1.pt", "train@lr1").persist
@@ -178,6 +181,7 @@ def test_matrix_stage(tmp_path: Path) -> None:
     assert lock == dvc_commit_lock(proj, "train@lr1")
 
 
+@pytest.mark.slow
 def test_foreach_stage_named_as_dvc_stage_says(tmp_path: Path) -> None:
     """Regression: DVC_STAGE=train@lr2 (a foreach stage) was not found in dvc.yaml."""
     proj = make_pipeline(tmp_path / "proj", FOREACH_STAGE)

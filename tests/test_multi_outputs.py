@@ -8,7 +8,6 @@ push/pull``, verified file by file, resumed exactly; a frozen backbone is stored
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 

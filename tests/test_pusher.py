@@ -32,6 +32,7 @@ def _remote(project: Path, path: Path) -> None:
     run("git", "remote", "add", "origin", str(path), cwd=project)
 
 
+@pytest.mark.slow
 def test_queued_checkpoints_coalesce_and_all_go(trained: tuple[Path, list[CheckpointRecord]], tmp_path: Path) -> None:
     project, records = trained
     remote = tmp_path / "remote.git"
@@ -49,6 +50,7 @@ def test_queued_checkpoints_coalesce_and_all_go(trained: tuple[Path, list[Checkp
     assert all(f"{r.commit}\t{r.ref.ref}" in listed for r in records)
 
 
+@pytest.mark.slow
 def test_a_failing_remote_is_said_once_and_the_end_wait_is_bounded(
     trained: tuple[Path, list[CheckpointRecord]], tmp_path: Path
 ) -> None:

@@ -64,6 +64,7 @@ def test_dvc_exp_auto_push_convention(bare: Path, tmp_path: Path) -> None:
     assert resolve_target(store, bare, "team", env={"DVC_EXP_AUTO_PUSH": "false"})[0] is not None  # the key wins
 
 
+@pytest.mark.slow
 def test_push_batch_skips_dropped_checkpoints_and_sends_objects_before_refs(tmp_path: Path) -> None:
     project = make_project(tmp_path / "project", epochs=3, checkpoint={"every": 1, "keep_last": None})
     remote, objects = tmp_path / "remote.git", tmp_path / "store"
@@ -83,10 +84,3 @@ def test_push_batch_skips_dropped_checkpoints_and_sends_objects_before_refs(tmp_
     stored = {p.parent.name + p.name for p in (objects / "files" / "md5").glob("*/*")}
     assert {records[1].outs["model.pt"].md5, records[2].outs["model.pt"].md5} <= stored
     assert records[0].outs["model.pt"].md5 not in stored
-
-
-def test_a_remote_message_becomes_one_terminal_safe_line() -> None:
-    from expckpt.remote import one_line
-
-    assert one_line("fatal: \x1b]0;pwned\x07 bad\r\nthing\x1b[2J") == "fatal:  ]0;pwned  bad thing [2J"
-    assert len(one_line("x" * 1000)) == 300

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from conftest import REPO, run
 
 
+@pytest.mark.slow
 def test_the_repository_pipeline_is_the_example_only() -> None:
     """examples/* are projects of their own: as stages here, `dvc exp apply` would fail on their outputs."""
     stages = run("dvc", "stage", "list", "-R", "--name-only", ".", cwd=REPO).stdout.split()

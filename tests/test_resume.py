@@ -12,7 +12,6 @@ must give bitwise-identical weights and identical metrics.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest

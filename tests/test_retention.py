@@ -52,6 +52,7 @@ def test_twelve_epochs_keep_last_3_keep_best_1_then_gc_frees_the_rest(tmp_path: 
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("checkpoint", "message"),
     [
@@ -72,6 +73,7 @@ def test_bad_checkpoint_settings_get_one_line_naming_the_key(tmp_path: Path, che
     assert records(project, "bad") == [] and not (project / "model.pt").exists()
 
 
+@pytest.mark.slow
 def test_every_n_steps_and_the_last_step_is_always_saved(tmp_path: Path) -> None:
     project = make_project(tmp_path / "p", epochs=5, checkpoint={"every": 2, "keep_last": None})
 
@@ -80,6 +82,7 @@ def test_every_n_steps_and_the_last_step_is_always_saved(tmp_path: Path) -> None
     assert sorted(r.step for r in records(project, "sparse")) == [1, 3, 4]
 
 
+@pytest.mark.slow
 def test_every_zero_turns_checkpoints_off_but_writes_the_model(tmp_path: Path) -> None:
     project = make_project(tmp_path / "p", epochs=2, checkpoint={"every": 0})
 
@@ -89,6 +92,7 @@ def test_every_zero_turns_checkpoints_off_but_writes_the_model(tmp_path: Path) -
     assert (project / "model.pt").is_file()
 
 
+@pytest.mark.slow
 def test_divergence_stops_cleanly_after_keeping_the_checkpoint(tmp_path: Path) -> None:
     project = make_project(
         tmp_path / "p",
@@ -103,15 +107,27 @@ def test_divergence_stops_cleanly_after_keeping_the_checkpoint(tmp_path: Path) -
     assert "expckpt: stopping training at step" in result.stdout
     stopped_at = int(result.stdout.split("stopping training at step ")[1].split()[0])
     assert stopped_at < 11
-    assert max(r.step for r in records(project, "boom")) == stopped_at
-    report = run("expckpt", "report", "boom", cwd=project)
-    assert "diverging" in report.stdout or "NaN" in report.stdout
-    assert "checkpoint to apply: dvc exp apply boom@" in report.stdout
+    assert f"expckpt: stopping training at step {stopped_at} (diverging; checkpoint.on_divergence: stop)" in (
+        result.stdout.splitlines())
+    kept = sorted(records(project, "boom"), key=lambda r: r.step)
+    assert [r.step for r in kept] == list(range(stopped_at + 1))  # keep_last: None keeps every step
+    best = max(kept, key=lambda r: (r.metrics["acc"], -r.step))  # the first step of the highest acc
+    analysed = json.loads(run("expckpt", "report", "boom", "--json", cwd=project).stdout)
+    assert analysed["diverging"] is True and 0 < analysed["diverging_since"] <= stopped_at
+    assert analysed["best_step"] == analysed["recommended_step"] == best.step
+    report = run("expckpt", "report", "boom", cwd=project).stdout.splitlines()
+    assert [line for line in report if line.endswith(": diverging")] == [
+        f"  loss rose {analysed['rising_steps']} steps in a row since step {analysed['diverging_since']}: diverging"
+        if analysed["rising_steps"] else
+        f"  NaN in loss at step {analysed['diverging_since']}: diverging"
+    ]
+    assert report[-1] == f"  checkpoint to apply: dvc exp apply boom@{best.step}"
 
 
 # --------------------------------------------------------------------------- freeing during training (#14.6)
 
 
+@pytest.mark.slow
 def test_free_dropped_frees_what_retention_dropped_unless_something_else_needs_it(tmp_path: Path) -> None:
     from expckpt.gc import free_dropped
 
@@ -139,6 +155,7 @@ def test_free_dropped_frees_what_retention_dropped_unless_something_else_needs_i
     print(f"free_dropped: first call {first_call:.3f} s")
 
 
+@pytest.mark.slow
 def test_free_dropped_leaves_objects_to_gc_while_the_lock_is_busy(tmp_path: Path) -> None:
     from expckpt.gc import free_dropped
     from expckpt.gclock import gc_lock
@@ -183,9 +200,9 @@ def test_keep_policy_needs_a_monitor_for_keep_best_and_info_comes_from_a_record(
     from expckpt.errors import ConfigError
     from expckpt.policy import CheckpointInfo, keep_policy
 
-    with pytest.raises(ConfigError, match="checkpoint.monitor is required when checkpoint.keep_best is 2"):
+    with pytest.raises(ConfigError, match=r"checkpoint\.monitor is required when checkpoint\.keep_best is 2"):
         keep_policy(keep_last=1, keep_best=2)
-    with pytest.raises(ConfigError, match="checkpoint.keep_best must be a non-negative integer, got -1"):
+    with pytest.raises(ConfigError, match=r"checkpoint\.keep_best must be a non-negative integer, got -1"):
         keep_policy(keep_last=1, keep_best=-1)
 
     class Record:

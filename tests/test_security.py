@@ -36,6 +36,7 @@ def craft(path: Path, marker: Path) -> None:
     torch.save({"format": "expckpt/1", "step": 0, "model": _Payload(marker)}, path)
 
 
+@pytest.mark.slow
 def test_the_crafted_file_really_runs_code_when_loaded_unsafely(tmp_path: Path) -> None:
     """Sanity check of the weapon (in a throw-away process): plain unpickling creates the marker."""
     marker = tmp_path / "pwned-by-unsafe-load"
@@ -57,6 +58,7 @@ def test_load_checkpoint_refuses_a_crafted_pickle(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_training_refuses_a_crafted_model_pt(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
     """The resume path of train.py inside a checkpoint experiment: refused, one line, nothing run."""
     project = trained(tmp_path_factory, tmp_path / "p")
@@ -90,6 +92,7 @@ def test_hostile_experiment_names_are_refused(name: str) -> None:
         RunContext.from_env(env)
 
 
+@pytest.mark.slow
 def test_train_py_with_a_hostile_name_creates_no_ref(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
     project = trained(tmp_path_factory, tmp_path / "p")
     refs_before = run("git", "for-each-ref", cwd=project).stdout
@@ -107,6 +110,7 @@ def test_train_py_with_a_hostile_name_creates_no_ref(tmp_path_factory: pytest.Te
     assert not (tmp_path / "b").exists() and not (project / "b").exists()
 
 
+@pytest.mark.slow
 def test_dvc_itself_refuses_a_path_like_name(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
     project = trained(tmp_path_factory, tmp_path / "p")
     before = checkpoint_refs(project)

@@ -49,6 +49,7 @@ def assert_names_last_checkpoint(project: Path, stderr: str, signame: str) -> in
     return done[-1]
 
 
+@pytest.mark.slow
 def test_signal_during_training_stops_after_a_complete_checkpoint(project: Path) -> None:
     """SIGINT (Ctrl+C) while training: exit 130. (SIGTERM, 143, is sent in the next test.)"""
     signum, code = signal.SIGINT, 130
@@ -62,6 +63,7 @@ def test_signal_during_training_stops_after_a_complete_checkpoint(project: Path)
     assert_names_last_checkpoint(project, bg.stderr, signal.Signals(signum).name)
 
 
+@pytest.mark.slow
 def test_signal_while_a_checkpoint_is_written_finishes_it(project: Path) -> None:
     bg = start(project, EXPCKPT_PAUSE_AT="after-commit:1", EXPCKPT_PAUSE_SECONDS="3")
     bg.wait_for(PAUSE_MESSAGE)  # sig@1: file, cache object and commit written; its ref not yet
@@ -74,6 +76,7 @@ def test_signal_while_a_checkpoint_is_written_finishes_it(project: Path) -> None
     assert "epoch 2:" not in bg.stdout, "training went on after the signal"
 
 
+@pytest.mark.slow
 def test_second_signal_exits_at_once_and_leaves_the_repo_consistent(project: Path) -> None:
     bg = start(project, EXPCKPT_PAUSE_AT="after-commit:1", EXPCKPT_PAUSE_SECONDS="120")
     bg.wait_for(PAUSE_MESSAGE)
@@ -98,6 +101,7 @@ def test_second_signal_exits_at_once_and_leaves_the_repo_consistent(project: Pat
     check_consistent(project)
 
 
+@pytest.mark.slow
 def test_signal_in_async_mode_waits_for_background_checkpoints(project: Path) -> None:
     """The writer thread is held inside sig@1; the stop line must name the checkpoint that is
     really last once everything handed to the writer is published."""

@@ -22,6 +22,7 @@ def object_of(project: Path, name: str) -> tuple[str, Path]:
     return md5, cache_object(project, md5)
 
 
+@pytest.mark.slow
 def test_intact_checkpoints_verify(project: Path) -> None:
     result = run("expckpt", "verify", "--all", cwd=project, check=False)
 
@@ -32,6 +33,7 @@ def test_intact_checkpoints_verify(project: Path) -> None:
     assert cli(project, "verify", "straight").returncode == 0
 
 
+@pytest.mark.slow
 def test_corrupt_object_is_named_and_fails(project: Path) -> None:
     md5, obj = object_of(project, "straight@1")
     assert not obj.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH), "cache objects are read-only"
@@ -52,7 +54,7 @@ def test_corrupt_object_is_named_and_fails(project: Path) -> None:
 
 
 def test_missing_object_is_named_and_fails(project: Path) -> None:
-    md5, obj = object_of(project, "straight@0")
+    _md5, obj = object_of(project, "straight@0")
     obj.unlink()
 
     result = cli(project, "verify", "--all")

@@ -269,7 +269,6 @@ def test_checkpoints_in_dvc_exp_show_and_expckpt_show(wf: Workflow) -> None:
 
 
 def test_diffs_take_checkpoint_names(wf: Workflow) -> None:
-    p = wf.project
     metrics = wf.sh("dvc", "metrics", "diff", "tut@0", "tut@2", "--json").stdout
     diff = json.loads(metrics)["dvclive/metrics.json"]
     assert diff["step"] == {"old": 0, "new": 2, "diff": 2}
@@ -296,7 +295,7 @@ def test_run_again_with_more_epochs_continues_the_chain(wf: Workflow) -> None:
     p, tut = wf.project, wf.tut
     out = wf.sh("dvc", "exp", "run", "-S", "epochs=5").stdout
     name = REPRODUCING.search(out)["name"]
-    assert f"Resuming from model.pt (tut@2): 3 steps done" in out
+    assert "Resuming from model.pt (tut@2): 3 steps done" in out
     more = checkpoint_refs(p, wf.baseline, name)
     assert sorted(more) == [3, 4]
     assert printed_checkpoints(out) == [(f"{name}@{n}", more[n][:7]) for n in (3, 4)]

@@ -17,6 +17,7 @@ import torch
 
 from expckpt.checkpointer import Checkpointer, Decision
 from expckpt.resume import Resumed
+from expckpt.watch import flatten_metrics
 
 __all__ = ["StepLog", "plain", "scalar_metrics"]
 
@@ -59,16 +60,18 @@ def _drop(dropped: list[str] | None, where: str) -> None:
 
 
 def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The scalar values (numbers, one-element tensors) of a framework's metrics dict, as floats."""
-    out: dict[str, float] = {}
-    for name, value in metrics.items():
-        if isinstance(value, torch.Tensor):
-            if value.numel() != 1:
-                continue
-            value = value.item()
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[str(name)] = float(value)
-    return out
+    """The scalar values (numbers, one-element tensors) of a framework's metrics dict, as floats
+    (``step`` included: a framework's own step is a metric here, unlike in dvclive's summary)."""
+    return flatten_metrics(_unwrapped(metrics), skip=frozenset())
+
+
+def _unwrapped(value: Any) -> Any:
+    """One-element tensors as Python numbers (at any depth); other tensors as None (skipped)."""
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else None
+    if isinstance(value, Mapping):
+        return {str(k): _unwrapped(v) for k, v in value.items()}
+    return value
 
 
 class StepLog:
