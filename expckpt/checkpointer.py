@@ -346,9 +346,9 @@ class Checkpointer:
         return False
 
     def _write_job(self, job: tuple[Any, int, Mapping[str, float], str | None]) -> None:
-        payload, *rest = job
+        payload, step, metrics, note = job
         try:
-            self._publish(self.handler.write(payload), *rest)
+            self._publish(self.handler.write(payload), step, metrics, note)
         finally:
             with self._inflight_lock:
                 self._inflight -= 1

@@ -103,8 +103,8 @@ class Committer:
                 taken.append((parsed.step, parsed, commit))
         if taken:
             taken.sort(key=lambda t: t[0])
-            _, ref, commit = taken[0]
-            raise self._taken(ref, commit, [t[1] for t in taken])
+            _, first, commit = taken[0]
+            raise self._taken(first, commit, [t[1] for t in taken])
 
     def _check_step(self, ref: CheckpointRef) -> None:
         existing = self.store.get_ref(ref.ref)

@@ -39,7 +39,7 @@ from expckpt.state import TrainingState
 from expckpt.stateset import StateFiles, as_state_files
 from expckpt.wiring import Wiring
 
-__all__ = ["FileHandler", "Handler", "Loaded", "RANK_RNG"]
+__all__ = ["RANK_RNG", "FileHandler", "Handler", "Loaded"]
 
 RANK_RNG = "_expckpt_rank_rng"
 """``extras`` key of every rank's RNG states (a list by rank) in a checkpoint of several ranks."""

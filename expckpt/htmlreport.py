@@ -118,7 +118,7 @@ def page_data(tree: Tree, *, params: Mapping[str, Mapping[str, str]] | None = No
     groups = []
     for group in tree.groups:
         roots = []
-        stack = [(root, 0, None) for root in reversed(group.runs)]
+        stack: list[tuple[Any, int, int | None]] = [(root, 0, None) for root in reversed(group.runs)]
         while stack:
             run, depth, parent = stack.pop()
             number = len(runs)
@@ -142,8 +142,8 @@ def page_data(tree: Tree, *, params: Mapping[str, Mapping[str, str]] | None = No
                 })
         groups.append({"baseline": group.baseline, "label": group.label, "runs": roots})
     where = {p["commit"]: i for i, p in enumerate(points)}
-    for run in runs:  # source_point: index in `points` of the checkpoint the run came from
-        run["source_point"] = where.get(run["source_commit"]) if run["source_commit"] else None
+    for entry in runs:  # source_point: index in `points` of the checkpoint the run came from
+        entry["source_point"] = where.get(entry["source_commit"]) if entry["source_commit"] else None
     return {"title": title, "metrics": chosen, "monitor": tree.monitor, "mode": tree.mode,
             "groups": groups, "runs": runs, "points": points}
 

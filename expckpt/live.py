@@ -75,9 +75,8 @@ class CheckpointLive(Live):
         states are put back when the first step begins, so seeding before the loop is safe.
         """
         config = params.get("checkpoint") if isinstance(params, Mapping) else None
-        if isinstance(state, Mapping) and path is None:  # {"model.pt": state, "ema.pt": ema_state}
-            path = [str(p) for p in state]
-        checkpointer = Checkpointer.from_env(path, config, live_dir=live_kwargs.get("dir", "dvclive"))
+        paths = [str(p) for p in state] if isinstance(state, Mapping) and path is None else path  # {"model.pt": state, ...}
+        checkpointer = Checkpointer.from_env(paths, config, live_dir=live_kwargs.get("dir", "dvclive"))
         if isinstance(params, Mapping) and "checkpoint" not in params and _has_checkpoint_section(Path("params.yaml")):
             checkpointer.echo(  # e.g. vars(args) of an argparse script (issue 22)
                 "expckpt: warning: the params given to CheckpointLive.from_env have no 'checkpoint' section but"

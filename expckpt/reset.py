@@ -17,6 +17,7 @@ import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from expckpt.errors import ExpCkptError
 from expckpt.gitstore import GitStore
@@ -29,7 +30,7 @@ from expckpt.verify import locked_outputs
 __all__ = ["applied_over_reset", "applied_since_reset", "reset_workspace"]
 
 
-def _held(workspace: Path, store: GitStore | None) -> dict[str, object]:
+def _held(workspace: Path, store: GitStore | None) -> dict[str, Any]:
     """``EXEC_APPLY`` and dvc.lock's output hashes now (what a later apply would change)."""
     applied = store.get_ref(EXEC_APPLY) if store is not None else None
     with contextlib.suppress(OSError):
@@ -90,7 +91,8 @@ def applied_since_reset(
     now = _held(workspace, None)["locked"]
     reset_at = mark.get("time")
     newer = isinstance(reset_at, (int, float)) and applied is not None and _apply_time(store) > reset_at
-    locked = mark.get("locked") if isinstance(mark.get("locked"), dict) else {}
+    locked_mark = mark.get("locked")
+    locked: dict[str, Any] = locked_mark if isinstance(locked_mark, dict) else {}
     relocked = any(now.get(rel) != locked.get(rel) for rel in current)
     if applied == mark.get("applied") and not relocked and not newer:
         return None

@@ -9,12 +9,10 @@ reference run ``ref``; the rows then run in order in that project.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
 import signal
-import time
 from pathlib import Path
 from typing import Any
 

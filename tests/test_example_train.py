@@ -48,5 +48,5 @@ def test_a_learning_rate_dvc_wrote_in_exponent_form_is_read_as_a_number(tmp_path
     params.write_text(params.read_text().replace("lr: 0.003", "lr: 1e-05"))
     assert load_params(params)["lr"] == 1e-05
     params.write_text(params.read_text().replace("lr: 1e-05", "lr: fast"))
-    with pytest.raises(Exception, match="params.yaml key 'lr' must be a number, got 'fast'"):
+    with pytest.raises(Exception, match=r"params\.yaml key 'lr' must be a number, got 'fast'"):
         load_params(params)

@@ -19,7 +19,7 @@ from conftest import run
 from expckpt.catalog import Catalog
 from expckpt.cli import main
 from expckpt.errors import ConfigError
-from expckpt.htmlreport import page_data, render_page, run_params, write_report
+from expckpt.htmlreport import page_data, run_params, write_report
 from expckpt.lineage import build_tree
 from expckpt.policy import keep_policy
 from treekit import init_repo, small_tree

@@ -145,5 +145,5 @@ def test_a_bad_origin_is_refused(origin: object) -> None:
     ref = CheckpointRef(SHA, "tut", 3)
     meta = json.loads(format_message(ref, parent=None, outs={}, metrics={}, time=1.0).splitlines()[-1].split(": ", 1)[1])
     meta["origin"] = origin
-    with pytest.raises(BadRecordError, match="origin .* is not a 40-hex commit id"):
+    with pytest.raises(BadRecordError, match=r"origin .* is not a 40-hex commit id"):
         parse_message(ref, "c" * 40, f"dvc: commit experiment x\n\nexpckpt-meta: {json.dumps(meta)}\n")

@@ -58,7 +58,7 @@ from expckpt.resume import remove_stale_temps
 from expckpt.rng import capture_rng, restore_rng
 from expckpt.wiring import Wiring
 
-__all__ = ["DcpHandler", "STEP_KEY", "SafeLoadPlanner", "rng_key"]
+__all__ = ["STEP_KEY", "DcpHandler", "SafeLoadPlanner", "rng_key"]
 
 STEP_KEY = "expckpt/step"
 WATCH_KEY = "expckpt/watch"

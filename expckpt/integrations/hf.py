@@ -121,8 +121,8 @@ def write_weights(directory: Path, model: torch.nn.Module, weights: Mapping[str,
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in weights.items()}, str(directory / WEIGHTS[0]))
-    elif hasattr(model, "save_pretrained"):
-        model.save_pretrained(directory)
+    elif callable(save_pretrained := getattr(model, "save_pretrained", None)):
+        save_pretrained(directory)
     else:
         from safetensors.torch import save_file
 
@@ -214,7 +214,8 @@ class ExpCkptTrainerCallback(TrainerCallback):
         exp = self.resumed.record.exp if getattr(self.resumed, "record", None) is not None else ""
         if best_step != self.resumed.step:
             record = find_kept(self._committer(), best_step, self.monitor, float(best_value), exp)
-            weights = kept_weights(self._committer(), record, self._core().rel_path) if record is not None else None
+            core = self._core()
+            weights = kept_weights(self._committer(), record, core.rel_path) if record is not None and core else None
             if weights is None:
                 return None  # HF says it ignores the missing best; expckpt's report still names it
             write_weights(folder, model, weights)
