@@ -43,6 +43,7 @@ from expckpt.session import SessionNote
 from expckpt.signals import GracefulStop
 from expckpt.state import TrainingState
 from expckpt.stateset import StateFiles, as_state_files
+from expckpt.stopafter import stop_after_step, stop_reason
 from expckpt.watch import TrainingWatch, flatten_metrics
 from expckpt.wiring import Wiring, wire
 from expckpt.workspace_guard import WorkspaceGuard
@@ -98,6 +99,8 @@ class Checkpointer:
             if wiring.committer is not None else None
         )
         self._pusher = Pusher(push, wiring.committer.project.root, echo) if push and wiring.committer else None
+        self.stop_after: int | None = None
+        """Stop after this step as a preemption would (``EXPCKPT_STOP_AFTER_STEP``, set by ``expckpt doctor``)."""
 
     @classmethod
     def from_env(
@@ -116,6 +119,7 @@ class Checkpointer:
         c = wiring.committer  # checkpoint.push / DVC_EXP_AUTO_PUSH: checked before training starts
         push, warning = resolve_target(c.store, c.project.root, config.push, env) if c else (None, None)
         checkpointer = cls(wiring, config, push=push)
+        checkpointer.stop_after = stop_after_step(env)
         if warning:
             checkpointer.echo(warning)
         return checkpointer
@@ -216,11 +220,11 @@ class Checkpointer:
         if self.config.monitor and seen.value is not None:
             kept = seen.improved and self.config.keep_best > 0
             note = improvement_line(step, self.config.monitor, seen.previous_best, seen.value, self.config.mode, kept)
-        event = "stop" if seen.stop else "step"
-        saved = self._save_if(state, step, flat, event, note)
+        stop = seen.stop or stop_reason(step, self.stop_after)
+        saved = self._save_if(state, step, flat, "stop" if stop else "step", note)
         if seen.stop:
             self.echo(f"expckpt: stopping training at step {step} ({seen.stop}; checkpoint.on_divergence: stop)")
-        return Decision(saved=saved, stop=seen.stop)
+        return Decision(saved=saved, stop=stop)
 
     step_completed = save  # expckpt 0.1's name
 
