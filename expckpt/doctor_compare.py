@@ -203,7 +203,7 @@ def _has_scheduler(payload: Mapping[str, Any]) -> bool:
 
 def _lr_driven(payload: Mapping[str, Any]) -> bool:
     """An optimizer whose param groups carry ``initial_lr``: an LR scheduler drove it."""
-    return any(path[-1] == "initial_lr" for k, v in payload.items() if k not in _SKIP for path, _ in _leaves(v))
+    return any(path[-1:] == ("initial_lr",) for k, v in payload.items() if k not in _SKIP for path, _ in _leaves(v))
 
 
 def diagnose(steps: int, end: tuple[int, list[Difference]], metrics: tuple[int, MetricDifference | None],
