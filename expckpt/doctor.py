@@ -30,22 +30,23 @@ __all__ = ["doctor"]
 Echo = Callable[[str], None]
 
 
-def _load(plan: DoctorPlan, copy: Path, run: str, step: int) -> dict[str, Any]:
-    """The checkpoint a run left in ``copy``, checked to be at ``step``."""
+def _load(plan: DoctorPlan, copy: Path, run: str, at_least: int, before: int | None = None) -> dict[str, Any]:
+    """The checkpoint a run left in ``copy``: at step ``at_least`` or later (and before ``before``)."""
     path = copy / plan.output.path.rstrip("/")
     if not path.exists():
         raise RunFailed(f"run {run} of stage {plan.stage!r} left no {plan.output.path}: does the script save through"
                         " expckpt (CheckpointLive, Checkpointer or an expckpt callback)?", path=path)
     payload = load_dir_checkpoint(path) if path.is_dir() else load_checkpoint(path)
     reached = int(payload.get("step", -1))
-    if reached < step:
-        raise RunFailed(f"run {run} of stage {plan.stage!r} ended after step {reached}, before step {step}: the doctor"
-                        f" needs {plan.last + 1} steps; use --steps {max(1, (reached + 1) // 2)} or train for more"
-                        " epochs", path=path)
-    if reached > step:
+    if reached < at_least:
+        raise RunFailed(f"run {run} of stage {plan.stage!r} ended after step {reached}, before step {at_least}: the"
+                        f" doctor needs {plan.last + 1} steps; use --steps {max(1, (reached + 1) // 2)} or train for"
+                        " more epochs", path=path)
+    if before is not None and reached >= before:
         raise RunFailed(f"run {run} of stage {plan.stage!r} went on to step {reached} instead of stopping after step"
-                        f" {step}: its loop does not stop when expckpt says so (`if checkpointer.save(...).stop:"
-                        " break`, or live.steps())", path=path)
+                        f" {at_least}: its loop does not stop when expckpt says so (`if checkpointer.save(...).stop:"
+                        " break`, or live.steps()), or it saves less often than every K steps (use a larger --steps)",
+                        path=path)
     return payload
 
 
@@ -85,20 +86,21 @@ def doctor(project: Project, stage: str | None = None, steps: int = 2, *, echo: 
         echo(f"expckpt doctor: [1/3] run A: straight to step {last}")
         ran = run_stage(plan, a, "doctor-a", last, log)
         final_a = _load(plan, a, "A", last)
+        end = int(final_a["step"])  # the first checkpoint at or after 2K - 1
         echo(f"expckpt doctor: [1/3] run A done in {ran.seconds:.1f} s")
         b = copy_workspace(plan, tmp / "b")
         echo(f"expckpt doctor: [2/3] run B: to step {plan.stop_first}, then stopped as by a preemption")
         ran = run_stage(plan, b, "doctor-b", plan.stop_first, log)
-        _load(plan, b, "B", plan.stop_first)
+        stop = int(_load(plan, b, "B", plan.stop_first, before=end)["step"])
         echo(f"expckpt doctor: [2/3] run B done in {ran.seconds:.1f} s")
-        echo(f"expckpt doctor: [3/3] run B resumed: to step {last}")
-        ran = run_stage(plan, b, "doctor-b-resumed", last, log)
-        final_b = _load(plan, b, "B resumed", last)
+        echo(f"expckpt doctor: [3/3] run B resumed: to step {end}")
+        ran = run_stage(plan, b, "doctor-b-resumed", end, log)
+        final_b = _load(plan, b, "B resumed", end)
         echo(f"expckpt doctor: [3/3] run B resumed done in {ran.seconds:.1f} s")
-        stop_a = _checkpoint_at(plan, a, "doctor-a", plan.stop_first)
-        stop_b = _checkpoint_at(plan, b, "doctor-b", plan.stop_first)
+        stop_a = _checkpoint_at(plan, a, "doctor-a", stop)
+        stop_b = _checkpoint_at(plan, b, "doctor-b", stop)
         at_stop = diff_payloads(stop_a, stop_b)[1] if stop_a is not None and stop_b is not None else None
         metrics_a, metrics_b = read_metrics(a, plan.live_dir), read_metrics(b, plan.live_dir)
-    early = compare_metrics(metrics_a, metrics_b, range(k))[1]
-    after = compare_metrics(metrics_a, metrics_b, range(k, last + 1))
-    return diagnose(k, diff_payloads(final_a, final_b), after, early, at_stop, final_a, _hints(plan))
+    early = compare_metrics(metrics_a, metrics_b, range(stop + 1))[1]
+    after = compare_metrics(metrics_a, metrics_b, range(stop + 1, end + 1))
+    return diagnose(stop, end, diff_payloads(final_a, final_b), after, early, at_stop, final_a, _hints(plan))

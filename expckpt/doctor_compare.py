@@ -156,7 +156,10 @@ def compare_metrics(a: Mapping[str, Mapping[int, float]], b: Mapping[str, Mappin
 class Verdict:
     """What ``expckpt doctor`` found; ``lines()`` for people, ``as_json()`` for CI."""
 
-    steps: int
+    stop: int
+    """Run B stopped after this step (K - 1, or the first checkpoint after it)."""
+    end: int
+    """Both runs ended after this step (2K - 1, or the first checkpoint after it)."""
     tensors: int
     metric_values: int
     differences: list[Difference] = field(default_factory=list)
@@ -173,14 +176,13 @@ class Verdict:
     def lines(self) -> list[str]:
         if self.exact:
             return [f"resume is exact: {self.tensors} tensors and {self.metric_values} metric values equal"]
-        out = [f"resume is NOT exact (K={self.steps}: straight to step {2 * self.steps - 1} vs stopped after step"
-               f" {self.steps - 1} and resumed)"]
+        out = [f"resume is NOT exact: straight to step {self.end} vs stopped after step {self.stop} and resumed"]
         if self.differences:
             first = self.differences[0]
             more = f" (and {len(self.differences) - 1} more keys)" if len(self.differences) > 1 else ""
-            out.append(f"  first difference at step {2 * self.steps - 1}: {first.describe()}{more}")
+            out.append(f"  first difference at step {self.end}: {first.describe()}{more}")
         else:
-            out.append(f"  every saved tensor is equal at step {2 * self.steps - 1} ({self.tensors} tensors)")
+            out.append(f"  every saved tensor is equal at step {self.end} ({self.tensors} tensors)")
         if self.first_metric is not None:
             out.append(f"  first metric difference: {self.first_metric.describe()}")
         out.append(f"  likely cause: {self.explanation}")
@@ -189,7 +191,7 @@ class Verdict:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "exact": self.exact, "steps": self.steps, "tensors_equal": self.tensors,
+            "exact": self.exact, "stopped_after": self.stop, "end": self.end, "tensors_equal": self.tensors,
             "metric_values_equal": self.metric_values, "cause": self.cause, "explanation": self.explanation,
             "differences": [vars(d) for d in self.differences],
             "first_metric_difference": vars(self.first_metric) if self.first_metric else None,
@@ -206,15 +208,15 @@ def _lr_driven(payload: Mapping[str, Any]) -> bool:
     return any(path[-1:] == ("initial_lr",) for k, v in payload.items() if k not in _SKIP for path, _ in _leaves(v))
 
 
-def diagnose(steps: int, end: tuple[int, list[Difference]], metrics: tuple[int, MetricDifference | None],
+def diagnose(stop: int, end: int, final: tuple[int, list[Difference]], metrics: tuple[int, MetricDifference | None],
              early: MetricDifference | None, at_stop: list[Difference] | None, final_a: Mapping[str, Any],
              hints: Sequence[Hint]) -> Verdict:
-    """The verdict from the differences at the end (2K - 1), of the metrics after the stop, of
-    the metrics before it (``early``) and of the checkpoints at the stop (``at_stop``, None when
-    run A saved none there)."""
-    (tensors, diffs), (values, first) = end, metrics
-    verdict = Verdict(steps=steps, tensors=tensors, metric_values=values, differences=diffs, first_metric=first)
-    stop, resumed = steps - 1, steps
+    """The verdict from the differences at the ``end``, of the metrics after the ``stop``, of the
+    metrics up to it (``early``) and of the checkpoints at the stop (``at_stop``, None when run A
+    saved none there)."""
+    (tensors, diffs), (values, first) = final, metrics
+    verdict = Verdict(stop=stop, end=end, tensors=tensors, metric_values=values, differences=diffs, first_metric=first)
+    resumed = stop + 1
     if not diffs and first is None and early is None and not at_stop:
         return verdict
     if early is not None or at_stop:

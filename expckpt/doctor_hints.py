@@ -97,11 +97,14 @@ def script_hints(path: Path, root: Path) -> list[Hint]:
         return []
     rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
     registered: set[str] = set()
+    loader_generators: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
             dotted, last = _callee(node)
             if last in ("TrainingState", "add", "training_state") or dotted.endswith("TrainingState"):
                 registered |= {n for arg in [*node.args, *node.keywords] for n in _names(arg)}
+            if last == "DataLoader":
+                loader_generators |= {n for k in node.keywords if k.arg == "generator" for n in _names(k.value)}
     hints: list[Hint] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
@@ -111,7 +114,8 @@ def script_hints(path: Path, root: Path) -> list[Hint]:
             if found and not targets & registered:
                 kind, what = found
                 name = ", ".join(sorted(targets))
-                hints.append(Hint(kind, rel, node.lineno, f"`{name}` is {what} ({dotted}(...)) not given to TrainingState"))
+                used = ", the DataLoader's generator," if targets & loader_generators else ""
+                hints.append(Hint(kind, rel, node.lineno, f"`{name}` is {what} ({dotted}(...)){used} not given to TrainingState"))
         if isinstance(node, ast.Call) and _callee(node)[1] == "DataLoader":
             kw = {k.arg: k.value for k in node.keywords if k.arg}
             workers = kw.get("num_workers")

@@ -84,26 +84,19 @@ def doctor_plan(project: Project, stage: str | None, steps: int) -> DoctorPlan:
                           f" ({', '.join(o.path for o in candidates)}); the doctor checks stages with one", key="stage")
     output = candidates[0]
     project.checkpoint_output(output.path, output.stage)  # persist: true, or nothing resumes
-    _check_params(project, steps)
+    _check_params(project)
     return DoctorPlan(project=project, stage=output.stage, output=output, steps=steps)
 
 
-def _check_params(project: Project, steps: int) -> None:
+def _check_params(project: Project) -> None:
     try:
         params = yaml.safe_load((project.workspace / "params.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError):
         return
-    if not isinstance(params, dict):
-        return
-    every = (params.get("checkpoint") or {}).get("every") if isinstance(params.get("checkpoint"), dict) else None
-    if every == 0:
+    section = params.get("checkpoint") if isinstance(params, dict) else None
+    if isinstance(section, dict) and section.get("every") == 0:
         raise ConfigError("params.yaml has checkpoint.every: 0 (checkpointing off), so nothing resumes;"
                           " set it to 1 or more to check the resume", key="checkpoint.every", value=0)
-    epochs = params.get("epochs")
-    if isinstance(epochs, int) and not isinstance(epochs, bool) and 2 * steps > epochs:
-        most = f"--steps {epochs // 2} or less" if epochs >= 2 else "a run of 2 epochs or more"
-        raise ConfigError(f"--steps {steps} needs {2 * steps} steps but params.yaml has epochs: {epochs};"
-                          f" use {most}", key="steps", value=steps)
 
 
 @contextmanager

@@ -1,7 +1,8 @@
 """``EXPCKPT_STOP_AFTER_STEP=N``: stop training after step N as a preemption would.
 
 ``expckpt doctor`` sets it to cut a run short at a chosen step: the checkpointer treats the
-completed step N like a stop event (saved whatever ``checkpoint.every`` says, and
+completed step N (or the first completed step after it, for front ends whose steps jump, such as
+the HF Trainer's global steps) like a stop event (saved whatever ``checkpoint.every`` says, and
 ``Decision.stop`` set), so every front end that honours ``Decision.stop`` ends there with a
 complete checkpoint, and the next run resumes from it.
 """
@@ -32,5 +33,5 @@ def stop_after_step(env: Mapping[str, str] | None = None) -> int | None:
 
 
 def stop_reason(step: int, stop_after: int | None) -> str | None:
-    """``REASON`` when ``step`` is the step to stop after, else None."""
-    return REASON if stop_after is not None and step == stop_after else None
+    """``REASON`` when ``step`` is the step to stop after or a later one, else None."""
+    return REASON if stop_after is not None and step >= stop_after else None

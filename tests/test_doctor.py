@@ -23,7 +23,7 @@ from expckpt.doctor_hints import Hint, script_hints
 from expckpt.doctor_run import doctor_plan
 from expckpt.errors import ConfigError, ProjectError
 from expckpt.project import Project
-from expckpt.stopafter import ENV, stop_after_step
+from expckpt.stopafter import ENV, REASON, stop_after_step, stop_reason
 from inprocess import dvc_env, new_repo, new_state, refs, train_step
 
 
@@ -32,6 +32,7 @@ def test_stop_after_step_reads_a_step_and_refuses_anything_else() -> None:
     assert stop_after_step({}) is None
     assert stop_after_step({ENV: ""}) is None
     assert stop_after_step({ENV: "3"}) == 3
+    assert (stop_reason(2, 3), stop_reason(3, 3), stop_reason(5, 3), stop_reason(5, None)) == (None, REASON, REASON, None)
     with pytest.raises(ConfigError, match=r"EXPCKPT_STOP_AFTER_STEP must be a step number \(0 or more\), got '-1'"):
         stop_after_step({ENV: "-1"})
 
@@ -106,7 +107,7 @@ def test_the_cause_is_read_from_what_differs_and_when(case: str, cause: str | No
         "generator": ((3, [Difference("model", "weight", 0.1)]), (1, late), None, [], _payload(), [GEN]),
         "local": ((2, [Difference("optimizer", "param_groups.0.lr", 0.05)]), (1, late), None, [], _payload(), []),
     }[case]
-    verdict = diagnose(2, *args)
+    verdict = diagnose(1, 3, *args)
     assert verdict.cause == cause
     assert says in "\n".join(verdict.lines())
     assert json.loads(json.dumps(verdict.as_json()))["exact"] is (cause is None)
@@ -119,12 +120,12 @@ def test_the_script_hints_name_unregistered_generators_schedulers_and_workers(tm
         "kept = np.random.default_rng(1)\n"
         "g = torch.Generator().manual_seed(0)\n"
         "sched = torch.optim.lr_scheduler.StepLR(opt, 1)\n"
-        "loader = DataLoader(ds, num_workers=2, persistent_workers=True)\n"
+        "loader = DataLoader(ds, num_workers=2, persistent_workers=True, generator=g)\n"
         "plain = DataLoader(ds, num_workers=0)\n"
         "state = TrainingState(model=model, rng=GeneratorState(kept))\n")
     hints = script_hints(script, tmp_path)
     assert [(h.kind, h.line) for h in hints] == [("generator", 1), ("generator", 3), ("scheduler", 4), ("workers", 5)]
-    assert str(hints[1]) == "train.py:3: `g` is a torch.Generator (torch.Generator(...)) not given to TrainingState"
+    assert str(hints[1]) == "train.py:3: `g` is a torch.Generator (torch.Generator(...)), the DataLoader's generator, not given to TrainingState"
 
 
 # -- bad input, in process ----------------------------------------------------------------------
@@ -132,7 +133,6 @@ NO_CHECKPOINT = "stages:\n  train:\n    cmd: python train.py\n    outs: [model.p
 
 
 @pytest.mark.parametrize(("dvc_yaml", "stage", "steps", "error", "match"), [
-    (None, None, 3, ConfigError, r"--steps 3 needs 6 steps but params.yaml has epochs: 4; use --steps 2 or less"),
     (None, None, 0, ConfigError, r"--steps must be a whole number of steps, 1 or more, got 0"),
     (None, "fit", 2, ConfigError, r"dvc.yaml has no stage 'fit' \(it has: train\); pass one of them with --stage"),
     (NO_CHECKPOINT, None, 2, ProjectError, r"dvc.yaml has no output with `checkpoint: true`, so there is no resume"),
@@ -225,7 +225,8 @@ def test_the_tiny_correct_script_is_exact_and_a_flawed_one_says_why_in_words(tmp
 @pytest.mark.slow
 @pytest.mark.parametrize(("edit", "says"), [
     (("loss.backward()", "raise SystemExit('boom')"), "stage 'train' failed (exit 1) in the doctor's copy (doctor-a)"),
-    (('live.steps(params["epochs"])', "live.steps(1)"), "run A of stage 'train' ended after step 0, before step 3"),
+    (('live.steps(params["epochs"])', "live.steps(3)"),
+     "run A of stage 'train' ended after step 2, before step 3: the doctor needs 4 steps; use --steps 1 or train for"),
 ])
 def test_a_failing_or_short_run_is_one_line_and_leaves_nothing(tmp_path: Path, edit: tuple[str, str], says: str) -> None:
     project = tiny_project(tmp_path / "p")
