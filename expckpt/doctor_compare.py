@@ -17,7 +17,10 @@ read from *what* differs and *when*:
 from __future__ import annotations
 
 import csv
+import io
+import json
 import math
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +30,12 @@ import torch
 
 from expckpt.doctor_hints import Hint
 
-__all__ = ["Difference", "MetricDifference", "Verdict", "diagnose", "diff_payloads", "read_metrics"]
+__all__ = ["Difference", "MetricDifference", "Verdict", "compare_metrics", "diagnose", "diff_payloads", "read_metrics", "volatile"]
 
 _SKIP = frozenset({"format", "expckpt", "best"})
 """expckpt's own bookkeeping: follows from the metrics, compared there."""
 README = "see README: Is my resume exact?"
+_VOLATILE = re.compile(r"(runtime|_per_second|flos|timestamp)$")
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,34 @@ def _num(value: float | None) -> str:
     return "missing" if value is None else f"{value:.6g}"
 
 
+def volatile(name: str) -> bool:
+    """Timings a run logs or keeps (HF's ``train_runtime``, ``*_per_second``, ``total_flos``):
+    never equal between two runs, so not compared."""
+    return _VOLATILE.search(name) is not None
+
+
+def _file(name: str, data: torch.Tensor) -> Any:
+    """A framework file carried as a byte tensor (HF's checkpoint files), read for comparison:
+    JSON as data, torch files with ``weights_only``; None when neither."""
+    raw = data.numpy().tobytes()
+    try:
+        if name.endswith(".json"):
+            return json.loads(raw)
+        if name.endswith((".pt", ".pth", ".bin")):
+            return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not readable: compared as bytes
+        return None
+    return None
+
+
 def _leaves(value: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    if path and volatile(path[-1]):
+        return
+    if isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.dim() == 1 and path:
+        content = _file(path[-1], value)
+        if content is not None:
+            yield from _leaves(content, path)
+            return
     if isinstance(value, Mapping):
         for key, item in value.items():
             yield from _leaves(item, (*path, str(key)))
@@ -143,8 +174,10 @@ def compare_metrics(a: Mapping[str, Mapping[int, float]], b: Mapping[str, Mappin
     """(values equal, the first difference by step) over ``steps``."""
     equal, first = 0, None
     for step in steps:
-        for metric in sorted(set(a) | set(b)):
+        for metric in sorted(m for m in set(a) | set(b) if not volatile(m)):
             x, y = a.get(metric, {}).get(step), b.get(metric, {}).get(step)
+            if x is None and y is None:
+                continue
             if x is not None and x == y or (x is not None and y is not None and math.isnan(x) and math.isnan(y)):
                 equal += 1
             elif first is None:
@@ -251,9 +284,13 @@ def diagnose(stop: int, end: int, final: tuple[int, list[Difference]], metrics: 
         return verdict
     verdict.cause = "outside-state"
     named = [h for h in hints if h.kind in ("generator", "workers")]
+    generators = [h for h in named if h.kind == "generator"]
     what = ("a generator or object of your own not given to TrainingState" if named else
             "a value of your own kept outside the state (a counter, list or attribute updated as training goes);"
             " keep it in TrainingState, e.g. TrainingState(..., progress={'count': 0}), and read it from there")
+    if generators:
+        what += (" (give a generator to it with GeneratorState: `from expckpt.generators import GeneratorState`,"
+                 " then TrainingState(..., aug=GeneratorState(aug)))")
     if any(h.kind == "workers" for h in named):
         what += ("; DataLoader workers that keep random state of their own restart from a new seed on resume:"
                  " use persistent_workers=False or draw the randomness in the main process")

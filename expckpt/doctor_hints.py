@@ -67,7 +67,7 @@ def _callee(node: ast.Call) -> tuple[str, str]:
 
 def _constructor(call: ast.Call) -> ast.Call:
     """``torch.Generator()`` for ``torch.Generator().manual_seed(0)``."""
-    while isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Call):
+    while isinstance(call.func, ast.Attribute) and call.func.attr == "manual_seed" and isinstance(call.func.value, ast.Call):
         call = call.func.value
     return call
 

@@ -21,6 +21,7 @@ import yaml
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from expckpt import CheckpointLive, TrainingState
+from expckpt.generators import GeneratorState
 
 
 class Noisy(Dataset):
@@ -75,6 +76,11 @@ FLAWS: dict[str, dict[str, str]] = {
     "numpy_generator": {
         "setup": "aug = np.random.default_rng(0)",
         "batches": "[(xb + torch.from_numpy(aug.normal(size=tuple(xb.shape))).float() * 0.1, yb) for xb, yb in batches(x, y)]",
+    },
+    "numpy_generator_fixed": {
+        "setup": "aug = np.random.default_rng(0)",
+        "batches": "[(xb + torch.from_numpy(aug.normal(size=tuple(xb.shape))).float() * 0.1, yb) for xb, yb in batches(x, y)]",
+        "state": ", aug=GeneratorState(aug)",
     },
     "dataloader_generator": {
         "setup": "g = torch.Generator().manual_seed(0)\nloader = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True, generator=g)",

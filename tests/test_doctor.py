@@ -8,10 +8,13 @@ the user's workspace byte for byte as before) and on one flawed tiny script per 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,7 +25,9 @@ from expckpt.doctor_compare import Difference, MetricDifference, compare_metrics
 from expckpt.doctor_hints import Hint, script_hints
 from expckpt.doctor_run import doctor_plan
 from expckpt.errors import ConfigError, ProjectError
+from expckpt.generators import GeneratorState
 from expckpt.project import Project
+from expckpt.state import TrainingState
 from expckpt.stopafter import ENV, REASON, stop_after_step, stop_reason
 from inprocess import dvc_env, new_repo, new_state, refs, train_step
 
@@ -118,14 +123,37 @@ def test_the_script_hints_name_unregistered_generators_schedulers_and_workers(tm
     script.write_text(
         "aug = np.random.default_rng(0)\n"
         "kept = np.random.default_rng(1)\n"
+        "order = np.random.RandomState(0).permutation(10)\n"
         "g = torch.Generator().manual_seed(0)\n"
         "sched = torch.optim.lr_scheduler.StepLR(opt, 1)\n"
         "loader = DataLoader(ds, num_workers=2, persistent_workers=True, generator=g)\n"
         "plain = DataLoader(ds, num_workers=0)\n"
         "state = TrainingState(model=model, rng=GeneratorState(kept))\n")
     hints = script_hints(script, tmp_path)
-    assert [(h.kind, h.line) for h in hints] == [("generator", 1), ("generator", 3), ("scheduler", 4), ("workers", 5)]
-    assert str(hints[1]) == "train.py:3: `g` is a torch.Generator (torch.Generator(...)), the DataLoader's generator, not given to TrainingState"
+    assert [(h.kind, h.line) for h in hints] == [("generator", 1), ("generator", 4), ("scheduler", 5), ("workers", 6)]
+    assert str(hints[1]) == "train.py:4: `g` is a torch.Generator (torch.Generator(...)), the DataLoader's generator, not given to TrainingState"
+
+
+@pytest.mark.parametrize("make", [lambda: np.random.default_rng(3), lambda: torch.Generator().manual_seed(3),
+                                  lambda: random.Random(3)], ids=["numpy", "torch", "python"])
+def test_a_generator_state_round_trips_through_a_safe_checkpoint(make: object) -> None:
+    generator = make()  # type: ignore[operator]
+    draw = {np.random.Generator: lambda: generator.normal(size=3).tolist(),
+            torch.Generator: lambda: torch.rand(3, generator=generator).tolist(),
+            random.Random: lambda: [generator.random() for _ in range(3)]}[type(generator)]
+    state = TrainingState(gen=GeneratorState(generator))
+    draw()
+    buffer = io.BytesIO()
+    torch.save(state.capture(), buffer)
+    expected = draw()
+    state.restore(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
+    assert draw() == expected
+
+
+def test_a_generator_state_refuses_what_is_not_a_generator() -> None:
+    with pytest.raises(ConfigError, match="GeneratorState needs a numpy.random.Generator, torch.Generator or"
+                                          " random.Random, got a int"):
+        GeneratorState(3)
 
 
 # -- bad input, in process ----------------------------------------------------------------------
