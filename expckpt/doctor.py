@@ -45,7 +45,7 @@ def _load(plan: DoctorPlan, copy: Path, run: str, at_least: int, before: int | N
     if before is not None and reached >= before:
         raise RunFailed(f"run {run} of stage {plan.stage!r} went on to step {reached} instead of stopping after step"
                         f" {at_least}: its loop does not stop when expckpt says so (`if checkpointer.save(...).stop:"
-                        " break`, or live.steps()), or it saves less often than every K steps (use a larger --steps)",
+                        f" break`, or live.steps()), or its steps come in larger strides than K (use --steps {reached + 1})",
                         path=path)
     return payload
 

@@ -212,7 +212,8 @@ class Verdict:
         out = [f"resume is NOT exact: straight to step {self.end} vs stopped after step {self.stop} and resumed"]
         if self.differences:
             first = self.differences[0]
-            more = f" (and {len(self.differences) - 1} more keys)" if len(self.differences) > 1 else ""
+            n = len(self.differences) - 1
+            more = f" (and {n} more key{'s' if n > 1 else ''})" if n else ""
             out.append(f"  first difference at step {self.end}: {first.describe()}{more}")
         else:
             out.append(f"  every saved tensor is equal at step {self.end} ({self.tensors} tensors)")
@@ -289,8 +290,9 @@ def diagnose(stop: int, end: int, final: tuple[int, list[Difference]], metrics: 
             "a value of your own kept outside the state (a counter, list or attribute updated as training goes);"
             " keep it in TrainingState, e.g. TrainingState(..., progress={'count': 0}), and read it from there")
     if generators:
-        what += (" (give a generator to it with GeneratorState: `from expckpt.generators import GeneratorState`,"
-                 " then TrainingState(..., aug=GeneratorState(aug)))")
+        name = generators[0].name if generators[0].name.isidentifier() else "gen"
+        what += (f"; register it with `from expckpt.generators import GeneratorState` and"
+                 f" TrainingState(..., {name}=GeneratorState({name}))")
     if any(h.kind == "workers" for h in named):
         what += ("; DataLoader workers that keep random state of their own restart from a new seed on resume:"
                  " use persistent_workers=False or draw the randomness in the main process")

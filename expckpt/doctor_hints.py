@@ -31,6 +31,8 @@ class Hint:
     file: str
     line: int
     what: str
+    name: str = ""
+    """The variable the script keeps it in, when there is one."""
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}: {self.what}"
@@ -115,7 +117,7 @@ def script_hints(path: Path, root: Path) -> list[Hint]:
                 kind, what = found
                 name = ", ".join(sorted(targets))
                 used = ", the DataLoader's generator," if targets & loader_generators else ""
-                hints.append(Hint(kind, rel, node.lineno, f"`{name}` is {what} ({dotted}(...)){used} not given to TrainingState"))
+                hints.append(Hint(kind, rel, node.lineno, f"`{name}` is {what} ({dotted}(...)){used} not given to TrainingState", name))
         if isinstance(node, ast.Call) and _callee(node)[1] == "DataLoader":
             kw = {k.arg: k.value for k in node.keywords if k.arg}
             workers = kw.get("num_workers")

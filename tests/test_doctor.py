@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from conftest import make_project, run, train_in_exp_env
+from integrationkit import make_example_project
 from doctorkit import tiny_project
 from expckpt.checkpointer import Checkpointer
 from expckpt.doctor_compare import Difference, MetricDifference, compare_metrics, diagnose, diff_payloads, read_metrics
@@ -89,7 +90,8 @@ def test_metrics_are_read_from_dvclive_and_the_first_difference_is_by_step(tmp_p
     assert compare_metrics(a, b, range(3)) == (2, MetricDifference(2, "loss", 1.0, 0.75))
 
 
-GEN = Hint("generator", "train.py", 12, "`aug` is a NumPy Generator (np.random.default_rng(...)) not given to TrainingState")
+GEN = Hint("generator", "train.py", 12, "`aug` is a NumPy Generator (np.random.default_rng(...)) not given to TrainingState",
+           "aug")
 
 
 @pytest.mark.parametrize(("case", "cause", "says"), [
@@ -97,6 +99,7 @@ GEN = Hint("generator", "train.py", 12, "`aug` is a NumPy Generator (np.random.d
     ("early", "nondeterministic", "already differ at step 0, before any stop or resume"),
     ("metrics only", "unsaved-metric-state", "an EMA or averaged model"),
     ("lr", "scheduler", "the LR scheduler is not in the checkpoint"),
+    ("generator", "outside-state", "TrainingState(..., aug=GeneratorState(aug))"),
     ("generator", "outside-state", "train.py:12: `aug` is a NumPy Generator"),
     ("local", "outside-state", "a value of your own kept outside the state"),
 ])
@@ -190,7 +193,7 @@ def _snapshot(project: Path) -> dict[str, object]:
 def _doctor(project: Path, *args: str, tmp: Path) -> tuple[int, str, str]:
     tmp.mkdir(exist_ok=True)
     proc = run("expckpt", "doctor", *args, cwd=project, check=False, env={"TMPDIR": str(tmp)})
-    assert list(tmp.iterdir()) == [], "the throwaway copies are removed"
+    assert list(tmp.glob("expckpt-doctor-*")) == [], "the throwaway copies are removed"
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -274,3 +277,17 @@ def test_a_failing_or_short_run_is_one_line_and_leaves_nothing(tmp_path: Path, e
 def _snapshot_light(project: Path) -> tuple[str, str, list[str]]:
     return (run("git", "status", "--porcelain", "--ignored", "-uall", cwd=project).stdout,
             run("git", "for-each-ref", cwd=project).stdout, sorted(os.listdir(project)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("example", "args"), [("lightning", ()), ("hf", ("--steps", "24")), ("ddp", ())])
+def test_each_front_end_example_resumes_exactly(tmp_path: Path, example: str, args: tuple[str, ...]) -> None:
+    """Lightning's callback, the HF Trainer's (its steps are global steps: 23 a epoch here) and torchrun DDP."""
+    if example == "ddp" and not torch.distributed.is_available():
+        pytest.skip("torch.distributed is not available")
+    project = make_example_project(tmp_path / "p", example)
+
+    code, out, err = _doctor(project, *args, tmp=tmp_path / "tmp")
+
+    assert code == 0, err + out
+    assert out.startswith("resume is exact: "), out
