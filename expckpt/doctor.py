@@ -22,7 +22,8 @@ from expckpt.checkpoint_file import load_checkpoint
 from expckpt.dirstate import load_dir_checkpoint
 from expckpt.doctor_compare import Verdict, compare_metrics, diagnose, diff_payloads, read_metrics
 from expckpt.doctor_hints import Hint, script_hints, stage_scripts
-from expckpt.doctor_run import DoctorPlan, RunFailed, copy_workspace, doctor_plan, run_stage, throwaway
+from expckpt.doctor_run import DoctorPlan, copy_workspace, doctor_plan, run_stage, throwaway
+from expckpt.errors import ProjectError
 from expckpt.project import Project
 
 __all__ = ["doctor"]
@@ -34,16 +35,16 @@ def _load(plan: DoctorPlan, copy: Path, run: str, at_least: int, before: int | N
     """The checkpoint a run left in ``copy``: at step ``at_least`` or later (and before ``before``)."""
     path = copy / plan.output.path.rstrip("/")
     if not path.exists():
-        raise RunFailed(f"run {run} of stage {plan.stage!r} left no {plan.output.path}: does the script save through"
+        raise ProjectError(f"run {run} of stage {plan.stage!r} left no {plan.output.path}: does the script save through"
                         " expckpt (CheckpointLive, Checkpointer or an expckpt callback)?", path=path)
     payload = load_dir_checkpoint(path) if path.is_dir() else load_checkpoint(path)
     reached = int(payload.get("step", -1))
     if reached < at_least:
-        raise RunFailed(f"run {run} of stage {plan.stage!r} ended after step {reached}, before step {at_least}: the"
+        raise ProjectError(f"run {run} of stage {plan.stage!r} ended after step {reached}, before step {at_least}: the"
                         f" doctor needs {plan.last + 1} steps; use --steps {max(1, (reached + 1) // 2)} or train for"
                         " more epochs", path=path)
     if before is not None and reached >= before:
-        raise RunFailed(f"run {run} of stage {plan.stage!r} went on to step {reached} instead of stopping after step"
+        raise ProjectError(f"run {run} of stage {plan.stage!r} went on to step {reached} instead of stopping after step"
                         f" {at_least}: its loop does not stop when expckpt says so (`if checkpointer.save(...).stop:"
                         f" break`, or live.steps()), or its steps come in larger strides than K (use --steps {reached + 1})",
                         path=path)

@@ -26,16 +26,12 @@ from expckpt.errors import ConfigError, ProjectError
 from expckpt.project import Project, StageOutput
 from expckpt.stopafter import ENV
 
-__all__ = ["DoctorPlan", "RunFailed", "copy_workspace", "doctor_plan", "run_stage", "throwaway"]
+__all__ = ["DoctorPlan", "copy_workspace", "doctor_plan", "run_stage", "throwaway"]
 
 _GIT_ID = ["-c", "user.name=expckpt doctor", "-c", "user.email=doctor@expckpt.invalid", "-c", "commit.gpgsign=false"]
 _FIXED_DATE = "2000-01-01T00:00:00+0000"  # both copies get the same baseline commit
 _TAIL = 6
 """Lines of a failed run's output quoted in the error."""
-
-
-class RunFailed(ProjectError):
-    """A doctor run failed or ended before the step it had to reach."""
 
 
 @dataclass(frozen=True)
@@ -186,6 +182,6 @@ def run_stage(plan: DoctorPlan, copy: Path, name: str, stop_after: int, log: Cal
     output = "".join(lines)
     if proc.returncode != 0:
         tail = " | ".join(line.strip() for line in lines[-_TAIL:] if line.strip())
-        raise RunFailed(f"stage {plan.stage!r} failed (exit {proc.returncode}) in the doctor's copy ({name});"
+        raise ProjectError(f"stage {plan.stage!r} failed (exit {proc.returncode}) in the doctor's copy ({name});"
                         f" fix it so `dvc exp run` succeeds, then try again; its last lines: {tail}", path=copy)
     return Ran(output=output, seconds=time.monotonic() - start)

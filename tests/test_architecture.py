@@ -31,7 +31,7 @@ LAYERS: dict[str, int] = {
 """Each module's layer: a module may import only from its own layer or lower ones."""
 
 CORE_WITHOUT_TORCH = ["committer", "gc", "verify", "show", "resume", "cli", "catalog", "retention", "wiring", "reset",
-                      "remote", "pusher", "cloudgc"]
+                      "remote", "pusher", "cloudgc", "doctor_run", "doctor_hints", "stopafter"]
 
 
 def _modules() -> dict[str, Path]:
