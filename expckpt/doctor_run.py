@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -112,32 +113,38 @@ def _git(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
     return proc.stdout.decode(errors="surrogateescape")
 
 
-def _workspace_files(plan: DoctorPlan) -> list[str]:
-    """Tracked and untracked (not ignored) files, plus the stage outputs that are not checkpoints."""
+def _workspace_files(plan: DoctorPlan) -> tuple[list[str], list[str]]:
+    """(tracked and untracked files that are not ignored, the stage outputs that are not checkpoints)."""
     root = plan.project.workspace
     listed = _git(["ls-files", "-z", "--cached", "--others", "--exclude-standard"], root).split("\0")
     skip = (plan.output.path.rstrip("/"), plan.live_dir)
     files = [f for f in listed if f and not any(f == s or f.startswith(s + "/") for s in skip)]
-    for out in plan.project.outputs():
-        if not out.checkpoint and (root / out.path).exists():
-            files.append(out.path.rstrip("/"))
-    return sorted(set(files))
+    outputs = [o.path.rstrip("/") for o in plan.project.outputs() if not o.checkpoint and (root / o.path).exists()]
+    return sorted(set(files) - set(outputs)), sorted(set(outputs))
 
 
 def copy_workspace(plan: DoctorPlan, dest: Path) -> Path:
     """A fresh Git + DVC repository at ``dest`` with the workspace's files, committed once."""
     root = plan.project.workspace
-    for rel in _workspace_files(plan):
+    files, outputs = _workspace_files(plan)
+    for rel in files:
         src, dst = root / rel, dest / rel
         if not src.exists() and not src.is_symlink():
             continue  # tracked but deleted in the workspace: as it is now
         dst.parent.mkdir(parents=True, exist_ok=True)
         if src.is_symlink():
             os.symlink(os.readlink(src), dst)
-        elif src.is_dir():
-            shutil.copytree(src, dst)  # a DVC output: contents, never links into the user's cache
         else:
             shutil.copy2(src, dst)
+    for rel in outputs:  # DVC outputs: their contents, never links into the user's cache
+        src, dst = root / rel, dest / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.exists():
+            shutil.rmtree(dst) if dst.is_dir() and not dst.is_symlink() else dst.unlink()
+        if src.is_dir():
+            shutil.copytree(src, dst, symlinks=False)
+        else:
+            shutil.copyfile(src, dst)
     env = {**os.environ, "GIT_AUTHOR_DATE": _FIXED_DATE, "GIT_COMMITTER_DATE": _FIXED_DATE}
     _git(["init", "-q"], dest, env)
     (dest / ".dvc").mkdir(exist_ok=True)
@@ -157,18 +164,27 @@ class Ran:
 
 
 def _child_env(stop_after: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_EXP_", "EXPCKPT_", "DVCLIVE_"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DVC_EXP_", "EXPCKPT_", "DVCLIVE_")) and k not in ("DVC_ROOT", "DVC_STAGE")}
     env[ENV] = str(stop_after)
     env.setdefault("DVC_NO_ANALYTICS", "1")
     return env
 
 
+def _pushes(params: Path) -> bool:
+    """params.yaml sets ``checkpoint.push``."""
+    try:
+        section = (yaml.safe_load(params.read_text()) or {}).get("checkpoint")
+    except (OSError, AttributeError, yaml.YAMLError):
+        return False
+    return isinstance(section, dict) and bool(section.get("push"))
+
+
 def run_stage(plan: DoctorPlan, copy: Path, name: str, stop_after: int, log: Callable[[str], None] | None = None) -> Ran:
     """``dvc exp run -n NAME STAGE`` in ``copy``, stopping after step ``stop_after``."""
-    args = ["dvc", "exp", "run", "-n", name, plan.stage]
-    params = copy / "params.yaml"
-    if params.exists() and "push:" in params.read_text():
-        args[3:3] = ["-S", "checkpoint.push=null"]  # the copy has no Git remote to push to
+    args = [sys.executable, "-m", "dvc", "exp", "run", "-n", name, plan.stage]
+    if _pushes(copy / "params.yaml"):
+        args[5:5] = ["-S", "checkpoint.push=null"]  # the copy has no Git remote to push to
     start = time.monotonic()
     proc = subprocess.Popen(args, cwd=copy, env=_child_env(stop_after), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, errors="replace")

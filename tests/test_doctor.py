@@ -242,8 +242,10 @@ def test_each_flawed_script_gets_its_diagnosis(tmp_path: Path, flaw: str, cause:
 
 @pytest.mark.slow
 def test_the_tiny_correct_script_is_exact_and_a_flawed_one_says_why_in_words(tmp_path: Path) -> None:
-    code, out, _ = _doctor(tiny_project(tmp_path / "ok"), tmp=tmp_path / "tmp")
-    assert (code, out.strip()) == (0, "resume is exact: 4 tensors and 2 metric values equal")
+    ok = tiny_project(tmp_path / "ok")
+    (ok / "params.yaml").write_text("epochs: 4\ncheckpoint:\n  every: 1\n  push: origin\n")  # no remote in the copies
+    code, out, err = _doctor(ok, tmp=tmp_path / "tmp")
+    assert (code, out.strip()) == (0, "resume is exact: 4 tensors and 2 metric values equal"), err
 
     code, out, _ = _doctor(tiny_project(tmp_path / "bad", "numpy_generator"), tmp=tmp_path / "tmp")
     assert code == 1
