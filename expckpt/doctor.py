@@ -36,18 +36,18 @@ def _load(plan: DoctorPlan, copy: Path, run: str, at_least: int, before: int | N
     path = copy / plan.output.path.rstrip("/")
     if not path.exists():
         raise ProjectError(f"run {run} of stage {plan.stage!r} left no {plan.output.path}: does the script save through"
-                        " expckpt (CheckpointLive, Checkpointer or an expckpt callback)?", path=path)
+                           " expckpt (CheckpointLive, Checkpointer or an expckpt callback)?", path=path)
     payload = load_dir_checkpoint(path) if path.is_dir() else load_checkpoint(path)
     reached = int(payload.get("step", -1))
     if reached < at_least:
         raise ProjectError(f"run {run} of stage {plan.stage!r} ended after step {reached}, before step {at_least}: the"
-                        f" doctor needs {plan.last + 1} steps; use --steps {max(1, (reached + 1) // 2)} or train for"
-                        " more epochs", path=path)
+                           f" doctor needs {plan.last + 1} steps; use --steps {max(1, (reached + 1) // 2)} or train for"
+                           " more epochs", path=path)
     if before is not None and reached >= before:
         raise ProjectError(f"run {run} of stage {plan.stage!r} went on to step {reached} instead of stopping after step"
-                        f" {at_least}: its loop does not stop when expckpt says so (`if checkpointer.save(...).stop:"
-                        f" break`, or live.steps()), or its steps come in larger strides than K (use --steps {reached + 1})",
-                        path=path)
+                           f" {at_least}: its loop does not stop when expckpt says so (`if checkpointer.save(...).stop:"
+                           f" break`, or live.steps()), or its steps come in larger strides than K (use --steps {reached + 1})",
+                           path=path)
     return payload
 
 

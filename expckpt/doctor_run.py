@@ -33,6 +33,8 @@ _GIT_ID = ["-c", "user.name=expckpt doctor", "-c", "user.email=doctor@expckpt.in
 _FIXED_DATE = "2000-01-01T00:00:00+0000"  # both copies get the same baseline commit
 _TAIL = 6
 """Lines of a failed run's output quoted in the error."""
+_NOISE = ("WARNING: ", "Reproducing experiment ")
+"""DVC's lines about the copy itself, not about the failure."""
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,8 @@ def run_stage(plan: DoctorPlan, copy: Path, name: str, stop_after: int, log: Cal
     proc.wait()
     output = "".join(lines)
     if proc.returncode != 0:
-        tail = " | ".join(line.strip() for line in lines[-_TAIL:] if line.strip())
-        raise ProjectError(f"stage {plan.stage!r} failed (exit {proc.returncode}) in the doctor's copy ({name});"
-                        f" fix it so `dvc exp run` succeeds, then try again; its last lines: {tail}", path=copy)
+        said = [line.strip() for line in lines if line.strip() and not line.startswith(_NOISE)]
+        raise ProjectError(f"stage {plan.stage!r} failed in the doctor's copy ({name}, `dvc exp run` exit"
+                           f" {proc.returncode}); fix it so `dvc exp run` succeeds, then try again; its last lines:"
+                           f" {' | '.join(said[-_TAIL:])}", path=copy)
     return Ran(output=output, seconds=time.monotonic() - start)

@@ -257,7 +257,9 @@ def test_the_tiny_correct_script_is_exact_and_a_flawed_one_says_why_in_words(tmp
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("edit", "says"), [
-    (("loss.backward()", "raise SystemExit('boom')"), "stage 'train' failed (exit 1) in the doctor's copy (doctor-a)"),
+    (("loss.backward()", "raise SystemExit('boom')"),
+     "stage 'train' failed in the doctor's copy (doctor-a, `dvc exp run` exit 255); fix it so `dvc exp run` succeeds,"
+     " then try again; its last lines: Running stage 'train': | > python train.py | boom | ERROR: failed to reproduce"),
     (('live.steps(params["epochs"])', "live.steps(3)"),
      "run A of stage 'train' ended after step 2, before step 3: the doctor needs 4 steps; use --steps 1 or train for"),
 ])
