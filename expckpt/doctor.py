@@ -23,7 +23,9 @@ from expckpt.dirstate import load_dir_checkpoint
 from expckpt.doctor_compare import Verdict, compare_metrics, diagnose, diff_payloads, read_metrics
 from expckpt.doctor_hints import Hint, script_hints, stage_scripts
 from expckpt.doctor_run import DoctorPlan, copy_workspace, doctor_plan, run_stage, throwaway
+from expckpt.catalog import Catalog
 from expckpt.errors import ProjectError
+from expckpt.gitstore import GitStore
 from expckpt.project import Project
 
 __all__ = ["doctor"]
@@ -68,6 +70,20 @@ def _checkpoint_at(plan: DoctorPlan, copy: Path, exp: str, step: int) -> dict[st
     return load_checkpoint(obj) if obj.is_file() else None
 
 
+def _ref_metrics(copy: Path) -> dict[str, dict[int, float]]:
+    """metric -> step -> value from the checkpoint commits in ``copy`` (runs that log no dvclive
+    plots, such as a plain ``Checkpointer`` loop: only the steps that were saved)."""
+    store = GitStore.open(copy)
+    found: dict[str, dict[int, float]] = {}
+    try:
+        for record in Catalog.load(store).records:
+            for name, value in record.metrics.items():
+                found.setdefault(name, {})[record.step] = float(value)
+    finally:
+        store.close()
+    return found
+
+
 def _hints(plan: DoctorPlan) -> list[Hint]:
     spec = plan.project.stage_specs().get(plan.stage) or {}
     root = plan.project.workspace
@@ -102,6 +118,8 @@ def doctor(project: Project, stage: str | None = None, steps: int = 2, *, echo: 
         stop_b = _checkpoint_at(plan, b, "doctor-b", stop)
         at_stop = diff_payloads(stop_a, stop_b)[1] if stop_a is not None and stop_b is not None else None
         metrics_a, metrics_b = read_metrics(a, plan.live_dir), read_metrics(b, plan.live_dir)
+        if not metrics_a and not metrics_b:
+            metrics_a, metrics_b = _ref_metrics(a), _ref_metrics(b)
     early = compare_metrics(metrics_a, metrics_b, range(stop + 1))[1]
     after = compare_metrics(metrics_a, metrics_b, range(stop + 1, end + 1))
     return diagnose(stop, end, diff_payloads(final_a, final_b), after, early, at_stop, final_a, _hints(plan))

@@ -155,3 +155,53 @@ def tiny_project(path: Path, flaw: str = "correct", epochs: int = 4, dvc_yaml: s
     run("git", "add", "-A", cwd=path)
     run("git", "commit", "-qm", "tiny project", cwd=path)
     return path
+
+
+PLAIN_SCRIPT = '''\
+import random
+
+import numpy as np
+import torch
+import yaml
+
+from expckpt import TrainingState
+from expckpt.checkpointer import Checkpointer
+
+
+def main():
+    params = yaml.safe_load(open("params.yaml"))
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    x = torch.randn(32, 4)
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    state = TrainingState(model=model, optimizer=opt)
+    ckpt = Checkpointer.from_env(config=params.get("checkpoint"))
+    ckpt.restore(state)
+    for step in range(state.step + 1, params["epochs"]):
+        order = torch.randperm(32)
+        for i in range(0, 32, 8):
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x[order[i:i + 8]]).squeeze(1), y[order[i:i + 8]])
+            loss.backward()
+            opt.step()
+        if ckpt.save(state, step, {"loss": loss.item()}).stop:
+            break
+    ckpt.close(state)
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+PLAIN_DVC_YAML = DVC_YAML.split("metrics:")[0]
+
+
+def plain_project(path: Path) -> Path:
+    """The tiny project with a plain ``Checkpointer`` loop (no dvclive)."""
+    project = tiny_project(path, dvc_yaml=PLAIN_DVC_YAML)
+    (project / "train.py").write_text(PLAIN_SCRIPT)
+    run("git", "commit", "-qam", "plain loop", cwd=project)
+    return project

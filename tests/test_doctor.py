@@ -20,7 +20,7 @@ import torch
 
 from conftest import make_project, run, train_in_exp_env
 from integrationkit import make_example_project
-from doctorkit import tiny_project
+from doctorkit import plain_project, tiny_project
 from expckpt.checkpointer import Checkpointer
 from expckpt.doctor_compare import Difference, MetricDifference, compare_metrics, diagnose, diff_payloads, read_metrics
 from expckpt.doctor_hints import Hint, script_hints
@@ -295,3 +295,11 @@ def test_each_front_end_example_resumes_exactly(tmp_path: Path, example: str, ar
 
     assert code == 0, err + out
     assert out.startswith("resume is exact: "), out
+
+
+@pytest.mark.slow
+def test_a_plain_checkpointer_loop_resumes_exactly_compared_on_its_checkpoints_metrics(tmp_path: Path) -> None:
+    """No dvclive: the metrics compared are those each checkpoint commit carries."""
+    code, out, err = _doctor(plain_project(tmp_path / "p"), tmp=tmp_path / "tmp")
+
+    assert (code, out.strip()) == (0, "resume is exact: 6 tensors and 2 metric values equal"), err
