@@ -20,11 +20,11 @@ import torch
 
 from conftest import make_project, run, train_in_exp_env
 from integrationkit import make_example_project
-from doctorkit import plain_project, tiny_project
+from doctorkit import DVC_YAML, plain_project, tiny_project
 from expckpt.checkpointer import Checkpointer
 from expckpt.doctor_compare import Difference, MetricDifference, compare_metrics, diagnose, diff_payloads, read_metrics
 from expckpt.doctor_hints import Hint, script_hints
-from expckpt.doctor_run import doctor_plan
+from expckpt.doctor_run import copy_workspace, doctor_plan
 from expckpt.errors import ConfigError, ProjectError
 from expckpt.generators import GeneratorState
 from expckpt.project import Project
@@ -173,6 +173,30 @@ def test_bad_input_is_one_line_before_anything_runs(tmp_path: Path, dvc_yaml: st
     project = tiny_project(tmp_path / "p", **({"dvc_yaml": dvc_yaml} if dvc_yaml else {}))
     with pytest.raises(error, match=match):
         doctor_plan(Project.discover(project, env={}), stage, steps)
+
+
+def test_the_copy_holds_the_workspace_as_it_is_but_no_checkpoint_and_a_cache_of_its_own(tmp_path: Path) -> None:
+    with_data = DVC_YAML.replace("stages:\n", "stages:\n  data:\n    cmd: python make.py\n    outs: [data]\n")
+    project = tiny_project(tmp_path / "p", dvc_yaml=with_data)
+    (project / "data").mkdir()
+    (tmp_path / "cache-object").write_text("data")
+    (project / "data" / "x.txt").symlink_to(tmp_path / "cache-object")  # DVC's cache.type: symlink
+    (project / ".gitignore").write_text("/model.pt\n/data\n")
+    (project / "notes.py").write_text("untracked")
+    (project / "train.py").write_text("edited, not committed")
+    (project / "model.pt").write_bytes(b"the user's checkpoint")
+    (project / "dvclive").mkdir()
+    (project / "dvclive" / "metrics.json").write_text("{}")
+    plan = doctor_plan(Project.discover(project, env={}), None, 2)
+
+    copy = copy_workspace(plan, tmp_path / "copy")
+
+    assert (copy / "notes.py").read_text() == "untracked" and (copy / "train.py").read_text() == "edited, not committed"
+    assert (copy / "data" / "x.txt").read_text() == "data" and not (copy / "data" / "x.txt").is_symlink()
+    assert not (copy / "model.pt").exists() and not (copy / "dvclive").exists()
+    assert f"dir = {copy / '.dvc' / 'cache'}" in (copy / ".dvc" / "config.local").read_text()
+    assert run("git", "status", "--porcelain", cwd=copy).stdout == ""
+    assert run("git", "rev-list", "--count", "HEAD", cwd=copy).stdout.strip() == "1"
 
 
 # -- real runs ------------------------------------------------------------------------------------
