@@ -48,6 +48,7 @@ from expckpt.saving import SaveContext
 from expckpt.seeding import unseeded_note
 from expckpt.session import SessionNote
 from expckpt.signals import GracefulStop
+from expckpt.stopafter import REASON as DOCTOR_STOP, stop_after_step, stop_reason
 from expckpt.watch import TrainingWatch, divergence_metric_for, divergence_off_line, flatten_metrics
 from expckpt.wiring import Wiring, wire
 from expckpt.workspace_guard import WorkspaceGuard
@@ -125,6 +126,8 @@ class Checkpointer:
         c = wiring.committer
         self._retention = RunRetention(config.keep_policy(), c.store, self.echo, free=wiring.free) if c else None
         self._pusher = Pusher(push, c.project.root, self.echo) if push and c else None
+        self.stop_after: int | None = None
+        """Stop after this step as a preemption would (``EXPCKPT_STOP_AFTER_STEP``, set by ``expckpt doctor``)."""
 
     @classmethod
     def from_env(
@@ -153,6 +156,7 @@ class Checkpointer:
             c = wiring.committer  # checkpoint.push / DVC_EXP_AUTO_PUSH: checked before training starts
             push, warning = resolve_target(c.store, c.project.root, config.push, env) if c else (None, None)
             checkpointer = cls(wiring, config, push=push, coordinator=coord, handler=handler)
+            checkpointer.stop_after = stop_after_step(env)
             if warning:
                 checkpointer.echo(warning)
             if c is not None and c.project.workspace == c.project.root:  # a workspace run, not --temp/--queue
@@ -261,7 +265,7 @@ class Checkpointer:
         flat = flatten_metrics(metrics)
         plan = self.coord.on_main(lambda: self._plan(step, flat))
         saved = plan.save and self._save(state, step, flat, plan)
-        if plan.stop:
+        if plan.stop and plan.stop != DOCTOR_STOP:
             self.echo(f"expckpt: stopping training at step {step} ({plan.stop}; checkpoint.on_divergence: stop)")
         return Decision(saved=saved, stop=plan.stop)
 
@@ -280,8 +284,8 @@ class Checkpointer:
         if self.config.monitor and seen.value is not None:
             kept = seen.improved and self.config.keep_best > 0
             note = improvement_line(step, self.config.monitor, seen.previous_best, seen.value, self.config.mode, kept)
-        event = "stop" if seen.stop else "step"
-        return self._ask_policy(step, flat, event, note, seen.stop)
+        stop = seen.stop or stop_reason(step, self.stop_after)
+        return self._ask_policy(step, flat, "stop" if stop else "step", note, stop)
 
     def _ask_policy(self, step: int, flat: dict[str, float], event: str, note: str | None, stop: str | None) -> _Plan:
         ctx = SaveContext(step=step, now=time.time(), last_saved=self._last_saved, event=event)

@@ -281,6 +281,20 @@ def cmd_report(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace, ctx: Context) -> int:
+    from expckpt.doctor import doctor
+
+    def progress(line: str) -> None:
+        print(terminal_safe(line), file=sys.stderr, flush=True)
+
+    verdict = doctor(ctx.project, args.stage, args.steps, echo=progress, log=progress if args.verbose else None)
+    if args.json:
+        print(json.dumps(verdict.as_json(), indent=2))
+    else:
+        print("\n".join(terminal_safe(line) for line in verdict.lines()))
+    return 0 if verdict.exact else 1
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="expckpt", description="Checkpoint experiments on DVC 3.")
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
@@ -338,6 +352,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--html", nargs="?", const="expckpt-report.html", metavar="FILE",
                    help="write the checkpoint tree and curves as one offline page (default: expckpt-report.html)")
     p.add_argument("--git-remote", metavar="NAME", help="with --html: mark the checkpoints this Git remote has")
+
+    p = add("doctor", cmd_doctor, "check that the stage resumes exactly (runs it in throwaway copies); exit 1 if not")
+    p.add_argument("--steps", type=int, default=2, metavar="K", help="stop run B after K steps and compare at 2K (default: 2)")
+    p.add_argument("--stage", help="the stage to check (default: the one with a checkpoint output)")
+    p.add_argument("--json", action="store_true", help="the verdict as JSON, for CI")
     return parser
 
 

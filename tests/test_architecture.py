@@ -15,25 +15,27 @@ LAYERS: dict[str, int] = {
     # 0: pure values and rules, no Git, no DVC, no torch
     "errors": 0, "refs": 0, "ranking": 0, "checks": 0, "text": 0, "phases": 0, "faults": 0, "atomic": 0,
     "policy": 0, "saving": 0, "config": 0, "progress": 0, "gclock": 0, "__init__": 0, "seeding": 0,
+    "stopafter": 0, "doctor_hints": 0,
     # 1: storage: Git, the DVC cache and project files
     "gitstore": 1, "cache": 1, "records": 1, "session": 1, "project": 1, "lockfile": 1, "catalog": 1,
     "report": 1, "watch": 1, "inuse": 1, "history": 1, "gitlocks": 1, "gitwrites": 1, "gittrees": 1,
     "dirout": 1, "headstate": 1, "outside": 1, "recorded": 1,
     # 2: operations on checkpoints, still without torch
     "committer": 2, "resume": 2, "livefiles": 2, "gc": 2, "verify": 2, "show": 2, "reset": 2, "retention": 2,
-    "wiring": 2, "signals": 2, "remote": 2, "pusher": 2, "cloudgc": 2, "workspace_guard": 2, "cli": 3,
+    "wiring": 2, "signals": 2, "remote": 2, "pusher": 2, "cloudgc": 2, "workspace_guard": 2, "doctor_run": 2, "cli": 3,
     # 4: torch
     "rng": 4, "safe_values": 4, "hparams": 4, "state": 4, "checkpoint_file": 4, "writer": 4, "staging": 4, "streaming": 0,
-    "dirstate": 4, "stateset": 4,
+    "dirstate": 4, "stateset": 4, "doctor_compare": 4, "generators": 4,
     # 5: training-loop integrations
     "outputs": 4, "loading": 4, "coordination": 0, "handlers": 4, "checkpointer": 5, "live": 6,
     # issue 26: the checkpoint tree and its views
     "lineage": 2, "showtree": 2, "htmlreport": 2, "htmlassets": 1,
+    "doctor": 5,
 }
 """Each module's layer: a module may import only from its own layer or lower ones."""
 
 CORE_WITHOUT_TORCH = ["committer", "gc", "verify", "show", "resume", "cli", "catalog", "retention", "wiring", "reset",
-                      "remote", "pusher", "cloudgc"]
+                      "remote", "pusher", "cloudgc", "doctor_run", "doctor_hints", "stopafter"]
 
 
 def _modules() -> dict[str, Path]:
