@@ -178,7 +178,7 @@ def compare_metrics(a: Mapping[str, Mapping[int, float]], b: Mapping[str, Mappin
             x, y = a.get(metric, {}).get(step), b.get(metric, {}).get(step)
             if x is None and y is None:
                 continue
-            if x is not None and x == y or (x is not None and y is not None and math.isnan(x) and math.isnan(y)):
+            if (x is not None and x == y) or (x is not None and y is not None and math.isnan(x) and math.isnan(y)):
                 equal += 1
             elif first is None:
                 first = MetricDifference(step, metric, x, y)

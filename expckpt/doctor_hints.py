@@ -84,7 +84,7 @@ def _kind(dotted: str, last: str) -> tuple[str, str] | None:
         return "generator", _GENERATORS[last]
     if dotted.endswith("Generator") and dotted.split(".")[0] == "torch":
         return "generator", "a torch.Generator"
-    if "lr_scheduler" in dotted or last.endswith("LR") or last.endswith("Scheduler"):
+    if "lr_scheduler" in dotted or last.endswith(("LR", "Scheduler")):
         return "scheduler", "an LR scheduler"
     if last in _EMA:
         return "ema", "an EMA / averaged model"
@@ -122,7 +122,8 @@ def script_hints(path: Path, root: Path) -> list[Hint]:
             kw = {k.arg: k.value for k in node.keywords if k.arg}
             workers = kw.get("num_workers")
             many = not (isinstance(workers, ast.Constant) and not workers.value) if workers is not None else False
-            persistent = isinstance(kw.get("persistent_workers"), ast.Constant) and kw["persistent_workers"].value is True
+            flag = kw.get("persistent_workers")
+            persistent = isinstance(flag, ast.Constant) and flag.value is True
             if many and (persistent or "worker_init_fn" in kw):
                 how = "persistent_workers=True" if persistent else "worker_init_fn"
                 hints.append(Hint("workers", rel, node.lineno,

@@ -154,7 +154,7 @@ def test_a_generator_state_round_trips_through_a_safe_checkpoint(make: object) -
 
 
 def test_a_generator_state_refuses_what_is_not_a_generator() -> None:
-    with pytest.raises(ConfigError, match="GeneratorState needs a numpy.random.Generator, torch.Generator or"
+    with pytest.raises(ConfigError, match=r"GeneratorState needs a numpy\.random\.Generator, torch.Generator or"
                                           " random.Random, got a int"):
         GeneratorState(3)
 
