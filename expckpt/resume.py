@@ -53,7 +53,7 @@ __all__ = [
     "remove_stale_temps",
 ]
 
-_MD5 = re.compile(r"[0-9a-f]{32}")
+_MD5 = re.compile(r"[0-9a-f]{32}(\.dir)?")  # a directory output is named by its manifest
 
 
 @dataclass(frozen=True)
