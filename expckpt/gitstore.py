@@ -158,14 +158,19 @@ class GitStore(TreeReads):
     def ref_targets(self, prefix: str) -> dict[str, str]:
         """Every ref under ``prefix`` (e.g. ``refs/exps/ab/cdef/``; ``""``: all) -> its sha,
         sorted by name; refs that hold no valid sha are skipped (``git for-each-ref`` too)."""
-        base = prefix.rstrip("/")
-        found = self._refs().as_dict(base.encode() or None)
-        targets = {
-            f"{base}/{name.decode(errors='replace')}" if base else name.decode(errors="replace"): sha.decode()
-            for name, sha in found.items()
-            if HEX40.fullmatch(sha.decode(errors="replace"))
-        }
-        return {ref: targets[ref] for ref in sorted(targets) if ref.startswith("refs/")}
+        base = prefix.rstrip("/").encode()
+        refs = self._refs()
+        packed = refs.get_packed_refs()
+        targets = {}
+        for key in refs.subkeys(base) if base else refs.allkeys():
+            name = base + b"/" + key if base else key
+            sha = refs.read_loose_ref(name) or packed.get(name)
+            if sha and sha.startswith(b"ref: "):  # a symbolic ref: what it points at
+                sha = refs.follow(name)[1]
+            text = sha.decode(errors="replace") if sha else ""
+            if name.startswith(b"refs/") and HEX40.fullmatch(text):
+                targets[name.decode(errors="replace")] = text
+        return dict(sorted(targets.items()))
 
     def branch_and_tag_tips(self) -> dict[str, str]:
         """``refs/heads/*`` and ``refs/tags/*`` -> the object each names (tags peeled), sorted."""
