@@ -184,9 +184,9 @@ class GitStore(TreeReads):
         entries = []
         for ref, sha in self.ref_targets(prefix).items():
             stamp, message = 0, ""
-            raw = self.raw_object(sha)
-            if raw is not None:
-                head, _, text = raw.partition(b"\n\n")
+            found = self._raw(sha)
+            if found is not None:
+                head, _, text = found[1].partition(b"\n\n")
                 message = text.decode(errors="replace")
                 for line in head.split(b"\n"):
                     if line.startswith(b"committer "):

@@ -24,8 +24,8 @@ __all__ = ["HEX40", "TreeEntry", "TreeReads"]
 HEX40 = re.compile(r"[0-9a-f]{40}")
 _DIR_MODE = 0o040000
 _TYPE_MASK = 0o170000
-_COMMIT, _TAG = 1, 4
-_TYPES = {b"commit": _COMMIT, b"tree": 2, b"blob": 3, b"tag": _TAG}
+_COMMIT, _BLOB, _TAG = 1, 3, 4
+_TYPES = {b"commit": _COMMIT, b"tree": 2, b"blob": _BLOB, b"tag": _TAG}
 
 
 @dataclass(frozen=True)
@@ -66,11 +66,6 @@ class TreeReads:
             return self._repo.object_store.get_raw(sha.encode())  # type: ignore[no-any-return]
         except (KeyError, ValueError):
             return None
-
-    def raw_object(self, sha: str) -> bytes | None:
-        """The raw content of object ``sha`` (headers and message of a commit), or None."""
-        found = self._raw(sha)
-        return found[1] if found else None
 
     def missing_objects(self, shas: Iterable[str]) -> set[str]:
         """Which of the 40-hex ``shas`` this repository does not have."""
@@ -128,11 +123,8 @@ class TreeReads:
 
     def blob(self, sha: str) -> bytes | None:
         """A blob's content by sha, or None when it is missing or not a blob."""
-        try:
-            obj = self._repo[sha.encode()]
-        except (KeyError, ValueError):
-            return None
-        return obj.as_raw_string() if isinstance(obj, Blob) else None
+        found = self._raw(sha)
+        return found[1] if found and found[0] == _BLOB else None
 
     # -- trees ----------------------------------------------------------------------------
     def _tree_at(self, commit: str, path: str) -> Any:
