@@ -157,18 +157,24 @@ class GitStore(TreeReads):
 
     def ref_targets(self, prefix: str) -> dict[str, str]:
         """Every ref under ``prefix`` (e.g. ``refs/exps/ab/cdef/``; ``""``: all) -> its sha,
-        sorted by name; refs that hold no valid sha are skipped (``git for-each-ref`` too)."""
-        base = prefix.rstrip("/").encode()
+        sorted by name; refs that hold no valid sha are skipped (``git for-each-ref`` too).
+
+        Loose refs are found by walking their directory and packed ones come from packed-refs,
+        so a ref that is only packed costs no failed file read (most are, after a ``git gc``).
+        """
+        base = prefix.rstrip("/") or "refs"
         refs = self._refs()
-        packed = refs.get_packed_refs()
+        packed = {k: v for k, v in refs.get_packed_refs().items() if k.startswith(base.encode() + b"/")}
+        top = Path(os.fsdecode(refs.path))
+        loose = {os.fsencode(Path(directory, f).relative_to(top).as_posix())
+                 for directory, _, files in os.walk(top / base) for f in files}
         targets = {}
-        for key in refs.subkeys(base) if base else refs.allkeys():
-            name = base + b"/" + key if base else key
-            sha = refs.read_loose_ref(name) or packed.get(name)
+        for name in loose | set(packed):
+            sha = (refs.read_loose_ref(name) if name in loose else None) or packed.get(name)  # it checks the name
             if sha and sha.startswith(b"ref: "):  # a symbolic ref: what it points at
                 sha = refs.follow(name)[1]
             text = sha.decode(errors="replace") if sha else ""
-            if name.startswith(b"refs/") and HEX40.fullmatch(text):
+            if HEX40.fullmatch(text):
                 targets[name.decode(errors="replace")] = text
         return dict(sorted(targets.items()))
 
