@@ -171,8 +171,11 @@ class GitStore(TreeReads):
         targets = {}
         for name in loose | set(packed):
             sha = (refs.read_loose_ref(name) if name in loose else None) or packed.get(name)  # it checks the name
-            if sha and sha.startswith(b"ref: "):  # a symbolic ref: what it points at
-                sha = refs.follow(name)[1]
+            if sha and sha.startswith(b"ref: "):  # a symbolic ref: what it points at, if anything
+                try:
+                    sha = refs.follow(name)[1]
+                except Exception:  # noqa: BLE001 - a loop or a dangling name: no target, like git
+                    sha = None
             text = sha.decode(errors="replace") if sha else ""
             if HEX40.fullmatch(text):
                 targets[name.decode(errors="replace")] = text

@@ -87,9 +87,12 @@ def test_refs_holding_garbage_are_skipped_like_git_does(repo: Path) -> None:
     store.create_ref("refs/exps/ab/cdef/ok@1", head)
     bad = repo / ".git" / "refs" / "exps" / "ab" / "cdef" / "bad@1"
     bad.write_bytes(b"\x1b[2Jnot a sha at all, but long enough to be read as one\n")
+    (bad.parent / "loop@1").write_bytes(b"ref: refs/exps/ab/cdef/loop@1\n")
+    (bad.parent / "dangling@1").write_bytes(b"ref: refs/exps/nowhere\n")
+    (bad.parent / "sym@1").write_bytes(b"ref: refs/exps/ab/cdef/ok@1\n")
 
-    assert store.ref_targets("refs/exps/") == {"refs/exps/ab/cdef/ok@1": head}
-    assert [e.ref for e in store.list_refs("refs/exps/")] == ["refs/exps/ab/cdef/ok@1"]
+    assert store.ref_targets("refs/exps/") == {"refs/exps/ab/cdef/ok@1": head, "refs/exps/ab/cdef/sym@1": head}
+    assert [e.ref for e in store.list_refs("refs/exps/")] == ["refs/exps/ab/cdef/ok@1", "refs/exps/ab/cdef/sym@1"]
     assert "refs/heads/main" in store.ref_targets("") or "refs/heads/master" in store.ref_targets("")
 
 
