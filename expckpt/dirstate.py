@@ -54,15 +54,16 @@ def _frozen_files(module: torch.nn.Module, keys: tuple[str, ...], file: tuple[st
     if kind is not None:
         return {f"{dotted}{k}": None if kind else file for k in module.state_dict()}
     found: dict[str, tuple[str, ...] | None] = {}
-    for name, param in module._parameters.items():
-        if param is not None:
-            found[f"{dotted}{name}"] = None if param.requires_grad else (*file, "_frozen")
-    for name, buf in module._buffers.items():
-        if buf is not None and name not in module._non_persistent_buffers_set:
+    saved = {k for k in module.state_dict(keep_vars=True) if "." not in k}  # its own; not the children's
+    for name, param in module.named_parameters(recurse=False, remove_duplicate=False):
+        found[f"{dotted}{name}"] = None if param.requires_grad else (*file, "_frozen")
+    for name, _ in module.named_buffers(recurse=False, remove_duplicate=False):
+        if name in saved:  # a non-persistent buffer is not in the state_dict
             found[f"{dotted}{name}"] = (*file, "_frozen")
-    for name, child in module._modules.items():
-        if child is not None:
-            found.update(_frozen_files(child, (*keys, name), (*file, name)))
+    for name, child in module.named_modules(remove_duplicate=False):  # a child under two names: both
+        if not name or "." in name:
+            continue
+        found.update(_frozen_files(child, (*keys, name), (*file, name)))
     return found
 
 

@@ -8,10 +8,11 @@ it can prove is its own, left by one of its writers that is gone:
 
 * Every Git write of expckpt runs inside ``writer_slot``: an exclusive ``flock`` on
   ``.git/expckpt/git-writes.lock`` (the kernel drops it when its holder dies, however it dies).
-* Inside it, the writer records in ``.git/expckpt/git-writes.intent`` the lock it is about to
-  hold -- for a ref, the device and inode of the ``.lock`` it has just created; for a loose
-  object (whose lock dulwich creates), its path, a name git never uses -- with its pid and
-  process start time, and blanks the record when the write is over.
+* Inside it, the writer records in ``.git/expckpt/git-writes.intent`` the locks it holds --
+  for a ref, the device and inode of the ``.lock`` it has just created (a delete adds
+  ``packed-refs.lock``'s); for a loose object (whose lock dulwich creates), its path, a name
+  git never uses -- with its pid and process start time, and blanks the record when the write
+  is over.
 
 Whoever holds the flock and finds a record that is not blank knows its writer died mid-write
 (its pid is checked as well). A ``.lock`` is removed only when it is the very file that record
@@ -73,10 +74,10 @@ class WriterSlot:
         if os.pwrite(self._fd, data + _BLANK[len(data) :], 0) < len(data):
             raise OSError(errno.EFBIG, "could not record the Git write in progress", str(self.git_dir / "expckpt"))
 
-    def hold_ref_lock(self, lock: Path) -> None:
-        """Record the ``.lock`` this writer has just created (by its device and inode)."""
-        st = os.stat(lock)
-        self._put(f"R {self._pid} {self._start} {st.st_dev} {st.st_ino}")
+    def hold_ref_lock(self, lock: Path, *more: Path) -> None:
+        """Record the ``.lock`` files this writer has just created (by device and inode)."""
+        ids = " ".join(f"{st.st_dev} {st.st_ino}" for st in map(os.stat, (lock, *more)))
+        self._put(f"R {self._pid} {self._start} {ids}")
 
     def will_write_object(self, lock: Path) -> None:
         """Record the loose-object ``.lock`` dulwich is about to create (by its path)."""
@@ -96,7 +97,7 @@ class WriterSlot:
         """Whether ``lock`` is the file the record names, left by a writer that is gone (or by
         this process, whose write is over)."""
         fields = self._record()
-        if not fields or len(fields) != {"R": 5, "O": 4}.get(fields[0]) or not (
+        if not fields or len(fields) not in {"R": (5, 7), "O": (4,)}.get(fields[0], ()) or not (
             fields[1].isdigit() and fields[2].isdigit()
         ):
             return False
@@ -106,7 +107,7 @@ class WriterSlot:
         try:
             if kind == "R":
                 st = os.stat(lock)
-                return f"{st.st_dev} {st.st_ino}" == f"{fields[3]} {fields[4]}"
+                return [str(st.st_dev), str(st.st_ino)] in (fields[3:5], fields[5:7])
             if kind == "O":
                 return lock.relative_to(self.git_dir).as_posix() == fields[3] and lock.exists()
         except (OSError, ValueError):
@@ -119,8 +120,8 @@ class WriterSlot:
 
         Done at once, not when a later write trips on the lock: the next write (a tree, a
         commit) would otherwise blank the record and leave the lock unprovable. A ref lock is
-        found by its device and inode among ``refs/**.lock`` (the record stays small enough to
-        be rewritten in place on a full disk).
+        found by its device and inode among ``refs/**.lock`` and ``packed-refs.lock`` (the
+        record stays small enough to be rewritten in place on a full disk).
         """
         fields = self._record()
         if not fields:
@@ -128,14 +129,13 @@ class WriterSlot:
         if fields[0] == "O" and len(fields) == 4:
             candidates = [self.git_dir / fields[3]]
         elif fields[0] == "R":
-            candidates = list((self.git_dir / "refs").rglob("*.lock"))
+            candidates = [*(self.git_dir / "refs").rglob("*.lock"), self.git_dir / "packed-refs.lock"]
         else:
             candidates = []
         for lock in candidates:
             if self.owns(lock):
                 with contextlib.suppress(FileNotFoundError):
                     lock.unlink()
-                break
         if self.owns_nothing_alive():
             self.clear()
 

@@ -1,15 +1,21 @@
 """The Git operations expckpt needs, behind one narrow, typed interface.
 
-Nothing outside this module runs ``git``: callers get typed reads (``head``, ``get_ref``,
-``ref_targets``, ``branch_and_tag_tips``, ``reachable_commits``, ``read_blobs``, ``list_refs``,
-``read_file``, ``list_tree``) and compare-and-swap writes in scmrepo's style:
-``set_ref(name, new, old)`` (``old=None``: create only) and ``delete_ref(name, old)`` raise
-``RefConflictError`` when they lose a race, never return a flag to be ignored.
+Nothing outside this module and its two helpers (``gittrees``: reads of trees and history;
+``gitwrites``: ref writes beside git's own) touches Git. Callers get typed reads and
+compare-and-swap writes in scmrepo's style: ``set_ref(name, new, old)`` (``old=None``: create
+only) and ``delete_ref(name, old)`` raise ``RefConflictError`` when they lose a race, never
+return a flag to be ignored.
 
-Objects and ref updates go through dulwich in-process (fast enough for the training loop's hot
-path); deletes, the workspace snapshot and bulk listings use the ``git`` executable with
-argument lists (never a shell string). How writes live beside git's own (locks, ``git
-pack-refs``) is in ``gitwrites`` and ``gitlocks``.
+The repository -- objects, refs, config -- is read and written through dulwich only, in-process
+(fast enough for the training loop's hot path and for ``expckpt show`` on 1000 checkpoints).
+The ``git`` executable runs in this module alone (``_git``, argument lists, never a shell
+string), for the two things a library cannot do the way the user's own ``git`` does:
+
+* the workspace (``snapshot_tracked``, ``worktree_files``): which files are tracked or ignored
+  and how a file becomes a blob is git's -- the index, every ignore source, ``.gitattributes``
+  clean filters and eol rules (Git LFS, for one), which dulwich applies only in part;
+* the network (``remote_refs``, ``push``): the user's remotes work as their ``git push`` does,
+  with their credential helpers, ``url.insteadOf`` rewrites, ssh and proxy settings.
 """
 
 from __future__ import annotations
@@ -17,31 +23,29 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
-import re
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from dulwich.object_store import commit_tree_changes
-from dulwich.objects import Blob, Commit, Tree
+from dulwich.objects import Blob, Commit
 from dulwich.refs import DiskRefsContainer, check_ref_format
 from dulwich.repo import Repo
 
 from expckpt.errors import ProjectError, RefConflictError
 from expckpt.gitlocks import WriterSlot
-from expckpt.gittrees import TreeEntry, TreeReads
-from expckpt.gitwrites import LOCK_WAIT_S, RecordingStore, delete_ref_with_git, swap_ref, write_waiting_for_locks
+from expckpt.gittrees import HEX40, TreeEntry, TreeReads
+from expckpt.gitwrites import LOCK_WAIT_S, RecordingStore, delete_ref, swap_ref, write_waiting_for_locks
 
-__all__ = ["GitStore", "RefEntry", "TreeEntry"]
+__all__ = ["GitStore", "PushOutcome", "RefEntry", "TreeEntry"]
 
 FILE_MODE = 0o100644
 _T = TypeVar("_T")
-_HEX40 = re.compile(r"[0-9a-f]{40}")
 _INHERITED_GIT_VARS = {"GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY"}
 
 
@@ -53,6 +57,14 @@ class RefEntry:
     commit: str
     time: int
     message: str
+
+
+@dataclass(frozen=True)
+class PushOutcome:
+    """What ``git push`` said: the refs the remote refused, or the first error line."""
+
+    rejected: list[str]
+    error: str | None
 
 
 class GitStore(TreeReads):
@@ -77,7 +89,6 @@ class GitStore(TreeReads):
         """Release dulwich's open pack files."""
         self._repo.close()
 
-    # -- identity -------------------------------------------------------------------------
     def identity(self) -> bytes:
         """``Name <email>`` from Git config, else ``user <user@host>``: never fails."""
         if self._identity is None:
@@ -92,16 +103,7 @@ class GitStore(TreeReads):
             self._identity = f"{name} <{email}>".encode()
         return self._identity
 
-    # -- objects --------------------------------------------------------------------------
-    def has_commit(self, sha: str) -> bool:
-        try:
-            return isinstance(self._repo[sha.encode()], Commit)
-        except (KeyError, ValueError):
-            return False
-
-    def commit_tree(self, commit: str) -> str:
-        return self._repo[commit.encode()].tree.decode()
-
+    # -- object writes --------------------------------------------------------------------
     def tree_with_files(self, base_tree: str, files: dict[str, bytes | None]) -> str:
         """Write blobs for ``files`` (None deletes) over ``base_tree``; return the new tree."""
         def write(slot: WriterSlot) -> str:
@@ -133,18 +135,6 @@ class GitStore(TreeReads):
         )
         return commit.id.decode()
 
-    def read_file(self, commit: str, path: str) -> bytes | None:
-        """The content of ``path`` at ``commit``, or None."""
-        try:
-            tree = self._repo[self._repo[commit.encode()].tree]
-            for part in path.split("/"):
-                assert isinstance(tree, Tree)
-                _, sha = tree[part.encode()]
-                tree = self._repo[sha]
-        except (KeyError, AssertionError):
-            return None
-        return tree.as_raw_string() if isinstance(tree, Blob) else None
-
     # -- refs -----------------------------------------------------------------------------
     def _refs(self) -> DiskRefsContainer:
         """The refs as they are on disk now: a fresh container per call, because dulwich's
@@ -166,54 +156,53 @@ class GitStore(TreeReads):
         return sha
 
     def ref_targets(self, prefix: str) -> dict[str, str]:
-        """Every ref under ``prefix`` (e.g. ``refs/exps/ab/cdef/``) -> the sha it holds, in-process."""
-        base = prefix.rstrip("/").encode()
-        return {
-            f"{prefix.rstrip('/')}/{name.decode()}": sha.decode()
-            for name, sha in self._refs().as_dict(base).items()
-        }
+        """Every ref under ``prefix`` (e.g. ``refs/exps/ab/cdef/``; ``""``: all) -> its sha,
+        sorted by name; refs that hold no valid sha are skipped (``git for-each-ref`` too).
+
+        Loose refs are found by walking their directory and packed ones come from packed-refs,
+        so a ref that is only packed costs no failed file read (most are, after a ``git gc``).
+        """
+        base = prefix.rstrip("/") or "refs"
+        refs = self._refs()
+        packed = {k: v for k, v in refs.get_packed_refs().items() if k.startswith(base.encode() + b"/")}
+        top = Path(os.fsdecode(refs.path))
+        loose = {os.fsencode(Path(directory, f).relative_to(top).as_posix())
+                 for directory, _, files in os.walk(top / base) for f in files}
+        targets = {}
+        for name in loose | set(packed):
+            sha = (refs.read_loose_ref(name) if name in loose else None) or packed.get(name)  # it checks the name
+            if sha and sha.startswith(b"ref: "):  # a symbolic ref: what it points at, if anything
+                try:
+                    sha = refs.follow(name)[1]
+                except Exception:  # noqa: BLE001 - a loop or a dangling name: no target, like git
+                    sha = None
+            text = sha.decode(errors="replace") if sha else ""
+            if HEX40.fullmatch(text):
+                targets[name.decode(errors="replace")] = text
+        return dict(sorted(targets.items()))
 
     def branch_and_tag_tips(self) -> dict[str, str]:
-        """``refs/heads/*`` and ``refs/tags/*`` -> the commit each names (tags peeled), sorted."""
-        out = self._git("for-each-ref", "--format=%(refname) %(objectname) %(*objectname)", "refs/heads", "refs/tags")
-        tips = {}
-        for line in out.split("\n"):  # refnames hold no spaces; other whitespace is data
-            parts = [part for part in line.split(" ") if part]
-            if len(parts) >= 2:
-                tips[parts[0]] = parts[-1]
-        return tips
+        """``refs/heads/*`` and ``refs/tags/*`` -> the object each names (tags peeled), sorted."""
+        tips = {**self.ref_targets("refs/heads/"), **self.ref_targets("refs/tags/")}
+        return {ref: self.peel(sha) for ref, sha in sorted(tips.items())}
 
-    def reachable_commits(self, tips: Iterable[str]) -> list[str]:
-        """Every commit reachable from ``tips`` (full ref names, ``HEAD`` or 40-hex shas)."""
-        wanted = list(dict.fromkeys(tips))
-        for tip in wanted:
-            if not (tip == "HEAD" or tip.startswith("refs/") or _HEX40.fullmatch(tip)) or any(c.isspace() for c in tip):
-                raise ValueError(f"not a full ref name, HEAD or commit sha: {tip!r}")
-        if not wanted:
-            return []
-        return self._git("rev-list", "--stdin", input="\n".join(wanted) + "\n").split()
-
-    def read_blobs(self, wanted: Iterable[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
-        """``(commit, path) -> content`` for each file that exists, in one ``git cat-file`` call."""
-        keys = list(dict.fromkeys(wanted))
-        for commit, path in keys:
-            if not _HEX40.fullmatch(commit) or not path or "\n" in path or "\r" in path:
-                raise ValueError(f"not a commit sha and file path: {commit!r}, {path!r}")
-        if not keys:
-            return {}
-        out = self._git("cat-file", "--batch", input="".join(f"{c}:{p}\n" for c, p in keys), binary=True)
-        found: dict[tuple[str, str], bytes] = {}
-        pos = 0
-        for key in keys:  # one "<sha> <type> <size>\n<content>\n" or "<input> missing\n" each
-            end = out.index(b"\n", pos)
-            header = out[pos:end].split()
-            pos = end + 1
-            if len(header) == 3 and header[2].isdigit():
-                size = int(header[2])
-                if header[1] == b"blob":
-                    found[key] = out[pos : pos + size]
-                pos += size + 1
-        return found
+    def list_refs(self, prefix: str) -> list[RefEntry]:
+        """All refs under ``prefix`` with commit time and message (committer time; 0 and the
+        tag message for a tag; 0 and "" for a missing object). A message is untrusted (a
+        pulled ref is anyone's): it is returned as data, for the caller to validate."""
+        entries = []
+        for ref, sha in self.ref_targets(prefix).items():
+            stamp, message = 0, ""
+            found = self._raw(sha)
+            if found is not None:
+                head, _, text = found[1].partition(b"\n\n")
+                message = text.decode(errors="replace")
+                for line in head.split(b"\n"):
+                    if line.startswith(b"committer "):
+                        value = line.rsplit(b" ", 2)[-2] if line.count(b" ") >= 2 else b""
+                        stamp = int(value) if value.isdigit() else 0
+            entries.append(RefEntry(ref, sha, stamp, message))
+        return entries
 
     def set_ref(self, ref: str, new: str, old: str | None) -> None:
         """Point ``ref`` at ``new`` if it holds ``old`` now (``None``: only if it does not exist).
@@ -222,7 +211,7 @@ class GitStore(TreeReads):
         caller lost a race, and nothing was written.
         """
         self._check_ref(ref)
-        if not _HEX40.fullmatch(new):
+        if not HEX40.fullmatch(new):
             raise ValueError(f"not a 40-hex commit sha: {new!r}")
         self._write(ref, lambda slot: swap_ref(slot, self._refs(), ref, new, old))
 
@@ -237,9 +226,9 @@ class GitStore(TreeReads):
         already; a sha, it was moved (keep it: it is no longer the checkpoint you meant).
         """
         self._check_ref(ref)
-        if not _HEX40.fullmatch(old):
+        if not HEX40.fullmatch(old):
             raise ValueError(f"not a 40-hex commit sha: {old!r}")
-        self._write(ref, lambda slot: delete_ref_with_git(self._git_env(), self.get_ref, ref, old))
+        self._write(ref, lambda slot: delete_ref(slot, self._refs(), ref, old))
 
     def _write(self, what: str, write: Callable[[WriterSlot], _T]) -> _T:
         return write_waiting_for_locks(self.git_dir, what, write, lock_wait=self.lock_wait)
@@ -248,36 +237,16 @@ class GitStore(TreeReads):
         if not ref.startswith("refs/") or not check_ref_format(ref.encode()):
             raise RefConflictError(f"{ref!r} is not a valid Git ref name", ref=ref)
 
-    def list_refs(self, prefix: str) -> list[RefEntry]:
-        """All refs under ``prefix`` with commit time and message, in two ``git`` calls.
+    def remotes(self) -> list[str]:
+        """The Git remotes configured for this repository (what ``git remote`` lists)."""
+        names: dict[str, None] = {}
+        with contextlib.suppress(Exception):
+            for section in self._repo.get_config_stack().sections():
+                if len(section) == 2 and section[0] == b"remote":
+                    names[section[1].decode(errors="replace")] = None
+        return sorted(names)
 
-        Messages are untrusted (a pulled ref is anyone's), so they are read length-prefixed
-        through ``cat-file --batch``: no bytes in one message can forge or hide another ref.
-        """
-        listing = self._git("for-each-ref", "--format=%(objectname) %(refname)", *([prefix] if prefix else []))
-        pairs = [line.split(" ", 1) for line in listing.splitlines() if " " in line]
-        if not pairs:
-            return []
-        raw = self._git("cat-file", "--batch", input="".join(f"{sha}\n" for sha, _ in pairs), binary=True)
-        entries, pos = [], 0
-        for sha, ref in pairs:
-            end = raw.index(b"\n", pos)
-            header = raw[pos:end].split()
-            pos = end + 1
-            time, message = 0, ""
-            if len(header) == 3 and header[2].isdigit():  # b"<sha> <type> <size>", else missing
-                body = raw[pos : pos + int(header[2])]
-                pos += int(header[2]) + 1
-                head, _, text = body.partition(b"\n\n")
-                message = text.decode(errors="replace")
-                for line in head.split(b"\n"):
-                    if line.startswith(b"committer "):
-                        stamp = line.rsplit(b" ", 2)[-2] if line.count(b" ") >= 2 else b""
-                        time = int(stamp) if stamp.isdigit() else 0
-            entries.append(RefEntry(ref, sha, time, message))
-        return entries
-
-    # -- workspace --------------------------------------------------------------------------
+    # -- the git executable: the workspace ---------------------------------------------------
     def snapshot_tracked(self, worktree: Path, baseline: str) -> str:
         """Tree of ``baseline`` with every tracked file as it is now in ``worktree``.
 
@@ -290,31 +259,53 @@ class GitStore(TreeReads):
             self._git("add", "-u", "--", ".", env=env, cwd=worktree)
             return self._git("write-tree", env=env).strip()
 
-    def _git_env(self, env: dict[str, str] | None = None) -> dict[str, str]:
+    def worktree_files(self, worktree: Path, pathspecs: Sequence[str]) -> list[str]:
+        """Files under ``worktree`` matching ``pathspecs`` that Git tracks or would track
+        (untracked ones too; ignored ones not), relative paths."""
+        out = self._git("ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", *pathspecs,
+                        env={"GIT_WORK_TREE": str(worktree)}, cwd=Path(worktree))
+        return sorted({p for p in out.split("\0") if p})
+
+    # -- the git executable: the network ---------------------------------------------------
+    def remote_refs(self, remote: str) -> dict[str, str]:
+        """``git ls-remote <remote>``: ref name -> sha (``<tag>^{}`` lines peel annotated tags)."""
+        if remote not in self.remotes():
+            raise ProjectError(f"no Git remote {remote!r} in this repository; name one `git remote` lists",
+                               path=self.git_dir)
+        listing = self._git("ls-remote", "--", remote, env=_NO_PROMPT)
+        return dict(reversed(line.split("\t", 1)) for line in listing.splitlines() if "\t" in line)
+
+    def push(self, remote: str, pairs: Sequence[tuple[str, str]]) -> PushOutcome:
+        """``git push --porcelain <remote> <commit>:<ref>...`` (no prompts): who refused what."""
+        specs = [f"{commit}:{ref}" for ref, commit in pairs]
+        proc = self._run(["push", "--porcelain", "--", remote, *specs], _NO_PROMPT)
+        if proc.returncode == 0:
+            return PushOutcome([], None)
+        stdout, stderr = (proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
+        rejected = [line.split("\t")[1].partition(":")[2] for line in stdout.splitlines()
+                    if line.startswith("!\t") and "\t" in line[2:]]
+        if rejected and "[rejected]" in stdout:
+            return PushOutcome(rejected, None)
+        lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+        fatal = [line for line in lines if line.startswith(("fatal:", "error:"))]
+        return PushOutcome([], (fatal or lines or [f"git push exited {proc.returncode}"])[0])
+
+    def _run(self, args: list[str], env: dict[str, str] | None = None,
+             cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
         full_env = {k: v for k, v in os.environ.items() if k not in _INHERITED_GIT_VARS}
         full_env.update({"GIT_DIR": str(self.git_dir), **(env or {})})
-        return full_env
+        return subprocess.run(["git", *args], env=full_env, cwd=cwd, capture_output=True, check=False)
 
-    def _git(
-        self,
-        *args: str,
-        env: dict[str, str] | None = None,
-        cwd: Path | None = None,
-        input: str | None = None,
-        binary: bool = False,
-    ) -> Any:
-        proc = subprocess.run(
-            ["git", *args],
-            env=self._git_env(env),
-            cwd=cwd,
-            input=input.encode() if input is not None else None,
-            capture_output=True,
-            check=False,
-        )
+    def _git(self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> Any:
+        proc = self._run(list(args), env, cwd)
         if proc.returncode != 0:
             message = proc.stderr.decode(errors="replace").strip()
             raise ProjectError(f"git {args[0]} failed: {message}", path=self.git_dir)
-        return proc.stdout if binary else proc.stdout.decode(errors="replace")
+        return proc.stdout.decode(errors="replace")
+
+
+_NO_PROMPT = {"GIT_TERMINAL_PROMPT": "0"}
+
 
 def _username() -> str:
     try:

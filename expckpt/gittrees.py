@@ -1,26 +1,31 @@
-"""Reads of trees, worktrees and remotes for ``GitStore`` (gc, safe restores, pushing).
+"""Reads of objects, trees and history for ``GitStore``, through dulwich, in-process.
 
-A mixin: ``GitStore`` provides ``_repo`` (dulwich) and ``_git`` (the git executable, argument
-lists only). Every tree read here treats names and modes as untrusted: callers decide what is safe.
+A mixin: ``GitStore`` provides ``_repo`` (a dulwich ``Repo``). Everything here reads what Git
+holds as untrusted: a missing or malformed object is ``None`` or skipped, never an exception
+from dulwich's parser, and tree names and modes are returned as stored for callers to judge.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from dulwich.objects import Blob, Tree
 
 from expckpt.errors import ProjectError
 
-__all__ = ["TreeEntry", "TreeReads"]
+__all__ = ["HEX40", "TreeEntry", "TreeReads"]
 
-_HEX40 = re.compile(r"[0-9a-f]{40}")
+HEX40 = re.compile(r"[0-9a-f]{40}")
 _DIR_MODE = 0o040000
+_TYPE_MASK = 0o170000
+_COMMIT, _BLOB, _TAG = 1, 3, 4
+_TYPES = {b"commit": _COMMIT, b"tree": 2, b"blob": _BLOB, b"tag": _TAG}
 
 
 @dataclass(frozen=True)
@@ -35,50 +40,110 @@ class TreeEntry:
 
 
 class TreeReads:
-    """Tree, worktree and remote reads (mixed into ``GitStore``)."""
+    """Object, tree and history reads (mixed into ``GitStore``)."""
 
     _repo: Any
-    git_dir: Path
-    _git: Callable[..., Any]
 
-    # -- remotes ------------------------------------------------------------------------------
-    def remotes(self) -> list[str]:
-        """The Git remotes this repository has (``git remote``)."""
-        return self._git("remote").split()
+    # -- objects --------------------------------------------------------------------------
+    def _raw(self, sha: str) -> tuple[int, bytes] | None:
+        """``(type number, raw content)`` of object ``sha``, or None when it is missing.
 
-    def remote_refs(self, remote: str) -> dict[str, str]:
-        """``git ls-remote <remote>``: ref name -> sha (``<tag>^{}`` lines peel annotated tags)."""
-        if remote not in self.remotes():
-            raise ProjectError(f"no Git remote {remote!r} in this repository; name one `git remote` lists",
-                               path=self.git_dir)
-        listing = self._git("ls-remote", "--", remote)
-        return dict(reversed(line.split("\t", 1)) for line in listing.splitlines() if "\t" in line)
+        A loose object is inflated here (Git's on-disk format: zlib of ``<type> <size>\\0``
+        and the content): dulwich parses it into an object and serialises it back, four
+        times the cost, which ``expckpt show`` pays per checkpoint. Packed ones, alternates
+        and anything that does not inflate cleanly go through dulwich.
+        """
+        if not HEX40.fullmatch(sha):
+            return None
+        with contextlib.suppress(OSError, zlib.error, ValueError):
+            with open(os.path.join(self._repo.object_store.path, sha[:2], sha[2:]), "rb") as file:
+                data = zlib.decompress(file.read())
+            header, _, body = data.partition(b"\0")
+            kind, _, size = header.partition(b" ")
+            if kind in _TYPES and size.isdigit() and int(size) == len(body):
+                return _TYPES[kind], body
+        try:
+            return self._repo.object_store.get_raw(sha.encode())  # type: ignore[no-any-return]
+        except (KeyError, ValueError):
+            return None
 
     def missing_objects(self, shas: Iterable[str]) -> set[str]:
         """Which of the 40-hex ``shas`` this repository does not have."""
-        wanted = sorted({s for s in shas if _HEX40.fullmatch(s)})
-        if not wanted:
-            return set()
-        checked = self._git("cat-file", "--batch-check", input="".join(f"{s}\n" for s in wanted))
-        return {line.split()[0] for line in checked.splitlines() if line.endswith(" missing")}
+        return {s for s in shas if HEX40.fullmatch(s) and s.encode() not in self._repo.object_store}
 
-    # -- reads for gc
+    def has_commit(self, sha: str) -> bool:
+        found = self._raw(sha)
+        return found is not None and found[0] == _COMMIT
+
+    def peel(self, sha: str) -> str:
+        """The object an annotated tag (chain) ``sha`` names at last; any other sha as it is."""
+        for _ in range(100):
+            found = self._raw(sha)
+            if found is None or found[0] != _TAG:
+                break
+            target = _header(found[1], b"object")
+            if not target:
+                break
+            sha = target[0]
+        return sha
+
+    def commit_tree(self, commit: str) -> str:
+        found = self._raw(commit)
+        trees = _header(found[1], b"tree") if found and found[0] == _COMMIT else []
+        if not trees:
+            raise ProjectError(f"commit {commit[:12]!r} is missing from this repository")
+        return trees[0]
+
     def commit_trees(self, tips: Iterable[str]) -> dict[str, str]:
-        """Every commit reachable from the commit (or tag) shas ``tips`` -> its root tree sha."""
-        wanted = sorted({t for t in tips if _HEX40.fullmatch(t)})
-        if not wanted:
-            return {}
-        out = self._git("rev-list", "--format=%T", "--stdin", input="\n".join(wanted) + "\n")
+        """Every commit reachable from the commit (or tag) shas ``tips`` -> its root tree sha.
+
+        A missing tip is a ``ProjectError``, one naming a tree or blob is skipped, a missing
+        parent ends that line of history (a shallow clone). Each commit is parsed once per
+        store: gc asks again after every drop.
+        """
+        memo: dict[str, tuple[str, list[str]]] = self.__dict__.setdefault("_commit_memo", {})
         trees: dict[str, str] = {}
-        commit = None
-        for line in out.split():
-            if line == "commit":
+        pending = [self.peel(t) for t in dict.fromkeys(tips) if HEX40.fullmatch(t)]
+        wanted = set(pending)
+        while pending:
+            sha = pending.pop()
+            if sha in trees:
                 continue
-            if commit is None:
-                commit = line
-            else:
-                trees[commit], commit = line, None
+            if sha not in memo:
+                found = self._raw(sha)
+                if found is None and sha in wanted:
+                    raise ProjectError(f"commit {sha[:12]!r} is missing from this repository")
+                if found is None or found[0] != _COMMIT:  # a tag naming a tree or blob
+                    continue
+                tree = _header(found[1], b"tree")
+                memo[sha] = (tree[0] if tree else "", _header(found[1], b"parent"))
+            trees[sha], parents = memo[sha]
+            pending.extend(parents)
         return trees
+
+    def blob(self, sha: str) -> bytes | None:
+        """A blob's content by sha, or None when it is missing or not a blob."""
+        found = self._raw(sha)
+        return found[1] if found and found[0] == _BLOB else None
+
+    # -- trees ----------------------------------------------------------------------------
+    def _tree_at(self, commit: str, path: str) -> Any:
+        """The object at ``path`` (``/``-separated, ``""``: the root) in ``commit``, or None."""
+        try:
+            obj = self._repo[self.commit_tree(commit).encode()]
+            for part in filter(None, path.strip("/").split("/")):
+                if not isinstance(obj, Tree):
+                    return None
+                _, sha = obj[part.encode()]
+                obj = self._repo[sha]
+        except (KeyError, ValueError, ProjectError):
+            return None
+        return obj
+
+    def read_file(self, commit: str, path: str) -> bytes | None:
+        """The content of ``path`` at ``commit``, or None."""
+        obj = self._tree_at(commit, path)
+        return obj.as_raw_string() if isinstance(obj, Blob) else None
 
     def files_in_tree(self, tree: str, match: Callable[[str], bool], skip_dirs: frozenset[str]) -> dict[str, str]:
         """Blobs under ``tree`` whose file name satisfies ``match`` (path -> blob sha), not
@@ -94,55 +159,29 @@ class TreeReads:
         found: dict[str, str] = {}
         try:
             obj = self._repo[tree.encode()]
-        except KeyError:
+        except (KeyError, ValueError):
             obj = None
         if isinstance(obj, Tree):
             for entry in obj.iteritems():
                 name = entry.path.decode(errors="surrogateescape")
-                if entry.mode & 0o170000 == 0o040000:
+                if entry.mode & _TYPE_MASK == _DIR_MODE:
                     if name not in skip_dirs:
                         for sub, sha in self.files_in_tree(entry.sha.decode(), match, skip_dirs).items():
                             found[f"{name}/{sub}"] = sha
-                elif entry.mode & 0o170000 == 0o100000 and match(name):
+                elif entry.mode & _TYPE_MASK == 0o100000 and match(name):
                     found[name] = entry.sha.decode()
         memo[key] = found
         return found
 
-    def worktree_files(self, worktree: Path, pathspecs: Iterable[str]) -> list[str]:
-        """Files under ``worktree`` matching ``pathspecs`` that Git tracks or would track
-        (untracked ones too; ignored ones not), relative paths."""
-        out = self._git("ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", *pathspecs,
-                       env={"GIT_WORK_TREE": str(worktree)}, cwd=Path(worktree))
-        return sorted({p for p in out.split("\0") if p})
-
-    def blob(self, sha: str) -> bytes | None:
-        """A blob's content by sha, or None when it is missing or not a blob."""
-        try:
-            obj = self._repo[sha.encode()]
-        except (KeyError, ValueError):
-            return None
-        return obj.as_raw_string() if isinstance(obj, Blob) else None
-
-    # -- untrusted trees (self-contained; added for restoring dvclive files safely) ----------
     def list_tree(self, commit: str, path: str) -> list[TreeEntry]:
         """Every non-directory entry under directory ``path`` at ``commit``, unchecked.
 
-        It keeps each entry's mode and reports symlinks, submodules and
-        entries whose object is missing or of the wrong type, with names exactly as the tree
-        holds them (``..``, ``/`` or non-UTF-8 bytes included): the caller decides what is safe.
-        Empty when ``path`` is not a directory at ``commit``.
+        It keeps each entry's mode and reports symlinks, submodules and entries whose object is
+        missing or of the wrong type, with names exactly as the tree holds them (``..``, ``/``
+        or non-UTF-8 bytes included): the caller decides what is safe. Empty when ``path`` is
+        not a directory at ``commit``.
         """
-        repo = self._repo
-        try:
-            obj = repo[repo[commit.encode()].tree]
-            for part in path.strip("/").split("/"):
-                assert isinstance(obj, Tree)
-                mode, sha = obj[part.encode()]
-                if not mode & 0o170000 == _DIR_MODE:
-                    return []
-                obj = repo[sha]
-        except (KeyError, ValueError, AssertionError):
-            return []
+        obj = self._tree_at(commit, path) if path.strip("/") else None
         if not isinstance(obj, Tree):
             return []
         found: list[TreeEntry] = []
@@ -153,11 +192,18 @@ class TreeReads:
                 name = f"{prefix}/{item.path.decode(errors='surrogateescape')}"
                 child: Any = None
                 with contextlib.suppress(KeyError, ValueError):
-                    child = repo[item.sha]
-                if item.mode & 0o170000 == _DIR_MODE and isinstance(child, Tree):
+                    child = self._repo[item.sha]
+                if item.mode & _TYPE_MASK == _DIR_MODE and isinstance(child, Tree):
                     pending.append((name, child))
                 else:
                     data = child.as_raw_string() if isinstance(child, Blob) else None
                     found.append(TreeEntry(name, item.mode, item.sha.decode(), data))
         return found
 
+
+def _header(raw: bytes, field: bytes) -> list[str]:
+    """The values of header ``field`` (``tree``, ``parent``, ``object``) that are 40-hex shas."""
+    head = raw.split(b"\n\n", 1)[0]
+    values = [line[len(field) + 1 :].decode(errors="replace") for line in head.split(b"\n")
+              if line.startswith(field + b" ")]
+    return [v for v in values if HEX40.fullmatch(v)]

@@ -7,9 +7,10 @@ commands while training goes on. So a write here:
   caller expects (``RefConflictError`` with ``expected``/``actual`` when it differs);
 * waits, with backoff and a bound (``LOCK_WAIT_S``), for a ``.lock`` someone else holds, and
   removes one only when ``gitlocks`` proves a dead expckpt writer left it;
-* deletes through ``git update-ref -d <ref> <old>``: git holds ``packed-refs.lock`` while it
-  removes the ref from packed-refs and the loose file, so a concurrent ``git pack-refs`` can
-  neither bring back the old value nor lose the delete (dulwich removes the loose file first);
+* deletes in git's own order (dulwich's ``remove_if_equals`` drops the loose file before it
+  locks packed-refs, so a concurrent ``git pack-refs`` could pack the old value back): hold
+  ``<ref>.lock`` and ``packed-refs.lock``, compare, rename a packed-refs without the ref into
+  place, remove the loose file, and only then release ``packed-refs.lock``;
 * cleans up after itself when the disk is full: no ``.lock`` left, no ``Exception ignored``.
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,10 +28,10 @@ from dulwich.file import FileLocked, GitFile, ensure_dir_exists
 from dulwich.objects import ShaFile
 from dulwich.refs import DiskRefsContainer
 
-from expckpt.errors import GitLockedError, ProjectError, RefConflictError
+from expckpt.errors import GitLockedError, RefConflictError
 from expckpt.gitlocks import WriterSlot, writer_slot
 
-__all__ = ["LOCK_WAIT_S", "RecordingStore", "delete_ref_with_git", "swap_ref", "write_waiting_for_locks"]
+__all__ = ["LOCK_WAIT_S", "RecordingStore", "delete_ref", "swap_ref", "write_waiting_for_locks"]
 
 LOCK_WAIT_S = 10.0
 """How long a write waits for a ``.lock`` another process holds before it fails."""
@@ -90,22 +91,65 @@ def swap_ref(slot: WriterSlot, refs: DiskRefsContainer, ref: str, new: str, old:
         _discard(file)
 
 
-def delete_ref_with_git(env: dict[str, str], get_ref: Callable[[str], str | None], ref: str, old: str) -> None:
-    """``git update-ref -d ref old``; a lost race is ``RefConflictError``, a lock ``FileLocked``."""
-    proc = subprocess.run(
-        ["git", "update-ref", "--no-deref", "-d", ref, old], env=env, capture_output=True, check=False
-    )
-    if proc.returncode == 0:
-        return
-    actual = get_ref(ref)
-    if actual != old:
-        raise lost(ref, old, actual)
-    git_dir = Path(env["GIT_DIR"])
-    for held in (git_dir / f"{ref}.lock", git_dir / "packed-refs.lock"):
-        if held.exists():
-            raise FileLocked(os.fsencode(held)[: -len(".lock")], os.fsencode(held))
-    message = proc.stderr.decode(errors="replace").strip().splitlines()
-    raise ProjectError(f"could not delete {ref}: {message[-1] if message else 'git update-ref failed'}", path=git_dir)
+def delete_ref(slot: WriterSlot, refs: DiskRefsContainer, ref: str, old: str) -> None:
+    """Delete ``ref`` while holding ``<ref>.lock`` and ``packed-refs.lock``, if it holds ``old``."""
+    name = ref.encode()
+    path = Path(os.fsdecode(refs.refpath(name)))
+    packed = Path(os.fsdecode(refs.path)) / "packed-refs"
+    file = _lock_ref(path)
+    packed_lock = None
+    try:
+        packed_lock = GitFile(os.fsencode(packed), "wb")  # never written: a new file is renamed in
+        slot.hold_ref_lock(path.with_name(path.name + ".lock"), packed.with_name("packed-refs.lock"))
+        lines = packed.read_bytes().splitlines(keepends=True) if packed.exists() else []
+        kept, packed_sha = _without(lines, name)
+        current = refs.read_loose_ref(name) or packed_sha
+        actual = current.decode() if current else None
+        if actual != old:
+            raise lost(ref, old, actual)
+        if packed_sha is not None:
+            _replace(packed, b"".join(kept))
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    finally:
+        if packed_lock is not None:
+            _discard(packed_lock)
+        _discard(file)
+
+
+def _without(lines: list[bytes], name: bytes) -> tuple[list[bytes], bytes | None]:
+    """packed-refs lines without ``name``'s line and the ``^<peeled>`` line after it, and the
+    sha that line held (None: ``name`` is not packed)."""
+    kept: list[bytes] = []
+    found = None
+    dropping = False
+    for line in lines:
+        if dropping and line.startswith(b"^"):
+            continue
+        sha, _, ref = line.rstrip(b"\r\n").partition(b" ")
+        dropping = not line.startswith((b"#", b"^")) and ref == name
+        if dropping:
+            found = sha
+        else:
+            kept.append(line)
+    return kept, found
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write ``data`` beside ``path`` (same mode) and rename it over ``path``, as git does; a
+    kill in between leaves a stray ``expckpt-packed-refs-*`` file, never a half-written one."""
+    fd, temp = tempfile.mkstemp(prefix="expckpt-packed-refs-", dir=path.parent)
+    try:
+        os.fchmod(fd, os.stat(path).st_mode & 0o777)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
 
 
 class RecordingStore:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from expckpt.errors import ConfigError
+from expckpt.torchsched import can_recompute, recompute_lrs, set_last_lr
 
 __all__ = ["Fresh", "optimizer_hparams", "reconcile", "snapshot"]
 
@@ -93,8 +94,7 @@ def _check_shape(kind: str, fresh: Mapping[str, Any], saved: Mapping[str, Any]) 
 
 def _rebuild_schedule(name: str, optimizer: Any, scheduler: Any, fresh: Fresh, said: str) -> str:
     kind = type(scheduler).__name__
-    closed_form = getattr(scheduler, "_get_closed_form_lr", None)
-    if closed_form is None and kind not in ("OneCycleLR", "LambdaLR", "CosineAnnealingWarmRestarts"):
+    if not can_recompute(scheduler):
         raise ConfigError(
             f"{said}, but the restored LR scheduler ({kind}) cannot recompute its learning rate for a new"
             " value; keep the old settings to resume, or start over with `expckpt reset`",
@@ -105,17 +105,9 @@ def _rebuild_schedule(name: str, optimizer: Any, scheduler: Any, fresh: Fresh, s
                 group[key] = new[key]
     if fresh.scheduler is not None and "base_lrs" in fresh.scheduler:
         scheduler.base_lrs = list(fresh.scheduler["base_lrs"])
-    if closed_form is not None:
-        lrs = closed_form()
-    else:
-        scheduler._get_lr_called_within_step = True  # silence "call get_lr() inside step()"
-        try:
-            lrs = scheduler.get_lr()
-        finally:
-            scheduler._get_lr_called_within_step = False
-    for group, lr in zip(optimizer.param_groups, lrs):
+    for group, lr in zip(optimizer.param_groups, recompute_lrs(scheduler)):
         group["lr"] = lr
-    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    set_last_lr(scheduler, [group["lr"] for group in optimizer.param_groups])
     step = getattr(scheduler, "last_epoch", "?")
     return (f"expckpt: {said}; {kind} goes on from its step {step} rebuilt with the new value"
-            f" (learning rate now {scheduler._last_lr[0]:.6g})")
+            f" (learning rate now {optimizer.param_groups[0]['lr']:.6g})")

@@ -149,6 +149,7 @@ class LockBuilder:
     def _refresh(self, path: str, out: Output, files: dict[str, bytes]) -> None:
         """Hash an output the way DVC does; put a cached one in the cache (a copy or reflink,
         never a hard link: training may still write to it), an uncached one in ``files``."""
+        from dvc_data.hashfile.build import build
         from dvc_data.hashfile.hash_info import HashInfo
         from dvc_data.hashfile.meta import Meta
         from dvc_data.hashfile.transfer import transfer
@@ -161,8 +162,9 @@ class LockBuilder:
             files[path] = data
             return
         odb = out.cache if out.use_cache else out.local_cache
-        staging, out.meta, obj = out._build(
-            odb, out.fs_path, out.fs, "md5", ignore=out.dvcignore, dry_run=not out.use_cache, no_progress_bar=True
+        staging, out.meta, obj = build(  # dvc-data's public build, which DVC's Output wraps
+            odb, out.fs_path, out.fs, "md5", ignore=out.dvcignore, dry_run=not out.use_cache,
+            checksum_jobs=out.fs.hash_jobs,
         )
         out.hash_info = obj.hash_info
         if out.use_cache:

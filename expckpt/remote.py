@@ -8,8 +8,8 @@ process's interpreter lock and a hung upload can be killed. In order:
 2. upload the objects each commit's DVC metafiles name (``model.pt``, the data it was trained
    on; DVC's own used-objects collection, see ``inuse``) to the DVC remote, read from the
    workspace's ``.dvc/config`` (not from the commit, which may predate the remote);
-3. only then push the refs (``git push <remote> <commit>:<ref>``), so a teammate who sees a ref
-   can pull its data: the pointer moves last.
+3. only then push the refs (``GitStore.push``: ``git push <remote> <commit>:<ref>``), so a
+   teammate who sees a ref can pull its data: the pointer moves last.
 
 Nothing here takes DVC's repository lock or touches the workspace, so it runs while
 ``dvc exp run`` runs the stage. ``resolve_target`` turns ``checkpoint.push`` (or DVC's
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -153,22 +152,14 @@ def upload_objects(cache: DvcCache, dvc_root: Path, dvc_remote: str, objects: se
 
 
 def push_refs(store: GitStore, git_remote: str, pairs: Sequence[tuple[str, str]]) -> None:
-    """``git push --porcelain <remote> <commit>:<ref>...``; a rejected ref is permanent."""
-    specs = [f"{commit}:{ref}" for ref, commit in pairs]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    proc = subprocess.run(["git", "--git-dir", str(store.git_dir), "push", "--porcelain", "--", git_remote, *specs],
-                          capture_output=True, text=True, env={**env, "GIT_TERMINAL_PROMPT": "0"}, check=False)
-    if proc.returncode == 0:
-        return
-    rejected = [line.split("\t")[1].partition(":")[2] for line in proc.stdout.splitlines()
-                if line.startswith("!\t") and "\t" in line[2:]]
-    if rejected and "[rejected]" in proc.stdout:
-        names = ", ".join(r.rpartition("/")[2] for r in rejected)
+    """Push each ``(ref, commit)`` to ``git_remote`` (``GitStore.push``); a rejected ref is permanent."""
+    outcome = store.push(git_remote, pairs)
+    if outcome.rejected:
+        names = ", ".join(r.rpartition("/")[2] for r in outcome.rejected)
         raise PushFailed(f"the remote already has a different {names} (not overwritten; "
                          f"`dvc exp push -f {git_remote} <name>` replaces it)", permanent=True)
-    lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
-    fatal = [line for line in lines if line.startswith(("fatal:", "error:"))]
-    raise PushFailed((fatal or lines or [f"git push exited {proc.returncode}"])[0])
+    if outcome.error is not None:
+        raise PushFailed(outcome.error)
 
 
 def push_batch(store: GitStore, dvc_root: Path, target: PushTarget, pairs: Sequence[tuple[str, str]]) -> list[str]:

@@ -25,7 +25,7 @@ LAYERS: dict[str, int] = {
     "wiring": 2, "signals": 2, "remote": 2, "pusher": 2, "cloudgc": 2, "workspace_guard": 2, "doctor_run": 2, "cli": 3,
     # 4: torch
     "rng": 4, "safe_values": 4, "hparams": 4, "state": 4, "checkpoint_file": 4, "writer": 4, "staging": 4, "streaming": 0,
-    "dirstate": 4, "stateset": 4, "doctor_compare": 4, "generators": 4,
+    "dirstate": 4, "stateset": 4, "doctor_compare": 4, "generators": 4, "torchsched": 4,
     # 5: training-loop integrations
     "outputs": 4, "loading": 4, "coordination": 0, "handlers": 4, "checkpointer": 5, "live": 6,
     # issue 26: the checkpoint tree and its views

@@ -277,3 +277,26 @@ def test_a_crafted_manifest_names_no_file_outside(manifest: bytes) -> None:
 
     with pytest.raises(ValueError):
         parse_manifest(manifest)
+
+
+class MixedWithBuffers(LoRALinear):
+    """A mixed module with a persistent and a non-persistent buffer, an unset parameter and one
+    frozen child registered under two names (all read through public torch APIs)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.register_buffer("scale", torch.ones(n))
+        self.register_buffer("cache", torch.zeros(n), persistent=False)
+        self.register_parameter("unset", None)
+        self.norm = torch.nn.LayerNorm(n).requires_grad_(False)
+        self.alias = self.norm
+
+
+def test_layout_of_a_mixed_module_counts_exactly_what_its_state_dict_saves() -> None:
+    model = torch.nn.Sequential(OrderedDict(layer=MixedWithBuffers(4)))
+    files = split_payload(TrainingState(model=model).capture(), {"model": model})
+    assert set(files) == {"expckpt.pt", "model/layer/_frozen.pt", "model/layer/norm.pt", "model/layer/alias.pt"}
+    assert set(files["model/layer/_frozen.pt"]) == {"layer.weight", "layer.scale"}  # no "cache", no "unset"
+    assert set(files["model/layer/norm.pt"]) == {"layer.norm.weight", "layer.norm.bias"}
+    assert set(files["model/layer/alias.pt"]) == {"layer.alias.weight", "layer.alias.bias"}
+    assert set(files["expckpt.pt"]["model"]) == {"layer.a", "layer.b"}

@@ -360,26 +360,6 @@ def test_head_tips_and_ref_targets(repo: Path, tmp_path: Path) -> None:
         GitStore.open(empty).head()
 
 
-def test_reachable_commits_and_batch_blob_reads(repo: Path) -> None:
-    store = GitStore.open(repo)
-    a = head(repo)
-    tree = store.tree_with_files(store.commit_tree(a), {"dvc.lock": b"md5: 1\n\nline\n", "dir/x": b"\x00\n"})
-    b = store.write_commit(tree, [a], "b\n")
-    c = store.write_commit(store.commit_tree(a), [a], "c\n")
-    store.create_ref(REF, b)
-    assert sorted(store.reachable_commits([REF, c, "HEAD"])) == sorted([a, b, c])
-    assert store.reachable_commits([]) == []
-    for bad in ("--all", "main", "refs/heads/main --all", a[:7]):
-        with pytest.raises(ValueError, match="not a full ref name, HEAD or commit sha"):
-            store.reachable_commits([bad])
-
-    blobs = store.read_blobs([(b, "dvc.lock"), (a, "dvc.lock"), (b, "dir/x"), (b, "dir"), (c, "a.txt")])
-    assert blobs == {(b, "dvc.lock"): b"md5: 1\n\nline\n", (b, "dir/x"): b"\x00\n", (c, "a.txt"): b"a\n"}
-    assert store.read_blobs([]) == {}
-    with pytest.raises(ValueError, match="not a commit sha and file path"):
-        store.read_blobs([(b, "dvc.lock\nHEAD:a.txt")])
-
-
 # -- living beside git: packing, foreign locks, dead writers, full disk ------------------------
 @pytest.mark.slow
 def test_ref_writes_survive_concurrent_git_pack_refs(repo: Path) -> None:
