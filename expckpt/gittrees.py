@@ -63,7 +63,7 @@ class TreeReads:
             if kind in _TYPES and size.isdigit() and int(size) == len(body):
                 return _TYPES[kind], body
         try:
-            return self._repo.object_store.get_raw(sha.encode())  # type: ignore[no-any-return]
+            return self._repo.object_store.get_raw(sha.encode())
         except (KeyError, ValueError):
             return None
 
