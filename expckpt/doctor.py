@@ -11,7 +11,6 @@ script's own lines are searched for what the difference points at (``expckpt.doc
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,14 +54,17 @@ def _load(plan: DoctorPlan, copy: Path, run: str, at_least: int, before: int | N
 
 def _checkpoint_at(plan: DoctorPlan, copy: Path, exp: str, step: int) -> dict[str, Any] | None:
     """Run ``exp``'s checkpoint ``<exp>@<step>`` in ``copy`` (None if it saved none there)."""
-    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps/"], cwd=copy,
-                          capture_output=True, text=True).stdout.split()
-    wanted = [r for r in refs if r.endswith(f"/{exp}@{step}")]
-    if len(wanted) != 1 or plan.output.path.endswith("/"):
-        return None
-    lock = subprocess.run(["git", "show", f"{wanted[0]}:dvc.lock"], cwd=copy, capture_output=True, text=True)
+    store = GitStore.open(copy)
     try:
-        outs = (yaml.safe_load(lock.stdout) or {})["stages"][plan.stage]["outs"]
+        refs = store.ref_targets("refs/exps/")
+        wanted = [commit for ref, commit in refs.items() if ref.endswith(f"/{exp}@{step}")]
+        lock = store.read_file(wanted[0], "dvc.lock") if len(wanted) == 1 else None
+    finally:
+        store.close()
+    if lock is None or plan.output.path.endswith("/"):
+        return None
+    try:
+        outs = (yaml.safe_load(lock) or {})["stages"][plan.stage]["outs"]
         (md5,) = [o["md5"] for o in outs if o.get("path") == plan.output.path]
     except (yaml.YAMLError, KeyError, TypeError, ValueError):
         return None

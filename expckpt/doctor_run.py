@@ -6,6 +6,11 @@ A is trained straight to step 2K; B to step K, stopped there the way a preemptio
 they are now, tracked and untracked, and the stage's non-checkpoint DVC outputs) with a fresh DVC
 cache in a temporary directory: the user's refs, cache, params and checkpoint are never touched.
 Steps are dvclive's, counted from 0: "step K" is the K-th completed step, ``K - 1``.
+
+The copy is made with the git command line (``ls-files`` with the workspace's own ignore rules,
+then ``init``/``add``/``commit`` in the copy): like ``GitStore``'s workspace snapshot, that is git's
+index and ignore logic, which dulwich applies only in part. Nothing here touches the user's
+repository but that read-only ``ls-files``.
 """
 
 from __future__ import annotations
