@@ -39,6 +39,9 @@ _LAZY = {
     "CheckpointLive": "expckpt.live",
     "CheckpointRef": "expckpt.refs",
     "TrainingState": "expckpt.state",
+    "DataPosition": "expckpt.datapos",
+    "PAUSED_EXIT": "expckpt.pause",
+    "TrainingPaused": "expckpt.pause",
 }
 
 if TYPE_CHECKING:
@@ -49,6 +52,8 @@ if TYPE_CHECKING:
     from expckpt.live import CheckpointLive
     from expckpt.refs import CheckpointRef
     from expckpt.state import TrainingState
+    from expckpt.datapos import DataPosition
+    from expckpt.pause import PAUSED_EXIT, TrainingPaused
 
 
 def __getattr__(name: str) -> Any:
@@ -73,17 +78,20 @@ __all__ = [
     "ConfigError",
     "CorruptCheckpointError",
     "DataError",
+    "DataPosition",
     "Decision",
     "ExpCkptError",
     "GitLockedError",
     "InvalidNameError",
     "MissingCheckpointError",
+    "PAUSED_EXIT",
     "ProjectError",
     "RefConflictError",
     "RefError",
     "Resumed",
     "StopTraining",
     "StorageError",
+    "TrainingPaused",
     "TrainingState",
     "UnknownCheckpointError",
     "UnsafeCheckpointError",

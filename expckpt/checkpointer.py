@@ -41,6 +41,10 @@ from expckpt.resume import refuse_lost_checkpoint
 from expckpt.retention import RunRetention
 from expckpt.session import SessionNote
 from expckpt.signals import GracefulStop
+from expckpt.initfrom import holds_trial, init_state
+from expckpt.initsource import source_for
+from expckpt.pause import PauseRequest, TrainingPaused
+from expckpt.records import InitializedFrom
 from expckpt.state import TrainingState
 from expckpt.stateset import StateFiles, as_state_files
 from expckpt.watch import TrainingWatch, flatten_metrics
@@ -79,7 +83,15 @@ class Checkpointer:
             monitor=config.monitor, mode=config.mode, divergence_metric=config.divergence_metric,
             divergence_steps=config.divergence_steps, patience=config.patience,
             stop_on_problem=config.on_divergence == "stop")
-        self.stop = GracefulStop(self.describe_last, settle=self.wait)
+        c = wiring.committer
+        self.pause = PauseRequest(config.pause_signals, config.pause_deadline,
+                                  c.project.root if c else wiring.workspace, c.run.exp_name if c else None,
+                                  self.describe_last)
+        self.stop = GracefulStop(self.describe_last, settle=self.wait, pause=self.pause)
+        self.initialized_from: InitializedFrom | None = None
+        """The checkpoint this fresh trial started from (``checkpoint.init_from``); in every record."""
+        self._pausing = False
+        self._paused: str | None = None
         self.resumed: Resumed | None = None
         self.parent: str | None = None
         self.last_record: CheckpointRecord | None = None
@@ -151,10 +163,25 @@ class Checkpointer:
         Inside ``dvc exp run``, a run whose next steps are already checkpoints of another run
         with the same experiment name is refused here, before any training.
         """
-        resumed = self._restore(state, defer_rng)
+        resumed = self._start_trial(state, defer_rng) if self.config.init_from else self._restore(state, defer_rng)
         if self.wiring.committer is not None:
             self.wiring.committer.check_name(self.group(state).step + 1)
         return resumed
+
+    # -- a fresh trial from another checkpoint (expckpt.initfrom) -------------------------------
+    def _start_trial(self, state: AnyState, defer_rng: bool) -> Resumed | None:
+        """``init_from``: resume this trial's own chain if the workspace holds it, else start it."""
+        source = source_for(self.wiring, str(self.config.init_from))  # missing or damaged: stops here
+        self.initialized_from = source.lineage
+        if holds_trial(self.wiring, source):
+            resumed = self._restore(state, defer_rng)
+            if resumed is not None:
+                return resumed
+        for out in self.wiring.outputs:
+            remove_stale_temps(out.path)
+        init_state(self.group(state).first, source, restore=self.config.init_restore,
+                   strict=self.config.init_strict, echo=self.echo)
+        return None
 
     def _restore(self, state: AnyState, defer_rng: bool) -> Resumed | None:
         w = self.wiring
@@ -216,11 +243,44 @@ class Checkpointer:
         if self.config.monitor and seen.value is not None:
             kept = seen.improved and self.config.keep_best > 0
             note = improvement_line(step, self.config.monitor, seen.previous_best, seen.value, self.config.mode, kept)
-        event = "stop" if seen.stop else "step"
+        paused = self.pause.requested
+        event = "stop" if seen.stop or paused else "step"
+        if paused:
+            return Decision(saved=self._pause_save(state, step, flat), stop=f"paused ({paused})")
         saved = self._save_if(state, step, flat, event, note)
         if seen.stop:
             self.echo(f"expckpt: stopping training at step {step} ({seen.stop}; checkpoint.on_divergence: stop)")
         return Decision(saved=saved, stop=seen.stop)
+
+    # -- pause at a batch boundary (expckpt.pause) ----------------------------------------------
+    @property
+    def pause_requested(self) -> str | None:
+        """Why training should pause now (a signal's name, ``expckpt stop``), or None: ask between batches."""
+        return self.pause.requested
+
+    def pause_point(self, state: AnyState) -> bool:
+        """Between batches: if a pause was requested, save ``state`` as it is now (mid-step: its
+        step is still the last completed one, the data position says how far the next one got)
+        and return True; leave the loop then, and ``close`` exits with status 75."""
+        if self.pause.requested is None:
+            return False
+        group = self.group(state)
+        self._pause_save(group, group.step + 1, {})
+        return True
+
+    def _pause_save(self, state: StateFiles, step: int, flat: dict[str, float]) -> bool:
+        self._pausing = True
+        try:
+            saved = self._save_if(state, step, flat, "stop", None)
+            self.wait()
+        finally:
+            self._pausing = False
+        self._paused = self.pause.requested
+        self.pause.done()
+        where = f" ({self.last_record.name})" if self.last_record is not None else ""
+        self.echo(f"expckpt: paused by {self._paused} at step {step}{where}; exiting with status 75;"
+                  " continue with `dvc exp apply <checkpoint> && dvc exp run`")
+        return saved
 
     step_completed = save  # expckpt 0.1's name
 
@@ -284,7 +344,8 @@ class Checkpointer:
                     item.publish()
                 SessionNote.forget_reset(w.workspace, w.rel_path)
             else:
-                record = w.committer.publish(items, step=step, metrics=metrics, live_files=live_files, parent=self.parent)
+                record = w.committer.publish(items, step=step, metrics=metrics, live_files=live_files, parent=self.parent,
+                                             initialized_from=self.initialized_from, paused=self._pausing)
         except BaseException:
             for item in items:
                 item.discard()
@@ -342,6 +403,8 @@ class Checkpointer:
                 self._guard.put_back(self.last_record, self.echo)
             if self._pusher is not None:  # bounded wait; never fails the run
                 self._pusher.close()
+        if self._paused is not None:
+            raise TrainingPaused(self._paused)
 
     def describe_last(self) -> str:
         if self.last_record is not None:

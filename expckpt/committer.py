@@ -42,7 +42,7 @@ from expckpt.gitstore import GitStore
 from expckpt.lockfile import LockBuilder
 from expckpt.phases import phase
 from expckpt.project import Project, RunContext
-from expckpt.records import CheckpointRecord, OutputHash, format_message
+from expckpt.records import CheckpointRecord, InitializedFrom, OutputHash, format_message
 from expckpt.refs import EXEC_APPLY, EXPS_PREFIX, CheckpointRef
 from expckpt.session import SessionNote
 
@@ -159,6 +159,8 @@ class Committer:
         metrics: Mapping[str, float],
         live_files: Mapping[str, bytes],
         parent: str | None,
+        initialized_from: InitializedFrom | None = None,
+        paused: bool = False,
     ) -> CheckpointRecord:
         """Publish complete temp files (one per checkpoint output, in ``checkpoint_paths``
         order) as checkpoint ``<exp>@<step>``: one commit and one ref for all; return its record."""
@@ -193,7 +195,8 @@ class Committer:
             tree = self.store.tree_with_files(self._base_tree, files)
             now = time.time()
             resumed = parent is not None and not self._published
-            message = format_message(ref, parent=parent, outs=outs, metrics=metrics, time=now, resumed=resumed)
+            message = format_message(ref, parent=parent, outs=outs, metrics=metrics, time=now, resumed=resumed,
+                                     initialized_from=initialized_from, paused=paused)
             commit = self.store.write_commit(tree, [self.run.baseline], message)
             phase("after-commit", step)
             # The workspace dvc.lock follows the checkpoint too: `dvc exp run` starts by checking
@@ -223,7 +226,8 @@ class Committer:
             phase("after-note", step)
             self._published = True
             return CheckpointRecord(
-                ref=ref, commit=commit, parent=parent, outs=outs, metrics=dict(metrics), time=now, resumed=resumed
+                ref=ref, commit=commit, parent=parent, outs=outs, metrics=dict(metrics), time=now, resumed=resumed,
+                initialized_from=initialized_from, paused=paused,
             )
 
     def restore_lock(self, record: CheckpointRecord) -> None:

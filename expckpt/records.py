@@ -29,6 +29,7 @@ __all__ = [
     "BadRecord",
     "BadRecordError",
     "CheckpointRecord",
+    "InitializedFrom",
     "OutputHash",
     "format_message",
     "load_records",
@@ -52,6 +53,22 @@ class OutputHash:
 
 
 @dataclass(frozen=True)
+class InitializedFrom:
+    """Lineage of a fresh trial: the checkpoint its weights came from."""
+
+    exp: str
+    step: int
+    commit: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.exp}@{self.step}"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"exp": self.exp, "step": self.step, "commit": self.commit}
+
+
+@dataclass(frozen=True)
 class CheckpointRecord:
     """One checkpoint experiment: where it is and what it holds."""
 
@@ -65,6 +82,10 @@ class CheckpointRecord:
     params: Mapping[str, object] = field(default_factory=dict)
     resumed: bool = False
     """True for the first checkpoint of a run that continued from ``parent`` (a branch point)."""
+    initialized_from: InitializedFrom | None = None
+    """The checkpoint whose weights started this fresh trial (``checkpoint.init_from``)."""
+    paused: bool = False
+    """True for the checkpoint a pause saved (SIGTERM, SIGUSR1, ``expckpt stop``)."""
 
     @property
     def name(self) -> str:
@@ -97,6 +118,8 @@ def format_message(
     metrics: Mapping[str, float],
     time: float,
     resumed: bool = False,
+    initialized_from: InitializedFrom | None = None,
+    paused: bool = False,
 ) -> str:
     """The commit message of a checkpoint: DVC's subject line plus one JSON metadata line."""
     meta = {
@@ -109,6 +132,10 @@ def format_message(
         "metrics": {k: _finite_or_str(v) for k, v in metrics.items()},
         "time": round(time, 3),
     }
+    if initialized_from is not None:
+        meta["initialized_from"] = initialized_from.as_dict()
+    if paused:
+        meta["paused"] = True
     digest = next(iter(outs.values())).md5 if outs else "0" * 32
     return (
         f"dvc: commit experiment {digest}\n\n"
@@ -228,6 +255,9 @@ def _record(ref: CheckpointRef, commit: str, meta: object) -> CheckpointRecord:
     resumed = meta.get("resumed", False)
     if not isinstance(resumed, bool):
         raise BadRecordError(f"resumed {_show(resumed)} is not true or false")
+    paused = meta.get("paused", False)
+    if not isinstance(paused, bool):
+        raise BadRecordError(f"paused {_show(paused)} is not true or false")
     outs, metrics = meta.get("outs"), meta.get("metrics", {})
     if not isinstance(outs, dict):
         raise BadRecordError(f"outs {_show(outs)} is not an object")
@@ -243,7 +273,22 @@ def _record(ref: CheckpointRef, commit: str, meta: object) -> CheckpointRecord:
         metrics={_name("metric", k): _metric(k, v) for k, v in metrics.items()},
         time=_time(meta["time"]),
         resumed=resumed,
+        initialized_from=_initialized_from(meta.get("initialized_from")),
+        paused=paused,
     )
+
+
+def _initialized_from(value: object) -> InitializedFrom | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"exp", "step", "commit"}:
+        raise BadRecordError(f"initialized_from {_show(value)} is not an object of exp, step and commit")
+    step, commit = value["step"], value["commit"]
+    if not _is_int(step) or step < 0:
+        raise BadRecordError(f"initialized_from step {_show(step)} is not a non-negative integer")
+    if not isinstance(commit, str) or not _SHA.fullmatch(commit):
+        raise BadRecordError(f"initialized_from commit {_show(commit)} is not a 40-hex commit id")
+    return InitializedFrom(_name("initialized_from experiment", value["exp"]), step, commit)
 
 
 def parse_message(ref: CheckpointRef, commit: str, message: str) -> CheckpointRecord | None:
