@@ -163,6 +163,7 @@ class Checkpointer:
         Inside ``dvc exp run``, a run whose next steps are already checkpoints of another run
         with the same experiment name is refused here, before any training.
         """
+        self.pause.clear_mark()
         resumed = self._start_trial(state, defer_rng) if self.config.init_from else self._restore(state, defer_rng)
         if self.wiring.committer is not None:
             self.wiring.committer.check_name(self.group(state).step + 1)
@@ -277,7 +278,9 @@ class Checkpointer:
             self._pausing = False
         self._paused = self.pause.requested
         self.pause.done()
-        where = f" ({self.last_record.name})" if self.last_record is not None else ""
+        name = self.last_record.name if self.last_record is not None else self.wiring.rel_path
+        self.pause.mark(name)
+        where = f" ({name})"
         self.echo(f"expckpt: paused by {self._paused} at step {step}{where}; exiting with status 75;"
                   " continue with `dvc exp apply <checkpoint> && dvc exp run`")
         return saved

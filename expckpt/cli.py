@@ -130,6 +130,16 @@ def cmd_reset(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+def cmd_stop(args: argparse.Namespace, ctx: Context) -> int:
+    from expckpt.pause import request_stop
+
+    path = request_stop(ctx.project.root, args.exp)
+    who = f"the run of {args.exp}" if args.exp else "every run in this project"
+    print(f"Asked {who} to pause at its next batch boundary ({path.relative_to(ctx.project.root)});"
+          " it saves a checkpoint there and exits with status 75")
+    return 0
+
+
 def cmd_gc(args: argparse.Namespace, ctx: Context) -> int:
     from expckpt.gc import GcScope, collect, plan_gc
 
@@ -272,6 +282,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = add("reset", cmd_reset, "make the next `dvc exp run` start from scratch (committed checkpoints stay)")
     p.add_argument("--live-dir", default="dvclive", help="dvclive directory (default: dvclive)")
+
+    p = add("stop", cmd_stop, "ask a running experiment to pause at its next batch boundary (saved, exit 75)")
+    p.add_argument("exp", nargs="?", help="the experiment (default: every run of this project)")
 
     p = add("gc", cmd_gc, "remove checkpoints out of scope or policy and free their cache")
     p.add_argument("-w", "--workspace", action="store_true", help="keep checkpoints of experiments based on HEAD")

@@ -10,6 +10,10 @@ boundary is reached within ``checkpoint.pause_deadline`` seconds, the run exits 
 128 + the signal number: the last complete checkpoint is intact, because a checkpoint becomes
 visible only when its ref moves, the last thing a save does.
 
+A paused run also leaves ``.dvc/tmp/expckpt/paused`` (the checkpoint's name), removed when the
+next run starts: ``dvc exp run`` exits 255 whatever its stage's status, so a job script tests
+that file to decide whether to requeue.
+
 ``expckpt stop [exp]`` leaves a request file under ``$DVC_ROOT/.dvc/tmp/expckpt/stop/``
 (``@all`` without a name); a run honours files written after it started, so a request with
 no run going does not pause the next one.
@@ -27,7 +31,7 @@ from types import FrameType
 
 from expckpt.refs import validate_exp_name
 
-__all__ = ["PAUSED_EXIT", "PauseRequest", "TrainingPaused", "request_stop", "stop_dir"]
+__all__ = ["PAUSED_EXIT", "PauseRequest", "TrainingPaused", "paused_mark", "request_stop", "stop_dir"]
 
 PAUSED_EXIT = 75
 """Exit status of a paused run (sysexits' EX_TEMPFAIL): a checkpoint at the pause point was
@@ -48,6 +52,12 @@ def stop_dir(root: Path) -> Path:
     return root / ".dvc" / "tmp" / "expckpt" / "stop"
 
 
+def paused_mark(root: Path) -> Path:
+    """The file a paused run leaves (its checkpoint's name) and the next run removes: a job
+    script tests it to requeue (``dvc exp run`` exits 255 for any failed stage)."""
+    return root / ".dvc" / "tmp" / "expckpt" / "paused"
+
+
 def request_stop(root: Path, exp: str | None) -> Path:
     """Ask the run of ``exp`` (every run in the project when None) to pause; returns the file."""
     name = _ALL if exp is None else validate_exp_name(exp)
@@ -65,6 +75,7 @@ class PauseRequest:
                  describe: Callable[[], str]) -> None:
         self.signals = signals
         self.deadline = deadline
+        self._root = root
         self._files = [] if root is None else [stop_dir(root) / _ALL] + ([stop_dir(root) / exp] if exp else [])
         self._describe = describe
         self._started = time.time()
@@ -119,6 +130,21 @@ class PauseRequest:
                 except OSError:
                     continue
         return self.reason
+
+    def mark(self, checkpoint: str) -> None:
+        """Leave ``paused_mark`` naming the pause's checkpoint (in a DVC project only)."""
+        if self._root is not None and (self._root / ".dvc").is_dir():
+            mark = paused_mark(self._root)
+            mark.parent.mkdir(parents=True, exist_ok=True)
+            mark.write_text(f"{checkpoint}\n")
+
+    def clear_mark(self) -> None:
+        """A run starts: the pause it may continue is being continued."""
+        if self._root is not None:
+            try:
+                paused_mark(self._root).unlink()
+            except OSError:
+                pass
 
     def done(self) -> None:
         """The pause checkpoint is published (or training ended): no deadline any more."""

@@ -70,9 +70,11 @@ def render_chains(catalog: Catalog, labels: Mapping[str, str]) -> str:
                 commit = record.commit[:7]
                 if record is chain.records[0] and chain.origin:
                     commit += f" ({_origin(chain, catalog)})"
+                if record is chain.records[0] and record.initialized_from:
+                    commit += f" (init from {record.initialized_from.name} {record.initialized_from.commit[:7]})"
                 rows.append(
                     [
-                        f"{_glyph(i, len(newest_first))} {record.name}",
+                        f"{_glyph(i, len(newest_first))} {record.name}" + (" (paused)" if record.paused else ""),
                         str(record.step),
                         commit,
                         _created(record),
@@ -97,6 +99,8 @@ def _record_json(record: CheckpointRecord) -> dict[str, Any]:
         "created": _iso(record.time),
         "metrics": {k: (v if math.isfinite(v) else str(v)) for k, v in record.metrics.items()},
         "outs": {p: {"md5": o.md5, "size": o.size} for p, o in record.outs.items()},
+        "paused": record.paused,
+        "initialized_from": record.initialized_from.as_dict() if record.initialized_from else None,
     }
 
 
