@@ -41,10 +41,10 @@ from expckpt.resume import refuse_lost_checkpoint
 from expckpt.retention import RunRetention
 from expckpt.session import SessionNote
 from expckpt.signals import GracefulStop
-from expckpt.initfrom import holds_trial, init_state
+from expckpt.initfrom import LINEAGE_KEY, holds_trial, init_state
 from expckpt.initsource import source_for
 from expckpt.pause import PauseRequest, TrainingPaused
-from expckpt.records import InitializedFrom
+from expckpt.records import InitializedFrom, lineage_of
 from expckpt.state import TrainingState
 from expckpt.stateset import StateFiles, as_state_files
 from expckpt.watch import TrainingWatch, flatten_metrics
@@ -216,6 +216,7 @@ class Checkpointer:
         if not defer_rng:
             group.apply_rng()
         self.watch.load_state_dict(group.library.get("watch") or {})
+        self.initialized_from = self.initialized_from or lineage_of(group.library.get(LINEAGE_KEY))
         if point.record is not None:
             assert w.committer is not None
             self.parent = point.record.commit

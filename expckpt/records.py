@@ -32,6 +32,7 @@ __all__ = [
     "InitializedFrom",
     "OutputHash",
     "format_message",
+    "lineage_of",
     "load_records",
     "parse_message",
     "warn_once",
@@ -289,6 +290,14 @@ def _initialized_from(value: object) -> InitializedFrom | None:
     if not isinstance(commit, str) or not _SHA.fullmatch(commit):
         raise BadRecordError(f"initialized_from commit {_show(commit)} is not a 40-hex commit id")
     return InitializedFrom(_name("initialized_from experiment", value["exp"]), step, commit)
+
+
+def lineage_of(value: object) -> InitializedFrom | None:
+    """``value`` (a checkpoint file's own note of its trial's source) as lineage, if it is valid."""
+    try:
+        return _initialized_from(value)
+    except BadRecordError:
+        return None
 
 
 def parse_message(ref: CheckpointRef, commit: str, message: str) -> CheckpointRecord | None:

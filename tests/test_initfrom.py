@@ -172,3 +172,11 @@ def test_config_is_checked(repo: Path) -> None:
         CheckpointConfig.from_params({"pause_signals": ["SIGKILL"]})
     with pytest.raises(ConfigError, match=r"checkpoint.pause_deadline must be a positive number"):
         CheckpointConfig.from_params({"pause_deadline": 0})
+
+
+def test_a_branch_of_a_trial_keeps_its_lineage_without_init_from(repo: Path) -> None:
+    """`dvc exp apply ft@1 && dvc exp run` with init_from unset: the chain still names its origin."""
+    trial(repo, "ft", 2)
+    ckpt, _ = train(repo, "more", 3)
+    assert ckpt.resumed is not None and ckpt.resumed.record is not None and ckpt.resumed.record.name == "ft@1"
+    assert meta(repo, refs(repo)["more@2"])["initialized_from"] == {"exp": "src", "step": 1, "commit": refs(repo)["src@1"]}

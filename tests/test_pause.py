@@ -242,3 +242,66 @@ def test_no_batch_boundary_before_the_deadline_exits_with_the_last_checkpoint_in
     assert "no batch boundary within 1 s of SIGUSR1; exiting now; last complete checkpoint: slow@0" in proc.stderr
     assert sorted(checkpoints(repo)) == ["slow@0"]
     check_consistent(repo)
+
+
+SBATCH = """\
+#!/bin/bash
+#SBATCH --job-name=train
+#SBATCH --time=04:00:00
+#SBATCH --signal=USR1@90       # SIGUSR1 to the job step's processes 90 s before the time limit
+#SBATCH --requeue              # let the job requeue itself
+#SBATCH --open-mode=append     # one log across requeues
+cd "$SLURM_SUBMIT_DIR"
+# dvc ignores SIGUSR1 (it would die of it); expckpt's training process takes it over and pauses
+srun bash -c 'trap "" USR1; exec dvc exp run'
+if [ -e .dvc/tmp/expckpt/paused ]; then   # paused at a batch boundary: continue in a new job
+  scontrol requeue "$SLURM_JOB_ID"
+fi
+"""
+
+
+@pytest.mark.slow
+def test_the_readme_slurm_script_pauses_and_requeues_through_dvc_exp_run(
+        tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """The README's script, run locally: ``srun`` and ``scontrol`` stand-ins, SIGUSR1 sent to the
+    whole process tree as SLURM does; the requeued job resumes and ends where an uninterrupted
+    run ends."""
+    from faultkit import FAST, clone, reference
+
+    assert SBATCH in (Path(__file__).parent.parent / "README.md").read_text()
+    expected = reference(tmp_path_factory)
+    project = clone(tmp_path_factory, tmp_path / "p")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/bin/sh\nexec "$@"\n')
+    (bin_dir / "scontrol").write_text('#!/bin/sh\necho "requeued $*"\n')
+    for tool in ("srun", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
+    (project / "job.sh").write_text(SBATCH)
+    env = {**os.environ, **FAST, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "SLURM_SUBMIT_DIR": str(project), "SLURM_JOB_ID": "42"}
+
+    job = subprocess.Popen(["bash", "job.sh"], cwd=project, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while job.poll() is None and time.monotonic() < deadline and not any(
+                n.endswith("@0") for n in checkpoints(project)):
+            time.sleep(0.05)
+        os.killpg(job.pid, signal.SIGUSR1)  # what slurmstepd does at the time limit minus 90 s
+        output = job.communicate(timeout=300)[0]
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert "exited with 75" in output and "requeued 42" in output, output
+    paused = [n for n, c in checkpoints(project).items() if meta(project, c).get("paused")]
+    assert len(paused) == 1 and (project / ".dvc/tmp/expckpt/paused").read_text() == f"{paused[0]}\n"
+    assert "(paused)" in cli(project, "show").stdout
+    check_consistent(project)
+
+    again = subprocess.run(["bash", "job.sh"], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "requeued" not in again.stdout, again.stdout + again.stderr
+    assert f"Resuming from model.pt ({paused[0]})" in again.stdout + again.stderr
+    from oracle import same_state
+
+    assert same_state(project / "model.pt", expected) == []
