@@ -263,8 +263,8 @@ fi
 @pytest.mark.slow
 def test_the_readme_slurm_script_pauses_and_requeues_through_dvc_exp_run(
         tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
-    """The README's script, run locally: ``srun`` and ``scontrol`` stand-ins, SIGUSR1 sent to the
-    whole process tree as SLURM does; the requeued job resumes and ends where an uninterrupted
+    """The README's script, run locally: ``srun`` and ``scontrol`` stand-ins, SIGUSR1 sent to every
+    process of the job step (dvc, its shell, train.py; not the batch shell) as SLURM does; the requeued job resumes and ends where an uninterrupted
     run ends."""
     from faultkit import FAST, clone, reference
 
@@ -288,12 +288,15 @@ def test_the_readme_slurm_script_pauses_and_requeues_through_dvc_exp_run(
         while job.poll() is None and time.monotonic() < deadline and not any(
                 n.endswith("@0") for n in checkpoints(project)):
             time.sleep(0.05)
-        os.killpg(job.pid, signal.SIGUSR1)  # what slurmstepd does at the time limit minus 90 s
+        import psutil  # DVC's own dependency
+
+        for proc in psutil.Process(job.pid).children(recursive=True):  # the job step, not the batch shell:
+            proc.send_signal(signal.SIGUSR1)  # what slurmstepd does 90 s before the time limit
         output = job.communicate(timeout=300)[0]
     finally:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
-    assert "exited with 75" in output and "requeued 42" in output, output
+    assert "exited with 75" in output and "requeued requeue 42" in output, output
     paused = [n for n, c in checkpoints(project).items() if meta(project, c).get("paused")]
     assert len(paused) == 1 and (project / ".dvc/tmp/expckpt/paused").read_text() == f"{paused[0]}\n"
     assert "(paused)" in cli(project, "show").stdout
