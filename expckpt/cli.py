@@ -81,12 +81,16 @@ def cmd_show(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_list(args: argparse.Namespace, ctx: Context) -> int:
+    from expckpt.branchpoints import branch_points
+
     policy = ctx.config().keep_policy()
+    points = branch_points(ctx.catalog(True).records)
     rows = []
     for chain in _chains(ctx, args.exp, args.all_commits):
         infos = [CheckpointInfo.of(r) for r in chain.records]
         for record, why in zip(chain.records, policy.reasons(infos)):
-            rows.append((record, sorted(why)))
+            branch = [f"branch point of {' '.join(points[record.commit])}"] if record.commit in points else []
+            rows.append((record, sorted(why) + branch))
     if args.names:  # for shells: dvc exp remove tut $(expckpt list tut --names)
         print("\n".join(r.name for r, _ in rows))
         return 0
@@ -156,7 +160,11 @@ def cmd_gc(args: argparse.Namespace, ctx: Context) -> int:
     if args.wait < 0:
         raise ConfigError(f"--wait must be a number of seconds >= 0, got {args.wait:g}", key="wait")
     plan = plan_gc(ctx.store, ctx.cache, ctx.project.workspace, scope,
-                   keep_last=args.keep_last, keep_best=args.keep_best or 0, metric=args.metric, mode=args.mode)
+                   keep_last=args.keep_last, keep_best=args.keep_best or 0, metric=args.metric, mode=args.mode,
+                   include_branch_points=args.include_branch_points)
+    for name, exps in plan.branch_points.items():
+        print(f"Keeping checkpoint {terminal_safe(name)}: a branch point of {terminal_safe(', '.join(exps))}"
+              " (--include-branch-points removes it)")
     cloud = None
     if args.cloud:
         from expckpt.cloudgc import plan_cloud_gc
@@ -302,6 +310,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-r", "--remote", metavar="NAME", help="with --cloud: the DVC remote (default: the default remote)")
     p.add_argument("--git-remote", metavar="NAME",
                    help="with --cloud: the Git remote whose refs also keep objects (default: exp.git_remote or origin)")
+    p.add_argument("--include-branch-points", action="store_true",
+                   help="also remove checkpoints other experiments were continued or started from")
     p.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
                    help="how long to wait for running checkpoint writers to release the gc lock (default: 60)")
 
