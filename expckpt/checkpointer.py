@@ -245,10 +245,10 @@ class Checkpointer:
         if self.config.monitor and seen.value is not None:
             kept = seen.improved and self.config.keep_best > 0
             note = improvement_line(step, self.config.monitor, seen.previous_best, seen.value, self.config.mode, kept)
-        paused = self.pause.requested
-        event = "stop" if seen.stop or paused else "step"
+        paused = self.pause.requested  # SIGTERM/SIGUSR1/`expckpt stop` (expckpt.pause)
         if paused:
             return Decision(saved=self._pause_save(state, step, flat), stop=f"paused ({paused})")
+        event = "stop" if seen.stop else "step"
         saved = self._save_if(state, step, flat, event, note)
         if seen.stop:
             self.echo(f"expckpt: stopping training at step {step} ({seen.stop}; checkpoint.on_divergence: stop)")
