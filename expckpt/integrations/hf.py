@@ -141,6 +141,19 @@ class ExpCkptTrainerCallback(TrainerCallback):
         self.resume_from_checkpoint = str(directory)
         args.resume_from_checkpoint = self.resume_from_checkpoint
 
+    def _core(self) -> Any:
+        return getattr(self.steps.checkpointer, "checkpointer", self.steps.checkpointer) if self.steps else None
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if self._core() is not None and args.world_size == 1:  # SIGTERM/SIGUSR1 pause (expckpt.pause)
+            self._core().pause.install()
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        """A requested pause saves at this step (the Trainer's save, then ours: paused, exit 75);
+        one process only: every rank would have to agree."""
+        if self._core() is not None and args.world_size == 1 and self._core().pause_requested:
+            control.should_save = True
+
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self.steps is None:
             return
@@ -151,6 +164,10 @@ class ExpCkptTrainerCallback(TrainerCallback):
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self.steps is not None:
             steps, self.steps = self.steps, None
-            steps.finish()
+            core = getattr(steps.checkpointer, "checkpointer", steps.checkpointer)
+            try:
+                steps.finish()  # raises TrainingPaused (exit 75) after a pause
+            finally:
+                core.pause.uninstall()
         if args.should_save:
             shutil.rmtree(Path(args.output_dir) / RESUME_DIR, ignore_errors=True)
