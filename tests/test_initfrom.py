@@ -180,3 +180,17 @@ def test_a_branch_of_a_trial_keeps_its_lineage_without_init_from(repo: Path) -> 
     ckpt, _ = train(repo, "more", 3)
     assert ckpt.resumed is not None and ckpt.resumed.record is not None and ckpt.resumed.record.name == "ft@1"
     assert meta(repo, refs(repo)["more@2"])["initialized_from"] == {"exp": "src", "step": 1, "commit": refs(repo)["src@1"]}
+
+
+class _Boom:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (Path.touch, (Path("pwned"),))
+
+
+def test_a_source_file_that_would_run_code_is_refused(repo: Path) -> None:
+    from expckpt.errors import UnsafeCheckpointError
+
+    torch.save({"model": _Boom()}, repo / "evil.pt")
+    with pytest.raises(UnsafeCheckpointError, match="would run code"):
+        checkpointer(repo, "ft", {"init_from": "evil.pt"}).restore(new_state())
+    assert not (repo / "pwned").exists()
