@@ -17,8 +17,8 @@ from expckpt.errors import ArchitectureMismatchError, ConfigError, MissingCheckp
 from expckpt.records import load_records
 from expckpt.gitstore import GitStore
 from expckpt.state import TrainingState
-from inprocess import Crash, checkpointer, crash_at, dvc_env, new_repo, new_state, refs, train, train_step
-from oracle import cache_object, git, locked_model, md5_of
+from inprocess import checkpointer, crash_at, new_repo, new_state, refs, train, train_step
+from oracle import cache_object, git, locked_model
 
 
 def meta(project: Path, commit: str) -> dict:
