@@ -109,14 +109,16 @@ def reference(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypa
     return {int(n.split("@")[1]): locked_model(project, c)[0] for n, c in checkpoints(project).items()}
 
 
-def test_a_signal_mid_step_saves_there_and_the_resume_is_bitwise(repo: Path, reference: dict[int, str]) -> None:
-    status, lines = run(repo, "a", hook=lambda step, b: usr1() if (step, b) == (2, 0) else None)
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM])
+def test_a_signal_mid_step_saves_there_and_the_resume_is_bitwise(
+        repo: Path, reference: dict[int, str], signum: signal.Signals) -> None:
+    status, lines = run(repo, "a", hook=lambda step, b: os.kill(os.getpid(), signum) if (step, b) == (2, 0) else None)
 
     assert status == PAUSED_EXIT == 75
     found = checkpoints(repo)
     assert sorted(found) == ["a@0", "a@1", "a@2"]
     assert meta(repo, found["a@2"])["paused"] is True and "paused" not in meta(repo, found["a@1"])
-    assert any("paused by SIGUSR1 at step 2 (a@2)" in line for line in lines)
+    assert any(f"paused by {signum.name} at step 2 (a@2)" in line for line in lines)
     assert paused_mark(repo).read_text() == "a@2\n"
     check_consistent(repo)
 
