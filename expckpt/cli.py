@@ -144,6 +144,12 @@ def cmd_stop(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+def cmd_resume(args: argparse.Namespace, ctx: Context) -> int:
+    from expckpt.continuing import resume_experiment
+
+    return resume_experiment(ctx.catalog(True), args.exp, ctx.project.workspace, run_args=args.run_args)
+
+
 def cmd_gc(args: argparse.Namespace, ctx: Context) -> int:
     from expckpt.gc import GcScope, collect, plan_gc
 
@@ -293,6 +299,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = add("stop", cmd_stop, "ask a running experiment to pause at its next batch boundary (saved, exit 75)")
     p.add_argument("exp", nargs="?", help="the experiment (default: every run of this project)")
+
+    p = add("resume", cmd_resume, "continue an experiment from its newest checkpoint (dvc exp apply + dvc exp run)")
+    p.add_argument("exp", help="the experiment, e.g. a paused one")
+    p.add_argument("run_args", nargs=argparse.REMAINDER, help="more arguments for dvc exp run (after --)")
 
     p = add("gc", cmd_gc, "remove checkpoints out of scope or policy and free their cache")
     p.add_argument("-w", "--workspace", action="store_true", help="keep checkpoints of experiments based on HEAD")

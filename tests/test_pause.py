@@ -310,3 +310,33 @@ def test_the_readme_slurm_script_pauses_and_requeues_through_dvc_exp_run(
     from oracle import same_state
 
     assert same_state(project / "model.pt", expected) == []
+
+
+@pytest.mark.slow
+def test_expckpt_stop_then_expckpt_resume_ends_where_one_run_ends(
+        tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """train.py as `dvc exp run -n a` starts it, paused by `expckpt stop a` mid-epoch; `expckpt
+    resume a` applies the paused checkpoint and runs `dvc exp run`, which finishes bitwise."""
+    from faultkit import FAST, Background, clone, reference
+    from faultkit import dvc_env as run_env
+    from oracle import same_state
+
+    expected = reference(tmp_path_factory)
+    project = clone(tmp_path_factory, tmp_path / "p")
+    bg = Background.start(["python", "train.py"], project, run_env(project, "a"))
+    bg.wait_for("Checkpoint experiment 'a@0'")
+    assert cli(project, "stop", "a").returncode == 0
+    assert bg.wait(120) == 75, bg.text()
+    paused = [n for n, c in checkpoints(project).items() if meta(project, c).get("paused")]
+    assert len(paused) == 1 and paused[0].startswith("a@")
+    (project / "model.pt").unlink()  # whatever the workspace holds now: resume brings the pause back
+
+    resumed = subprocess.run(["expckpt", "resume", "a"], cwd=project, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, **FAST})  # one thread, as the reference ran
+
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"Continuing {paused[0]} (paused): dvc exp apply" in resumed.stdout
+    assert f"Resuming from model.pt ({paused[0]})" in resumed.stdout + resumed.stderr
+    assert same_state(project / "model.pt", expected) == []
+    unknown = cli(project, "resume", "nope")
+    assert unknown.returncode == 1 and "no checkpoint named 'nope'" in unknown.stderr
