@@ -18,7 +18,7 @@ from expckpt.records import load_records
 from expckpt.gitstore import GitStore
 from expckpt.state import TrainingState
 from inprocess import checkpointer, crash_at, new_repo, new_state, refs, train, train_step
-from oracle import cache_object, git, locked_model
+from oracle import cache_object, cli, git, locked_model
 
 
 def meta(project: Path, commit: str) -> dict:
@@ -66,6 +66,10 @@ def test_fresh_trial_takes_only_the_weights_and_records_its_lineage(repo: Path) 
     lineage = {"exp": "src", "step": 1, "commit": source}
     assert [meta(repo, found[f"ft@{n}"])["initialized_from"] for n in range(2)] == [lineage, lineage]
     assert meta(repo, found["ft@0"])["parent"] is None
+    shown = [line for line in cli(repo, "show").stdout.splitlines() if "ft@0" in line]
+    assert f"(init from src@1 {source[:7]})" in shown[0]
+    chain = next(c for c in json.loads(cli(repo, "show", "--json").stdout) if c["experiment"] == "ft")
+    assert [c["initialized_from"] for c in chain["checkpoints"]] == [lineage, lineage]
     records = {r.name: r for r in load_records(GitStore.open(repo))}
     assert records["ft@1"].initialized_from is not None and records["ft@1"].initialized_from.commit == source
     assert records["src@2"].initialized_from is None
