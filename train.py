@@ -23,7 +23,7 @@ import torch
 import yaml
 from torch import nn
 
-from expckpt import CheckpointLive, ConfigError, ExpCkptError, TrainingState
+from expckpt import CheckpointLive, ConfigError, DataPosition, ExpCkptError, TrainingState
 from expckpt.errors import DataError
 from expckpt.atomic import atomic_write_bytes
 from expckpt.phases import log_phases
@@ -114,15 +114,18 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     return loss, (predicted == y).float().mean().item(), predicted
 
 
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+def train_epoch(live: CheckpointLive, epoch: int, state: TrainingState, x: torch.Tensor, y: torch.Tensor,
                 batch_size: int, progress: Progress) -> None:
-    order = torch.randperm(len(x))  # global torch RNG: restored on resume
-    for start in range(0, len(x), batch_size):
-        batch = order[start : start + batch_size].to(x.device)
+    model, optimizer, position = state.model, state.optimizer, state.objects["position"]
+    # The epoch's order comes from the global torch RNG (restored on resume); after a pause the
+    # saved order is reused and the batches already trained are skipped.
+    for batch in position.batches(epoch, lambda: torch.randperm(len(x)), batch_size):
+        batch = batch.to(x.device)
         optimizer.zero_grad()
         nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
         optimizer.step()
         progress.advance(len(batch))
+        live.pause_point()  # SIGTERM / SIGUSR1 / `expckpt stop`: save here, exit 75
 
 
 def write_predictions(path: Path, actual: torch.Tensor, predicted: torch.Tensor) -> None:
@@ -139,11 +142,12 @@ def train(params: dict[str, Any]) -> int:
     model = ConvNet(train_x.shape[2], train_x.shape[3]).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=params["lr"], weight_decay=params["weight_decay"])
 
-    state = TrainingState(model=model, optimizer=optimizer)
+    # position: where in the epoch; a paused run skips the batches it trained
+    state = TrainingState(model=model, optimizer=optimizer, position=DataPosition())
     with CheckpointLive.from_env(state, params) as live:  # restores model.pt when there is one
         for epoch in live.steps(params["epochs"]):  # epochs is the total to reach
             with Progress(f"epoch {epoch}", len(train_x)) as progress:
-                train_epoch(model, optimizer, train_x, train_y, params["batch_size"], progress)
+                train_epoch(live, epoch, state, train_x, train_y, params["batch_size"], progress)
             loss, acc, predicted = evaluate(model, test_x, test_y)
             live.log_metric("loss", loss)
             live.log_metric("acc", acc)

@@ -26,6 +26,9 @@ _LAZY = {
     "CheckpointConfig": "expckpt.config",
     "CheckpointLive": "expckpt.live",
     "TrainingState": "expckpt.state",
+    "DataPosition": "expckpt.datapos",
+    "PAUSED_EXIT": "expckpt.pause",
+    "TrainingPaused": "expckpt.pause",
 }
 
 _MOVED = {"CheckpointRef": "expckpt.refs"}
@@ -39,6 +42,8 @@ if TYPE_CHECKING:
     from expckpt.loading import load_model
     from expckpt.resume import Resumed
     from expckpt.state import TrainingState
+    from expckpt.datapos import DataPosition
+    from expckpt.pause import PAUSED_EXIT, TrainingPaused
 
 
 def __getattr__(name: str) -> Any:
@@ -58,14 +63,17 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "PAUSED_EXIT",
     "CheckpointConfig",
     "CheckpointLive",
     "Checkpointer",
     "ConfigError",
+    "DataPosition",
     "Decision",
     "ExpCkptError",
     "Resumed",
     "StopTraining",
+    "TrainingPaused",
     "TrainingState",
     "load_checkpoint",
     "load_model",

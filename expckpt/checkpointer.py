@@ -34,11 +34,14 @@ from expckpt.config import CheckpointConfig
 from expckpt.coordination import Coordinator, coordinator_from_env
 from expckpt.handlers import FileHandler, Handler
 from expckpt.headstate import detached_head_note
+from expckpt.initfrom import LINEAGE_KEY, holds_trial, init_state
+from expckpt.initsource import source_for
 from expckpt.livefiles import restore_live_files
 from expckpt.outside import dropped_outside_line, note_outside_step
+from expckpt.pause import PauseRequest, TrainingPaused
 from expckpt.policy import CheckpointInfo
 from expckpt.pusher import Pusher
-from expckpt.records import CheckpointRecord
+from expckpt.records import CheckpointRecord, InitializedFrom, lineage_of
 from expckpt.remote import PushTarget, resolve_target
 from expckpt.reset import applied_over_reset
 from expckpt.report import improvement_line
@@ -81,6 +84,8 @@ class _Plan:
     event: str = "step"
     note: str | None = None
     stop: str | None = None
+    paused: str | None = None
+    """Why the run pauses here (a signal's name, ``expckpt stop``): saved, published as paused."""
 
 
 class Checkpointer:
@@ -105,7 +110,14 @@ class Checkpointer:
             monitor=config.monitor, mode=config.mode, divergence_metric=config.divergence_metric,
             divergence_steps=config.divergence_steps, patience=config.patience,
             stop_on_problem=config.on_divergence == "stop")
-        self.stop = GracefulStop(self.describe_last, settle=self.wait)
+        c = wiring.committer
+        self.pause = PauseRequest(config.pause_signals, config.pause_deadline,
+                                  c.project.root if c else wiring.workspace, c.run.exp_name if c else None,
+                                  self.describe_last)
+        self.stop = GracefulStop(self.describe_last, settle=self.wait, pause=self.pause)
+        self.initialized_from: InitializedFrom | None = None
+        """The checkpoint this fresh trial started from (``checkpoint.init_from``); in every record."""
+        self._paused: str | None = None
         self.resumed: Resumed | None = None
         self.parent: str | None = None
         self.last_record: CheckpointRecord | None = None
@@ -123,7 +135,6 @@ class Checkpointer:
         if config.async_save and not self._async:
             self.echo(f"expckpt: checkpoint.async is not used with {type(self.handler).__name__}: every rank saves,"
                       " then rank 0 publishes")
-        c = wiring.committer
         self._retention = RunRetention(config.keep_policy(), c.store, self.echo, free=wiring.free) if c else None
         self._pusher = Pusher(push, c.project.root, self.echo) if push and c else None
         self.stop_after: int | None = None
@@ -195,14 +206,11 @@ class Checkpointer:
         Ctrl+C and SIGTERM finish the checkpoint in progress, then stop (``expckpt.signals``).
         """
         self.stop.install()
-        if self.coord.on_main(self._find_resume_point):
-            loaded = self.coord.everyone(lambda: self.handler.load(state, defer_rng=defer_rng, echo=self.echo))
-            self.coord.same_step(loaded.step, "restored")
-            self.watch.load_state_dict(loaded.watch)
-            self._last_saved = CheckpointInfo(step=loaded.step, metrics={}, time=time.time())
-            point = self._point or ResumePoint(None, rolled_back=False)  # rank 0's; the others' say nothing
-            self.resumed = Resumed(step=loaded.step, record=point.record, rolled_back=point.rolled_back)
-            self.coord.on_main(self._resumed)
+        self.coord.on_main(self.pause.clear_mark)
+        if self.config.init_from:
+            self._start_trial(state, defer_rng)
+        else:
+            self._resume(state, defer_rng)
         step = self.resumed.step if self.resumed else -1
         self.coord.on_main(lambda: self._check_start(state, step))
         return self.resumed
@@ -218,6 +226,31 @@ class Checkpointer:
         if dropped:
             self.echo(dropped)
         c.check_name(step + 1)
+
+    def _resume(self, state: Any, defer_rng: bool) -> None:
+        """Every rank loads the checkpoint rank 0's resume rules chose, if any."""
+        if self.coord.on_main(self._find_resume_point):
+            loaded = self.coord.everyone(lambda: self.handler.load(state, defer_rng=defer_rng, echo=self.echo))
+            self.coord.same_step(loaded.step, "restored")
+            self.watch.load_state_dict(loaded.library.get("watch") or {})
+            self.initialized_from = self.initialized_from or lineage_of(loaded.library.get(LINEAGE_KEY))
+            self._last_saved = CheckpointInfo(step=loaded.step, metrics={}, time=time.time())
+            point = self._point or ResumePoint(None, rolled_back=False)  # rank 0's; the others' say nothing
+            self.resumed = Resumed(step=loaded.step, record=point.record, rolled_back=point.rolled_back)
+            self.coord.on_main(self._resumed)
+
+    def _start_trial(self, state: Any, defer_rng: bool) -> None:
+        """``init_from`` (``expckpt.initfrom``): resume this trial's own chain if the workspace
+        holds it, else start it from the source's weights (missing or damaged: refused here)."""
+        source = self.coord.on_main(lambda: source_for(self.wiring, str(self.config.init_from)))
+        self.initialized_from = source.lineage
+        if self.coord.on_main(lambda: holds_trial(self.wiring, source)):
+            self._resume(state, defer_rng)
+            if self.resumed is not None:
+                return
+        self.coord.on_main(self.handler.clean)
+        init_state(self.handler.group(state).first, source, restore=self.config.init_restore,  # type: ignore[attr-defined]
+                   strict=self.config.init_strict, echo=self.echo)
 
     def _find_resume_point(self) -> bool:
         """Rank 0: clean up, refuse a lost checkpoint, apply the resume rules (False: fresh start)."""
@@ -265,7 +298,9 @@ class Checkpointer:
         flat = flatten_metrics(metrics)
         plan = self.coord.on_main(lambda: self._plan(step, flat))
         saved = plan.save and self._save(state, step, flat, plan)
-        if plan.stop and plan.stop != DOCTOR_STOP:
+        if (paused := plan.paused) is not None:
+            self.coord.on_main(lambda: self._paused_at(step, paused))
+        elif plan.stop and plan.stop != DOCTOR_STOP:
             self.echo(f"expckpt: stopping training at step {step} ({plan.stop}; checkpoint.on_divergence: stop)")
         return Decision(saved=saved, stop=plan.stop)
 
@@ -284,6 +319,9 @@ class Checkpointer:
         if self.config.monitor and seen.value is not None:
             kept = seen.improved and self.config.keep_best > 0
             note = improvement_line(step, self.config.monitor, seen.previous_best, seen.value, self.config.mode, kept)
+        paused = self.pause.requested  # SIGTERM/SIGUSR1/`expckpt stop` (expckpt.pause)
+        if paused:
+            return _Plan(save=True, event="stop", stop=f"paused ({paused})", paused=paused)
         stop = seen.stop or stop_reason(step, self.stop_after)
         return self._ask_policy(step, flat, "stop" if stop else "step", note, stop)
 
@@ -295,6 +333,39 @@ class Checkpointer:
         if note:
             self.echo(note)
         return _Plan(save=False, stop=stop)
+
+    # -- pause at a batch boundary (expckpt.pause) ----------------------------------------------
+    @property
+    def pause_requested(self) -> str | None:
+        """Why this process was asked to pause (a signal's name, ``expckpt stop``), or None."""
+        return self.pause.requested
+
+    def pause_wanted(self) -> str | None:
+        """Collective under torchrun: rank 0's ``pause_requested``, the same on every rank."""
+        return self.coord.on_main(lambda: self.pause.requested)
+
+    def pause_point(self, state: Any) -> bool:
+        """Between batches (collective under torchrun): if a pause was requested, save ``state``
+        as it is now (its step is still the last completed one; a ``DataPosition`` in it says how
+        far the next one got) and return True; leave the loop then: ``close`` exits with 75."""
+        paused = self.pause_wanted()
+        if paused is None:
+            return False
+        step = self.handler.step_of(state) + 1
+        plan = _Plan(save=True, event="stop", stop=f"paused ({paused})", paused=paused)
+        self._save(state, step, {}, plan)
+        self.coord.on_main(lambda: self._paused_at(step, paused))
+        return True
+
+    def _paused_at(self, step: int, why: str) -> None:
+        """Rank 0, once the paused checkpoint is published: mark it, say how to go on."""
+        self.wait()
+        self._paused = why
+        self.pause.done()
+        name = self.last_record.name if self.last_record is not None else self.wiring.rel_path
+        self.pause.mark(name)
+        self.echo(f"expckpt: paused by {why} at step {step} ({name}); exiting with status 75;"
+                  " continue with `dvc exp apply <checkpoint> && dvc exp run`")
 
     def _check_metrics(self, flat: Mapping[str, float]) -> None:
         if self._metrics_checked or not flat:
@@ -316,7 +387,7 @@ class Checkpointer:
             self.coord.on_main(self.wait)  # the final and the stop save are never skipped as busy
         self.coord.on_main(lambda: self._guard.check(busy=self._inflight > 0, last=self.last_record))
         payload = self.handler.capture(state, step, self.watch.state_dict() if self.coord.is_main else None)
-        job = (step, flat, plan.note)
+        job = (step, flat, plan.note, plan.paused is not None)
         with self.stop.critical():
             if self._async:
                 saved = self.coord.on_main(lambda: self._submit(payload, job))
@@ -337,7 +408,7 @@ class Checkpointer:
                     self.echo(plan.note)
         return saved
 
-    def _submit(self, payload: Any, job: tuple[int, Mapping[str, float], str | None]) -> bool:
+    def _submit(self, payload: Any, job: tuple[int, Mapping[str, float], str | None, bool]) -> bool:
         """Rank 0, asynchronous: hand the captured state to the background writer."""
         if self._writer is None:
             self._writer = AsyncWriter(self._write_job, when_busy=self.config.when_busy, echo=self.echo)
@@ -349,15 +420,16 @@ class Checkpointer:
             self._inflight -= 1
         return False
 
-    def _write_job(self, job: tuple[Any, int, Mapping[str, float], str | None]) -> None:
-        payload, step, metrics, note = job
+    def _write_job(self, job: tuple[Any, int, Mapping[str, float], str | None, bool]) -> None:
+        payload, step, metrics, note, paused = job
         try:
-            self._publish(self.handler.write(payload), step, metrics, note)
+            self._publish(self.handler.write(payload), step, metrics, note, paused)
         finally:
             with self._inflight_lock:
                 self._inflight -= 1
 
-    def _publish(self, items: list[Any], step: int, metrics: Mapping[str, float], note: str | None) -> None:
+    def _publish(self, items: list[Any], step: int, metrics: Mapping[str, float], note: str | None,
+                 paused: bool = False) -> None:
         """Rank 0: complete temp files become the outputs and, inside ``dvc exp run``, ``<exp>@<step>``."""
         w = self.wiring
         try:
@@ -369,7 +441,7 @@ class Checkpointer:
             else:
                 live_files = w.committer.read_live_files()
                 record = w.committer.publish(items, step=step, metrics=metrics, live_files=live_files, parent=self.parent,
-                                             settings=self.config)
+                                             settings=self.config, initialized_from=self.initialized_from, paused=paused)
         except BaseException:
             for item in items:
                 item.discard()
@@ -450,6 +522,8 @@ class Checkpointer:
             if self._pusher is not None:  # bounded wait; never fails the run
                 self._pusher.close()
             self.stop.uninstall()
+        if self._paused is not None:
+            raise TrainingPaused(self._paused)
 
     def describe_last(self) -> str:
         if self.last_record is not None:

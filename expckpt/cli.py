@@ -94,12 +94,16 @@ def cmd_show(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_list(args: argparse.Namespace, ctx: Context) -> int:
+    from expckpt.branchpoints import branch_points
+
+    points = branch_points(ctx.catalog(True).records)
     rows = []
     for chain in _chains(ctx, args.exp, args.all_commits):
         policy = settings_of(chain, ctx.config).keep_policy()  # the run's own retention
         infos = [CheckpointInfo.of(r) for r in chain.records]
         for record, why in zip(chain.records, policy.reasons(infos)):
-            rows.append((record, sorted(why)))
+            branch = [f"branch point of {' '.join(points[record.commit])}"] if record.commit in points else []
+            rows.append((record, sorted(why) + branch))
     if args.names:  # for shells: dvc exp remove tut $(expckpt list tut --names)
         print("\n".join(r.name for r, _ in rows))
         return 0
@@ -143,6 +147,22 @@ def cmd_reset(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+def cmd_stop(args: argparse.Namespace, ctx: Context) -> int:
+    from expckpt.pause import request_stop
+
+    path = request_stop(ctx.project.root, args.exp)
+    who = f"the run of {args.exp}" if args.exp else "every run in this project"
+    print(f"Asked {who} to pause at its next batch boundary ({path.relative_to(ctx.project.root)});"
+          " it saves a checkpoint there and exits with status 75")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace, ctx: Context) -> int:
+    from expckpt.continuing import resume_experiment
+
+    return resume_experiment(ctx.catalog(True), args.exp, ctx.project.workspace, run_args=args.run_args)
+
+
 def cmd_gc(args: argparse.Namespace, ctx: Context) -> int:
     from expckpt.gc import GcScope, collect, plan_gc
 
@@ -159,7 +179,11 @@ def cmd_gc(args: argparse.Namespace, ctx: Context) -> int:
     if args.wait < 0:
         raise ConfigError(f"--wait must be a number of seconds >= 0, got {args.wait:g}", key="wait")
     plan = plan_gc(ctx.store, ctx.cache, ctx.project.workspace, scope, policy_for=lambda chain: gc_policy(
-        chain, keep_last=args.keep_last, keep_best=args.keep_best, metric=args.metric, mode=args.mode))
+        chain, keep_last=args.keep_last, keep_best=args.keep_best, metric=args.metric, mode=args.mode),
+                   include_branch_points=args.include_branch_points)
+    for name, exps in plan.branch_points.items():
+        print(f"Keeping checkpoint {terminal_safe(name)}: a branch point of {terminal_safe(', '.join(exps))}"
+              " (--include-branch-points removes it)")
     cloud = None
     if args.cloud:
         from expckpt.cloudgc import plan_cloud_gc
@@ -320,6 +344,13 @@ def _parser() -> argparse.ArgumentParser:
     p = add("reset", cmd_reset, "make the next `dvc exp run` start from scratch (committed checkpoints stay)")
     p.add_argument("--live-dir", default="dvclive", help="dvclive directory (default: dvclive)")
 
+    p = add("stop", cmd_stop, "ask a running experiment to pause at its next batch boundary (saved, exit 75)")
+    p.add_argument("exp", nargs="?", help="the experiment (default: every run of this project)")
+
+    p = add("resume", cmd_resume, "continue an experiment from its newest checkpoint (dvc exp apply + dvc exp run)")
+    p.add_argument("exp", help="the experiment, e.g. a paused one")
+    p.add_argument("run_args", nargs=argparse.REMAINDER, help="more arguments for dvc exp run (after --)")
+
     p = add("gc", cmd_gc, "remove checkpoints out of scope or policy and free their cache")
     p.add_argument("-w", "--workspace", action="store_true", help="keep checkpoints of experiments based on HEAD")
     p.add_argument("-a", "--all-branches", action="store_true", help="also keep those based on branch tips")
@@ -336,6 +367,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-r", "--remote", metavar="NAME", help="with --cloud: the DVC remote (default: the default remote)")
     p.add_argument("--git-remote", metavar="NAME",
                    help="with --cloud: the Git remote whose refs also keep objects (default: exp.git_remote or origin)")
+    p.add_argument("--include-branch-points", action="store_true",
+                   help="also remove checkpoints other experiments were continued or started from")
     p.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
                    help="how long to wait for running checkpoint writers to release the gc lock (default: 60)")
 

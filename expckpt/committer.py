@@ -43,7 +43,7 @@ from expckpt.gitstore import GitStore
 from expckpt.lockfile import LockBuilder
 from expckpt.phases import phase
 from expckpt.project import Project, RunContext
-from expckpt.records import CheckpointRecord, OutputHash, format_message
+from expckpt.records import CheckpointRecord, InitializedFrom, OutputHash, format_message
 from expckpt.refs import EXEC_APPLY, EXPS_PREFIX, CheckpointRef
 from expckpt.session import SessionNote
 
@@ -171,6 +171,8 @@ class Committer:
         live_files: Mapping[str, bytes],
         parent: str | None,
         settings: CheckpointConfig | None = None,
+        initialized_from: InitializedFrom | None = None,
+        paused: bool = False,
     ) -> CheckpointRecord:
         """Publish complete temp files (one per checkpoint output, in ``checkpoint_paths``
         order) as checkpoint ``<exp>@<step>``: one commit and one ref for all; return its record.
@@ -210,7 +212,8 @@ class Committer:
                 self._origin = parent  # every later checkpoint of this run names it too
             recorded = settings.recorded() if settings is not None else None
             message = format_message(ref, parent=parent, outs=outs, metrics=metrics, time=now, resumed=resumed,
-                                     settings=recorded, origin=self._origin)
+                                     settings=recorded, origin=self._origin, initialized_from=initialized_from,
+                                     paused=paused)
             commit = self.store.write_commit(tree, [self.run.baseline], message)
             phase("after-commit", step)
             # The workspace dvc.lock follows the checkpoint too: `dvc exp run` starts by checking
@@ -242,6 +245,7 @@ class Committer:
             return CheckpointRecord(
                 ref=ref, commit=commit, parent=parent, outs=outs, metrics=dict(metrics), time=now, resumed=resumed,
                 settings=settings, origin=self._origin,
+                initialized_from=initialized_from, paused=paused,
             )
 
     def restore_lock(self, record: CheckpointRecord) -> None:

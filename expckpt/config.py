@@ -18,6 +18,11 @@ else gets a ``CheckpointConfig`` and asks it for ``save_policy()`` and ``keep_po
       divergence_metric: loss
       patience: null        # steps without improvement of `monitor` before a plateau warning
       push: null            # a Git remote (e.g. origin): push each checkpoint there and to the default DVC remote
+      init_from: null       # exp@step | exp | commit | path/to/model.pt: a fresh trial from those weights
+      init_restore: []      # what else to carry from init_from: optimizer, scheduler, rng, ... (by name)
+      init_strict: true     # false: load the keys whose shapes match, report the rest
+      pause_signals: [SIGTERM, SIGUSR1]  # pause at the next batch boundary (SIGINT still stops at once)
+      pause_deadline: 60    # seconds to reach that boundary and save before exiting anyway
 
 Regimes (presets; keys written in the section override them):
 
@@ -53,6 +58,7 @@ from types import MappingProxyType
 from expckpt.checks import check_divergence_steps, check_mode, check_patience, fail, show
 from expckpt.errors import ConfigError
 from expckpt.policy import AnyOf, keep_policy
+from expckpt.text import is_printable
 from expckpt.saving import AnyOfSave, EveryMinutes, EverySteps, Never, OnEvents, SavePolicy
 
 __all__ = ["RECORDED", "REGIMES", "CheckpointConfig"]
@@ -69,6 +75,8 @@ RECORDED = ("every", "every_minutes", "keep_last", "keep_best", "monitor", "mode
 """The settings each checkpoint records (``settings`` in its ``expckpt-meta`` line): what the CLI's
 ``list``, ``report`` and ``gc`` read back as that experiment's own retention and ranking."""
 
+PAUSE_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGHUP")
+"""Signals ``checkpoint.pause_signals`` may name (SIGINT always stops at once)."""
 _PARAM_KEY = {"async_save": "async"}  # field name -> params.yaml key where they differ
 _DEFAULT_DIVERGENCE_METRIC = "loss"
 _REMOTE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
@@ -130,7 +138,21 @@ class CheckpointConfig:
     """A Git remote name: push each kept checkpoint (ref to it, objects to the default DVC remote)
     in the background while training goes on; None = don't (``DVC_EXP_AUTO_PUSH`` still can)."""
 
+    init_from: str | None = None
+    """Start a fresh trial (step 0, fresh optimizer, scheduler, RNG, metrics) from this checkpoint's
+    weights: ``exp@step``, ``exp`` (its newest checkpoint), a commit, or a path to a file."""
+    init_restore: tuple[str, ...] = ()
+    """With ``init_from``: names of the state's objects to carry as well (``optimizer``,
+    ``scheduler``, ...); ``rng`` carries the RNG states."""
+    init_strict: bool = True
+    """With ``init_from``: refuse weights whose keys or shapes differ (false: load what matches)."""
+    pause_signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")
+    """Signals that pause training at the next batch boundary (saved, published, exit 75)."""
+    pause_deadline: float = 60.0
+    """Seconds a requested pause may take to reach a batch boundary and save before the run exits."""
+
     def __post_init__(self) -> None:
+        self._check_init_and_pause()
         if not _is_int(self.every) or self.every < 0:
             _fail("every", self.every, "a non-negative integer",
                   "use 1 to save every step, N to save every N-th step, or 0 to turn checkpointing off")
@@ -166,6 +188,35 @@ class CheckpointConfig:
             _fail("push", self.push, "the name of a Git remote or null",
                   "use a name `git remote -v` lists, e.g. origin (add one with `git remote add origin <url>`)")
         self._check_combinations()
+
+    def _check_init_and_pause(self) -> None:
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from.strip()
+                                           or not is_printable(self.init_from)):
+            _fail("init_from", self.init_from, "a checkpoint (exp@step, exp, a commit) or a file path",
+                  "use e.g. checkpoint.init_from=tidy-owl@5 (see `expckpt list`), or null")
+        restore = self.init_restore
+        if restore is None:
+            restore = ()
+        if isinstance(restore, str) or not isinstance(restore, (list, tuple)) or not all(
+                isinstance(n, str) and n.isidentifier() for n in restore):
+            _fail("init_restore", self.init_restore, "a list of state names",
+                  "use e.g. [optimizer, scheduler], or [] to carry only the weights")
+        object.__setattr__(self, "init_restore", tuple(restore))
+        if not isinstance(self.init_strict, bool):
+            _fail("init_strict", self.init_strict, "true or false",
+                  "use false to load only the weights whose shapes match")
+        sigs = self.pause_signals
+        if sigs is None:
+            sigs = ()
+        if isinstance(sigs, str) or not isinstance(sigs, (list, tuple)) or not all(
+                isinstance(n, str) and n in PAUSE_SIGNALS for n in sigs):
+            _fail("pause_signals", self.pause_signals, f"a list of {', '.join(PAUSE_SIGNALS)}",
+                  "use e.g. [SIGTERM, SIGUSR1], or [] to let them stop training at once")
+        object.__setattr__(self, "pause_signals", tuple(sigs))
+        d = self.pause_deadline
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d) or d <= 0:
+            _fail("pause_deadline", d, "a positive number of seconds",
+                  "use e.g. 60 (SLURM's --signal=USR1@90 gives 90 s before the kill)")
 
     def _check_combinations(self) -> None:
         if self.every == 0 and self.every_minutes is not None:

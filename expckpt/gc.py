@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from expckpt.branchpoints import keep_branch_points
 from expckpt.cache import DvcCache
 from expckpt.catalog import Catalog, Chain
 from expckpt.errors import ConfigError, ExpCkptError, RefConflictError
@@ -60,6 +61,8 @@ class GcPlan:
     remove: list[CheckpointRecord] = field(default_factory=list)
     keep: list[CheckpointRecord] = field(default_factory=list)
     objects: dict[str, int] = field(default_factory=dict)
+    branch_points: dict[str, list[str]] = field(default_factory=dict)
+    """Checkpoints kept only as branch points: name -> the experiments that depend on them."""
 
     @property
     def bytes(self) -> int:
@@ -165,9 +168,11 @@ def plan_gc(
     metric: str | None = None,
     mode: str = "max",
     policy_for: Callable[[Chain], AnyOf] | None = None,
+    include_branch_points: bool = False,
 ) -> GcPlan:
     """What gc would remove, decided without any lock (nothing is changed). ``policy_for``
-    gives each experiment's own rules (``recorded.gc_policy``) instead of the keyword settings."""
+    gives each experiment's own rules (``recorded.gc_policy``) instead of the keyword settings;
+    branch points (``expckpt.branchpoints``) are kept unless ``include_branch_points``."""
     if policy_for is None:
         if keep_best and not metric:
             raise ConfigError("--keep-best needs --metric (the metric to rank by, e.g. acc)", key="metric")
@@ -182,6 +187,8 @@ def plan_gc(
             policy = policy_for(chain)
         for record, keep in zip(chain.records, policy.should_keep([CheckpointInfo.of(r) for r in chain.records])):
             (plan.keep if keep else plan.remove).append(record)
+    if not include_branch_points:
+        plan.remove, plan.keep, plan.branch_points = keep_branch_points(plan.remove, plan.keep)
     needed = needed_objects(
         store, _in_use(store, store.git_dir.parent), _workspaces(store, workspace),
         without={r.ref.ref for r in plan.remove},

@@ -12,7 +12,7 @@ orbax's ``CheckpointManager`` hands bytes to a per-format handler. A handler has
 - ``load(state, defer_rng)`` (every rank) -> ``Loaded``; ``capture(state, step, watch)`` (every
   rank) -> a payload; ``write(payload)`` -> ``Written`` items (rank 0's are published);
   ``published(items)``/``done()`` after the publish; ``set_step(state, step)`` at every
-  completed step.
+  completed step and ``step_of(state)``, the last one.
 
 ``FileHandler`` is the plain one: each checkpoint output a ``torch.save`` file or a directory of
 them, written by rank 0, with every rank's RNG states inside. The sharded handler
@@ -50,8 +50,9 @@ class Loaded:
     """What a handler found in the checkpoint it loaded."""
 
     step: int
-    watch: Mapping[str, Any]
-    """The training watch's state (rank 0's; empty elsewhere)."""
+    library: Mapping[str, Any]
+    """expckpt's own entries of the checkpoint: the training watch's state (rank 0's), a fresh
+    trial's lineage."""
 
 
 class Handler(Protocol):
@@ -66,6 +67,7 @@ class Handler(Protocol):
     def published(self, items: list[Written]) -> None: ...
     def done(self) -> None: ...
     def set_step(self, state: Any, step: int) -> None: ...
+    def step_of(self, state: Any) -> int: ...
 
 
 def _pack(value: Any) -> bytes:
@@ -97,6 +99,9 @@ class FileHandler:
     def set_step(self, state: Any, step: int) -> None:
         self.group(state).step = step
 
+    def step_of(self, state: Any) -> int:
+        return self.group(state).step
+
     def clean(self) -> None:
         for out in self.wiring.outputs:
             remove_stale_temps(out.path)
@@ -123,7 +128,7 @@ class FileHandler:
         self.files.remember_noted(self.wiring.workspace)
         if not defer_rng:
             group.apply_rng()
-        return Loaded(step=group.step, watch=group.library.get("watch") or {})
+        return Loaded(step=group.step, library=dict(group.library))
 
     def _own_rank_rng(self, state: TrainingState) -> None:
         """With several ranks each gets back its own RNG states, not rank 0's."""

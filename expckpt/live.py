@@ -112,6 +112,16 @@ class CheckpointLive(Live):
             if not self._in_steps:
                 raise StopTraining(decision.stop)
 
+    def pause_point(self) -> None:
+        """Call between batches: when a pause was requested (SIGTERM, SIGUSR1, ``expckpt stop``)
+        the state is saved as it is now and training ends; leaving the ``with`` block exits 75."""
+        if self.checkpointer.pause_point(self.state):
+            raise StopTraining(f"paused ({self.checkpointer.pause_requested})")
+
+    def should_pause(self) -> bool:
+        """Whether a pause was requested (for loops that save at their own boundary)."""
+        return self.checkpointer.pause_requested is not None
+
     def __enter__(self) -> CheckpointLive:
         # Loops written without live.steps() begin right after entering; steps() puts the RNGs
         # back once more as its first step begins (the latest moment, whatever ran in between).

@@ -35,6 +35,7 @@ __all__ = [
     "InitializedFrom",
     "OutputHash",
     "format_message",
+    "lineage_of",
     "load_records",
     "parse_message",
     "warn_once",
@@ -66,6 +67,9 @@ class InitializedFrom:
     @property
     def name(self) -> str:
         return f"{self.exp}@{self.step}"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"exp": self.exp, "step": self.step, "commit": self.commit}
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,8 @@ def format_message(
     resumed: bool = False,
     settings: Mapping[str, object] | None = None,
     origin: str | None = None,
+    initialized_from: InitializedFrom | None = None,
+    paused: bool = False,
 ) -> str:
     """The commit message of a checkpoint: DVC's subject line plus one JSON metadata line."""
     meta = {
@@ -139,6 +145,10 @@ def format_message(
         **({"settings": dict(settings)} if settings is not None else {}),
         **({"origin": origin} if origin is not None else {}),
     }
+    if initialized_from is not None:
+        meta["initialized_from"] = initialized_from.as_dict()
+    if paused:
+        meta["paused"] = True
     digest = next(iter(outs.values())).md5 if outs else "0" * 32
     return (
         f"dvc: commit experiment {digest}\n\n"
@@ -277,6 +287,9 @@ def _record(ref: CheckpointRef, commit: str, meta: object) -> CheckpointRecord:
     resumed = meta.get("resumed", False)
     if not isinstance(resumed, bool):
         raise BadRecordError(f"resumed {_show(resumed)} is not true or false")
+    paused = meta.get("paused", False)
+    if not isinstance(paused, bool):
+        raise BadRecordError(f"paused {_show(paused)} is not true or false")
     outs, metrics = meta.get("outs"), meta.get("metrics", {})
     if not isinstance(outs, dict):
         raise BadRecordError(f"outs {_show(outs)} is not an object")
@@ -284,9 +297,6 @@ def _record(ref: CheckpointRef, commit: str, meta: object) -> CheckpointRecord:
         raise BadRecordError(f"metrics {_show(metrics)} is not an object")
     if "time" not in meta:
         raise BadRecordError("it has no time")
-    paused = meta.get("paused", False)
-    if not isinstance(paused, bool):
-        raise BadRecordError(f"paused {_show(paused)} is not true or false")
     return CheckpointRecord(
         ref=ref,
         commit=commit,
@@ -305,14 +315,22 @@ def _record(ref: CheckpointRef, commit: str, meta: object) -> CheckpointRecord:
 def _initialized_from(value: object) -> InitializedFrom | None:
     if value is None:
         return None
-    if not isinstance(value, dict):
-        raise BadRecordError(f"initialized_from {_show(value)} is not an object")
-    exp, step, commit = value.get("exp"), value.get("step"), value.get("commit")
-    if not _is_int(step) or step < 0:  # type: ignore[operator]
+    if not isinstance(value, dict) or set(value) != {"exp", "step", "commit"}:
+        raise BadRecordError(f"initialized_from {_show(value)} is not an object of exp, step and commit")
+    step, commit = value["step"], value["commit"]
+    if not _is_int(step) or step < 0:
         raise BadRecordError(f"initialized_from step {_show(step)} is not a non-negative integer")
     if not isinstance(commit, str) or not _SHA.fullmatch(commit):
         raise BadRecordError(f"initialized_from commit {_show(commit)} is not a 40-hex commit id")
-    return InitializedFrom(_name("initialized_from experiment", exp), step, commit)  # type: ignore[arg-type]
+    return InitializedFrom(_name("initialized_from experiment", value["exp"]), step, commit)
+
+
+def lineage_of(value: object) -> InitializedFrom | None:
+    """``value`` (a checkpoint file's own note of its trial's source) as lineage, if it is valid."""
+    try:
+        return _initialized_from(value)
+    except BadRecordError:
+        return None
 
 
 def parse_message(ref: CheckpointRef, commit: str, message: str) -> CheckpointRecord | None:

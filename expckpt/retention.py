@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from expckpt.branchpoints import branch_points
 from expckpt.catalog import Catalog
 from expckpt.config import CheckpointConfig
 from expckpt.errors import GitLockedError, RefConflictError
 from expckpt.gitstore import GitStore
 from expckpt.policy import CheckpointInfo, KeepPolicy
-from expckpt.records import CheckpointRecord
+from expckpt.records import CheckpointRecord, load_records
 from expckpt.refs import EXPS_PREFIX
 
 __all__ = ["RunRetention", "interrupted_run"]
@@ -32,6 +33,7 @@ class RunRetention:
         self.echo = echo
         self.free = free
         self.chain: list[CheckpointRecord] = []
+        self._said: set[str] = set()
 
     def adopt(self, records: Sequence[CheckpointRecord]) -> None:
         """Take in the checkpoints of the interrupted run this one continues (``interrupted_run``):
@@ -43,7 +45,11 @@ class RunRetention:
         self.chain.append(record)
         infos = [CheckpointInfo.of(r) for r in self.chain]
         kept, removed = [], []
+        points: dict[str, list[str]] | None = None
         for rec, keep in zip(self.chain, self.policy.should_keep(infos)):
+            if not keep:  # another experiment continued or started from it: keep it (a branch point)
+                points = branch_points(load_records(self.store)) if points is None else points
+                keep = self._branch_point(rec, points)
             if keep:
                 kept.append(rec)
                 continue
@@ -56,6 +62,14 @@ class RunRetention:
         if removed and self.free is not None:
             self.free(removed)
         return removed
+
+    def _branch_point(self, record: CheckpointRecord, points: dict[str, list[str]]) -> bool:
+        if record.commit not in points:
+            return False
+        if record.name not in self._said:
+            self._said.add(record.name)
+            self.echo(f"expckpt: kept {record.name} outside the keep policy: a branch point of {', '.join(points[record.commit])}")
+        return True
 
     def _delete(self, record: CheckpointRecord) -> str:
         """``"removed"``, ``"kept"`` (the ref moved: not ours any more) or ``"retry"``."""

@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from expckpt.branchpoints import branch_points
 from expckpt.catalog import Catalog, Chain
 from expckpt.records import CheckpointRecord
 from expckpt.text import terminal_safe
@@ -60,6 +61,7 @@ def render_chains(catalog: Catalog, labels: Mapping[str, str]) -> str:
     if not chains:
         return "No checkpoint experiments yet: run `dvc exp run` with a checkpoint output."
     metrics = sorted({m for r in catalog.records for m in r.metrics})
+    points = branch_points(catalog.records)
     header = ["Experiment", "Step", "Commit", "Created", *metrics]
     rows: list[list[str]] = []
     for baseline in sorted({c.baseline for c in chains}, key=lambda b: b not in labels):
@@ -70,9 +72,12 @@ def render_chains(catalog: Catalog, labels: Mapping[str, str]) -> str:
                 commit = record.commit[:7]
                 if record is chain.records[0] and chain.origin:
                     commit += f" ({_origin(chain, catalog)})"
+                if record is chain.records[0] and record.initialized_from:
+                    commit += f" (init from {record.initialized_from.name} {record.initialized_from.commit[:7]})"
                 rows.append(
                     [
-                        f"{_glyph(i, len(newest_first))} {record.name}",
+                        f"{_glyph(i, len(newest_first))} {record.name}" + (" (paused)" if record.paused else "")
+                        + (f" (branch point of {', '.join(points[record.commit])})" if record.commit in points else ""),
                         str(record.step),
                         commit,
                         _created(record),
@@ -97,10 +102,13 @@ def _record_json(record: CheckpointRecord) -> dict[str, Any]:
         "created": _iso(record.time),
         "metrics": {k: (v if math.isfinite(v) else str(v)) for k, v in record.metrics.items()},
         "outs": {p: {"md5": o.md5, "size": o.size} for p, o in record.outs.items()},
+        "paused": record.paused,
+        "initialized_from": record.initialized_from.as_dict() if record.initialized_from else None,
     }
 
 
 def chains_as_json(catalog: Catalog, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+    points = branch_points(catalog.records)
     out = []
     for chain in catalog.chains():
         parent = catalog.by_commit(chain.origin) if chain.origin else None
@@ -112,7 +120,8 @@ def chains_as_json(catalog: Catalog, labels: Mapping[str, str]) -> list[dict[str
                 "resumed_from": None
                 if chain.origin is None
                 else {"commit": chain.origin, "name": parent.name if parent else None},
-                "checkpoints": [_record_json(r) for r in reversed(chain.records)],
+                "checkpoints": [{**_record_json(r), "branch_point_of": points.get(r.commit, [])}
+                                for r in reversed(chain.records)],
             }
         )
     return out

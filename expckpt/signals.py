@@ -1,5 +1,7 @@
 """Ctrl+C and SIGTERM during training: finish the checkpoint in progress, then stop.
 
+Signals in ``checkpoint.pause_signals`` (SIGTERM by default) pause instead: see ``expckpt.pause``.
+
 The first signal stops training at once, except inside a checkpoint, which is finished first
 (in asynchronous mode, every checkpoint already handed to the background writer).
 A second signal exits immediately; that is still safe, because a checkpoint becomes visible
@@ -15,6 +17,8 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
+
+from expckpt.pause import PauseRequest
 
 __all__ = ["GracefulStop", "TrainingInterrupted"]
 
@@ -32,8 +36,11 @@ class TrainingInterrupted(SystemExit):
 class GracefulStop:
     """Installs SIGINT/SIGTERM handlers (main thread only) for the duration of training."""
 
-    def __init__(self, describe: Callable[[], str], settle: Callable[[], None] | None = None) -> None:
+    def __init__(self, describe: Callable[[], str], settle: Callable[[], None] | None = None,
+                 *, pause: PauseRequest | None = None) -> None:
         self._describe = describe
+        self._pause = pause
+        """Takes over its signals (``checkpoint.pause_signals``) while installed."""
         self._settle = settle
         self._busy = 0
         self.pending: int | None = None
@@ -43,13 +50,18 @@ class GracefulStop:
         """Take over SIGINT/SIGTERM (main thread only; a second call changes nothing)."""
         if self._previous or threading.current_thread() is not threading.main_thread():
             return
-        for signum in _NAMES:
-            self._previous[signum] = signal.signal(signum, self._handle)
+        for signum, name in _NAMES.items():
+            if self._pause is None or name not in self._pause.signals:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        if self._pause is not None:
+            self._pause.install()
 
     def uninstall(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)  # type: ignore[arg-type]
         self._previous.clear()
+        if self._pause is not None:
+            self._pause.uninstall()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = _NAMES.get(signum, str(signum))

@@ -65,6 +65,9 @@ def test_signal_during_training_stops_after_a_complete_checkpoint(project: Path)
 
 @pytest.mark.slow
 def test_signal_while_a_checkpoint_is_written_finishes_it(project: Path) -> None:
+    # SIGTERM pauses by default (tests/test_pause.py); taken off pause_signals, it stops as SIGINT does
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    set_param(project, "checkpoint", {**params["checkpoint"], "pause_signals": ["SIGUSR1"]})
     bg = start(project, EXPCKPT_PAUSE_AT="after-commit:1", EXPCKPT_PAUSE_SECONDS="3")
     bg.wait_for(PAUSE_MESSAGE)  # sig@1: file, cache object and commit written; its ref not yet
 

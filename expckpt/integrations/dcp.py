@@ -122,9 +122,13 @@ class DcpHandler:
         self.path = out.path
         self.coord = coord
         self._staging: Path | None = None
+        self._step = -1
 
     def set_step(self, state: Any, step: int) -> None:
-        return None  # the step travels in the DCP state itself
+        self._step = step  # it is saved in the DCP state itself (STEP_KEY)
+
+    def step_of(self, state: Any) -> int:
+        return self._step
 
     def clean(self) -> None:
         remove_stale_temps(self.path)
@@ -146,8 +150,8 @@ class DcpHandler:
         dcp.load({**state, **ours}, checkpoint_id=self.path, planner=SafeLoadPlanner())
         if rng_key(rank) in ours:
             restore_rng(_unpack(ours[rng_key(rank)]))
-        watch = _unpack(ours[WATCH_KEY]) if WATCH_KEY in ours else {}
-        return Loaded(step=int(ours[STEP_KEY]), watch=watch)
+        self._step = int(ours[STEP_KEY])
+        return Loaded(step=self._step, library={"watch": _unpack(ours[WATCH_KEY])} if WATCH_KEY in ours else {})
 
     def capture(self, state: dict[str, Any], step: int, watch: Mapping[str, Any] | None) -> dict[str, Any]:
         """What ``dcp.save`` gets: the user's state (read at write time) and expckpt's keys."""

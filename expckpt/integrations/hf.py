@@ -245,6 +245,13 @@ class ExpCkptTrainerCallback(TrainerCallback):
         print(terminal_safe(line), file=sys.stderr, flush=True)
         raise ResumeMismatch(line)
 
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        """A requested pause (SIGTERM, SIGUSR1, ``expckpt stop``) saves at this step: the Trainer's
+        save, then the core's (paused, exit 75); every rank gets rank 0's answer."""
+        core = self._core()
+        if core is not None and core.pause_wanted():
+            control.should_save = True
+
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self.steps is None:
             return
