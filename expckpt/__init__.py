@@ -63,7 +63,6 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "PAUSED_EXIT",
     "CheckpointConfig",
     "CheckpointLive",
     "Checkpointer",
@@ -71,6 +70,7 @@ __all__ = [
     "DataPosition",
     "Decision",
     "ExpCkptError",
+    "PAUSED_EXIT",
     "Resumed",
     "StopTraining",
     "TrainingPaused",

@@ -137,8 +137,7 @@ class FileHandler:
             state._pending_rng = ranks[self.coord.rank]
 
     def capture(self, state: Any, step: int, watch: Mapping[str, Any] | None) -> Any:
-        group = self.group(state)
-        group.step = step
+        group = self.group(state)  # its step is the last completed one (a pause saves mid-step)
         if watch is not None:
             group.library["watch"] = dict(watch)
         if self.coord.world_size > 1:  # every rank's RNG states, saved by rank 0

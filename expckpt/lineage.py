@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
+from expckpt.branchpoints import branch_points
 from expckpt.catalog import Catalog, Chain
 from expckpt.errors import UnknownCheckpointError
 from expckpt.policy import CheckpointInfo, KeepPolicy
@@ -104,13 +105,15 @@ def _best(records: tuple[CheckpointRecord, ...], monitor: str | None, mode: str)
 
 
 def _points(chain: Chain, policy: KeepPolicy | None, monitor: str | None, mode: str,
-            pushed: Collection[str]) -> tuple[Point, ...]:
+            pushed: Collection[str], points_of: Mapping[str, list[str]]) -> tuple[Point, ...]:
     reasons = policy.reasons([CheckpointInfo.of(r) for r in chain.records]) if policy else [frozenset()] * len(chain.records)
     best = _best(chain.records, monitor, mode)
     points = []
     for record, why in zip(chain.records, reasons, strict=True):
         marks = [name for name, on in (("newest", record is chain.newest), ("best", record is best),
                                        ("paused", record.paused), ("pushed", record.commit in pushed)) if on]
+        if record.commit in points_of:  # another run continued or started from it: gc keeps it
+            marks.append(f"branch point of {' '.join(points_of[record.commit])}")
         points.append(Point(record, tuple(sorted(why)), tuple(marks)))
     return tuple(points)
 
@@ -136,10 +139,11 @@ def build_tree(
 ) -> Tree:
     """The runs of ``catalog`` as a tree; see the module docstring."""
     runs: dict[tuple[str, str], Run] = {}
+    points_of = branch_points(catalog.records)
     for chain in catalog.chains():
         link, source_commit = _source(chain)
         runs[(chain.baseline, chain.exp)] = Run(
-            chain, _points(chain, policy, monitor, mode, pushed), link, source_commit,
+            chain, _points(chain, policy, monitor, mode, pushed, points_of), link, source_commit,
             catalog.by_commit(source_commit) if source_commit else None,
         )
     roots: list[Run] = []

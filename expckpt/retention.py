@@ -33,6 +33,7 @@ class RunRetention:
         self.echo = echo
         self.free = free
         self.chain: list[CheckpointRecord] = []
+        self._exp: str | None = None
         self._said: set[str] = set()
 
     def adopt(self, records: Sequence[CheckpointRecord]) -> None:
@@ -43,6 +44,7 @@ class RunRetention:
     def add(self, record: CheckpointRecord) -> list[CheckpointRecord]:
         """Take in a new checkpoint and apply the policy; return the checkpoints dropped."""
         self.chain.append(record)
+        self._exp = record.exp
         infos = [CheckpointInfo.of(r) for r in self.chain]
         kept, removed = [], []
         points: dict[str, list[str]] | None = None
@@ -64,11 +66,14 @@ class RunRetention:
         return removed
 
     def _branch_point(self, record: CheckpointRecord, points: dict[str, list[str]]) -> bool:
-        if record.commit not in points:
+        """Another experiment continued or started from ``record``; this run continuing an
+        interrupted one (``adopt``) makes none of that run's checkpoints a branch point."""
+        others = [exp for exp in points.get(record.commit, []) if exp != self._exp]
+        if not others:
             return False
         if record.name not in self._said:
             self._said.add(record.name)
-            self.echo(f"expckpt: kept {record.name} outside the keep policy: a branch point of {', '.join(points[record.commit])}")
+            self.echo(f"expckpt: kept {record.name} outside the keep policy: a branch point of {', '.join(others)}")
         return True
 
     def _delete(self, record: CheckpointRecord) -> str:

@@ -130,6 +130,7 @@ def _point_json(point: Point) -> dict[str, Any]:
         "outs": {p: {"md5": o.md5, "size": o.size} for p, o in record.outs.items()},
         "kept_by": list(point.kept_by),
         "marks": list(point.marks),
+        "initialized_from": record.initialized_from.as_dict() if record.initialized_from else None,
     }
 
 

@@ -3,6 +3,7 @@ by retention and ``expckpt gc`` (unless ``--include-branch-points``), and shown 
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from pathlib import Path
@@ -68,7 +69,7 @@ def test_gc_list_and_show_say_so(repo: Path) -> None:
     fine_tune(repo, "ft", "src@1")
     listed = cli(repo, "list", "src")
     assert next(line for line in listed.stdout.splitlines() if line.startswith("src@1 ")).endswith("branch point of ft")
-    assert "src@1 (branch point of ft)" in cli(repo, "show").stdout
+    assert re.search(r"^╟ src@1 .*branch point of ft$", cli(repo, "show").stdout, re.M)
 
     gc = cli(repo, "gc", "-w", "--keep-last", "1", "--force")
     assert gc.returncode == 0, gc.stderr

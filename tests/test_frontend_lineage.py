@@ -32,12 +32,12 @@ def test_a_front_end_starts_a_trial_and_pauses_at_a_step_boundary(repo: Path, mo
     for key, value in dvc_env(repo, "ft").items():
         monkeypatch.setenv(key, value)
     state = new_state(seed=5)
-    steps = StepLog(Checkpointer.from_env("model.pt", {"init_from": "src@1"}), state, log=False)
+    steps = StepLog(Checkpointer.from_env("model.pt", {"init_from": "src@1"}), state)
     assert steps.restore() is None and state.step == -1
 
-    assert steps.completed(0, train_step(state, 0)) is False
+    assert steps.completed(0, train_step(state, 0)).stop is None
     request_stop(repo, "ft")
-    assert steps.completed(1, train_step(state, 1)) is True, "the pause stops training"
+    assert steps.completed(1, train_step(state, 1)).stop == "paused (expckpt stop)", "the pause stops training"
     with pytest.raises(TrainingPaused) as paused:
         steps.finish()
     assert paused.value.code == 75

@@ -67,7 +67,7 @@ def test_fresh_trial_takes_only_the_weights_and_records_its_lineage(repo: Path) 
     assert [meta(repo, found[f"ft@{n}"])["initialized_from"] for n in range(2)] == [lineage, lineage]
     assert meta(repo, found["ft@0"])["parent"] is None
     shown = [line for line in cli(repo, "show").stdout.splitlines() if "ft@0" in line]
-    assert f"(init from src@1 {source[:7]})" in shown[0]
+    assert f"(init from {source[:7]} src@1)" in shown[0]
     chain = next(c for c in json.loads(cli(repo, "show", "--json").stdout) if c["experiment"] == "ft")
     assert [c["initialized_from"] for c in chain["checkpoints"]] == [lineage, lineage]
     records = {r.name: r for r in load_records(GitStore.open(repo))}

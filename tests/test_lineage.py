@@ -58,7 +58,8 @@ def test_runs_hang_under_the_checkpoint_they_came_from(repo) -> None:
         "warm": ("initialized", "tut@11"), "tut-b": ("resumed", "tut@5")}
     assert [c.exp for c in tut.children] == ["warm", "tut-b"]  # most recently written first
     points = {p.record.name: p for p in tree.points()}
-    assert points["tut@11"].marks == ("newest", "best") and points["tut@11"].kept_by == ("best", "last", "newest")
+    assert points["tut@11"].marks == ("newest", "best", "branch point of warm") and points["tut@11"].kept_by == ("best", "last", "newest")
+    assert "branch point of tut-b" in points["tut@5"].marks
     assert points["tut@0"].kept_by == () and points["tut@9"].kept_by == ("last",)
     assert points["tut-b@8"].marks == ("newest", "best", "paused")
     assert "best" not in points["tut-b@7"].marks  # NaN never ranks
