@@ -63,6 +63,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "PAUSED_EXIT",
     "CheckpointConfig",
     "CheckpointLive",
     "Checkpointer",
@@ -70,7 +71,6 @@ __all__ = [
     "DataPosition",
     "Decision",
     "ExpCkptError",
-    "PAUSED_EXIT",
     "Resumed",
     "StopTraining",
     "TrainingPaused",
