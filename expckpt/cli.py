@@ -24,7 +24,7 @@ from expckpt.project import Project
 from expckpt.report import analyse
 from expckpt.reset import reset_workspace
 from expckpt.text import terminal_safe
-from expckpt.verify import remedy, verify_records
+from expckpt.verify import remedy, removed_meanwhile, verify_records
 
 __all__ = ["main"]
 
@@ -207,7 +207,10 @@ def cmd_verify(args: argparse.Namespace, ctx: Context) -> int:
     if advice:
         print(f"expckpt: {advice}", file=sys.stderr)
     bad = {p.record.commit for p in problems}
-    print(f"{len(records) - len(bad)} of {len(records)} checkpoints verified" + (f", {len(bad)} broken" if bad else ""))
+    gone = removed_meanwhile(records, ctx.store)  # by retention or gc of a run that trains now
+    total = len(records) - len(gone)
+    print(f"{total - len(bad)} of {total} checkpoints verified" + (f", {len(bad)} broken" if bad else "")
+          + (f" ({len(gone)} removed by retention or gc while verify ran)" if gone else ""))
     return 1 if problems else 0
 
 
