@@ -18,7 +18,7 @@ LAYERS: dict[str, int] = {
     # 1: storage: Git, the DVC cache and project files
     "gitstore": 1, "cache": 1, "records": 1, "session": 1, "project": 1, "lockfile": 1, "catalog": 1,
     "report": 1, "watch": 1, "inuse": 1, "history": 1, "gitlocks": 1, "gitwrites": 1, "gittrees": 1,
-    "dirout": 1,
+    "dirout": 1, "execdir": 1,
     # 2: operations on checkpoints, still without torch
     "committer": 2, "resume": 2, "livefiles": 2, "gc": 2, "verify": 2, "show": 2, "reset": 2, "retention": 2,
     "wiring": 2, "signals": 2, "remote": 2, "pusher": 2, "cloudgc": 2, "workspace_guard": 2, "cli": 3,
