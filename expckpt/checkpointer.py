@@ -17,6 +17,7 @@ atomically and resumed from, so ``python train.py`` works the same way.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -27,6 +28,7 @@ from typing import Any
 
 from expckpt.checkpoint_file import check_architecture, load_checkpoint
 from expckpt.dirstate import load_dir_checkpoint
+from expckpt.exprwlock import hold_workspace
 from expckpt.outputs import OutputFiles
 from expckpt.config import CheckpointConfig
 from expckpt.policy import CheckpointInfo
@@ -98,6 +100,8 @@ class Checkpointer:
             if wiring.committer is not None else None
         )
         self._pusher = Pusher(push, wiring.committer.project.root, echo) if push and wiring.committer else None
+        self._held: contextlib.ExitStack | None = None
+        """DVC's experiment lock on the workspace, from ``restore`` to ``close`` (see ``exprwlock``)."""
 
     @classmethod
     def from_env(
@@ -151,6 +155,10 @@ class Checkpointer:
         Inside ``dvc exp run``, a run whose next steps are already checkpoints of another run
         with the same experiment name is refused here, before any training.
         """
+        c = self.wiring.committer
+        if c is not None and self._held is None:  # a 2nd `dvc exp run` in this workspace is refused at once
+            self._held = contextlib.ExitStack()
+            self._held.enter_context(hold_workspace(c.project, c.run.exp_name))
         resumed = self._restore(state, defer_rng)
         if self.wiring.committer is not None:
             self.wiring.committer.check_name(self.group(state).step + 1)
@@ -342,6 +350,9 @@ class Checkpointer:
                 self._guard.put_back(self.last_record, self.echo)
             if self._pusher is not None:  # bounded wait; never fails the run
                 self._pusher.close()
+            if self._held is not None:
+                self._held.close()
+                self._held = None
 
     def describe_last(self) -> str:
         if self.last_record is not None:
