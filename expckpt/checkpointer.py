@@ -17,7 +17,6 @@ atomically and resumed from, so ``python train.py`` works the same way.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
@@ -36,6 +35,7 @@ from expckpt.saving import SaveContext
 from expckpt.pusher import Pusher
 from expckpt.records import CheckpointRecord
 from expckpt.remote import PushTarget, resolve_target
+from expckpt.remotename import check_remote_name
 from expckpt.report import improvement_line
 from expckpt.livefiles import restore_live_files
 from expckpt.resume import ResumePoint, Resumed, find_resume_point, remove_stale_temps
@@ -100,8 +100,8 @@ class Checkpointer:
             if wiring.committer is not None else None
         )
         self._pusher = Pusher(push, wiring.committer.project.root, echo) if push and wiring.committer else None
-        self._held: contextlib.ExitStack | None = None
-        """DVC's experiment lock on the workspace, from ``restore`` to ``close`` (see ``exprwlock``)."""
+        self._held: Callable[[], None] | None = None
+        """Lets DVC's experiment lock on the workspace go; held from ``restore`` to ``close`` (``exprwlock``)."""
 
     @classmethod
     def from_env(
@@ -157,12 +157,24 @@ class Checkpointer:
         """
         c = self.wiring.committer
         if c is not None and self._held is None:  # a 2nd `dvc exp run` in this workspace is refused at once
-            self._held = contextlib.ExitStack()
-            self._held.enter_context(hold_workspace(c.project, c.run.exp_name))
-        resumed = self._restore(state, defer_rng)
-        if self.wiring.committer is not None:
-            self.wiring.committer.check_name(self.group(state).step + 1)
+            self._held = hold_workspace(c.project, c.run.exp_name)
+        try:
+            resumed = self._restore(state, defer_rng)
+            if c is not None:
+                c.check_name(self.group(state).step + 1)
+            if c is not None and self._pusher is not None:  # and the remote's, before any training (issue 21)
+                unchecked = check_remote_name(c.store, self._pusher.target.git_remote, c.run.baseline, c.run.exp_name)
+                if unchecked:
+                    self.echo(unchecked)
+        except BaseException:
+            self._let_go()
+            raise
         return resumed
+
+    def _let_go(self) -> None:
+        if self._held is not None:
+            self._held()
+            self._held = None
 
     def _restore(self, state: AnyState, defer_rng: bool) -> Resumed | None:
         w = self.wiring
@@ -350,9 +362,7 @@ class Checkpointer:
                 self._guard.put_back(self.last_record, self.echo)
             if self._pusher is not None:  # bounded wait; never fails the run
                 self._pusher.close()
-            if self._held is not None:
-                self._held.close()
-                self._held = None
+            self._let_go()
 
     def describe_last(self) -> str:
         if self.last_record is not None:

@@ -18,9 +18,9 @@ pins the behaviour relied on.
 
 from __future__ import annotations
 
-import contextlib
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from expckpt.errors import ProjectError
@@ -32,40 +32,52 @@ WORKSPACE_LOCK = "workspace"
 """The path DVC's workspace queue locks for writing before it stashes the workspace."""
 
 
-@contextlib.contextmanager
-def hold_workspace(project: Project, exp_name: str) -> Iterator[None]:
-    """Hold DVC's experiment rwlock on the workspace (nothing for a ``--temp``/queued run,
-    whose workspace is a copy); ``ProjectError`` if another process holds it already."""
+def hold_workspace(project: Project, exp_name: str) -> Callable[[], None]:
+    """Take DVC's experiment rwlock on the workspace for reading; return the call that lets it go.
+
+    Nothing is taken for a ``--temp``/queued run (its workspace is a copy). ``ProjectError``
+    when a writer (a ``dvc exp run`` setting up) holds it. Acquire and release are two short
+    edits of DVC's lock file, not one long-lived generator: a hold nobody released (training
+    that crashed without ``close``) must not run DVC's lock code while Python shuts down, where
+    it deadlocks; DVC drops the entry of a dead process itself.
+    """
     if project.workspace.resolve() != project.root.resolve():
-        yield
-        return
-    from dvc.config import Config
+        return lambda: None
     from dvc.fs import localfs
     from dvc.lock import LockError
-    from dvc.rwlock import rwlock
+    from dvc.rwlock import _acquire_read, _check_blockers, _edit_rwlock  # noqa: PLC2701 - see the module docstring
 
-    tmp_dir = project.root / ".dvc" / "tmp" / "exps"  # dvc.repo.experiments.utils.EXEC_TMP_DIR
-    tmp_dir.mkdir(parents=True, exist_ok=True)
+    tmp_dir = str(project.root / ".dvc" / "tmp" / "exps")  # dvc.repo.experiments.utils.EXEC_TMP_DIR
+    Path(tmp_dir).mkdir(parents=True, exist_ok=True)
+    hardlink = _hardlink_lock(project.root)
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    info = {"pid": os.getpid(), "cmd": f"{name} (training of `dvc exp run -n {exp_name}`)"}
     try:
-        hardlink = bool(Config(dvc_dir=str(project.root / ".dvc")).get("core", {}).get("hardlink_lock", False))
-    except Exception:  # an unreadable config: DVC itself refuses to run then
-        hardlink = False
-    cmd = f"{Path(sys.argv[0]).name if sys.argv and sys.argv[0] else 'python'} (training of `dvc exp run -n {exp_name}`)"
-    try:
-        held = rwlock(str(tmp_dir), localfs, cmd, [WORKSPACE_LOCK], [], hardlink)
-        held.__enter__()
+        with _edit_rwlock(tmp_dir, localfs, hardlink) as lock:
+            _check_blockers(tmp_dir, lock, info, mode="write", waiters=[WORKSPACE_LOCK])
+            _acquire_read(lock, info, [WORKSPACE_LOCK])
     except LockError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "locked"
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         raise ProjectError(
-            f"another experiment holds this workspace ({first.strip()} {_blockers(exc)}); wait for it to end"
+            f"another experiment holds this workspace ({' '.join(lines[:2])}); wait for it to end"
             " or stop it, then run again", path=project.root,
         ) from exc
+
+    def release() -> None:
+        with _edit_rwlock(tmp_dir, localfs, hardlink) as lock:
+            readers = lock["read"].get(WORKSPACE_LOCK, [])
+            if info in readers:
+                readers.remove(info)
+            if not readers:
+                lock["read"].pop(WORKSPACE_LOCK, None)
+
+    return release
+
+
+def _hardlink_lock(root: Path) -> bool:
+    from dvc.config import Config
+
     try:
-        yield
-    finally:
-        held.__exit__(None, None, None)
-
-
-def _blockers(exc: Exception) -> str:
-    lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip().startswith("(PID")]
-    return "; ".join(lines)
+        return bool(Config(dvc_dir=str(root / ".dvc")).get("core", {}).get("hardlink_lock", False))
+    except Exception:  # noqa: BLE001 - an unreadable config: DVC itself refuses to run then
+        return False

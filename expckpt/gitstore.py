@@ -99,6 +99,14 @@ class GitStore(TreeReads):
         except (KeyError, ValueError):
             return False
 
+    def commit_message(self, sha: str) -> str | None:
+        """The message of commit ``sha`` (``None`` if there is no such commit here)."""
+        try:
+            obj = self._repo[sha.encode()]
+        except (KeyError, ValueError):
+            return None
+        return obj.message.decode("utf-8", "replace") if isinstance(obj, Commit) else None
+
     def commit_tree(self, commit: str) -> str:
         return self._repo[commit.encode()].tree.decode()
 

@@ -66,12 +66,14 @@ def test_training_holds_the_workspace_against_dvc_exp_run_only_until_it_ends(
     from dvc.lock import LockError
 
     root = clone(tmp_path_factory, tmp_path / "p")
-    with hold_workspace(Project(root=root, workspace=root), "mine"):
-        with pytest.raises(LockError, match=rf"\(PID {os.getpid()}\): \S+ \(training of `dvc exp run -n mine`\)"):
-            dvc_queue_put(root)
+    release = hold_workspace(Project(root=root, workspace=root), "mine")
+    with pytest.raises(LockError, match=rf"\(PID {os.getpid()}\): \S+ \(training of `dvc exp run -n mine`\)"):
+        dvc_queue_put(root)
+    release()
     dvc_queue_put(root)  # released
 
     copy = tmp_path / "temp-copy"  # a --temp run trains in a copy: the user's workspace stays free
     copy.mkdir()
-    with hold_workspace(Project(root=root, workspace=copy), "queued"):
-        dvc_queue_put(root)
+    release = hold_workspace(Project(root=root, workspace=copy), "queued")
+    dvc_queue_put(root)
+    release()
