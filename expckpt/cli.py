@@ -24,6 +24,7 @@ from expckpt.project import Project
 from expckpt.report import analyse
 from expckpt.reset import reset_workspace
 from expckpt.text import terminal_safe
+from expckpt.unsafe import ADVICE, unsafe_checkpoints
 from expckpt.verify import remedy, removed_meanwhile, verify_records
 
 __all__ = ["main"]
@@ -73,10 +74,11 @@ def cmd_show(args: argparse.Namespace, ctx: Context) -> int:
     from expckpt.show import chains_as_json, render_chains
 
     catalog = ctx.catalog(args.all_commits)
+    unsafe = unsafe_checkpoints(catalog.records, ctx.cache)
     if args.json:
-        print(json.dumps(chains_as_json(catalog, ctx.labels()), indent=2))
+        print(json.dumps(chains_as_json(catalog, ctx.labels(), unsafe), indent=2))
     else:
-        print(render_chains(catalog, ctx.labels()))
+        print(render_chains(catalog, ctx.labels(), unsafe))
     return 0
 
 
@@ -87,12 +89,17 @@ def cmd_list(args: argparse.Namespace, ctx: Context) -> int:
         infos = [CheckpointInfo.of(r) for r in chain.records]
         for record, why in zip(chain.records, policy.reasons(infos)):
             rows.append((record, sorted(why)))
+    unsafe = unsafe_checkpoints([r for r, _ in rows], ctx.cache)
+    for record, _ in rows:
+        if record.commit in unsafe:
+            print(terminal_safe(f"expckpt: warning: {record.name}: {unsafe[record.commit]}: {ADVICE}"), file=sys.stderr)
     if args.names:  # for shells: dvc exp remove tut $(expckpt list tut --names)
         print("\n".join(r.name for r, _ in rows))
         return 0
     if args.json:
         print(json.dumps([
-            {"name": r.name, "step": r.step, "commit": r.commit, "metrics": dict(r.metrics), "size": r.size, "kept_by": why}
+            {"name": r.name, "step": r.step, "commit": r.commit, "metrics": dict(r.metrics), "size": r.size, "kept_by": why,
+             "unsafe": unsafe.get(r.commit)}
             for r, why in rows
         ], indent=2))
         return 0
@@ -102,7 +109,7 @@ def cmd_list(args: argparse.Namespace, ctx: Context) -> int:
     metrics = sorted({m for r, _ in rows for m in r.metrics})
     table = [["Checkpoint", "Step", "Commit", *metrics, "Size", "Kept by"]]
     for r, why in rows:
-        table.append([r.name, str(r.step), r.commit[:7], *[f"{r.metrics[m]:.5g}" if m in r.metrics else "-" for m in metrics],
+        table.append([r.name + (" UNSAFE" if r.commit in unsafe else ""), str(r.step), r.commit[:7], *[f"{r.metrics[m]:.5g}" if m in r.metrics else "-" for m in metrics],
                       _size(r.size), ",".join(why) or "- (outside policy)"])
     table = [[terminal_safe(cell) for cell in row] for row in table]  # metric names come from Git
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]

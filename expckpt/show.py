@@ -15,6 +15,7 @@ from typing import Any
 from expckpt.catalog import Catalog, Chain
 from expckpt.records import CheckpointRecord
 from expckpt.text import terminal_safe
+from expckpt.unsafe import ADVICE
 
 __all__ = ["chains_as_json", "render_chains"]
 
@@ -54,8 +55,10 @@ def _origin(chain: Chain, catalog: Catalog) -> str | None:
     return f"{chain.origin[:7]}" + (f" {parent.name}" if parent else "")
 
 
-def render_chains(catalog: Catalog, labels: Mapping[str, str]) -> str:
-    """A table: one block per baseline, one chain per experiment, newest checkpoint first."""
+def render_chains(catalog: Catalog, labels: Mapping[str, str], unsafe: Mapping[str, str] | None = None) -> str:
+    """A table: one block per baseline, one chain per experiment, newest checkpoint first;
+    ``unsafe`` (commit -> why, ``expckpt.unsafe``) marks checkpoints not to apply."""
+    unsafe = unsafe or {}
     chains = catalog.chains()
     if not chains:
         return "No checkpoint experiments yet: run `dvc exp run` with a checkpoint output."
@@ -72,7 +75,7 @@ def render_chains(catalog: Catalog, labels: Mapping[str, str]) -> str:
                     commit += f" ({_origin(chain, catalog)})"
                 rows.append(
                     [
-                        f"{_glyph(i, len(newest_first))} {record.name}",
+                        f"{_glyph(i, len(newest_first))} {record.name}" + (" UNSAFE" if record.commit in unsafe else ""),
                         str(record.step),
                         commit,
                         _created(record),
@@ -85,6 +88,7 @@ def render_chains(catalog: Catalog, labels: Mapping[str, str]) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(header, widths)).rstrip()]
     lines.append("  ".join("─" * w for w in widths))
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines += [terminal_safe(f"{r.name}: {unsafe[r.commit]}: {ADVICE}") for r in catalog.records if r.commit in unsafe]
     return "\n".join(lines)
 
 
@@ -100,7 +104,8 @@ def _record_json(record: CheckpointRecord) -> dict[str, Any]:
     }
 
 
-def chains_as_json(catalog: Catalog, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+def chains_as_json(catalog: Catalog, labels: Mapping[str, str], unsafe: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    unsafe = unsafe or {}
     out = []
     for chain in catalog.chains():
         parent = catalog.by_commit(chain.origin) if chain.origin else None
@@ -112,7 +117,7 @@ def chains_as_json(catalog: Catalog, labels: Mapping[str, str]) -> list[dict[str
                 "resumed_from": None
                 if chain.origin is None
                 else {"commit": chain.origin, "name": parent.name if parent else None},
-                "checkpoints": [_record_json(r) for r in reversed(chain.records)],
+                "checkpoints": [{**_record_json(r), "unsafe": unsafe.get(r.commit)} for r in reversed(chain.records)],
             }
         )
     return out

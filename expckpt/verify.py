@@ -16,6 +16,7 @@ from expckpt.cache import DvcCache
 from expckpt.gitstore import GitStore
 from expckpt.records import CheckpointRecord
 from expckpt.text import terminal_safe
+from expckpt.unsafe import ADVICE, unsafe_output
 
 __all__ = ["Problem", "locked_outputs", "remedy", "removed_meanwhile", "verify_records"]
 
@@ -79,6 +80,10 @@ def verify_records(records: Iterable[CheckpointRecord], store: GitStore, cache: 
         for path, out in record.outs.items():
             if locked.get(path) != out.md5:
                 problems.append(Problem(record, f"dvc.lock does not record {path} as {out.md5}"))
+            unsafe = unsafe_output(cache, path, out.md5)
+            if unsafe:
+                problems.append(Problem(record, f"{unsafe}: {ADVICE}"))
+                continue
             if out.md5 not in checked:
                 try:
                     checked[out.md5] = cache.verify(out.md5)
