@@ -28,6 +28,7 @@ from typing import Any
 from expckpt.checkpoint_file import check_architecture, load_checkpoint
 from expckpt.dirstate import load_dir_checkpoint
 from expckpt.exprwlock import hold_workspace
+from expckpt.orphan import OrphanWatch
 from expckpt.outputs import OutputFiles
 from expckpt.config import CheckpointConfig
 from expckpt.policy import CheckpointInfo
@@ -100,6 +101,8 @@ class Checkpointer:
             if wiring.committer is not None else None
         )
         self._pusher = Pusher(push, wiring.committer.project.root, echo) if push and wiring.committer else None
+        self._orphan = OrphanWatch(wiring.committer.project.workspace if wiring.committer else None,
+                                   wiring.committer.run.exp_name if wiring.committer else None)
         self._held: Callable[[], None] | None = None
         """Lets DVC's experiment lock on the workspace go; held from ``restore`` to ``close`` (``exprwlock``)."""
 
@@ -236,11 +239,14 @@ class Checkpointer:
         if self.config.monitor and seen.value is not None:
             kept = seen.improved and self.config.keep_best > 0
             note = improvement_line(step, self.config.monitor, seen.previous_best, seen.value, self.config.mode, kept)
-        event = "stop" if seen.stop else "step"
+        orphaned = self._orphan.gone()  # `dvc exp run` was killed: save this step, say so, stop (expckpt.orphan)
+        event = "stop" if seen.stop or orphaned else "step"
         saved = self._save_if(state, step, flat, event, note)
         if seen.stop:
             self.echo(f"expckpt: stopping training at step {step} ({seen.stop}; checkpoint.on_divergence: stop)")
-        return Decision(saved=saved, stop=seen.stop)
+        if orphaned:
+            self._orphan.say(self.echo, step)
+        return Decision(saved=saved, stop=seen.stop or ("orphaned" if orphaned else None))
 
     step_completed = save  # expckpt 0.1's name
 
@@ -363,6 +369,7 @@ class Checkpointer:
             if self._pusher is not None:  # bounded wait; never fails the run
                 self._pusher.close()
             self._let_go()
+            self._orphan.forget()
 
     def describe_last(self) -> str:
         if self.last_record is not None:

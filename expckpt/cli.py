@@ -74,6 +74,7 @@ def cmd_show(args: argparse.Namespace, ctx: Context) -> int:
     from expckpt.show import chains_as_json, render_chains
 
     catalog = ctx.catalog(args.all_commits)
+    _say_orphans(ctx)
     unsafe = unsafe_checkpoints(catalog.records, ctx.cache)
     if args.json:
         print(json.dumps(chains_as_json(catalog, ctx.labels(), unsafe), indent=2))
@@ -82,7 +83,15 @@ def cmd_show(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+def _say_orphans(ctx: Context) -> None:
+    from expckpt.orphan import orphan_lines
+
+    for line in orphan_lines(ctx.project.workspace):
+        print(line, file=sys.stderr)
+
+
 def cmd_list(args: argparse.Namespace, ctx: Context) -> int:
+    _say_orphans(ctx)
     policy = ctx.config().keep_policy()
     rows = []
     for chain in _chains(ctx, args.exp, args.all_commits):
