@@ -327,6 +327,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command in ("show", "list", "verify", "report") or (args.command == "gc" and args.dry_run):
+            from expckpt.readwait import bounded
+
+            ctx = Context()  # a stopped checkpoint writer must not freeze a read-only command (readwait)
+            with bounded(ctx.store.git_dir, f"expckpt {args.command}"):
+                return args.func(args, ctx)
         return args.func(args, Context())
     except ExpCkptError as exc:
         if args.verbose:
