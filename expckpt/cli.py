@@ -230,6 +230,21 @@ def cmd_verify(args: argparse.Namespace, ctx: Context) -> int:
     return 1 if problems else 0
 
 
+def cmd_pull(args: argparse.Namespace, ctx: Context) -> int:
+    from expckpt.quarantine import pull_checkpoints
+
+    result = pull_checkpoints(ctx.store, ctx.cache, ctx.project.root, args.git_remote, args.exp)
+    for record in result.accepted:
+        print(terminal_safe(f"Pulled checkpoint {record.name} ({record.commit[:7]})"))
+    for name, why in result.refused:
+        print(terminal_safe(f"expckpt: refused {name}: {why}; it stays invisible to DVC"), file=sys.stderr)
+    if result.accepted:
+        newest = max(result.accepted, key=lambda r: r.step).name
+        print(terminal_safe(f"Checked and pulled {len(result.accepted)} checkpoints; fetch their files with"
+                            f" `dvc exp pull {args.git_remote} {newest}` (or `dvc pull` after `dvc exp apply`)"))
+    return 1 if result.refused else 0
+
+
 def _history(ctx: Context, chain: Chain) -> list[tuple[int, dict[str, float]]]:
     from expckpt.history import metric_history
 
@@ -314,6 +329,10 @@ def _parser() -> argparse.ArgumentParser:
     p = add("verify", cmd_verify, "rehash checkpoint objects; exit 1 if any is missing or corrupt")
     p.add_argument("exp", nargs="?", help="only this experiment")
     p.add_argument("--all", action="store_true", help="checkpoints of every baseline, not only HEAD")
+
+    p = add("pull", cmd_pull, "fetch checkpoints from a Git remote you do not control, checked before DVC sees them")
+    p.add_argument("git_remote", help="Git remote (e.g. origin)")
+    p.add_argument("exp", help="experiment name, or one checkpoint <exp>@<step>")
 
     p = add("report", cmd_report, "best step, plateau, NaN/inf and divergence of an experiment")
     p.add_argument("exp", nargs="?", help="experiment (default: the most recent)")

@@ -21,7 +21,7 @@ LAYERS: dict[str, int] = {
     "dirout": 1, "execdir": 1,
     # 2: operations on checkpoints, still without torch
     "committer": 2, "resume": 2, "livefiles": 2, "gc": 2, "verify": 2, "show": 2, "reset": 2, "retention": 2,
-    "wiring": 2, "signals": 2, "remote": 2, "pusher": 2, "cloudgc": 2, "workspace_guard": 2, "exprwlock": 2, "remotename": 2, "unsafe": 2, "orphan": 1, "readwait": 1, "cli": 3,
+    "wiring": 2, "signals": 2, "remote": 2, "pusher": 2, "cloudgc": 2, "workspace_guard": 2, "exprwlock": 2, "remotename": 2, "unsafe": 2, "quarantine": 2, "orphan": 1, "readwait": 1, "cli": 3,
     # 4: torch
     "rng": 4, "safe_values": 4, "hparams": 4, "state": 4, "checkpoint_file": 4, "writer": 4, "staging": 4, "streaming": 0,
     "dirstate": 4, "stateset": 4,
