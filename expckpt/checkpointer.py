@@ -32,17 +32,20 @@ from typing import Any
 
 from expckpt.config import CheckpointConfig
 from expckpt.coordination import Coordinator, coordinator_from_env
+from expckpt.exprwlock import hold_workspace
 from expckpt.handlers import FileHandler, Handler
 from expckpt.headstate import detached_head_note
 from expckpt.initfrom import LINEAGE_KEY, holds_trial, init_state
 from expckpt.initsource import source_for
 from expckpt.livefiles import restore_live_files
+from expckpt.orphan import OrphanWatch
 from expckpt.outside import dropped_outside_line, note_outside_step
 from expckpt.pause import PauseRequest, TrainingPaused
 from expckpt.policy import CheckpointInfo
 from expckpt.pusher import Pusher
 from expckpt.records import CheckpointRecord, InitializedFrom, lineage_of
 from expckpt.remote import PushTarget, resolve_target
+from expckpt.remotename import check_remote_name
 from expckpt.reset import applied_over_reset
 from expckpt.report import improvement_line
 from expckpt.resume import ResumePoint, Resumed, find_resume_point, refuse_lost_checkpoint
@@ -137,6 +140,9 @@ class Checkpointer:
                       " then rank 0 publishes")
         self._retention = RunRetention(config.keep_policy(), c.store, self.echo, free=wiring.free) if c else None
         self._pusher = Pusher(push, c.project.root, self.echo) if push and c else None
+        self._orphan = OrphanWatch(c.project.workspace if c else None, c.run.exp_name if c else None)
+        self._held: Callable[[], None] | None = None
+        """Lets DVC's experiment lock on the workspace go; held from ``restore`` to ``close`` (``exprwlock``)."""
         self.stop_after: int | None = None
         """Stop after this step as a preemption would (``EXPCKPT_STOP_AFTER_STEP``, set by ``expckpt doctor``)."""
 
@@ -206,14 +212,30 @@ class Checkpointer:
         Ctrl+C and SIGTERM finish the checkpoint in progress, then stop (``expckpt.signals``).
         """
         self.stop.install()
-        self.coord.on_main(self.pause.clear_mark)
-        if self.config.init_from:
-            self._start_trial(state, defer_rng)
-        else:
-            self._resume(state, defer_rng)
-        step = self.resumed.step if self.resumed else -1
-        self.coord.on_main(lambda: self._check_start(state, step))
+        self.coord.on_main(self._hold_workspace)
+        try:
+            self.coord.on_main(self.pause.clear_mark)
+            if self.config.init_from:
+                self._start_trial(state, defer_rng)
+            else:
+                self._resume(state, defer_rng)
+            step = self.resumed.step if self.resumed else -1
+            self.coord.on_main(lambda: self._check_start(state, step))
+        except BaseException:
+            self._let_go()
+            raise
         return self.resumed
+
+    def _hold_workspace(self) -> None:
+        """Rank 0, inside ``dvc exp run``: a second ``dvc exp run`` in this workspace is refused at once."""
+        c = self.wiring.committer
+        if c is not None and self._held is None:
+            self._held = hold_workspace(c.project, c.run.exp_name)
+
+    def _let_go(self) -> None:
+        if self._held is not None:
+            self._held()
+            self._held = None
 
     def _check_start(self, state: Any, step: int) -> None:
         """Rank 0, inside ``dvc exp run``: say what is dropped, refuse a name another run holds."""
@@ -226,6 +248,10 @@ class Checkpointer:
         if dropped:
             self.echo(dropped)
         c.check_name(step + 1)
+        if self._pusher is not None:  # and the remote's, before any training (issue 21)
+            unchecked = check_remote_name(c.store, self._pusher.target.git_remote, c.run.baseline, c.run.exp_name)
+            if unchecked:
+                self.echo(unchecked)
 
     def _resume(self, state: Any, defer_rng: bool) -> None:
         """Every rank loads the checkpoint rank 0's resume rules chose, if any."""
@@ -300,6 +326,8 @@ class Checkpointer:
         saved = plan.save and self._save(state, step, flat, plan)
         if (paused := plan.paused) is not None:
             self.coord.on_main(lambda: self._paused_at(step, paused))
+        elif plan.stop == "orphaned":
+            self.coord.on_main(lambda: self._orphan.say(self.echo, step))
         elif plan.stop and plan.stop != DOCTOR_STOP:
             self.echo(f"expckpt: stopping training at step {step} ({plan.stop}; checkpoint.on_divergence: stop)")
         return Decision(saved=saved, stop=plan.stop)
@@ -322,6 +350,8 @@ class Checkpointer:
         paused = self.pause.requested  # SIGTERM/SIGUSR1/`expckpt stop` (expckpt.pause)
         if paused:
             return _Plan(save=True, event="stop", stop=f"paused ({paused})", paused=paused)
+        if self._orphan.gone():  # `dvc exp run` was killed: save this step, say so, stop (expckpt.orphan)
+            return _Plan(save=True, event="stop", note=note, stop="orphaned")
         stop = seen.stop or stop_reason(step, self.stop_after)
         return self._ask_policy(step, flat, "stop" if stop else "step", note, stop)
 
@@ -522,6 +552,9 @@ class Checkpointer:
             if self._pusher is not None:  # bounded wait; never fails the run
                 self._pusher.close()
             self.stop.uninstall()
+            if self.coord.is_main:
+                self._let_go()
+                self._orphan.forget()
         if self._paused is not None:
             raise TrainingPaused(self._paused)
 

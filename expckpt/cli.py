@@ -27,7 +27,8 @@ from expckpt.recorded import check_logged, gc_policy, logged_metrics, settings_o
 from expckpt.report import analyse
 from expckpt.reset import reset_workspace
 from expckpt.text import terminal_safe
-from expckpt.verify import remedy, verify_records
+from expckpt.unsafe import ADVICE, unsafe_checkpoints
+from expckpt.verify import remedy, removed_meanwhile, verify_records
 
 __all__ = ["main"]
 
@@ -79,12 +80,13 @@ def _tree(ctx: Context, catalog: Catalog, git_remote: str | None, monitor: str |
     if git_remote:  # one `git ls-remote`: the checkpoints whose commit the remote's refs/exps name
         pushed = {sha for ref, sha in ctx.store.remote_refs(git_remote).items() if ref.startswith("refs/exps/")}
     return build_tree(catalog, ctx.labels(), cfg.keep_policy(), monitor=monitor or cfg.monitor, mode=mode or cfg.mode,
-                      pushed=pushed, head=ctx.head())
+                      pushed=pushed, head=ctx.head(), unsafe=unsafe_checkpoints(catalog.records, ctx.cache))
 
 
 def cmd_show(args: argparse.Namespace, ctx: Context) -> int:
     from expckpt.showtree import render_tree, tree_as_json
 
+    _say_orphans(ctx)
     tree = _tree(ctx, ctx.catalog(args.all_commits), args.git_remote)
     if args.json:
         print(json.dumps(tree_as_json(tree), indent=2))
@@ -93,9 +95,17 @@ def cmd_show(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+def _say_orphans(ctx: Context) -> None:
+    from expckpt.orphan import orphan_lines
+
+    for line in orphan_lines(ctx.project.workspace):
+        print(line, file=sys.stderr)
+
+
 def cmd_list(args: argparse.Namespace, ctx: Context) -> int:
     from expckpt.branchpoints import branch_points
 
+    _say_orphans(ctx)
     points = branch_points(ctx.catalog(True).records)
     rows = []
     for chain in _chains(ctx, args.exp, args.all_commits):
@@ -104,12 +114,17 @@ def cmd_list(args: argparse.Namespace, ctx: Context) -> int:
         for record, why in zip(chain.records, policy.reasons(infos)):
             branch = [f"branch point of {' '.join(points[record.commit])}"] if record.commit in points else []
             rows.append((record, sorted(why) + branch))
+    unsafe = unsafe_checkpoints([r for r, _ in rows], ctx.cache)
+    for record, _ in rows:
+        if record.commit in unsafe:
+            print(terminal_safe(f"expckpt: warning: {record.name}: {unsafe[record.commit]}: {ADVICE}"), file=sys.stderr)
     if args.names:  # for shells: dvc exp remove tut $(expckpt list tut --names)
         print("\n".join(r.name for r, _ in rows))
         return 0
     if args.json:
         print(json.dumps([
-            {"name": r.name, "step": r.step, "commit": r.commit, "metrics": dict(r.metrics), "size": r.size, "kept_by": why}
+            {"name": r.name, "step": r.step, "commit": r.commit, "metrics": dict(r.metrics), "size": r.size, "kept_by": why,
+             "unsafe": unsafe.get(r.commit)}
             for r, why in rows
         ], indent=2))
         return 0
@@ -119,7 +134,8 @@ def cmd_list(args: argparse.Namespace, ctx: Context) -> int:
     metrics = sorted({m for r, _ in rows for m in r.metrics})
     table = [["Checkpoint", "Step", "Commit", *metrics, "Size", "Kept by"]]
     for r, kept_by in rows:
-        table.append([r.name, str(r.step), r.commit[:7], *[f"{r.metrics[m]:.5g}" if m in r.metrics else "-" for m in metrics],
+        table.append([r.name + (" UNSAFE" if r.commit in unsafe else ""), str(r.step), r.commit[:7],
+                      *[f"{r.metrics[m]:.5g}" if m in r.metrics else "-" for m in metrics],
                       _size(r.size), ",".join(kept_by) or "- (outside policy)"])
     table = [[terminal_safe(cell) for cell in row] for row in table]  # metric names come from Git
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
@@ -244,8 +260,26 @@ def cmd_verify(args: argparse.Namespace, ctx: Context) -> int:
     if advice:
         print(f"expckpt: {advice}", file=sys.stderr)
     bad = {p.record.commit for p in problems}
-    print(f"{len(records) - len(bad)} of {len(records)} checkpoints verified" + (f", {len(bad)} broken" if bad else ""))
+    gone = removed_meanwhile(records, ctx.store)  # by retention or gc of a run that trains now
+    total = len(records) - len(gone)
+    print(f"{total - len(bad)} of {total} checkpoints verified" + (f", {len(bad)} broken" if bad else "")
+          + (f" ({len(gone)} removed by retention or gc while verify ran)" if gone else ""))
     return 1 if problems else 0
+
+
+def cmd_pull(args: argparse.Namespace, ctx: Context) -> int:
+    from expckpt.quarantine import pull_checkpoints
+
+    result = pull_checkpoints(ctx.store, ctx.cache, ctx.project.root, args.git_remote, args.exp)
+    for record in result.accepted:
+        print(terminal_safe(f"Pulled checkpoint {record.name} ({record.commit[:7]})"))
+    for name, why in result.refused:
+        print(terminal_safe(f"expckpt: refused {name}: {why}; it stays invisible to DVC"), file=sys.stderr)
+    if result.accepted:
+        newest = max(result.accepted, key=lambda r: r.step).name
+        print(terminal_safe(f"Checked and pulled {len(result.accepted)} checkpoints; fetch their files with"
+                            f" `dvc exp pull {args.git_remote} {newest}` (or `dvc pull` after `dvc exp apply`)"))
+    return 1 if result.refused else 0
 
 
 def _history(ctx: Context, chain: Chain) -> list[tuple[int, dict[str, float]]]:
@@ -376,6 +410,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("exp", nargs="?", help="only this experiment")
     p.add_argument("--all", action="store_true", help="checkpoints of every baseline, not only HEAD")
 
+    p = add("pull", cmd_pull, "fetch checkpoints from a Git remote you do not control, checked before DVC sees them")
+    p.add_argument("git_remote", help="Git remote (e.g. origin)")
+    p.add_argument("exp", help="experiment name, or one checkpoint <exp>@<step>")
+
     p = add("report", cmd_report, "best step, plateau, NaN/inf and divergence of an experiment")
     p.add_argument("exp", nargs="?", help="experiment (default: the most recent)")
     p.add_argument("--metric", help="metric to rank by (default: the monitor the experiment recorded)")
@@ -396,6 +434,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command in ("show", "list", "verify", "report") or (args.command == "gc" and args.dry_run):
+            from expckpt.readwait import bounded
+
+            ctx = Context()  # a stopped checkpoint writer must not freeze a read-only command (readwait)
+            with bounded(ctx.store.git_dir, f"expckpt {args.command}"):
+                return args.func(args, ctx)
         return args.func(args, Context())
     except ExpCkptError as exc:
         if args.verbose:

@@ -38,6 +38,7 @@ from expckpt.cache import DvcCache
 from expckpt.config import CheckpointConfig
 from expckpt.dirout import WrittenDir
 from expckpt.errors import RefConflictError
+from expckpt.execdir import keep_exec_dir
 from expckpt.gclock import gc_lock
 from expckpt.gitstore import GitStore
 from expckpt.lockfile import LockBuilder
@@ -225,6 +226,7 @@ class Committer:
 
             self._write_ref(ref, commit)
             phase("after-ref", step)
+            keep_exec_dir(self.store.git_dir)  # `git gc` during the run must not break DVC's end of it
 
             for path, item in zip(paths, items):
                 st = os.stat(item.dest)

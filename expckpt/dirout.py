@@ -25,13 +25,27 @@ from typing import Any
 
 from expckpt.atomic import TEMP_MARK, WrittenFile, fsync_dir, md5_file
 
-__all__ = ["DIR_SUFFIX", "FileStat", "WrittenDir", "build_manifest", "hash_dir", "is_dir_hash", "output_stat", "parse_manifest"]
+__all__ = ["DIR_SUFFIX", "FileStat", "UnsafeManifestError", "WrittenDir", "build_manifest", "hash_dir", "is_dir_hash", "output_stat", "parse_manifest"]
 
 DIR_SUFFIX = ".dir"
 _FILE_MD5 = re.compile(r"[0-9a-f]{32}")
 
 FileStat = tuple[str, int, int, int]
 """``(md5, size, mtime_ns, inode)`` of one file inside a directory output."""
+
+
+class UnsafeManifestError(ValueError):
+    """A ``.dir`` manifest names a path outside its directory (``..``, absolute, ``\\``, NUL)."""
+
+    def __init__(self, relpath: str) -> None:
+        super().__init__(f"unsafe path {relpath!r} in a .dir manifest")
+        self.relpath = relpath
+
+
+def _unsafe_relpath(rel: str) -> bool:
+    parts = rel.split("/")
+    return (rel.startswith("/") or "\\" in rel or "\x00" in rel or any(p in ("", ".", "..") for p in parts)
+            or (len(rel) > 1 and rel[1] == ":"))  # `C:...`: a drive on Windows
 
 
 def is_dir_hash(md5: str) -> bool:
@@ -64,9 +78,8 @@ def parse_manifest(data: bytes) -> dict[str, str]:
         rel, md5 = (entry.get("relpath"), entry.get("md5")) if isinstance(entry, dict) else (None, None)
         if not (isinstance(rel, str) and isinstance(md5, str) and _FILE_MD5.fullmatch(md5)):
             raise ValueError(f"bad .dir manifest entry {entry!r}")
-        parts = rel.split("/")
-        if rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
-            raise ValueError(f"unsafe path {rel!r} in a .dir manifest")
+        if _unsafe_relpath(rel):
+            raise UnsafeManifestError(rel)
         found[rel] = md5
     return found
 

@@ -109,7 +109,7 @@ def close_in_use() -> None:
 
 
 def _kept_baselines(store: GitStore, scope: GcScope) -> set[str]:
-    head = store.get_ref("HEAD")
+    head = store.head()  # an unborn HEAD (``git checkout --orphan``) refuses, as show and list do
     keep: set[str] = {head} if scope.workspace and head else set()
     tips = store.branch_and_tag_tips()
     if scope.all_commits:

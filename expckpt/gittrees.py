@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from dulwich.objects import Blob, Tree
+from dulwich.objects import Blob, Commit, Tree
 
 from expckpt.errors import ProjectError
 
@@ -86,6 +86,14 @@ class TreeReads:
                 break
             sha = target[0]
         return sha
+
+    def commit_message(self, sha: str) -> str | None:
+        """The message of commit ``sha`` (None if there is no such commit here)."""
+        try:
+            obj = self._repo[sha.encode()]
+        except (KeyError, ValueError):
+            return None
+        return obj.message.decode("utf-8", "replace") if isinstance(obj, Commit) else None
 
     def commit_tree(self, commit: str) -> str:
         found = self._raw(commit)

@@ -39,7 +39,9 @@ class Point:
     kept_by: tuple[str, ...]
     """Reasons the keep policy keeps it (empty: outside the policy, ``expckpt gc`` would remove it)."""
     marks: tuple[str, ...]
-    """Some of ``newest``, ``best``, ``paused``, ``pushed``."""
+    """Some of ``newest``, ``best``, ``paused``, ``pushed``, ``branch point of <exps>``."""
+    unsafe: str | None = None
+    """Why applying it is unsafe (``expckpt.unsafe``: a pulled manifest naming a path outside), or None."""
 
 
 @dataclass
@@ -105,7 +107,7 @@ def _best(records: tuple[CheckpointRecord, ...], monitor: str | None, mode: str)
 
 
 def _points(chain: Chain, policy: KeepPolicy | None, monitor: str | None, mode: str,
-            pushed: Collection[str], points_of: Mapping[str, list[str]]) -> tuple[Point, ...]:
+            pushed: Collection[str], points_of: Mapping[str, list[str]], unsafe: Mapping[str, str]) -> tuple[Point, ...]:
     reasons = policy.reasons([CheckpointInfo.of(r) for r in chain.records]) if policy else [frozenset()] * len(chain.records)
     best = _best(chain.records, monitor, mode)
     points = []
@@ -114,7 +116,7 @@ def _points(chain: Chain, policy: KeepPolicy | None, monitor: str | None, mode: 
                                        ("paused", record.paused), ("pushed", record.commit in pushed)) if on]
         if record.commit in points_of:  # another run continued or started from it: gc keeps it
             marks.append(f"branch point of {' '.join(points_of[record.commit])}")
-        points.append(Point(record, tuple(sorted(why)), tuple(marks)))
+        points.append(Point(record, tuple(sorted(why)), tuple(marks), unsafe.get(record.commit)))
     return tuple(points)
 
 
@@ -136,6 +138,7 @@ def build_tree(
     mode: str = "max",
     pushed: Collection[str] = frozenset(),
     head: str | None = None,
+    unsafe: Mapping[str, str] | None = None,
 ) -> Tree:
     """The runs of ``catalog`` as a tree; see the module docstring."""
     runs: dict[tuple[str, str], Run] = {}
@@ -143,7 +146,7 @@ def build_tree(
     for chain in catalog.chains():
         link, source_commit = _source(chain)
         runs[(chain.baseline, chain.exp)] = Run(
-            chain, _points(chain, policy, monitor, mode, pushed, points_of), link, source_commit,
+            chain, _points(chain, policy, monitor, mode, pushed, points_of, unsafe or {}), link, source_commit,
             catalog.by_commit(source_commit) if source_commit else None,
         )
     roots: list[Run] = []

@@ -168,10 +168,26 @@ def push_batch(store: GitStore, dvc_root: Path, target: PushTarget, pairs: Seque
     kept = _still_named(store, pairs)
     if not kept:
         return []
+    _refuse_foreign_chains(store, target.git_remote, kept)
     cache = DvcCache.for_project(dvc_root, store.git_dir)
     upload_objects(cache, dvc_root, target.dvc_remote, objects_of(store, dvc_root, [c for _, c in kept]))
     push_refs(store, target.git_remote, kept)
     return [ref for ref, _ in kept]
+
+
+def _refuse_foreign_chains(store: GitStore, git_remote: str, pairs: Sequence[tuple[str, str]]) -> None:
+    """Never push into a chain another run holds on the remote (see ``expckpt.remotename``)."""
+    from expckpt.remotename import RemoteUnreachable, foreign_checkpoints, remote_checkpoints
+
+    for baseline, exp in sorted({(r.baseline, r.exp) for r in map(CheckpointRef.parse, (ref for ref, _ in pairs)) if r}):
+        try:
+            foreign = foreign_checkpoints(store, remote_checkpoints(store, git_remote, baseline), exp)
+        except RemoteUnreachable as exc:
+            raise PushFailed(str(exc)) from exc
+        if foreign:
+            ref, commit = foreign[0]
+            raise PushFailed(f"Git remote {git_remote!r} has {ref.name} ({commit[:7]}) from another run of {exp!r};"
+                             " not pushing this run's checkpoints into that chain (they stay here)", permanent=True)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -16,6 +16,7 @@ from expckpt.branchpoints import branch_points
 from expckpt.catalog import Catalog, Chain
 from expckpt.records import CheckpointRecord
 from expckpt.text import terminal_safe
+from expckpt.unsafe import ADVICE
 
 __all__ = ["chains_as_json", "render_chains"]
 
@@ -55,8 +56,10 @@ def _origin(chain: Chain, catalog: Catalog) -> str | None:
     return f"{chain.origin[:7]}" + (f" {parent.name}" if parent else "")
 
 
-def render_chains(catalog: Catalog, labels: Mapping[str, str]) -> str:
-    """A table: one block per baseline, one chain per experiment, newest checkpoint first."""
+def render_chains(catalog: Catalog, labels: Mapping[str, str], unsafe: Mapping[str, str] | None = None) -> str:
+    """A table: one block per baseline, one chain per experiment, newest checkpoint first;
+    ``unsafe`` (commit -> why, ``expckpt.unsafe``) marks checkpoints not to apply."""
+    unsafe = unsafe or {}
     chains = catalog.chains()
     if not chains:
         return "No checkpoint experiments yet: run `dvc exp run` with a checkpoint output."
@@ -90,6 +93,7 @@ def render_chains(catalog: Catalog, labels: Mapping[str, str]) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(header, widths)).rstrip()]
     lines.append("  ".join("─" * w for w in widths))
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines += [terminal_safe(f"{r.name}: {unsafe[r.commit]}: {ADVICE}") for r in catalog.records if r.commit in unsafe]
     return "\n".join(lines)
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from expckpt.lineage import Point, Run, Tree
 from expckpt.show import _created, _fmt, _glyph, _iso
 from expckpt.text import terminal_safe
+from expckpt.unsafe import ADVICE
 
 __all__ = ["FOLD_OVER", "render_tree", "tree_as_json"]
 
@@ -82,7 +83,8 @@ def _rows(run: Run, metrics: list[str], depth: int, fold: bool, folded: list[int
             rows += _rows(child, metrics, depth + 1, fold, folded)
         commit = record.commit[:7] + (_source_text(run) if point is run.points[0] else "")
         rows.append([
-            f"{indent}{_glyph(i, len(newest_first))} {record.name}", str(record.step), commit, _created(record),
+            f"{indent}{_glyph(i, len(newest_first))} {record.name}" + (" UNSAFE" if point.unsafe else ""),
+            str(record.step), commit, _created(record),
             *[_fmt(record.metrics.get(m)) for m in metrics],
             ",".join(point.kept_by) or "- (outside policy)", ",".join(point.marks),
         ])
@@ -115,6 +117,7 @@ def render_tree(tree: Tree, *, expand: bool = False) -> str:
             lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     if folded:
         lines.append(f"({sum(folded)} checkpoints folded; `expckpt show --all` lists every one)")
+    lines += [terminal_safe(f"{p.record.name}: {p.unsafe}: {ADVICE}") for p in tree.points() if p.unsafe]
     return "\n".join(lines)
 
 
@@ -131,6 +134,7 @@ def _point_json(point: Point) -> dict[str, Any]:
         "kept_by": list(point.kept_by),
         "marks": list(point.marks),
         "initialized_from": record.initialized_from.as_dict() if record.initialized_from else None,
+        "unsafe": point.unsafe,
     }
 
 

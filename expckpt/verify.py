@@ -16,8 +16,9 @@ from expckpt.cache import DvcCache
 from expckpt.gitstore import GitStore
 from expckpt.records import CheckpointRecord
 from expckpt.text import terminal_safe
+from expckpt.unsafe import ADVICE, unsafe_output
 
-__all__ = ["Problem", "locked_outputs", "remedy", "verify_records"]
+__all__ = ["Problem", "locked_outputs", "remedy", "removed_meanwhile", "verify_records"]
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -79,9 +80,24 @@ def verify_records(records: Iterable[CheckpointRecord], store: GitStore, cache: 
         for path, out in record.outs.items():
             if locked.get(path) != out.md5:
                 problems.append(Problem(record, f"dvc.lock does not record {path} as {out.md5}"))
+            unsafe = unsafe_output(cache, path, out.md5)
+            if unsafe:
+                problems.append(Problem(record, f"{unsafe}: {ADVICE}"))
+                continue
             if out.md5 not in checked:
-                checked[out.md5] = cache.verify(out.md5)
+                try:
+                    checked[out.md5] = cache.verify(out.md5)
+                except FileNotFoundError:  # freed while it was being hashed
+                    checked[out.md5] = "missing from the cache"
             if checked[out.md5] is not None:
                 missing = not cache.has(out.md5)
                 problems.append(Problem(record, f"{path} (md5 {out.md5}) is {checked[out.md5]}", missing))
-    return problems
+    # Retention and gc delete the ref first and the objects after: a checkpoint whose ref is gone
+    # (or moved) by now was removed while we looked, not broken. One whose ref still holds it is.
+    gone = {r.commit for r in removed_meanwhile([p.record for p in problems], store)}
+    return [p for p in problems if p.record.commit not in gone]
+
+
+def removed_meanwhile(records: Iterable[CheckpointRecord], store: GitStore) -> list[CheckpointRecord]:
+    """The checkpoints whose ref no longer holds their commit (retention or gc removed them)."""
+    return [r for r in records if store.get_ref(r.ref.ref) != r.commit]

@@ -87,10 +87,31 @@ def _declared_dirs(project: Project | None) -> set[str]:
 
 def _specs(paths: list[str], given: list[PathArg], base: Path, project: Project | None) -> tuple[OutputSpec, ...]:
     declared = _declared_dirs(project)
-    return tuple(
+    specs = tuple(
         OutputSpec(rel, base / rel, rel in declared or os.fspath(g).endswith("/") or (base / rel).is_dir())
         for rel, g in zip(paths, given)
     )
+    for spec in specs:
+        _refuse_symlink(spec.rel_path, base)
+    return specs
+
+
+def _refuse_symlink(rel: str, base: Path) -> None:
+    """A checkpoint output (or a folder above it in the workspace) that is a symbolic link is
+    refused before training: publishing a directory checkpoint removes the files its manifest
+    does not list, and DVC checks outputs out over what is there, so files of the user's behind
+    the link (a scratch disk holding more than checkpoints) would be deleted."""
+    parts = Path(rel).parts
+    for i in range(len(parts), 0, -1):
+        path = base.joinpath(*parts[:i])
+        if path.is_symlink():
+            shown = Path(*parts[:i]).as_posix()
+            raise ProjectError(
+                f"checkpoint output {rel} goes through a symbolic link ({shown} -> {os.readlink(path)}); expckpt and"
+                f" DVC replace what is inside an output, so other files behind the link could be deleted: make {shown}"
+                " a real directory (to keep checkpoints on another disk, put DVC's cache there: `dvc cache dir <path>`)",
+                path=path,
+            )
 
 
 def wire(

@@ -19,11 +19,12 @@ LAYERS: dict[str, int] = {
     # 1: storage: Git, the DVC cache and project files
     "gitstore": 1, "cache": 1, "records": 1, "session": 1, "project": 1, "lockfile": 1, "catalog": 1,
     "report": 1, "watch": 1, "inuse": 1, "history": 1, "gitlocks": 1, "gitwrites": 1, "gittrees": 1,
-    "dirout": 1, "headstate": 1, "outside": 1, "recorded": 1, "pause": 1, "branchpoints": 1,
+    "dirout": 1, "headstate": 1, "outside": 1, "recorded": 1, "pause": 1, "branchpoints": 1, "execdir": 1,
     # 2: operations on checkpoints, still without torch
     "committer": 2, "resume": 2, "livefiles": 2, "gc": 2, "verify": 2, "show": 2, "reset": 2, "retention": 2,
     "wiring": 2, "signals": 2, "remote": 2, "pusher": 2, "cloudgc": 2, "workspace_guard": 2, "doctor_run": 2, "cli": 3,
-    "initsource": 2, "continuing": 2,
+    "initsource": 2, "continuing": 2, "exprwlock": 2, "remotename": 2, "unsafe": 2, "quarantine": 2, "orphan": 1,
+    "readwait": 1,
     # 4: torch
     "rng": 4, "safe_values": 4, "hparams": 4, "state": 4, "checkpoint_file": 4, "writer": 4, "staging": 4, "streaming": 0,
     "dirstate": 4, "stateset": 4, "doctor_compare": 4, "generators": 4, "torchsched": 4, "initfrom": 4, "datapos": 4,

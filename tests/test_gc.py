@@ -315,3 +315,15 @@ def test_commands_leave_no_shutdown_noise_with_packed_objects(trained: Path) -> 
     for args in (["gc", "--workspace", "--keep-last", "1", "--dry-run"], ["show"], ["verify", "--all"]):
         proc = run("expckpt", *args, cwd=trained)
         assert proc.stderr == "", (args, proc.stderr)
+
+
+def test_gc_refuses_on_an_unborn_branch_like_show_and_list(trained: Path) -> None:
+    before = checkpoint_names(trained)
+    run("git", "checkout", "-q", "--orphan", "fresh", cwd=trained)
+
+    result = run("expckpt", "gc", "--workspace", "--force", cwd=trained, check=False)
+
+    assert result.returncode == 1
+    assert result.stderr.strip() == "expckpt: error: this repository has no commits yet; commit your project first"
+    assert checkpoint_names(trained) == before, "gc on an unborn HEAD must not remove the runs made before"
+    assert "no commits yet" in run("expckpt", "show", cwd=trained, check=False).stderr

@@ -96,3 +96,33 @@ def test_checkpoint_commit_whose_dvc_lock_was_edited_fails(project: Path, tmp_pa
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"expckpt: straight@1 ({forged[:7]})"), result.stderr
     assert f"dvc.lock does not record model.pt as {md5}" in lines[0]
+
+
+def test_checkpoint_removed_by_retention_while_verify_runs_is_not_broken(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 21 item 6: retention of a training run deletes straight@0's ref, then its object,
+    between verify listing the checkpoints and hashing them (the real interleaving, forced)."""
+    from expckpt import cli as cli_module
+    from expckpt.cache import DvcCache
+    from expckpt.gitstore import GitStore
+
+    ref = checkpoint_refs(project)["straight@0"]
+    _md5, obj = object_of(project, "straight@0")
+    real_verify = DvcCache.verify
+
+    def retention_runs_now(cache: DvcCache, digest: str) -> str | None:
+        if obj.exists():
+            GitStore.open(project).delete_ref(ref.ref, ref.commit)  # as retention does: ref first,
+            obj.unlink()  # then the object
+        return real_verify(cache, digest)
+
+    monkeypatch.setattr(DvcCache, "verify", retention_runs_now)
+    monkeypatch.chdir(project)
+
+    code = cli_module.main(["verify", "--all"])
+
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert out.strip() == f"{EPOCHS - 1} of {EPOCHS - 1} checkpoints verified (1 removed by retention or gc while verify ran)"
+    assert code == 0
