@@ -275,6 +275,28 @@ class GitStore(TreeReads):
         listing = self._git("ls-remote", "--", remote, env=_NO_PROMPT)
         return dict(reversed(line.split("\t", 1)) for line in listing.splitlines() if "\t" in line)
 
+    def ls_remote(self, remote: str, pattern: str, *, timeout: float = 600) -> dict[str, str]:
+        """``git ls-remote --refs <remote> <pattern>`` (a name or a URL): ref -> sha.
+
+        Raises ``ProjectError`` with the remote's last line of why (network, credentials, timeout)."""
+        try:
+            proc = self._run(["ls-remote", "--refs", "--", remote, pattern], _NO_PROMPT, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise ProjectError(f"git ls-remote {remote} took over {timeout:g} s", path=self.git_dir) from exc
+        if proc.returncode != 0:
+            lines = [line.strip() for line in proc.stderr.decode(errors="replace").splitlines() if line.strip()]
+            raise ProjectError(lines[-1] if lines else f"git ls-remote exited {proc.returncode}", path=self.git_dir)
+        pairs = (line.partition("\t") for line in proc.stdout.decode(errors="replace").splitlines())
+        return {name: sha for sha, _, name in pairs if name}
+
+    def fetch(self, remote: str, refspecs: Sequence[str]) -> str | None:
+        """``git fetch --no-tags <remote> <refspec>...`` (no prompts): None, or one line of why it failed."""
+        proc = self._run(["fetch", "--no-tags", "--no-write-fetch-head", "--", remote, *refspecs], _NO_PROMPT)
+        if proc.returncode == 0:
+            return None
+        lines = [line.strip() for line in proc.stderr.decode(errors="replace").splitlines() if line.strip()]
+        return lines[-1] if lines else f"git fetch exited {proc.returncode}"
+
     def push(self, remote: str, pairs: Sequence[tuple[str, str]]) -> PushOutcome:
         """``git push --porcelain <remote> <commit>:<ref>...`` (no prompts): who refused what."""
         specs = [f"{commit}:{ref}" for ref, commit in pairs]
@@ -291,10 +313,10 @@ class GitStore(TreeReads):
         return PushOutcome([], (fatal or lines or [f"git push exited {proc.returncode}"])[0])
 
     def _run(self, args: list[str], env: dict[str, str] | None = None,
-             cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+             cwd: Path | None = None, timeout: float | None = None) -> subprocess.CompletedProcess[bytes]:
         full_env = {k: v for k, v in os.environ.items() if k not in _INHERITED_GIT_VARS}
         full_env.update({"GIT_DIR": str(self.git_dir), **(env or {})})
-        return subprocess.run(["git", *args], env=full_env, cwd=cwd, capture_output=True, check=False)
+        return subprocess.run(["git", *args], env=full_env, cwd=cwd, capture_output=True, check=False, timeout=timeout)
 
     def _git(self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> Any:
         proc = self._run(list(args), env, cwd)

@@ -13,7 +13,6 @@ refs are removed at the end.
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,20 +38,14 @@ class PullResult:
     """(checkpoint name, why) of each checkpoint left out."""
 
 
-def _git(store: GitStore, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    return subprocess.run(["git", "--git-dir", str(store.git_dir), *args], capture_output=True, text=True,
-                          errors="replace", check=False, env={**env, "GIT_TERMINAL_PROMPT": "0"}, timeout=600)
-
-
 def _listed(store: GitStore, git_remote: str, exp: str) -> list[CheckpointRef]:
-    proc = _git(store, "ls-remote", "--refs", "--", git_remote, f"{EXPS_PREFIX}*")
-    if proc.returncode != 0:
-        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
-        raise RemoteUnreachable(lines[-1] if lines else f"git ls-remote exited {proc.returncode}")
+    try:
+        listed = store.ls_remote(git_remote, f"{EXPS_PREFIX}*")
+    except ProjectError as exc:
+        raise RemoteUnreachable(str(exc)) from exc
     found = []
-    for line in proc.stdout.splitlines():
-        ref = CheckpointRef.parse(line.partition("\t")[2])
+    for name in listed:
+        ref = CheckpointRef.parse(name)
         if ref is not None and exp in (ref.exp, ref.name):
             found.append(ref)
     return sorted(found, key=lambda r: (r.baseline, r.step))
@@ -109,12 +102,9 @@ def pull_checkpoints(store: GitStore, cache: DvcCache, dvc_root: Path, git_remot
     quarantined = {r: QUARANTINE + r.ref.removeprefix("refs/") for r in wanted}
     result = PullResult()
     try:
-        fetched = _git(store, "fetch", "--no-tags", "--no-write-fetch-head", "--", git_remote,
-                       *(f"+{r.ref}:{q}" for r, q in quarantined.items()))
-        if fetched.returncode != 0:
-            lines = [line.strip() for line in fetched.stderr.splitlines() if line.strip()]
-            raise ProjectError(f"git fetch {git_remote} failed: {lines[-1] if lines else fetched.returncode}",
-                               path=store.git_dir)
+        failed = store.fetch(git_remote, [f"+{r.ref}:{q}" for r, q in quarantined.items()])
+        if failed is not None:
+            raise ProjectError(f"git fetch {git_remote} failed: {failed}", path=store.git_dir)
         for ref, q in quarantined.items():
             commit = store.get_ref(q)
             why = "it did not arrive" if commit is None else _why_not(store, cache, dvc_root, ref, commit)
@@ -136,5 +126,5 @@ def pull_checkpoints(store: GitStore, cache: DvcCache, dvc_root: Path, git_remot
         for q in quarantined.values():
             current = store.get_ref(q)
             if current is not None:
-                _git(store, "update-ref", "-d", q, current)
+                store.delete_ref(q, current)
     return result

@@ -17,11 +17,9 @@ pusher checks again before it pushes anything.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 
-from expckpt.errors import RefConflictError
+from expckpt.errors import ProjectError, RefConflictError
 from expckpt.gitstore import GitStore
 from expckpt.records import BadRecordError, parse_message
 from expckpt.refs import EXPS_PREFIX, CheckpointRef
@@ -39,19 +37,12 @@ class RemoteUnreachable(Exception):
 def remote_checkpoints(store: GitStore, git_remote: str, baseline: str) -> dict[CheckpointRef, str]:
     """The checkpoint refs of ``baseline`` on ``git_remote`` -> commit (invalid lines are skipped)."""
     prefix = f"{EXPS_PREFIX}{baseline[:2]}/{baseline[2:]}/"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     try:
-        proc = subprocess.run(["git", "--git-dir", str(store.git_dir), "ls-remote", "--refs", "--", git_remote,
-                               f"{prefix}*"], capture_output=True, text=True, errors="replace", check=False,
-                              env={**env, "GIT_TERMINAL_PROMPT": "0"}, timeout=LS_REMOTE_TIMEOUT_S)
-    except subprocess.TimeoutExpired as exc:
-        raise RemoteUnreachable(f"git ls-remote {git_remote} took over {LS_REMOTE_TIMEOUT_S:g} s") from exc
-    if proc.returncode != 0:
-        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
-        raise RemoteUnreachable(lines[-1] if lines else f"git ls-remote exited {proc.returncode}")
+        listed = store.ls_remote(git_remote, f"{prefix}*", timeout=LS_REMOTE_TIMEOUT_S)
+    except ProjectError as exc:
+        raise RemoteUnreachable(str(exc)) from exc
     found: dict[CheckpointRef, str] = {}
-    for line in proc.stdout.splitlines():
-        commit, _, name = line.partition("\t")
+    for name, commit in listed.items():
         ref = CheckpointRef.parse(name)
         if ref is not None and name.startswith(prefix) and _SHA.fullmatch(commit):
             found[ref] = commit
