@@ -24,8 +24,8 @@ import yaml
 from torch import nn
 
 from expckpt import CheckpointLive, ConfigError, DataPosition, ExpCkptError, TrainingState
-from expckpt.errors import DataError
 from expckpt.atomic import atomic_write_bytes
+from expckpt.errors import DataError
 from expckpt.phases import log_phases
 from expckpt.progress import Progress
 

@@ -135,7 +135,11 @@ def kill_tree(proc: subprocess.Popen, exp: str, project: Path) -> str:
 
 def signal_training(exp: str, project: Path, signum: int) -> list[int]:
     """Send ``signum`` to the training processes of the run (not to ``dvc`` itself)."""
-    pids = [pid for pid in _run_processes(exp, project) if b"train.py" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    pids = []
+    for pid in _run_processes(exp, project):
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if b"train.py" in cmdline and b"torchrun" not in cmdline and b"torch.distributed.run" not in cmdline:
+            pids.append(pid)
     for pid in pids:
         os.kill(pid, signum)
     return pids

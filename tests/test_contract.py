@@ -98,7 +98,7 @@ def test_a_kill_at_a_random_step_resumes_bitwise_exact_under_its_own_name(ref: d
     out = run("dvc", "exp", "run", "-n", "resumed", cwd=p).stdout
 
     assert re.search(rf"Resuming from {front.output}/? \(killed@{max(killed)}\)", out), out
-    assert _refs(ref, "killed") == killed  # nothing more under the killed run's name
+    assert set(_refs(ref, "killed")) <= set(killed)  # nothing more under the killed run's name
     resumed = _refs(ref, "resumed")
     assert max(resumed) == front.steps()[-1]
     assert lineage(p, resumed[max(resumed)])[max(killed)] == killed[max(killed)]
@@ -131,14 +131,16 @@ def test_a_reused_experiment_name_is_refused(ref: dict[str, Any]) -> None:
     run("expckpt", "reset", cwd=p)
     result = run("dvc", "exp", "run", "-n", "crashed", cwd=p, check=False)
     assert result.returncode != 0
-    errors = [line for line in result.stderr.splitlines() if "already exists" in line]
+    errors = [line for line in result.stderr.splitlines() if "already exist" in line]
     assert len(errors) == 1 and f"'crashed@{min(before)}'" in errors[0], result.stdout + result.stderr
     assert not re.search(r"^Checkpoint experiment", result.stdout, re.M), "it trained"
     assert _refs(ref, "crashed") == before
     back_to_branch(p)
 
 
-def test_sigterm_saves_and_exits_cleanly(ref: dict[str, Any]) -> None:
+def test_sigterm_pauses_at_the_next_boundary_and_exits_cleanly(ref: dict[str, Any]) -> None:
+    """SIGTERM (Kubernetes, SLURM) to the training processes: a checkpoint where training is,
+    marked paused, one line naming it, exit 75 (``dvc exp run`` then fails: no final experiment)."""
     front: FrontEnd = ref["front"]
     p, base = ref["project"], ref["base"]
     first = front.saved()[0]
@@ -146,7 +148,7 @@ def test_sigterm_saves_and_exits_cleanly(ref: dict[str, Any]) -> None:
     proc = start(p, "termed")
     try:
         wait_for(p, base, "termed", proc, lambda refs: first in refs)
-        assert signal_training("termed", p, signal.SIGTERM)
+        assert signal_training("termed", p, signal.SIGTERM)  # the workers, not torchrun: as a cluster does
         output = proc.communicate(timeout=300)[0]
     finally:
         if proc.poll() is None:
@@ -154,10 +156,28 @@ def test_sigterm_saves_and_exits_cleanly(ref: dict[str, Any]) -> None:
     back_to_branch(p)
     termed = _refs(ref, "termed")
     last = max(termed)
-    assert re.search(rf"^expckpt: .*SIGTERM.*termed@{last}", output, re.M), output
-    assert "Traceback" not in output, output
+    assert re.search(rf"^expckpt: paused by SIGTERM at step \d+ \(termed@{last}\)", output, re.M), output
+    assert meta(p, termed[last])["paused"] is True
+    if front.ranks == 1:  # torchrun prints its own report of workers that exited non-zero
+        assert "Traceback" not in output, output
     verified = run("expckpt", "verify", "--all", cwd=p, check=False)
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_divergence_stops_and_keeps_the_best(ref: dict[str, Any]) -> None:
+    front: FrontEnd = ref["front"]
+    p = ref["project"]
+    first = front.steps()[0]
+    run("expckpt", "reset", cwd=p)
+    result = run("dvc", "exp", "run", "-n", "div", "-S", "lr=1.0e+30", "-S", "+checkpoint.on_divergence=stop",
+                 "-S", f"+checkpoint.divergence_metric={front.loss}", cwd=p, check=False)
+    out = result.stdout + result.stderr
+    assert f"expckpt: stopping training at step {first} (" in out, out
+    div = _refs(ref, "div")
+    assert first in div and not math.isfinite(float(meta(p, div[first])["metrics"][front.loss]))
+    assert sorted(div) == [first]  # the stop step: saved though the interval skips it, and nothing after
+    back_to_branch(p)
+    run("git", "checkout", "-q", "--", "params.yaml", cwd=p)
 
 
 def test_resuming_from_a_lost_checkpoint_is_refused(ref: dict[str, Any]) -> None:
@@ -187,18 +207,3 @@ def test_resuming_from_a_lost_checkpoint_is_refused(ref: dict[str, Any]) -> None
     back_to_branch(p)
     run("git", "checkout", "-q", "--", "params.yaml", cwd=p)
     run("expckpt", "reset", cwd=p)
-
-
-def test_divergence_stops_and_keeps_the_best(ref: dict[str, Any]) -> None:
-    front: FrontEnd = ref["front"]
-    p = ref["project"]
-    first = front.steps()[0]
-    result = run("dvc", "exp", "run", "-n", "div", "-S", "lr=1.0e+30", "-S", "+checkpoint.on_divergence=stop",
-                 "-S", f"+checkpoint.divergence_metric={front.loss}", cwd=p, check=False)
-    out = result.stdout + result.stderr
-    assert f"expckpt: stopping training at step {first} (" in out, out
-    div = _refs(ref, "div")
-    assert first in div and not math.isfinite(float(meta(p, div[first])["metrics"][front.loss]))
-    assert sorted(div) == [first]  # the stop step: saved though the interval skips it, and nothing after
-    back_to_branch(p)
-    run("git", "checkout", "-q", "--", "params.yaml", cwd=p)

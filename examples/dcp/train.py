@@ -8,7 +8,9 @@ the checkpoint experiment ``<exp>@<epoch>`` (dvclive's files are written by rank
 
 from __future__ import annotations
 
+import os
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from expckpt import Checkpointer
+from expckpt.errors import ExpCkptError
 from expckpt.integrations.dcp import DcpHandler
 from expckpt.integrations.loop import StepLog
 
@@ -103,4 +106,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ExpCkptError as exc:  # one line saying what is wrong and what to do (rank 0 says it)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"train.py: error: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -7,7 +7,9 @@ checkpoint experiment ``<exp>@<epoch>`` (dvclive's files are written by rank 0 o
 
 from __future__ import annotations
 
+import os
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from expckpt import Checkpointer, TrainingState
+from expckpt.errors import ExpCkptError
 from expckpt.integrations.loop import StepLog
 
 
@@ -77,4 +80,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ExpCkptError as exc:  # one line saying what is wrong and what to do (rank 0 says it)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"train.py: error: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -10,6 +10,8 @@ Trainer's own settings (``save_total_limit`` 2 + the best by ``accuracy``); with
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainingArguments
 
+from expckpt.errors import ExpCkptError
 from expckpt.integrations.hf import ExpCkptTrainerCallback
 
 
@@ -92,4 +95,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ExpCkptError as exc:  # one line saying what is wrong and what to do (rank 0 says it)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"train.py: error: {exc}", file=sys.stderr)
+        sys.exit(1)

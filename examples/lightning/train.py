@@ -7,6 +7,8 @@ itself inside ``dvc exp run``. ``epochs`` in params.yaml is the total to reach.
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -18,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from expckpt.errors import ExpCkptError
 from expckpt.integrations.lightning import ExpCkptCallback
 
 
@@ -77,4 +80,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ExpCkptError as exc:  # one line saying what is wrong and what to do (rank 0 says it)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"train.py: error: {exc}", file=sys.stderr)
+        sys.exit(1)
