@@ -24,10 +24,10 @@ import yaml
 from torch import nn
 
 from expckpt import CheckpointLive, ConfigError, DataPosition, ExpCkptError, TrainingState
-from expckpt.atomic import atomic_write_bytes
+from expckpt.serialize.atomic import atomic_write_bytes
 from expckpt.errors import DataError
 from expckpt.phases import log_phases
-from expckpt.progress import Progress
+from expckpt.train.progress import Progress
 
 PROG = "train.py"
 REQUIRED = {"seed": int, "epochs": int, "batch_size": int, "lr": float, "weight_decay": float}

@@ -65,7 +65,7 @@ def reflink_supported(directory: Path) -> bool:
 
 def temp_checkpoint(dest: Path, size: int, salt: str) -> tuple[Any, float]:
     """A complete, fsynced temp file beside ``dest`` (what write_temp leaves), and its write time."""
-    from expckpt.atomic import TEMP_MARK, WrittenFile
+    from expckpt.serialize.atomic import TEMP_MARK, WrittenFile
 
     block = os.urandom(1 << 20)
     digest = hashlib.md5(usedforsecurity=False)
@@ -89,11 +89,11 @@ def temp_checkpoint(dest: Path, size: int, salt: str) -> tuple[Any, float]:
 STAGE_SCRIPT = """\
 import hashlib, os, sys, time
 from pathlib import Path
-from expckpt.atomic import TEMP_MARK, WrittenFile
-from expckpt.cache import DvcCache
-from expckpt.committer import Committer
-from expckpt.gitstore import GitStore
-from expckpt.project import Project, RunContext
+from expckpt.serialize.atomic import TEMP_MARK, WrittenFile
+from expckpt.store.cache import DvcCache
+from expckpt.publish.committer import Committer
+from expckpt.store.gitstore import GitStore
+from expckpt.store.project import Project, RunContext
 
 run = RunContext.from_env()
 project = Project.discover()
@@ -180,10 +180,10 @@ def main() -> None:
     C.run(["python", "download.py"], cwd=repo, env=env)
     C.apply_env(env)
 
-    from expckpt.cache import DvcCache
-    from expckpt.committer import Committer
-    from expckpt.gitstore import GitStore
-    from expckpt.project import Project, RunContext
+    from expckpt.store.cache import DvcCache
+    from expckpt.publish.committer import Committer
+    from expckpt.store.gitstore import GitStore
+    from expckpt.store.project import Project, RunContext
 
     supports_reflink = reflink_supported(repo)
     fs_type = C._fs_type(repo)

@@ -85,7 +85,7 @@ def project(path: Path, env: dict[str, str], out: str) -> Path:
 
 
 def setup(kind: str, out: str, base: Path, env: dict[str, str], state: Any) -> tuple[Any, Path]:
-    from expckpt.checkpointer import Checkpointer
+    from expckpt.train.checkpointer import Checkpointer
 
     repo = project(base / f"{kind}-{out.strip('/')}", env, out)
     os.chdir(repo)

@@ -29,7 +29,7 @@ update of the weights), each policy
 (``when_busy: wait`` / ``skip``), with the time each request blocked.
 
     python bench/gpu.py --sizes 100,1000,4000            # on a CUDA machine: every GPU figure
-    python bench/gpu.py --device cpu --sizes 12,100,500 --compare-with /tmp/main/expckpt/checkpoint_file.py
+    python bench/gpu.py --device cpu --sizes 12,100,500 --compare-with /tmp/main/expckpt/serialize/checkpoint_file.py
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ import _common as C  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from expckpt.checkpoint_file import write_temp  # noqa: E402
-from expckpt.writer import AsyncWriter  # noqa: E402
+from expckpt.serialize.checkpoint_file import write_temp  # noqa: E402
+from expckpt.serialize.writer import AsyncWriter  # noqa: E402
 
 TARGET_ASYNC_VS_PINNED = 1.3
 TARGET_SYNC_VS_FLOOR = 1.2

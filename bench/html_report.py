@@ -29,12 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from _common import header, table, write_result  # noqa: E402
 
-from expckpt.catalog import Catalog  # noqa: E402
-from expckpt.htmlreport import page_data, render_page  # noqa: E402
-from expckpt.lineage import build_tree  # noqa: E402
-from expckpt.policy import keep_policy  # noqa: E402
-from expckpt.records import CheckpointRecord, OutputHash  # noqa: E402
-from expckpt.refs import CheckpointRef  # noqa: E402
+from expckpt.store.catalog import Catalog  # noqa: E402
+from expckpt.ops.htmlreport import page_data, render_page  # noqa: E402
+from expckpt.ops.lineage import build_tree  # noqa: E402
+from expckpt.policy.policy import keep_policy  # noqa: E402
+from expckpt.store.records import CheckpointRecord, OutputHash  # noqa: E402
+from expckpt.store.refs import CheckpointRef  # noqa: E402
 
 BASE = "b" * 40
 

@@ -45,11 +45,11 @@ TARGET_REFS_RATIO = 1.2
 def fill(repo: Path, env: dict[str, str], n: int, kind: str) -> float:
     """Write ``n`` experiment commits + refs into ``repo``; return the seconds it took."""
     C.apply_env(env)
-    from expckpt.gitstore import GitStore
-    from expckpt.lockfile import LockBuilder
-    from expckpt.project import Project
-    from expckpt.records import OutputHash, format_message
-    from expckpt.refs import EXPS_PREFIX, CheckpointRef
+    from expckpt.store.gitstore import GitStore
+    from expckpt.store.lockfile import LockBuilder
+    from expckpt.store.project import Project
+    from expckpt.store.records import OutputHash, format_message
+    from expckpt.store.refs import EXPS_PREFIX, CheckpointRef
 
     start = time.perf_counter()
     store = GitStore.open(repo)
@@ -122,8 +122,8 @@ def in_process_show(repo: Path, env: dict[str, str]) -> dict[str, float]:
     cwd = os.getcwd()
     os.chdir(repo)
     try:
-        from expckpt.cli import Context
-        from expckpt.show import render_chains
+        from expckpt.cli.main import Context
+        from expckpt.ops.show import render_chains
 
         t0 = time.perf_counter()
         ctx = Context()
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     show_big, out_big = time_cmd(["expckpt", "show"], big, env, args.runs)
     show_small, _ = time_cmd(["expckpt", "show"], small, env, args.runs)
     breakdown = in_process_show(big, env)
-    imports = {m: import_time(env, m) for m in ("torch", "expckpt.cli", "expckpt.show")}
+    imports = {m: import_time(env, m) for m in ("torch", "expckpt.cli.main", "expckpt.ops.show")}
     print("   timing dvc exp show on checkpoint refs ...", flush=True)
     dvc_ckpt = dvc_show(small, env, max(2, args.runs - 1))
     print("   timing dvc exp show on ordinary refs ...", flush=True)
@@ -197,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     print(C.table(rows))
     print(f"\nexpckpt show at {args.n} refs, in-process: catalog {C.ms(breakdown['load_catalog_s'])}, "
           f"render {C.ms(breakdown['render_s'])} ({breakdown['records']} records, {breakdown['lines']} lines); "
-          f"process start-up: `import torch` {C.secs(imports['torch'])}, `import expckpt.cli` {C.secs(imports['expckpt.cli'])}"
-          f" (expckpt/__init__ imports torch), `import expckpt.show` {C.secs(imports['expckpt.show'])}")
+          f"process start-up: `import torch` {C.secs(imports['torch'])}, `import expckpt.cli.main` {C.secs(imports['expckpt.cli.main'])}"
+          f" (expckpt/__init__ imports torch), `import expckpt.ops.show` {C.secs(imports['expckpt.ops.show'])}")
     C.write_result("listing", {
         "n": args.n,
         "dvc_n": args.dvc_n,

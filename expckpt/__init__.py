@@ -11,39 +11,39 @@ adapters in ``expckpt.integrations``. Everything else is internal.
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from expckpt import seeding as _seeding  # noqa: F401  (the generators' states before the script seeds them)
+from expckpt.state import seeding as _seeding  # noqa: F401  (the generators' states before the script seeds them)
 from expckpt.errors import ConfigError, ExpCkptError
 
 # Exports that pull in torch or dvclive load on first use, so `expckpt show` and friends start
 # in a fraction of a second (importing torch alone takes seconds).
 _LAZY = {
-    "load_checkpoint": "expckpt.checkpoint_file",
-    "load_model": "expckpt.loading",
-    "Checkpointer": "expckpt.checkpointer",
-    "Decision": "expckpt.checkpointer",
-    "Resumed": "expckpt.resume",
-    "StopTraining": "expckpt.checkpointer",
-    "CheckpointConfig": "expckpt.config",
-    "CheckpointLive": "expckpt.live",
-    "TrainingState": "expckpt.state",
-    "DataPosition": "expckpt.datapos",
-    "PAUSED_EXIT": "expckpt.pause",
-    "TrainingPaused": "expckpt.pause",
+    "load_checkpoint": "expckpt.serialize.checkpoint_file",
+    "load_model": "expckpt.serialize.loading",
+    "Checkpointer": "expckpt.train.checkpointer",
+    "Decision": "expckpt.train.checkpointer",
+    "Resumed": "expckpt.train.resume",
+    "StopTraining": "expckpt.train.checkpointer",
+    "CheckpointConfig": "expckpt.policy.config",
+    "CheckpointLive": "expckpt.train.live",
+    "TrainingState": "expckpt.state.state",
+    "DataPosition": "expckpt.state.datapos",
+    "PAUSED_EXIT": "expckpt.train.pause",
+    "TrainingPaused": "expckpt.train.pause",
 }
 
-_MOVED = {"CheckpointRef": "expckpt.refs"}
+_MOVED = {"CheckpointRef": "expckpt.store.refs"}
 """Names the top level no longer exports, and where they live (every error: ``expckpt.errors``)."""
 
 if TYPE_CHECKING:
-    from expckpt.checkpoint_file import load_checkpoint
-    from expckpt.checkpointer import Checkpointer, Decision, StopTraining
-    from expckpt.config import CheckpointConfig
-    from expckpt.live import CheckpointLive
-    from expckpt.loading import load_model
-    from expckpt.resume import Resumed
-    from expckpt.state import TrainingState
-    from expckpt.datapos import DataPosition
-    from expckpt.pause import PAUSED_EXIT, TrainingPaused
+    from expckpt.serialize.checkpoint_file import load_checkpoint
+    from expckpt.train.checkpointer import Checkpointer, Decision, StopTraining
+    from expckpt.policy.config import CheckpointConfig
+    from expckpt.train.live import CheckpointLive
+    from expckpt.serialize.loading import load_model
+    from expckpt.train.resume import Resumed
+    from expckpt.state.state import TrainingState
+    from expckpt.state.datapos import DataPosition
+    from expckpt.train.pause import PAUSED_EXIT, TrainingPaused
 
 
 def __getattr__(name: str) -> Any:

@@ -31,11 +31,20 @@ import pytest
 
 INSTALL_HINT = "no headless browser: install one with `apt-get install -y chromium chromium-driver` (CI does)"
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--window-size=1400,1000",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,1000",
     # the page must not reach anything: a dead proxy for every request, no name resolves
-    "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>", "--host-resolver-rules=MAP * ~NOTFOUND",
+    "--proxy-server=http://127.0.0.1:9",
+    "--proxy-bypass-list=<-loopback>",
+    "--host-resolver-rules=MAP * ~NOTFOUND",
 ]
 _ELEMENT = "element-6066-11e4-a52e-4f735466cecf"
 
@@ -65,8 +74,9 @@ class Browser:
             pytest.skip(INSTALL_HINT)
         chromium, chromedriver = found
         port = _free_port()
-        driver = subprocess.Popen([chromedriver, f"--port={port}"], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
+        driver = subprocess.Popen(
+            [chromedriver, f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         base = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 30
@@ -78,8 +88,11 @@ class Browser:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.1)
-            caps = {"browserName": "chrome", "goog:loggingPrefs": {"browser": "ALL"},
-                    "goog:chromeOptions": {"binary": chromium, "args": [*FLAGS, f"--user-data-dir={profile}"]}}
+            caps = {
+                "browserName": "chrome",
+                "goog:loggingPrefs": {"browser": "ALL"},
+                "goog:chromeOptions": {"binary": chromium, "args": [*FLAGS, f"--user-data-dir={profile}"]},
+            }
             session = _call("POST", f"{base}/session", {"capabilities": {"alwaysMatch": caps}})["sessionId"]
             browser = cls(base, session)
             try:
@@ -111,10 +124,19 @@ class Browser:
 
     def hover(self, css: str | dict) -> None:
         """Move the mouse onto the first element ``css`` matches (or an element ``run`` returned)."""
-        element = css if isinstance(css, dict) else self._do("POST", "/element", {"using": "css selector", "value": css})
+        element = (
+            css if isinstance(css, dict) else self._do("POST", "/element", {"using": "css selector", "value": css})
+        )
         move = {"type": "pointerMove", "duration": 0, "origin": {_ELEMENT: element[_ELEMENT]}, "x": 0, "y": 0}
-        self._do("POST", "/actions", {"actions": [
-            {"type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"}, "actions": [move]}]})
+        self._do(
+            "POST",
+            "/actions",
+            {
+                "actions": [
+                    {"type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"}, "actions": [move]}
+                ]
+            },
+        )
 
     def screenshot(self, path: Path) -> None:
         path.write_bytes(base64.b64decode(self._do("GET", "/screenshot")))

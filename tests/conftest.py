@@ -32,7 +32,7 @@ def _isolate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 def _isolate_env(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (home / ".gitconfig").write_text(
         "[user]\n\tname = expckpt tests\n\temail = tests@expckpt.invalid\n"
-        "[init]\n\tdefaultBranch = main\n[protocol \"file\"]\n\tallow = always\n"
+        '[init]\n\tdefaultBranch = main\n[protocol "file"]\n\tallow = always\n'
     )
     for key in list(os.environ):
         if key.startswith(("DVC_", "DVCLIVE_", "GIT_", "EXPCKPT_")):
@@ -48,7 +48,9 @@ def _isolate_env(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 Runner = Callable[..., subprocess.CompletedProcess]
 
 
-def run(*args: str, cwd: Path, check: bool = True, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run(
+    *args: str, cwd: Path, check: bool = True, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         list(args), cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout
     )
@@ -90,7 +92,9 @@ def project(tmp_path: Path) -> Path:
     return make_project(tmp_path / "project", epochs=3)
 
 
-def train_in_exp_env(project: Path, name: str, *args: str, check: bool = True, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def train_in_exp_env(
+    project: Path, name: str, *args: str, check: bool = True, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run train.py as ``dvc exp run`` would (same variables), without DVC's start-up cost.
 
     Fast checkpoints for tests that are about what happens to them afterwards; the real

@@ -76,8 +76,15 @@ FRONT_ENDS = [
     FrontEnd("ddp", "ddp", monitor="acc", loss="loss", ranks=2),
     FrontEnd("dcp", "dcp", monitor="acc", loss="loss", output="ckpt", ranks=2),
     FrontEnd("lightning", "lightning", monitor="val_acc", loss="val_loss"),
-    FrontEnd("hf", "hf", monitor="eval_accuracy", loss="eval_loss", steps_per_epoch=23, every=3,
-             env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}),
+    FrontEnd(
+        "hf",
+        "hf",
+        monitor="eval_accuracy",
+        loss="eval_loss",
+        steps_per_epoch=23,
+        every=3,
+        env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+    ),
 ]
 
 
@@ -100,19 +107,32 @@ def _run_processes(exp: str, project: Path) -> list[int]:
 
 def start(project: Path, exp: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        ["dvc", "exp", "run", "-n", exp, *args], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True, env={**os.environ, **(env or {})},
+        ["dvc", "exp", "run", "-n", exp, *args],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
     )
 
 
-def wait_for(project: Path, base: str, exp: str, proc: subprocess.Popen, ready: Callable[[dict[int, str]], bool],
-             timeout: float = 600) -> None:
+def wait_for(
+    project: Path,
+    base: str,
+    exp: str,
+    proc: subprocess.Popen,
+    ready: Callable[[dict[int, str]], bool],
+    timeout: float = 600,
+) -> None:
     deadline = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline:
         if ready(checkpoint_refs(project, base, exp)):
             return
         time.sleep(0.05)
-    raise AssertionError(f"{exp}: not ready (rc {proc.poll()}):\n{proc.communicate()[0] if proc.poll() is not None else ''}")
+    raise AssertionError(
+        f"{exp}: not ready (rc {proc.poll()}):\n{proc.communicate()[0] if proc.poll() is not None else ''}"
+    )
 
 
 def kill_tree(proc: subprocess.Popen, exp: str, project: Path) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from conftest import run
 
-SCRIPT = '''\
+SCRIPT = """\
 import os
 import random
 
@@ -21,7 +21,7 @@ import yaml
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from expckpt import CheckpointLive, TrainingState
-from expckpt.generators import GeneratorState
+from expckpt.state.generators import GeneratorState
 
 
 class Noisy(Dataset):
@@ -67,7 +67,7 @@ def main():
 
 if __name__ == "__main__":
     main()
-'''
+"""
 
 LOSS = "torch.nn.functional.mse_loss(model(x).squeeze(1), y).item()"
 
@@ -120,9 +120,12 @@ def _indent(code: str, spaces: int) -> str:
 def script(flaw: str) -> str:
     parts = FLAWS[flaw]
     return SCRIPT.format(
-        setup=_indent(parts.get("setup", ""), 4), state=parts.get("state", ""),
-        epoch_start=_indent(parts.get("epoch_start", ""), 12), batches=parts.get("batches", "batches(x, y)"),
-        after_step=_indent(parts.get("after_step", ""), 16), epoch_end=_indent(parts.get("epoch_end", ""), 12),
+        setup=_indent(parts.get("setup", ""), 4),
+        state=parts.get("state", ""),
+        epoch_start=_indent(parts.get("epoch_start", ""), 12),
+        batches=parts.get("batches", "batches(x, y)"),
+        after_step=_indent(parts.get("after_step", ""), 16),
+        epoch_end=_indent(parts.get("epoch_end", ""), 12),
         metric=parts.get("metric", LOSS),
     )
 
@@ -157,7 +160,7 @@ def tiny_project(path: Path, flaw: str = "correct", epochs: int = 4, dvc_yaml: s
     return path
 
 
-PLAIN_SCRIPT = '''\
+PLAIN_SCRIPT = """\
 import random
 
 import numpy as np
@@ -165,7 +168,7 @@ import torch
 import yaml
 
 from expckpt import TrainingState
-from expckpt.checkpointer import Checkpointer
+from expckpt.train.checkpointer import Checkpointer
 
 
 def main():
@@ -194,7 +197,7 @@ def main():
 
 if __name__ == "__main__":
     main()
-'''
+"""
 
 PLAIN_DVC_YAML = DVC_YAML.split("metrics:")[0]
 

@@ -162,8 +162,13 @@ class Background:
     @classmethod
     def start(cls, args: list[str], cwd: Path, env: dict[str, str], *, group: bool = False) -> Background:
         proc = subprocess.Popen(
-            args, cwd=cwd, env={**os.environ, **FAST, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, start_new_session=group,
+            args,
+            cwd=cwd,
+            env={**os.environ, **FAST, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=group,
         )
         bg = cls(proc)
         for name, stream in (("out", proc.stdout), ("err", proc.stderr)):

@@ -26,8 +26,8 @@ from torch import nn
 
 from conftest import run
 from expckpt import phases
-from expckpt.checkpointer import Checkpointer
-from expckpt.state import TrainingState
+from expckpt.train.checkpointer import Checkpointer
+from expckpt.state.state import TrainingState
 
 DVC_YAML = """\
 stages:

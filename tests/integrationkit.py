@@ -46,7 +46,7 @@ def checkpoint_refs(project: Path, base: str, exp: str) -> dict[int, str]:
     found = {}
     for line in out.splitlines():
         ref, sha = line.split()
-        name, at, step = ref[len(prefix):].rpartition("@")
+        name, at, step = ref[len(prefix) :].rpartition("@")
         if at and name == exp and step.isdigit():
             found[int(step)] = sha
     return dict(sorted(found.items()))
@@ -56,7 +56,7 @@ def meta(project: Path, commit: str) -> dict[str, Any]:
     """The ``expckpt-meta:`` JSON line of a checkpoint commit's message."""
     message = run("git", "show", "-s", "--format=%B", commit, cwd=project).stdout
     (line,) = [line for line in message.splitlines() if line.startswith("expckpt-meta: ")]
-    return json.loads(line[len("expckpt-meta: "):])
+    return json.loads(line[len("expckpt-meta: ") :])
 
 
 def lineage(project: Path, commit: str) -> dict[int, str]:
@@ -148,7 +148,9 @@ def _rank_pid(exp: str, rank: int, project: Path) -> int | None:
     return None
 
 
-def run_and_kill_rank(project: Path, base: str, exp: str, *args: str, rank: int, after_step: int = 1, timeout: float = 300) -> str:
+def run_and_kill_rank(
+    project: Path, base: str, exp: str, *args: str, rank: int, after_step: int = 1, timeout: float = 300
+) -> str:
     """``dvc exp run -n exp ARGS`` of a torchrun stage, with worker ``rank`` killed by SIGKILL
     once ``exp@after_step`` exists; torchrun then stops the other ranks and the run fails."""
     proc = _start_exp_run(project, exp, args)

@@ -128,11 +128,13 @@ class CliResult:
 def cli(project: Path, *args: str) -> CliResult:
     """``expckpt ARGS`` run in ``project`` by the same ``main`` the console script calls (in this
     process: a subprocess would pay seconds of imports)."""
-    from expckpt.cli import main
+    from expckpt.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     old = Path.cwd()
-    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("DVC_EXP") or k in ("DVC_ROOT", "DVC_STAGE")}
+    saved = {
+        k: os.environ.pop(k) for k in list(os.environ) if k.startswith("DVC_EXP") or k in ("DVC_ROOT", "DVC_STAGE")
+    }
     os.chdir(project)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -208,7 +210,9 @@ def resume_problems(stdout: str, exp: str, last_complete: int | None, total: int
     if last_complete is not None and want < total and name != f"{exp}@{last_complete}":
         problems.append(f"resumed from {name}, expected {exp}@{last_complete}")
     if want < total and first_epoch(stdout) != want:
-        problems.append(f"first trained epoch {first_epoch(stdout)}, expected {want}: a completed step was trained again?")
+        problems.append(
+            f"first trained epoch {first_epoch(stdout)}, expected {want}: a completed step was trained again?"
+        )
     return problems
 
 

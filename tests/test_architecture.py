@@ -1,4 +1,8 @@
-"""The package's shape: layers that only import downwards, no cycles, a core without torch."""
+"""The package's shape: subpackages that only import downwards, no cycles, a core without torch.
+
+Every import counts, module-level and function-local alike (only ``if TYPE_CHECKING:`` blocks,
+which import nothing at run time, are left out), in ``integrations/`` too.
+"""
 
 from __future__ import annotations
 
@@ -11,68 +15,106 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "expckpt"
 
-LAYERS: dict[str, int] = {
-    # 0: pure values and rules, no Git, no DVC, no torch
-    "errors": 0, "refs": 0, "ranking": 0, "checks": 0, "text": 0, "phases": 0, "faults": 0, "atomic": 0,
-    "policy": 0, "saving": 0, "config": 0, "progress": 0, "gclock": 0, "__init__": 0, "seeding": 0,
-    "stopafter": 0, "doctor_hints": 0,
-    # 1: storage: Git, the DVC cache and project files
-    "gitstore": 1, "cache": 1, "records": 1, "session": 1, "project": 1, "lockfile": 1, "catalog": 1,
-    "report": 1, "watch": 1, "inuse": 1, "history": 1, "gitlocks": 1, "gitwrites": 1, "gittrees": 1,
-    "dirout": 1, "headstate": 1, "outside": 1, "recorded": 1, "pause": 1, "branchpoints": 1, "execdir": 1,
-    # 2: operations on checkpoints, still without torch
-    "committer": 2, "resume": 2, "livefiles": 2, "gc": 2, "verify": 2, "show": 2, "reset": 2, "retention": 2,
-    "wiring": 2, "signals": 2, "remote": 2, "pusher": 2, "cloudgc": 2, "workspace_guard": 2, "doctor_run": 2, "cli": 3,
-    "initsource": 2, "continuing": 2, "exprwlock": 2, "remotename": 2, "unsafe": 2, "quarantine": 2, "orphan": 1,
-    "readwait": 1,
-    # 4: torch
-    "rng": 4, "safe_values": 4, "hparams": 4, "state": 4, "checkpoint_file": 4, "writer": 4, "staging": 4, "streaming": 0,
-    "dirstate": 4, "stateset": 4, "doctor_compare": 4, "generators": 4, "torchsched": 4, "initfrom": 4, "datapos": 4,
-    # 5: training-loop integrations
-    "outputs": 4, "loading": 4, "coordination": 0, "handlers": 4, "checkpointer": 5, "live": 6,
-    # issue 26: the checkpoint tree and its views
-    "lineage": 2, "showtree": 2, "htmlreport": 2, "htmlassets": 1,
-    "doctor": 5,
-}
-"""Each module's layer: a module may import only from its own layer or lower ones."""
+ORDER = ["", "policy", "state", "serialize", "store", "publish", "ops", "train", "integrations", "cli"]
+"""Bottom to top; ``""`` is the foundation at the top level (errors, text, phases, faults)."""
 
-CORE_WITHOUT_TORCH = ["committer", "gc", "verify", "show", "resume", "cli", "catalog", "retention", "wiring", "reset",
-                      "remote", "pusher", "cloudgc", "doctor_run", "doctor_hints", "stopafter"]
+CORE_WITHOUT_TORCH = [
+    "publish.committer",
+    "ops.gc",
+    "ops.verify",
+    "ops.show",
+    "train.resume",
+    "cli",
+    "store.catalog",
+    "publish.retention",
+    "train.wiring",
+    "ops.reset",
+    "publish.remote",
+    "publish.pusher",
+    "ops.cloudgc",
+]
+"""What `expckpt show/list/gc/verify/reset` load: it must work on a machine without torch."""
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE).with_suffix("")
+    parts = [p for p in rel.parts if p != "__init__"]
+    return ".".join(parts)
 
 
 def _modules() -> dict[str, Path]:
-    return {p.stem: p for p in PACKAGE.glob("*.py")}
+    return {_module_name(p): p for p in PACKAGE.rglob("*.py")}
 
 
-def _imports(path: Path) -> set[str]:
-    """expckpt modules imported at module level (imports inside functions are lazy by design)."""
-    found = set()
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.If):  # `if TYPE_CHECKING:` blocks import nothing at run time
-            continue
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("expckpt."):
-            found.add(node.module.split(".")[1])
+def _package(module: str) -> str:
+    head = module.split(".")[0]
+    return head if head in ORDER and (PACKAGE / head).is_dir() else ""
+
+
+def _type_checking(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def _imports(path: Path, known: set[str]) -> set[str]:
+    """expckpt modules ``path`` imports, anywhere in the file but ``if TYPE_CHECKING:``."""
+    found: set[str] = set()
+
+    def add(name: str) -> None:
+        name = name.removeprefix("expckpt.")
+        while name and name not in known:
+            name = name.rpartition(".")[0]
+        if name:
+            found.add(name)
+
+    def walk(node: ast.AST) -> None:
+        if _type_checking(node):
+            return
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "expckpt":
+            for alias in node.names:
+                add(
+                    f"{node.module}.{alias.name}"
+                    if f"{node.module}.{alias.name}".removeprefix("expckpt.") in known
+                    else node.module
+                )
         elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("expckpt."))
+            for alias in node.names:
+                if alias.name.split(".")[0] == "expckpt":
+                    add(alias.name)
+        for child in ast.iter_child_nodes(node):
+            walk(child)
+
+    walk(ast.parse(path.read_text()))
     return found
 
 
-def test_every_module_has_a_layer() -> None:
-    assert sorted(set(_modules()) - set(LAYERS)) == []
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    known = set(modules)
+    return {name: _imports(path, known) - {name} for name, path in modules.items()}
+
+
+def test_every_folder_is_a_known_package_with_a_docstring() -> None:
+    folders = sorted(
+        p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__" and any(p.glob("*.py"))
+    )
+    assert [f for f in folders if f not in ORDER] == []
+    for folder in folders:
+        assert ast.get_docstring(ast.parse((PACKAGE / folder / "__init__.py").read_text())), folder
 
 
 def test_imports_only_go_down() -> None:
+    rank = {pkg: i for i, pkg in enumerate(ORDER)}
     upward = [
-        f"{name} (layer {LAYERS[name]}) imports {dep} (layer {LAYERS[dep]})"
-        for name, path in _modules().items()
-        for dep in _imports(path)
-        if dep in LAYERS and LAYERS[dep] > LAYERS[name]
+        f"{name} ({_package(name) or 'top'}) imports {dep} ({_package(dep) or 'top'})"
+        for name, deps in _graph().items()
+        for dep in deps
+        if name and dep and rank[_package(dep)] > rank[_package(name)]
     ]
     assert upward == []
 
 
 def test_no_import_cycles() -> None:
-    graph = {name: _imports(path) for name, path in _modules().items()}
+    graph = _graph()
     state: dict[str, int] = {}
 
     def visit(node: str, trail: list[str]) -> None:
@@ -82,16 +124,21 @@ def test_no_import_cycles() -> None:
             return
         state[node] = 1
         for dep in sorted(graph.get(node, ())):
-            visit(dep, [*trail, node])
+            if dep:  # the package root (``expckpt/__init__``) re-exports lazily
+                visit(dep, [*trail, node])
         state[node] = 2
 
     for name in sorted(graph):
         visit(name, [])
 
 
-@pytest.mark.slow
+def test_the_architecture_test_sees_function_local_imports(tmp_path: Path) -> None:
+    source = tmp_path / "m.py"
+    source.write_text("def f():\n    from expckpt.store.refs import CheckpointRef\n")
+    assert _imports(source, {"store.refs", "store"}) == {"store.refs"}
+
+
 def test_core_imports_without_torch() -> None:
-    """committer, gc, verify, show, resume and the CLI work on a machine without torch."""
     blocker = (
         "import sys, importlib.abc\n"
         "class Block(importlib.abc.MetaPathFinder):\n"

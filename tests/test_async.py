@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from conftest import make_project, run, train_in_exp_env
-from expckpt.atomic import WrittenFile
-from expckpt.catalog import Catalog
-from expckpt.checkpoint_file import write_temp
-from expckpt.gitstore import GitStore
-from expckpt.staging import Stager
-from expckpt.writer import AsyncWriter
+from expckpt.serialize.atomic import WrittenFile
+from expckpt.store.catalog import Catalog
+from expckpt.serialize.checkpoint_file import write_temp
+from expckpt.store.gitstore import GitStore
+from expckpt.serialize.staging import Stager
+from expckpt.serialize.writer import AsyncWriter
 
 
 @pytest.mark.slow

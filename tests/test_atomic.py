@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from expckpt.atomic import TEMP_MARK, atomic_write_bytes, atomic_writer, md5_file
+from expckpt.serialize.atomic import TEMP_MARK, atomic_write_bytes, atomic_writer, md5_file
 from expckpt.errors import StorageError
 
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from expckpt.branchpoints import branch_points
-from expckpt.cache import DvcCache
-from expckpt.gc import GcScope, plan_gc
-from expckpt.gitstore import GitStore
-from expckpt.records import InitializedFrom, format_message, load_records
-from expckpt.refs import CheckpointRef
+from expckpt.store.branchpoints import branch_points
+from expckpt.store.cache import DvcCache
+from expckpt.ops.gc import GcScope, plan_gc
+from expckpt.store.gitstore import GitStore
+from expckpt.store.records import InitializedFrom, format_message, load_records
+from expckpt.store.refs import CheckpointRef
 from inprocess import baseline, checkpointer, new_repo, new_state, refs, train, train_step
 from oracle import cache_object, cli, locked_model
 
@@ -45,7 +45,9 @@ def apply(project: Path, name: str) -> None:
 
 def plan(project: Path, **kwargs: object):
     store = GitStore.open(project)
-    return plan_gc(store, DvcCache.for_project(project, store.git_dir), project, GcScope(workspace=True), keep_last=1, **kwargs)
+    return plan_gc(
+        store, DvcCache.for_project(project, store.git_dir), project, GcScope(workspace=True), keep_last=1, **kwargs
+    )
 
 
 def test_a_checkpoint_a_trial_started_from_is_a_branch_point(repo: Path) -> None:
@@ -93,8 +95,14 @@ def test_retention_during_training_keeps_a_branch_point(repo: Path, capsys: pyte
     # the trial's first checkpoint, as its own process would publish it (a real commit and ref)
     store = GitStore.open(repo)
     ref = CheckpointRef(baseline=baseline(repo), exp="ft", step=0)
-    message = format_message(ref, parent=None, outs=first.outs, metrics={}, time=time.time(),
-                             initialized_from=InitializedFrom("run", 0, first.commit))
+    message = format_message(
+        ref,
+        parent=None,
+        outs=first.outs,
+        metrics={},
+        time=time.time(),
+        initialized_from=InitializedFrom("run", 0, first.commit),
+    )
     store.set_ref(ref.ref, store.write_commit(store.commit_tree(baseline(repo)), [baseline(repo)], message), None)
 
     for step in (1, 2):

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run
-from expckpt.atomic import TEMP_MARK
-from expckpt.cache import DvcCache
+from expckpt.serialize.atomic import TEMP_MARK
+from expckpt.store.cache import DvcCache
 from expckpt.errors import StorageError
 
 
@@ -78,7 +78,9 @@ def overwrite_in_place(path: Path, data: bytes) -> None:
 
 
 @pytest.mark.parametrize("link_types", [("reflink", "copy"), ("copy",), ("symlink", "copy")])
-def test_in_place_write_to_the_workspace_file_leaves_the_checkpoint_intact(tmp_path: Path, link_types: tuple[str, ...]) -> None:
+def test_in_place_write_to_the_workspace_file_leaves_the_checkpoint_intact(
+    tmp_path: Path, link_types: tuple[str, ...]
+) -> None:
     """Regression (issue #14.2): the workspace file was a hard link to the read-only object, so an
     in-place write as root corrupted the checkpoint; without hardlink configured it cannot."""
     cache = DvcCache(tmp_path / "cache", tmp_path / "log", link_types=link_types)
@@ -320,9 +322,11 @@ def test_for_project_does_not_import_dvc_until_the_cache_is_used(tmp_path: Path)
     """``expckpt show`` builds a DvcCache and must stay fast: DVC is imported on first use only."""
     proj = dvc_project(tmp_path / "proj")
     code = (
-        "import sys; from pathlib import Path; from expckpt.cache import DvcCache\n"
+        "import sys; from pathlib import Path; from expckpt.store.cache import DvcCache\n"
         f"c = DvcCache.for_project(Path({str(proj)!r}), Path({str(proj / '.git')!r}))\n"
         "c.written_objects(); assert 'dvc' not in sys.modules, 'imported too early'\n"
         "c.root; assert 'dvc' in sys.modules\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    )

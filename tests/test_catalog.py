@@ -7,18 +7,25 @@ from pathlib import Path
 import pytest
 
 from conftest import run
-from expckpt.catalog import Catalog, Chain
+from expckpt.store.catalog import Catalog, Chain
 from expckpt.errors import UnknownCheckpointError
-from expckpt.gitstore import GitStore
-from expckpt.records import CheckpointRecord, OutputHash, format_message
-from expckpt.refs import CheckpointRef
+from expckpt.store.gitstore import GitStore
+from expckpt.store.records import CheckpointRecord, OutputHash, format_message
+from expckpt.store.refs import CheckpointRef
 
 B1 = "1" * 40
 B2 = "2" * 40
 
 
 def rec(
-    exp: str, step: int, time: float, *, commit: str, baseline: str = B1, parent: str | None = None, resumed: bool = False
+    exp: str,
+    step: int,
+    time: float,
+    *,
+    commit: str,
+    baseline: str = B1,
+    parent: str | None = None,
+    resumed: bool = False,
 ) -> CheckpointRecord:
     return CheckpointRecord(
         ref=CheckpointRef(baseline, exp, step),
@@ -54,8 +61,15 @@ def names(records) -> list[str]:
 
 def test_records_sorted_by_baseline_experiment_step(catalog: Catalog) -> None:
     assert names(catalog.records) == [
-        "tut@0/1", "tut@2/1", "tut@5/1", "tut@9/1", "tut-more@6/1", "tut-more@7/1",
-        "lr@0/2", "lr@1/2", "tut@0/2",
+        "tut@0/1",
+        "tut@2/1",
+        "tut@5/1",
+        "tut@9/1",
+        "tut-more@6/1",
+        "tut-more@7/1",
+        "lr@0/2",
+        "lr@1/2",
+        "tut@0/2",
     ]
     assert sorted({r.exp for r in catalog.records}) == ["lr", "tut", "tut-more"]
 

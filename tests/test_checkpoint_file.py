@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from expckpt.atomic import TEMP_MARK, md5_file
-from expckpt.checkpoint_file import check_architecture, load_checkpoint, write_temp
-from expckpt.loading import load_model
+from expckpt.serialize.atomic import TEMP_MARK, md5_file
+from expckpt.serialize.checkpoint_file import check_architecture, load_checkpoint, write_temp
+from expckpt.serialize.loading import load_model
 from expckpt.errors import (
     ArchitectureMismatchError,
     CheckpointError,
@@ -60,9 +60,17 @@ def streamed_payload() -> dict:
     """Big storages (streamed as views of the tensors), small ones, views, sharing, plain values."""
     torch.manual_seed(3)
     big = torch.randn(600_000)
-    return {"model": model().state_dict(), "big": big, "again": big, "slice": big[1000:2000],
-            "ints": torch.arange(70_000, dtype=torch.int64), "half": torch.randn(40_000).half(),
-            "empty": torch.zeros(0), "step": 9, "name": "run"}
+    return {
+        "model": model().state_dict(),
+        "big": big,
+        "again": big,
+        "slice": big[1000:2000],
+        "ints": torch.arange(70_000, dtype=torch.int64),
+        "half": torch.randn(40_000).half(),
+        "empty": torch.zeros(0),
+        "step": 9,
+        "name": "run",
+    }
 
 
 @pytest.mark.parametrize("durable", [True, False])
@@ -96,7 +104,7 @@ def test_streaming_hashes_each_byte_once_in_order(tmp_path: Path) -> None:
     """Held chunks (views of the state's storages) and copied ones (headers) interleave correctly."""
     import hashlib
 
-    from expckpt.streaming import HashingStream
+    from expckpt.serialize.streaming import HashingStream
 
     chunks = [torch.randn(50_000), torch.arange(30_000, dtype=torch.int32), torch.randn(10)]
     spans = [(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()) for t in chunks[:2]]
@@ -191,8 +199,11 @@ def test_garbage_files(tmp_path: Path, data: bytes) -> None:
 def test_random_bytes(tmp_path: Path) -> None:
     path = tmp_path / "model.pt"
     for seed in range(5):
-        path.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(seed),
-                                       dtype=torch.uint8).numpy().tobytes())
+        path.write_bytes(
+            torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+            .numpy()
+            .tobytes()
+        )
         assert_corrupt(path)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from expckpt.checkpointer import Checkpointer, Decision
+from expckpt.train.checkpointer import Checkpointer, Decision
 from expckpt.errors import ConfigError
 from inprocess import checkpointer, dvc_env, new_repo, new_state, refs, train, train_step
 from oracle import cache_object, check_consistent, git, locked_model, md5_of
@@ -43,11 +43,16 @@ def test_each_save_is_a_complete_checkpoint_experiment(repo: Path, capsys: pytes
     found = check_consistent(repo)
     assert sorted(found) == ["run@0", "run@1", "run@2"]
     assert [found[f"run@{n}"].commit[:7] for n in range(3)] == [
-        line.split("(")[1][:7] for line in capsys.readouterr().out.splitlines() if line.startswith("Checkpoint experiment")]
+        line.split("(")[1][:7]
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("Checkpoint experiment")
+    ]
     assert md5_of(repo / "model.pt") == locked_model(repo, found["run@2"].commit)[0]
     # DVC's default cache.type (reflink,copy): the workspace file is not the cache object's inode
     assert (repo / "model.pt").stat().st_ino != cache_object(repo, md5_of(repo / "model.pt")).stat().st_ino
-    assert git(repo, "show", "-s", "--format=%P", found["run@1"].commit).strip() == git(repo, "rev-parse", "HEAD").strip()
+    assert (
+        git(repo, "show", "-s", "--format=%P", found["run@1"].commit).strip() == git(repo, "rev-parse", "HEAD").strip()
+    )
     assert ckpt.last_record is not None and ckpt.last_record.parent == found["run@1"].commit
 
 
@@ -74,7 +79,10 @@ def test_the_resumed_run_continues_the_chain_and_the_straight_run(repo: Path) ->
     found = refs(repo)
     assert sorted(found) == ["part@0", "part@1", "rest@2", "rest@3"]
     assert [meta(repo, found[n])["parent"] for n in ("part@1", "rest@2", "rest@3")] == [
-        found["part@0"], found["part@1"], found["rest@2"]]
+        found["part@0"],
+        found["part@1"],
+        found["rest@2"],
+    ]
     straight = new_state()
     for step in range(4):
         train_step(straight, step)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from expckpt.checks import check_divergence_steps, check_mode, check_patience, fail, show
+from expckpt.policy.checks import check_divergence_steps, check_mode, check_patience, fail, show
 from expckpt.errors import ConfigError
 
 

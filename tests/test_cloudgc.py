@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from conftest import run
-from expckpt.cache import DvcCache
-from expckpt.cloudgc import execute_cloud_gc, plan_cloud_gc
+from expckpt.store.cache import DvcCache
+from expckpt.ops.cloudgc import execute_cloud_gc, plan_cloud_gc
 from expckpt.errors import ProjectError
-from expckpt.gitstore import GitStore
-from expckpt.remote import upload_objects
+from expckpt.store.gitstore import GitStore
+from expckpt.publish.remote import upload_objects
 from inprocess import new_repo, train
 from oracle import check_consistent, locked_model
 
@@ -32,7 +32,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: 
     return project
 
 
-def test_only_objects_of_removed_checkpoints_that_expckpt_wrote_are_planned_and_deleted(repo: Path, tmp_path: Path) -> None:
+def test_only_objects_of_removed_checkpoints_that_expckpt_wrote_are_planned_and_deleted(
+    repo: Path, tmp_path: Path
+) -> None:
     remote = tmp_path / "remote"
     store, cache = GitStore.open(repo), DvcCache.for_project(repo, repo / ".git")
     refs = check_consistent(repo)
@@ -81,10 +83,10 @@ def test_a_git_remote_with_commits_missing_here_removes_nothing(repo: Path, tmp_
     run("git", "remote", "add", "origin", str(bare), cwd=repo)
     refs = check_consistent(repo)
     with pytest.raises(ProjectError) as info:
-        plan_cloud_gc(GitStore.open(repo), DvcCache.for_project(repo, repo / ".git"), repo,
-                      without={refs["run@0"].ref})
+        plan_cloud_gc(GitStore.open(repo), DvcCache.for_project(repo, repo / ".git"), repo, without={refs["run@0"].ref})
     message = str(info.value)
     assert message.startswith("Git remote 'origin' has commits this repository lacks (")
     assert "feature" in message and message.endswith(
         "their data may be on the DVC remote, so nothing was removed: fetch them first (`git fetch origin` and"
-        " `git fetch origin 'refs/exps/*:refs/exps/*'`), then run again")
+        " `git fetch origin 'refs/exps/*:refs/exps/*'`), then run again"
+    )

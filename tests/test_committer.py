@@ -17,11 +17,11 @@ import yaml
 
 from conftest import run
 from expckpt import phases
-from expckpt.atomic import md5_file
-from expckpt.checkpoint_file import write_temp
-from expckpt.committer import Committer
-from expckpt.session import SessionNote
-from expckpt.wiring import wire
+from expckpt.serialize.atomic import md5_file
+from expckpt.serialize.checkpoint_file import write_temp
+from expckpt.publish.committer import Committer
+from expckpt.store.session import SessionNote
+from expckpt.train.wiring import wire
 from inprocess import baseline, dvc_env, new_repo, new_state
 from oracle import cache_object, check_consistent, git
 
@@ -59,14 +59,19 @@ def test_phases_come_in_order_and_the_ref_appears_last(repo: Path) -> None:
     def look(name: str, step: int) -> None:
         lock = repo / "dvc.lock"
         note = SessionNote.read(repo, "model.pt")
-        seen.append((name, {
-            "object": cache_object(repo, written.md5).is_file(),
-            "pending": SessionNote.pending(repo, "model.pt") == (ref, written.md5),
-            "file": (repo / "model.pt").is_file() and md5_file(repo / "model.pt")[0] == written.md5,
-            "lock": lock.is_file() and written.md5 in lock.read_text(),
-            "ref": c.store.get_ref(ref) is not None,
-            "note": note is not None and note.ref == ref,
-        }))
+        seen.append(
+            (
+                name,
+                {
+                    "object": cache_object(repo, written.md5).is_file(),
+                    "pending": SessionNote.pending(repo, "model.pt") == (ref, written.md5),
+                    "file": (repo / "model.pt").is_file() and md5_file(repo / "model.pt")[0] == written.md5,
+                    "lock": lock.is_file() and written.md5 in lock.read_text(),
+                    "ref": c.store.get_ref(ref) is not None,
+                    "note": note is not None and note.ref == ref,
+                },
+            )
+        )
         assert step == 0
 
     unsubscribe = phases.subscribe(look)
@@ -111,16 +116,21 @@ def test_the_commit_is_the_workspace_on_the_baseline_with_dvc_lock_and_live_file
     message = git(repo, "show", "-s", "--format=%B", record.commit)
     meta = json.loads(next(line for line in message.splitlines() if line.startswith("expckpt-meta: "))[14:])
     assert (meta["exp"], meta["step"], meta["parent"], meta["metrics"]) == ("run", 0, None, {"acc": 0.5})
-    assert torch.equal(torch.load(repo / "model.pt", weights_only=True)["model"]["weight"], payload(0)["model"]["weight"])
+    assert torch.equal(
+        torch.load(repo / "model.pt", weights_only=True)["model"]["weight"], payload(0)["model"]["weight"]
+    )
     check_consistent(repo)
 
 
 def test_a_chain_records_its_parents_and_only_a_resumed_first_checkpoint_is_a_branch_point(repo: Path) -> None:
     c = committer(repo, "a")
     first = c.publish(write_temp(payload(0), repo / "model.pt"), step=0, metrics={}, live_files={}, parent=None)
-    second = c.publish(write_temp(payload(1), repo / "model.pt"), step=1, metrics={}, live_files={}, parent=first.commit)
+    second = c.publish(
+        write_temp(payload(1), repo / "model.pt"), step=1, metrics={}, live_files={}, parent=first.commit
+    )
     resumed = committer(repo, "b").publish(
-        write_temp(payload(2), repo / "model.pt"), step=2, metrics={}, live_files={}, parent=second.commit)
+        write_temp(payload(2), repo / "model.pt"), step=2, metrics={}, live_files={}, parent=second.commit
+    )
 
     assert (second.parent, second.resumed) == (first.commit, False)
     assert (resumed.parent, resumed.resumed) == (second.commit, True)

@@ -14,13 +14,13 @@ import pytest
 
 from conftest import run
 from expckpt import phases
-from expckpt.atomic import WrittenFile
-from expckpt.cache import DvcCache
-from expckpt.committer import Committer
+from expckpt.serialize.atomic import WrittenFile
+from expckpt.store.cache import DvcCache
+from expckpt.publish.committer import Committer
 from expckpt.errors import RefConflictError
-from expckpt.gitstore import GitStore
-from expckpt.project import Project, RunContext
-from expckpt.refs import CheckpointRef
+from expckpt.store.gitstore import GitStore
+from expckpt.store.project import Project, RunContext
+from expckpt.store.refs import CheckpointRef
 
 DVC_YAML = """stages:
   train:
@@ -65,16 +65,15 @@ def written(repo: Path, data: bytes) -> WrittenFile:
 
 
 def publish(c: Committer, step: int, data: bytes, parent: str | None = None) -> str:
-    return c.publish(written(c.project.workspace, data), step=step, metrics={"acc": 0.5}, live_files={}, parent=parent).commit
+    return c.publish(
+        written(c.project.workspace, data), step=step, metrics={"acc": 0.5}, live_files={}, parent=parent
+    ).commit
 
 
 def refs(repo: Path) -> dict[str, str]:
     store = GitStore.open(repo)
     head = store.head()
-    return {
-        ref.rsplit("/", 1)[1]: sha
-        for ref, sha in store.ref_targets(f"refs/exps/{head[:2]}/{head[2:]}/").items()
-    }
+    return {ref.rsplit("/", 1)[1]: sha for ref, sha in store.ref_targets(f"refs/exps/{head[:2]}/{head[2:]}/").items()}
 
 
 def first_run(repo: Path, steps: int = 3) -> dict[str, str]:
@@ -92,19 +91,25 @@ def test_check_name_refuses_steps_another_run_of_the_name_holds(repo: Path) -> N
     again = committer(repo)
     with pytest.raises(RefConflictError) as fresh:
         again.check_name(0)
-    assert str(fresh.value) == (  # issue 22: the whole range, and one command that removes it
-        f"checkpoints 'tut@0' to 'tut@2' already exist (3 of them; tut@0 is {before['tut@0'][:7]}, from another"
-        " run of 'tut'); run with another name, e.g. dvc exp run -n tut-2, or remove them first:"
-        " dvc exp remove tut@0 tut@1 tut@2"
+    assert (
+        str(fresh.value)
+        == (  # issue 22: the whole range, and one command that removes it
+            f"checkpoints 'tut@0' to 'tut@2' already exist (3 of them; tut@0 is {before['tut@0'][:7]}, from another"
+            " run of 'tut'); run with another name, e.g. dvc exp run -n tut-2, or remove them first:"
+            " dvc exp remove tut@0 tut@1 tut@2"
+        )
     )
     with pytest.raises(RefConflictError, match=r"checkpoint 'tut@2' already exists") as resumed:
         again.check_name(2)  # resumed from tut@1: the next step, 2, is another run's
     assert resumed.value.actual == before["tut@2"]
     with pytest.raises(RefConflictError) as last:
         again.check_name(2)
-    assert str(last.value) == (  # one checkpoint in the way: named alone
-        f"checkpoint 'tut@2' already exists ({before['tut@2'][:7]}, from another run of 'tut');"
-        " run with another name, e.g. dvc exp run -n tut-2, or remove it first: dvc exp remove tut@2"
+    assert (
+        str(last.value)
+        == (  # one checkpoint in the way: named alone
+            f"checkpoint 'tut@2' already exists ({before['tut@2'][:7]}, from another run of 'tut');"
+            " run with another name, e.g. dvc exp run -n tut-2, or remove it first: dvc exp remove tut@2"
+        )
     )
     again.check_name(3)  # steps after the chain's end are free
     committer(repo, "other").check_name(0)  # other names are not affected

@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from expckpt.config import REGIMES, CheckpointConfig
+from expckpt.policy.config import REGIMES, CheckpointConfig
 from expckpt.errors import ConfigError
-from expckpt.policy import (
+from expckpt.policy.policy import (
     AnyOf,
     CheckpointInfo,
     KeepAll,
@@ -16,7 +16,7 @@ from expckpt.policy import (
     KeepLast,
     KeepNewest,
 )
-from expckpt.saving import (
+from expckpt.policy.saving import (
     AnyOfSave,
     EveryMinutes,
     EverySteps,
@@ -27,8 +27,16 @@ from expckpt.saving import (
 
 def test_defaults():
     for config in (CheckpointConfig(), CheckpointConfig.from_params(None), CheckpointConfig.from_params({})):
-        assert config == CheckpointConfig(every=1, keep_last=10, keep_best=0, mode="max", async_save=False,
-                                          on_divergence="warn", divergence_steps=3, divergence_metric="loss")
+        assert config == CheckpointConfig(
+            every=1,
+            keep_last=10,
+            keep_best=0,
+            mode="max",
+            async_save=False,
+            on_divergence="warn",
+            divergence_steps=3,
+            divergence_metric="loss",
+        )
 
 
 def test_frozen_and_keyword_only():
@@ -39,15 +47,36 @@ def test_frozen_and_keyword_only():
 
 
 def test_from_params_reads_every_key():
-    config = CheckpointConfig.from_params({
-        "every": 2, "every_minutes": 15, "keep_last": None, "keep_best": 2, "monitor": "val_loss",
-        "mode": "min", "async": True, "on_divergence": "stop", "divergence_steps": 4,
-        "divergence_metric": "train_loss", "patience": 7, "when_busy": "skip",
-    })
+    config = CheckpointConfig.from_params(
+        {
+            "every": 2,
+            "every_minutes": 15,
+            "keep_last": None,
+            "keep_best": 2,
+            "monitor": "val_loss",
+            "mode": "min",
+            "async": True,
+            "on_divergence": "stop",
+            "divergence_steps": 4,
+            "divergence_metric": "train_loss",
+            "patience": 7,
+            "when_busy": "skip",
+        }
+    )
     assert config == CheckpointConfig(
-        every=2, every_minutes=15, keep_last=None, keep_best=2, monitor="val_loss", mode="min",
-        async_save=True, on_divergence="stop", divergence_steps=4, divergence_metric="train_loss", patience=7,
-        when_busy="skip")
+        every=2,
+        every_minutes=15,
+        keep_last=None,
+        keep_best=2,
+        monitor="val_loss",
+        mode="min",
+        async_save=True,
+        on_divergence="stop",
+        divergence_steps=4,
+        divergence_metric="train_loss",
+        patience=7,
+        when_busy="skip",
+    )
 
 
 @pytest.mark.parametrize(
@@ -55,14 +84,15 @@ def test_from_params_reads_every_key():
     [
         ({"regime": "short", "monitor": "acc"}, {"every": 1, "keep_last": 1, "keep_best": 1}),
         ({"regime": "normal", "monitor": "acc"}, {"every": 1, "keep_last": 10, "keep_best": 1}),
-        ({"regime": "long", "monitor": "acc"},
-         {"every": 5, "every_minutes": 30, "keep_last": 20, "keep_best": 3}),
+        ({"regime": "long", "monitor": "acc"}, {"every": 5, "every_minutes": 30, "keep_last": 20, "keep_best": 3}),
         # without a monitor a preset's keep_best becomes 0
         ({"regime": "long"}, {"every": 5, "every_minutes": 30, "keep_last": 20, "keep_best": 0}),
         ({"regime": "short", "monitor": None}, {"keep_last": 1, "keep_best": 0}),
         # explicit keys override the preset
-        ({"regime": "long", "monitor": "acc", "keep_last": 2, "every_minutes": None},
-         {"every": 5, "every_minutes": None, "keep_last": 2, "keep_best": 3}),
+        (
+            {"regime": "long", "monitor": "acc", "keep_last": 2, "every_minutes": None},
+            {"every": 5, "every_minutes": None, "keep_last": 2, "keep_best": 3},
+        ),
         ({"regime": "normal", "monitor": "acc", "keep_best": 0}, {"keep_best": 0}),
         # every: 0 turns off the preset's time rule too
         ({"regime": "long", "every": 0}, {"every": 0, "every_minutes": None}),
@@ -91,8 +121,11 @@ def test_regime_table_is_read_only():
         ({"every_minutes": "30"}, r"checkpoint\.every_minutes .*got '30' \(str\)"),
         ({"every_minutes": False}, r"checkpoint\.every_minutes .*got False \(bool\)"),
         ({"every": 0, "every_minutes": 30}, r"checkpoint\.every_minutes is 30 but checkpoint\.every is 0"),
-        ({"keep_last": 0}, r"checkpoint\.keep_last must be a positive integer or null \(keep all\), got 0; "
-                           r"use 1 to keep only the newest"),
+        (
+            {"keep_last": 0},
+            r"checkpoint\.keep_last must be a positive integer or null \(keep all\), got 0; "
+            r"use 1 to keep only the newest",
+        ),
         ({"keep_last": "ten"}, r"checkpoint\.keep_last must be .*got 'ten' \(str\)"),
         ({"keep_last": True}, r"checkpoint\.keep_last must be .*got True \(bool\)"),
         ({"keep_best": -1}, r"checkpoint\.keep_best must be a non-negative integer, got -1"),
@@ -105,13 +138,19 @@ def test_regime_table_is_read_only():
         ({"regime": "huge"}, r"checkpoint\.regime must be one of 'short', 'normal', 'long', got 'huge'"),
         ({"regime": ["long"]}, r"checkpoint\.regime must be one of .*got \['long'\] \(list\)"),
         ({"async": "yes"}, r"checkpoint\.async must be true or false, got 'yes' \(str\)"),
-        ({"when_busy": "block"}, r"checkpoint\.when_busy must be one of 'wait', 'skip', got 'block' \(str\);"
-                                 r" use 'wait' to pause training .* or 'skip' to skip checkpoints that come too soon"),
+        (
+            {"when_busy": "block"},
+            r"checkpoint\.when_busy must be one of 'wait', 'skip', got 'block' \(str\);"
+            r" use 'wait' to pause training .* or 'skip' to skip checkpoints that come too soon",
+        ),
         ({"on_divergence": "halt"}, r"checkpoint\.on_divergence must be one of 'warn', 'stop', got 'halt'"),
         ({"divergence_steps": 1}, r"checkpoint\.divergence_steps must be an integer >= 2, got 1"),
         ({"divergence_metric": ""}, r"checkpoint\.divergence_metric must be a metric name"),
-        ({"keep_lats": 3}, r"checkpoint\.keep_lats is not a checkpoint setting; did you mean 'keep_last'\? "
-                           r"valid keys: async, divergence_metric, "),
+        (
+            {"keep_lats": 3},
+            r"checkpoint\.keep_lats is not a checkpoint setting; did you mean 'keep_last'\? "
+            r"valid keys: async, divergence_metric, ",
+        ),
         ({"async_save": True}, r"checkpoint\.async_save is not a checkpoint setting; did you mean 'async'\?"),
         ({"zzz": 1}, r"checkpoint\.zzz is not a checkpoint setting; valid keys: .*keep_best, keep_last"),
         ({1: 1}, r"checkpoint\.1 is not a checkpoint setting"),
@@ -145,8 +184,10 @@ def test_constructor_validates_too():
         ({}, AnyOfSave(policies=(EverySteps(n=1), OnEvents()))),
         ({"every": 5}, AnyOfSave(policies=(EverySteps(n=5), OnEvents()))),
         ({"every": 0}, Never()),
-        ({"every": 2, "every_minutes": 30},
-         AnyOfSave(policies=(EverySteps(n=2), OnEvents(), EveryMinutes(minutes=30, start=100.0)))),
+        (
+            {"every": 2, "every_minutes": 30},
+            AnyOfSave(policies=(EverySteps(n=2), OnEvents(), EveryMinutes(minutes=30, start=100.0))),
+        ),
     ],
 )
 def test_save_policy(section, policy):
@@ -158,8 +199,10 @@ def test_save_policy(section, policy):
     [
         ({}, AnyOf(policies=(KeepLast(n=10), KeepNewest()))),
         ({"keep_last": None}, AnyOf(policies=(KeepAll(), KeepNewest()))),
-        ({"keep_last": 1, "keep_best": 2, "monitor": "val_loss", "mode": "min"},
-         AnyOf(policies=(KeepLast(n=1), KeepBest(k=2, metric="val_loss", mode="min"), KeepNewest()))),
+        (
+            {"keep_last": 1, "keep_best": 2, "monitor": "val_loss", "mode": "min"},
+            AnyOf(policies=(KeepLast(n=1), KeepBest(k=2, metric="val_loss", mode="min"), KeepNewest())),
+        ),
     ],
 )
 def test_keep_policy(section, policy):
@@ -175,13 +218,24 @@ def test_best_only_config_never_evicts_newest():
 @pytest.mark.parametrize(
     ("section", "logged", "match"),
     [
-        ({"monitor": "accc"}, {"acc", "loss"},
-         r"^checkpoint\.monitor is 'accc', which this run does not log \(it logs: acc, loss\); "
-         r"set checkpoint\.monitor to one of them \(did you mean 'acc'\?\)$"),
-        ({"monitor": "f1"}, ["loss"], r"checkpoint\.monitor is 'f1'.*\(it logs: loss\); set checkpoint\.monitor to one of them$"),
+        (
+            {"monitor": "accc"},
+            {"acc", "loss"},
+            r"^checkpoint\.monitor is 'accc', which this run does not log \(it logs: acc, loss\); "
+            r"set checkpoint\.monitor to one of them \(did you mean 'acc'\?\)$",
+        ),
+        (
+            {"monitor": "f1"},
+            ["loss"],
+            r"checkpoint\.monitor is 'f1'.*\(it logs: loss\); set checkpoint\.monitor to one of them$",
+        ),
         ({"monitor": "acc"}, [], r"\(it logs: nothing\)"),
         ({"divergence_metric": "val_loss"}, ["loss"], r"^checkpoint\.divergence_metric is 'val_loss'"),
-        ({"on_divergence": "stop"}, ["train_loss"], r"^checkpoint\.divergence_metric is 'loss'.*\(it logs: train_loss\)"),
+        (
+            {"on_divergence": "stop"},
+            ["train_loss"],
+            r"^checkpoint\.divergence_metric is 'loss'.*\(it logs: train_loss\)",
+        ),
     ],
 )
 def test_check_metrics_rejects(section, logged, match):
@@ -204,8 +258,11 @@ def test_check_metrics_accepts(section, logged):
 @pytest.mark.parametrize(
     ("value", "match"),
     [
-        ("--upload-pack=touch x", r"checkpoint\.push must be the name of a Git remote or null, got '--upload-pack=touch x' "
-                                  r"\(str\); use a name `git remote -v` lists, e\.g\. origin"),
+        (
+            "--upload-pack=touch x",
+            r"checkpoint\.push must be the name of a Git remote or null, got '--upload-pack=touch x' "
+            r"\(str\); use a name `git remote -v` lists, e\.g\. origin",
+        ),
         ("", r"checkpoint\.push must be the name of a Git remote or null, got '' \(str\)"),
         ("https://example.invalid/x.git", r"checkpoint\.push must be the name of a Git remote .*got 'https://"),
         ("my remote", r"checkpoint\.push must be .*got 'my remote' \(str\)"),

@@ -113,8 +113,9 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint_loadable(ref: dict
     p = ref["project"]
     first, second = front.saved()[:2]
     run("expckpt", "reset", cwd=p)
-    result = run("dvc", "exp", "run", "-n", "crashed", cwd=p, check=False,
-                 env={"EXPCKPT_CRASH_AT": f"after-publish:{second}"})
+    result = run(
+        "dvc", "exp", "run", "-n", "crashed", cwd=p, check=False, env={"EXPCKPT_CRASH_AT": f"after-publish:{second}"}
+    )
     assert result.returncode != 0
     back_to_branch(p)
     crashed = _refs(ref, "crashed")
@@ -169,8 +170,21 @@ def test_divergence_stops_and_keeps_the_best(ref: dict[str, Any]) -> None:
     p = ref["project"]
     first = front.steps()[0]
     run("expckpt", "reset", cwd=p)
-    result = run("dvc", "exp", "run", "-n", "div", "-S", "lr=1.0e+30", "-S", "+checkpoint.on_divergence=stop",
-                 "-S", f"+checkpoint.divergence_metric={front.loss}", cwd=p, check=False)
+    result = run(
+        "dvc",
+        "exp",
+        "run",
+        "-n",
+        "div",
+        "-S",
+        "lr=1.0e+30",
+        "-S",
+        "+checkpoint.on_divergence=stop",
+        "-S",
+        f"+checkpoint.divergence_metric={front.loss}",
+        cwd=p,
+        check=False,
+    )
     out = result.stdout + result.stderr
     assert f"expckpt: stopping training at step {first} (" in out, out
     div = _refs(ref, "div")
@@ -186,7 +200,7 @@ def test_resuming_from_a_lost_checkpoint_is_refused(ref: dict[str, Any]) -> None
     run("dvc", "exp", "apply", f"ref@{front.steps()[-1]}", cwd=p)
     lock = yaml.safe_load((p / "dvc.lock").read_text())
     (md5,) = [o["md5"] for o in lock["stages"]["train"]["outs"] if o["path"].rstrip("/") == front.output]
-    from expckpt.cache import DvcCache
+    from expckpt.store.cache import DvcCache
 
     cache = DvcCache.for_project(p, p / ".git")
     cache.object_path(md5).unlink()

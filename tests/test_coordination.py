@@ -1,4 +1,4 @@
-"""expckpt.coordination: who takes part in a checkpoint. ``Solo`` in this process; ``Ranks`` on real
+"""expckpt.train.coordination: who takes part in a checkpoint. ``Solo`` in this process; ``Ranks`` on real
 gloo process groups (one rank in this process; two ranks in two processes, marked slow)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from expckpt.coordination import Ranks, Solo, coordinator_from_env
+from expckpt.train.coordination import Ranks, Solo, coordinator_from_env
 from expckpt.errors import ConfigError, ExpCkptError
 
 
@@ -25,8 +25,11 @@ def test_solo_runs_every_action_itself() -> None:
 
 def test_without_a_process_group_a_world_size_above_one_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match=r"^WORLD_SIZE is 2 but torch.distributed is not initialised; call"
-                                          r" torch.distributed.init_process_group\(\) before creating the checkpointer$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^WORLD_SIZE is 2 but torch.distributed is not initialised; call"
+        r" torch.distributed.init_process_group\(\) before creating the checkpointer$",
+    ):
         coordinator_from_env()
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert isinstance(coordinator_from_env(), Solo)
@@ -91,5 +94,10 @@ def test_two_ranks_agree_and_a_failure_on_rank_0_stops_every_rank(tmp_path: Path
     rank1 = (tmp_path / "1.txt").read_text().splitlines()
     mismatch = "ConfigError ranks completed different steps [2, 3]; call it on every rank with the same step"
     assert rank0 == ["on_main from 0", "gather [0, 10]", "everyone 0", mismatch, "OSError no space left on device"]
-    assert rank1 == ["on_main from 0", "gather [0, 10]", "everyone 1", mismatch,
-                     "ExpCkptError rank 0 failed, so rank 1 stops too: OSError: no space left on device"]
+    assert rank1 == [
+        "on_main from 0",
+        "gather [0, 10]",
+        "everyone 1",
+        mismatch,
+        "ExpCkptError rank 0 failed, so rank 1 stops too: OSError: no space left on device",
+    ]

@@ -13,16 +13,16 @@ import torch
 import yaml
 
 from conftest import run
-from expckpt.cache import DvcCache
-from expckpt.checkpointer import Checkpointer
-from expckpt.dirout import hash_dir
+from expckpt.store.cache import DvcCache
+from expckpt.train.checkpointer import Checkpointer
+from expckpt.serialize.dirout import hash_dir
 from expckpt.errors import MissingCheckpointError
-from expckpt.dirstate import load_dir_checkpoint, split_payload, write_dir_temp
-from expckpt.gc import GcScope, execute_gc, plan_gc
-from expckpt.gitstore import GitStore
-from expckpt.records import load_records
-from expckpt.state import TrainingState
-from expckpt.verify import verify_records
+from expckpt.serialize.dirstate import load_dir_checkpoint, split_payload, write_dir_temp
+from expckpt.ops.gc import GcScope, execute_gc, plan_gc
+from expckpt.store.gitstore import GitStore
+from expckpt.store.records import load_records
+from expckpt.state.state import TrainingState
+from expckpt.ops.verify import verify_records
 from test_multi_outputs import toy_project
 
 
@@ -64,7 +64,9 @@ def test_torch_save_of_equal_tensors_with_equal_keys_writes_equal_bytes() -> Non
 
 def test_layout_splits_where_frozen_and_trained_parameters_meet() -> None:
     torch.manual_seed(0)
-    model = torch.nn.Sequential(OrderedDict(embed=torch.nn.Embedding(10, 8), layer=LoRALinear(8), out=torch.nn.Linear(8, 2)))
+    model = torch.nn.Sequential(
+        OrderedDict(embed=torch.nn.Embedding(10, 8), layer=LoRALinear(8), out=torch.nn.Linear(8, 2))
+    )
     model.embed.requires_grad_(False)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     files = split_payload(TrainingState(model=model, optimizer=opt).capture(), {"model": model})
@@ -111,7 +113,15 @@ def test_manifest_hash_is_the_one_dvc_add_computes(tmp_path: Path) -> None:
     assert hash_dir(proj / "ckpt")[:3] == (entry["md5"], entry["size"], entry["nfiles"])
 
 
-def train(proj: Path, exp: str, steps: range, monkeypatch: pytest.MonkeyPatch, *, paths: object = "ckpt/", config: dict | None = None) -> tuple[Checkpointer, TrainingState]:
+def train(
+    proj: Path,
+    exp: str,
+    steps: range,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    paths: object = "ckpt/",
+    config: dict | None = None,
+) -> tuple[Checkpointer, TrainingState]:
     """Steps of a frozen-backbone run with DVC's run variables set, in process."""
     monkeypatch.chdir(proj)
     head = run("git", "rev-parse", "HEAD", cwd=proj).stdout.strip()
@@ -161,7 +171,9 @@ def test_gc_counts_the_files_of_a_kept_directory_as_used(tmp_path: Path, monkeyp
     assert verify_records(load_records(store), store, cache) == []
 
 
-def test_crash_part_way_through_renaming_a_directory_rolls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crash_part_way_through_renaming_a_directory_rolls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     proj = toy_project(tmp_path / "p", "dir", ["ckpt/"])
     train(proj, "a", range(2), monkeypatch)
     cache = DvcCache.for_project(proj, proj / ".git")
@@ -184,12 +196,16 @@ def test_two_outputs_in_one_commit_and_resumed_together(tmp_path: Path, monkeypa
     recs = {r.name: r for r in load_records(store)}
     assert set(recs) == {"m@0", "m@1"}
     lock = yaml.safe_load(store.read_file(recs["m@1"].commit, "dvc.lock"))
-    assert {o["path"]: o["md5"] for o in lock["stages"]["train"]["outs"]} == {p: o.md5 for p, o in recs["m@1"].outs.items()}
+    assert {o["path"]: o["md5"] for o in lock["stages"]["train"]["outs"]} == {
+        p: o.md5 for p, o in recs["m@1"].outs.items()
+    }
     ckpt, state = train(proj, "m", range(0), monkeypatch, paths=["model.pt", "ema.pt"])
     assert ckpt.resumed is not None and ckpt.resumed.record.name == "m@1" and state.step == 1
 
 
-def test_a_lost_second_output_stops_training_instead_of_resuming_half(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_lost_second_output_stops_training_instead_of_resuming_half(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """model.pt is there, ema.pt and its cache object are gone: resuming the model alone would
     quietly start the EMA over, so the run stops naming the checkpoint ema.pt should be."""
     proj = toy_project(tmp_path / "p", "multi", ["model.pt", "ema.pt"])
@@ -204,21 +220,27 @@ def test_a_lost_second_output_stops_training_instead_of_resuming_half(tmp_path: 
     assert (proj / "model.pt").exists(), "the last good checkpoint is never touched"
 
 
-def test_a_directory_whose_files_are_complete_is_published_as_it_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_directory_whose_files_are_complete_is_published_as_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """What a torch.distributed.checkpoint integration hands over: files it wrote itself."""
-    from expckpt.dirout import WrittenDir
-    from expckpt.wiring import wire
+    from expckpt.serialize.dirout import WrittenDir
+    from expckpt.train.wiring import wire
 
     proj = toy_project(tmp_path / "p", "dir", ["ckpt/"])
     monkeypatch.chdir(proj)
     head = run("git", "rev-parse", "HEAD", cwd=proj).stdout.strip()
-    w = wire("ckpt/", env={"DVC_ROOT": str(proj), "DVC_EXP_NAME": "dcp", "DVC_EXP_BASELINE_REV": head, "DVC_STAGE": "train"})
+    w = wire(
+        "ckpt/", env={"DVC_ROOT": str(proj), "DVC_EXP_NAME": "dcp", "DVC_EXP_BASELINE_REV": head, "DVC_STAGE": "train"}
+    )
     assert w.outputs[0].is_dir and w.committer is not None
     (proj / "ckpt").mkdir()
     (proj / "ckpt" / ".metadata").write_bytes(b"meta")
     (proj / "ckpt" / "__0_0.distcp").write_bytes(b"rank0" * 100)
     (proj / "ckpt" / "__1_0.distcp").write_bytes(b"rank1" * 100)
-    record = w.committer.publish(WrittenDir.from_complete(proj / "ckpt"), step=0, metrics={}, live_files={}, parent=None)
+    record = w.committer.publish(
+        WrittenDir.from_complete(proj / "ckpt"), step=0, metrics={}, live_files={}, parent=None
+    )
     store, cache = w.committer.store, w.committer.cache
     assert record.outs["ckpt"].nfiles == 3 and record.outs["ckpt"].md5 == hash_dir(proj / "ckpt")[0]
     assert set(cache.manifest(record.outs["ckpt"].md5)) == {".metadata", "__0_0.distcp", "__1_0.distcp"}
@@ -250,30 +272,39 @@ def test_an_unchanged_directory_is_not_read_again(tmp_path: Path) -> None:
 
 def test_several_outputs_need_a_training_state_each() -> None:
     from expckpt.errors import ConfigError
-    from expckpt.stateset import as_state_files
+    from expckpt.state.stateset import as_state_files
 
-    with pytest.raises(ConfigError, match=r"dict of checkpoint output path -> TrainingState \(got Linear for 'ema.pt'\)"):
+    with pytest.raises(
+        ConfigError, match=r"dict of checkpoint output path -> TrainingState \(got Linear for 'ema.pt'\)"
+    ):
         as_state_files({"model.pt": TrainingState(extras={}), "ema.pt": torch.nn.Linear(2, 2)}, ["model.pt", "ema.pt"])
 
 
-def test_one_state_for_a_stage_with_several_checkpoint_outputs_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_state_for_a_stage_with_several_checkpoint_outputs_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from expckpt.errors import ConfigError
 
     proj = toy_project(tmp_path / "p", "multi", ["model.pt", "ema.pt"])
     monkeypatch.chdir(proj)
     head = run("git", "rev-parse", "HEAD", cwd=proj).stdout.strip()
     env = {"DVC_ROOT": str(proj), "DVC_EXP_NAME": "x", "DVC_EXP_BASELINE_REV": head, "DVC_STAGE": "train"}
-    with pytest.raises(ConfigError, match=r"stage 'train' has several checkpoint outputs \(model.pt, ema.pt\); say which"):
+    with pytest.raises(
+        ConfigError, match=r"stage 'train' has several checkpoint outputs \(model.pt, ema.pt\); say which"
+    ):
         Checkpointer.from_env(None, {"every": 1}, env=env)
 
 
-@pytest.mark.parametrize("manifest", [
-    b'{"relpath": "a"}',
-    b'[{"relpath": "../x", "md5": "' + b"0" * 32 + b'"}]',
-    b'[{"relpath": "a", "md5": "../../../../etc/passwd/xxxxxxxxxx"}]',
-])
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        b'{"relpath": "a"}',
+        b'[{"relpath": "../x", "md5": "' + b"0" * 32 + b'"}]',
+        b'[{"relpath": "a", "md5": "../../../../etc/passwd/xxxxxxxxxx"}]',
+    ],
+)
 def test_a_crafted_manifest_names_no_file_outside(manifest: bytes) -> None:
-    from expckpt.dirout import parse_manifest
+    from expckpt.serialize.dirout import parse_manifest
 
     with pytest.raises(ValueError):
         parse_manifest(manifest)

@@ -21,15 +21,22 @@ import torch
 from conftest import make_project, run, train_in_exp_env
 from integrationkit import make_example_project
 from doctorkit import DVC_YAML, plain_project, tiny_project
-from expckpt.checkpointer import Checkpointer
-from expckpt.doctor_compare import Difference, MetricDifference, compare_metrics, diagnose, diff_payloads, read_metrics
-from expckpt.doctor_hints import Hint, script_hints
-from expckpt.doctor_run import copy_workspace, doctor_plan
+from expckpt.train.checkpointer import Checkpointer
+from expckpt.ops.doctor_compare import (
+    Difference,
+    MetricDifference,
+    compare_metrics,
+    diagnose,
+    diff_payloads,
+    read_metrics,
+)
+from expckpt.ops.doctor_hints import Hint, script_hints
+from expckpt.ops.doctor_run import copy_workspace, doctor_plan
 from expckpt.errors import ConfigError, ProjectError
-from expckpt.generators import GeneratorState
-from expckpt.project import Project
-from expckpt.state import TrainingState
-from expckpt.stopafter import ENV, REASON, stop_after_step, stop_reason
+from expckpt.state.generators import GeneratorState
+from expckpt.store.project import Project
+from expckpt.state.state import TrainingState
+from expckpt.policy.stopafter import ENV, REASON, stop_after_step, stop_reason
 from inprocess import dvc_env, new_repo, new_state, refs, train_step
 
 
@@ -38,13 +45,19 @@ def test_stop_after_step_reads_a_step_and_refuses_anything_else() -> None:
     assert stop_after_step({}) is None
     assert stop_after_step({ENV: ""}) is None
     assert stop_after_step({ENV: "3"}) == 3
-    assert (stop_reason(2, 3), stop_reason(3, 3), stop_reason(5, 3), stop_reason(5, None)) == (None, REASON, REASON, None)
+    assert (stop_reason(2, 3), stop_reason(3, 3), stop_reason(5, 3), stop_reason(5, None)) == (
+        None,
+        REASON,
+        REASON,
+        None,
+    )
     with pytest.raises(ConfigError, match=r"EXPCKPT_STOP_AFTER_STEP must be a step number \(0 or more\), got '-1'"):
         stop_after_step({ENV: "-1"})
 
 
 def test_the_named_step_is_saved_and_stops_training_whatever_every_says(
-        tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     repo = new_repo(tmp_path_factory, tmp_path / "p")
     monkeypatch.chdir(repo)
     state = new_state()
@@ -60,19 +73,26 @@ def test_the_named_step_is_saved_and_stops_training_whatever_every_says(
 
 # -- comparing ----------------------------------------------------------------------------------
 def _payload(weight: float = 1.0, lr: float = 0.1, numpy_key: int = 7) -> dict:
-    return {"format": "expckpt/1", "step": 3, "model": {"weight": torch.full((2, 2), weight), "bias": torch.zeros(2)},
-            "optimizer": {"state": {}, "param_groups": [{"lr": lr, "params": [0, 1]}]},
-            "rng": {"torch": torch.zeros(4, dtype=torch.uint8), "numpy": ["MT19937", torch.tensor([numpy_key]), 0, 0, 0.0]},
-            "expckpt": {"watch": {"best": 0.5}}}
+    return {
+        "format": "expckpt/1",
+        "step": 3,
+        "model": {"weight": torch.full((2, 2), weight), "bias": torch.zeros(2)},
+        "optimizer": {"state": {}, "param_groups": [{"lr": lr, "params": [0, 1]}]},
+        "rng": {"torch": torch.zeros(4, dtype=torch.uint8), "numpy": ["MT19937", torch.tensor([numpy_key]), 0, 0, 0.0]},
+        "expckpt": {"watch": {"best": 0.5}},
+    }
 
 
-@pytest.mark.parametrize(("b", "expected"), [
-    (_payload(), []),
-    (_payload(weight=1.25), [Difference("model", "weight", 0.25)]),
-    (_payload(lr=0.05), [Difference("optimizer", "param_groups.0.lr", pytest.approx(0.05))]),
-    (_payload(numpy_key=8), [Difference("rng", "numpy.1", 1.0)]),
-    ({**_payload(), "scheduler": {"last_epoch": 3}}, [Difference("scheduler", "", None)]),
-])
+@pytest.mark.parametrize(
+    ("b", "expected"),
+    [
+        (_payload(), []),
+        (_payload(weight=1.25), [Difference("model", "weight", 0.25)]),
+        (_payload(lr=0.05), [Difference("optimizer", "param_groups.0.lr", pytest.approx(0.05))]),
+        (_payload(numpy_key=8), [Difference("rng", "numpy.1", 1.0)]),
+        ({**_payload(), "scheduler": {"last_epoch": 3}}, [Difference("scheduler", "", None)]),
+    ],
+)
 def test_payloads_are_compared_key_by_key_with_the_largest_difference(b: dict, expected: list) -> None:
     equal, diffs = diff_payloads(_payload(), b)
     assert diffs == expected
@@ -90,26 +110,41 @@ def test_metrics_are_read_from_dvclive_and_the_first_difference_is_by_step(tmp_p
     assert compare_metrics(a, b, range(3)) == (2, MetricDifference(2, "loss", 1.0, 0.75))
 
 
-GEN = Hint("generator", "train.py", 12, "`aug` is a NumPy Generator (np.random.default_rng(...)) not given to TrainingState",
-           "aug")
+GEN = Hint(
+    "generator",
+    "train.py",
+    12,
+    "`aug` is a NumPy Generator (np.random.default_rng(...)) not given to TrainingState",
+    "aug",
+)
 
 
-@pytest.mark.parametrize(("case", "cause", "says"), [
-    ("exact", None, "resume is exact: 4 tensors and 2 metric values equal"),
-    ("early", "nondeterministic", "already differ at step 0, before any stop or resume"),
-    ("metrics only", "unsaved-metric-state", "an EMA or averaged model"),
-    ("lr", "scheduler", "the LR scheduler is not in the checkpoint"),
-    ("generator", "outside-state", "TrainingState(..., aug=GeneratorState(aug))"),
-    ("generator", "outside-state", "train.py:12: `aug` is a NumPy Generator"),
-    ("local", "outside-state", "a value of your own kept outside the state"),
-])
+@pytest.mark.parametrize(
+    ("case", "cause", "says"),
+    [
+        ("exact", None, "resume is exact: 4 tensors and 2 metric values equal"),
+        ("early", "nondeterministic", "already differ at step 0, before any stop or resume"),
+        ("metrics only", "unsaved-metric-state", "an EMA or averaged model"),
+        ("lr", "scheduler", "the LR scheduler is not in the checkpoint"),
+        ("generator", "outside-state", "TrainingState(..., aug=GeneratorState(aug))"),
+        ("generator", "outside-state", "train.py:12: `aug` is a NumPy Generator"),
+        ("local", "outside-state", "a value of your own kept outside the state"),
+    ],
+)
 def test_the_cause_is_read_from_what_differs_and_when(case: str, cause: str | None, says: str) -> None:
     late = MetricDifference(2, "loss", 1.0, 0.9)
     final = _payload()
     final["optimizer"]["param_groups"][0]["initial_lr"] = 0.1
     args = {
         "exact": ((4, []), (2, None), None, [], final, []),
-        "early": ((3, [Difference("model", "weight", 0.1)]), (0, late), MetricDifference(0, "loss", 2.0, 2.1), None, final, []),
+        "early": (
+            (3, [Difference("model", "weight", 0.1)]),
+            (0, late),
+            MetricDifference(0, "loss", 2.0, 2.1),
+            None,
+            final,
+            [],
+        ),
         "metrics only": ((4, []), (1, late), None, [], final, []),
         "lr": ((2, [Difference("optimizer", "param_groups.0.lr", 0.05)]), (1, late), None, [], final, []),
         "generator": ((3, [Difference("model", "weight", 0.1)]), (1, late), None, [], _payload(), [GEN]),
@@ -131,19 +166,28 @@ def test_the_script_hints_name_unregistered_generators_schedulers_and_workers(tm
         "sched = torch.optim.lr_scheduler.StepLR(opt, 1)\n"
         "loader = DataLoader(ds, num_workers=2, persistent_workers=True, generator=g)\n"
         "plain = DataLoader(ds, num_workers=0)\n"
-        "state = TrainingState(model=model, rng=GeneratorState(kept))\n")
+        "state = TrainingState(model=model, rng=GeneratorState(kept))\n"
+    )
     hints = script_hints(script, tmp_path)
     assert [(h.kind, h.line) for h in hints] == [("generator", 1), ("generator", 4), ("scheduler", 5), ("workers", 6)]
-    assert str(hints[1]) == "train.py:4: `g` is a torch.Generator (torch.Generator(...)), the DataLoader's generator, not given to TrainingState"
+    assert (
+        str(hints[1])
+        == "train.py:4: `g` is a torch.Generator (torch.Generator(...)), the DataLoader's generator, not given to TrainingState"
+    )
 
 
-@pytest.mark.parametrize("make", [lambda: np.random.default_rng(3), lambda: torch.Generator().manual_seed(3),
-                                  lambda: random.Random(3)], ids=["numpy", "torch", "python"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: np.random.default_rng(3), lambda: torch.Generator().manual_seed(3), lambda: random.Random(3)],
+    ids=["numpy", "torch", "python"],
+)
 def test_a_generator_state_round_trips_through_a_safe_checkpoint(make: object) -> None:
     generator = make()  # type: ignore[operator]
-    draw = {np.random.Generator: lambda: generator.normal(size=3).tolist(),
-            torch.Generator: lambda: torch.rand(3, generator=generator).tolist(),
-            random.Random: lambda: [generator.random() for _ in range(3)]}[type(generator)]
+    draw = {
+        np.random.Generator: lambda: generator.normal(size=3).tolist(),
+        torch.Generator: lambda: torch.rand(3, generator=generator).tolist(),
+        random.Random: lambda: [generator.random() for _ in range(3)],
+    }[type(generator)]
     state = TrainingState(gen=GeneratorState(generator))
     draw()
     buffer = io.BytesIO()
@@ -154,8 +198,11 @@ def test_a_generator_state_round_trips_through_a_safe_checkpoint(make: object) -
 
 
 def test_a_generator_state_refuses_what_is_not_a_generator() -> None:
-    with pytest.raises(ConfigError, match=r"GeneratorState needs a numpy\.random\.Generator, torch.Generator or"
-                                          " random.Random, got a int"):
+    with pytest.raises(
+        ConfigError,
+        match=r"GeneratorState needs a numpy\.random\.Generator, torch.Generator or"
+        " random.Random, got a int",
+    ):
         GeneratorState(3)
 
 
@@ -163,13 +210,23 @@ def test_a_generator_state_refuses_what_is_not_a_generator() -> None:
 NO_CHECKPOINT = "stages:\n  train:\n    cmd: python train.py\n    outs: [model.pt]\n"
 
 
-@pytest.mark.parametrize(("dvc_yaml", "stage", "steps", "error", "match"), [
-    (None, None, 0, ConfigError, r"--steps must be a whole number of steps, 1 or more, got 0"),
-    (None, "fit", 2, ConfigError, r"dvc.yaml has no stage 'fit' \(it has: train\); pass one of them with --stage"),
-    (NO_CHECKPOINT, None, 2, ProjectError, r"dvc.yaml has no output with `checkpoint: true`, so there is no resume"),
-])
-def test_bad_input_is_one_line_before_anything_runs(tmp_path: Path, dvc_yaml: str | None, stage: str | None,
-                                                   steps: int, error: type, match: str) -> None:
+@pytest.mark.parametrize(
+    ("dvc_yaml", "stage", "steps", "error", "match"),
+    [
+        (None, None, 0, ConfigError, r"--steps must be a whole number of steps, 1 or more, got 0"),
+        (None, "fit", 2, ConfigError, r"dvc.yaml has no stage 'fit' \(it has: train\); pass one of them with --stage"),
+        (
+            NO_CHECKPOINT,
+            None,
+            2,
+            ProjectError,
+            r"dvc.yaml has no output with `checkpoint: true`, so there is no resume",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_before_anything_runs(
+    tmp_path: Path, dvc_yaml: str | None, stage: str | None, steps: int, error: type, match: str
+) -> None:
     project = tiny_project(tmp_path / "p", **({"dvc_yaml": dvc_yaml} if dvc_yaml else {}))
     with pytest.raises(error, match=match):
         doctor_plan(Project.discover(project, env={}), stage, steps)
@@ -206,11 +263,16 @@ def _snapshot(project: Path) -> dict[str, object]:
     return {
         "status": run("git", "status", "--porcelain", "--ignored", "-uall", cwd=project).stdout,
         "refs": run("git", "for-each-ref", cwd=project).stdout,
-        "cache": {str(p.relative_to(cache)): hashlib.sha256(p.read_bytes()).hexdigest()
-                  for p in sorted(cache.rglob("*")) if p.is_file()},
+        "cache": {
+            str(p.relative_to(cache)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(cache.rglob("*"))
+            if p.is_file()
+        },
         "model.pt": (project / "model.pt").read_bytes(),
         "params.yaml": (project / "params.yaml").read_bytes(),
-        "dvclive": {str(p.relative_to(project)): p.read_bytes() for p in sorted((project / "dvclive").rglob("*")) if p.is_file()},
+        "dvclive": {
+            str(p.relative_to(project)): p.read_bytes() for p in sorted((project / "dvclive").rglob("*")) if p.is_file()
+        },
     }
 
 
@@ -273,21 +335,35 @@ def test_the_tiny_correct_script_is_exact_and_a_flawed_one_says_why_in_words(tmp
 
     code, out, _ = _doctor(tiny_project(tmp_path / "bad", "numpy_generator"), tmp=tmp_path / "tmp")
     assert code == 1
-    assert ("likely cause: the saved state matched at step 1 but training diverged at step 2, the first step after the"
-            " resume: something that is not in the checkpoint feeds training: a generator or object of your own not"
-            " given to TrainingState") in out
-    assert "train.py:" in out and "`aug` is a NumPy Generator (np.random.default_rng(...)) not given to TrainingState" in out
+    assert (
+        "likely cause: the saved state matched at step 1 but training diverged at step 2, the first step after the"
+        " resume: something that is not in the checkpoint feeds training: a generator or object of your own not"
+        " given to TrainingState"
+    ) in out
+    assert (
+        "train.py:" in out
+        and "`aug` is a NumPy Generator (np.random.default_rng(...)) not given to TrainingState" in out
+    )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("edit", "says"), [
-    (("loss.backward()", "raise SystemExit('boom')"),
-     "stage 'train' failed in the doctor's copy (doctor-a, `dvc exp run` exit 255); fix it so `dvc exp run` succeeds,"
-     " then try again; its last lines: Running stage 'train': | > python train.py | boom | ERROR: failed to reproduce"),
-    (('live.steps(params["epochs"])', "live.steps(3)"),
-     "run A of stage 'train' ended after step 2, before step 3: the doctor needs 4 steps; use --steps 1 or train for"),
-])
-def test_a_failing_or_short_run_is_one_line_and_leaves_nothing(tmp_path: Path, edit: tuple[str, str], says: str) -> None:
+@pytest.mark.parametrize(
+    ("edit", "says"),
+    [
+        (
+            ("loss.backward()", "raise SystemExit('boom')"),
+            "stage 'train' failed in the doctor's copy (doctor-a, `dvc exp run` exit 255); fix it so `dvc exp run` succeeds,"
+            " then try again; its last lines: Running stage 'train': | > python train.py | boom | ERROR: failed to reproduce",
+        ),
+        (
+            ('live.steps(params["epochs"])', "live.steps(3)"),
+            "run A of stage 'train' ended after step 2, before step 3: the doctor needs 4 steps; use --steps 1 or train for",
+        ),
+    ],
+)
+def test_a_failing_or_short_run_is_one_line_and_leaves_nothing(
+    tmp_path: Path, edit: tuple[str, str], says: str
+) -> None:
     project = tiny_project(tmp_path / "p")
     script = project / "train.py"
     script.write_text(script.read_text().replace(*edit))
@@ -303,8 +379,11 @@ def test_a_failing_or_short_run_is_one_line_and_leaves_nothing(tmp_path: Path, e
 
 
 def _snapshot_light(project: Path) -> tuple[str, str, list[str]]:
-    return (run("git", "status", "--porcelain", "--ignored", "-uall", cwd=project).stdout,
-            run("git", "for-each-ref", cwd=project).stdout, sorted(os.listdir(project)))
+    return (
+        run("git", "status", "--porcelain", "--ignored", "-uall", cwd=project).stdout,
+        run("git", "for-each-ref", cwd=project).stdout,
+        sorted(os.listdir(project)),
+    )
 
 
 @pytest.mark.slow

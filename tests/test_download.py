@@ -58,8 +58,9 @@ def idx_labels(labels: np.ndarray) -> bytes:
 def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run download.py as DVC would: a fresh interpreter, cwd = the project."""
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONDONTWRITEBYTECODE="1")
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def write_params(directory: Path, data: dict) -> Path:
@@ -111,10 +112,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     root = tmp_path_factory.mktemp("www")
     rng = np.random.default_rng(42)
     arrays = {
-        "train": (rng.integers(0, 256, (N_TRAIN, SIDE, SIDE), dtype=np.uint8),
-                  rng.integers(0, 10, N_TRAIN).astype(np.int64)),
-        "test": (rng.integers(0, 256, (N_TEST, SIDE, SIDE), dtype=np.uint8),
-                 rng.integers(0, 10, N_TEST).astype(np.int64)),
+        "train": (
+            rng.integers(0, 256, (N_TRAIN, SIDE, SIDE), dtype=np.uint8),
+            rng.integers(0, 10, N_TRAIN).astype(np.int64),
+        ),
+        "test": (
+            rng.integers(0, 256, (N_TEST, SIDE, SIDE), dtype=np.uint8),
+            rng.integers(0, 10, N_TEST).astype(np.int64),
+        ),
     }
     train_images = idx_images(arrays["train"][0])
     files = {
@@ -148,8 +153,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
 
     try:
-        yield {"base": f"http://127.0.0.1:{httpd.server_address[1]}", "arrays": arrays,
-               "files": files, "digests": digests, "closed": f"http://127.0.0.1:{closed_port}"}
+        yield {
+            "base": f"http://127.0.0.1:{httpd.server_address[1]}",
+            "arrays": arrays,
+            "files": files,
+            "digests": digests,
+            "closed": f"http://127.0.0.1:{closed_port}",
+        }
     finally:
         httpd.shutdown()
         httpd.server_close()
@@ -158,8 +168,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 
 def mnist_params(server: dict, variant: str = "good", **digests: str) -> dict:
     """params ``data:`` for MNIST from ``variant``, trusting the served files' digests."""
-    return {"source": "mnist", "mnist_url": f"{server['base']}/{variant}/",
-            "mnist_sha256": {**server["digests"](variant), **digests}}
+    return {
+        "source": "mnist",
+        "mnist_url": f"{server['base']}/{variant}/",
+        "mnist_sha256": {**server["digests"](variant), **digests},
+    }
 
 
 # --------------------------------------------------------------------------- MNIST
@@ -184,23 +197,46 @@ def test_mnist_download_produces_dataset(tmp_path: Path, server: dict) -> None:
         np.testing.assert_array_equal(images, server["arrays"][split][0])
         np.testing.assert_array_equal(labels, server["arrays"][split][1])
     assert json.loads((data / "meta.json").read_text()) == {
-        "source": "mnist", "height": 28, "width": 28, "classes": 10,
-        "train": N_TRAIN, "test": N_TEST}
+        "source": "mnist",
+        "height": 28,
+        "width": 28,
+        "classes": 10,
+        "train": N_TRAIN,
+        "test": N_TEST,
+    }
     assert_no_leftovers(tmp_path, "params.yaml", "data")
 
 
 # Each bad download: (served folder, digests expected instead of the served ones, fragments
 # of the error line). Fragments are formatted with the server's facts.
 BAD_DOWNLOADS = {
-    "corrupt": ("good", {TRAIN_IMAGES: "ab" * 32},
-                ["{base}/good/" + TRAIN_IMAGES, TRAIN_IMAGES + " from", "is corrupt",
-                 "expected " + "ab" * 32, "got {good}", "mnist_url"]),
-    "dropped connection": ("short", {},
-                           [TRAIN_IMAGES + " from {base}/short/" + TRAIN_IMAGES,
-                            "is truncated ({half} of {size} bytes)", "expected {good}"]),
+    "corrupt": (
+        "good",
+        {TRAIN_IMAGES: "ab" * 32},
+        [
+            "{base}/good/" + TRAIN_IMAGES,
+            TRAIN_IMAGES + " from",
+            "is corrupt",
+            "expected " + "ab" * 32,
+            "got {good}",
+            "mnist_url",
+        ],
+    ),
+    "dropped connection": (
+        "short",
+        {},
+        [
+            TRAIN_IMAGES + " from {base}/short/" + TRAIN_IMAGES,
+            "is truncated ({half} of {size} bytes)",
+            "expected {good}",
+        ],
+    ),
     "truncated gzip": ("cutgz", {}, [TRAIN_IMAGES, "truncated gzip"]),
-    "truncated idx": ("cutidx", {}, [TRAIN_IMAGES, f"{16 + N_TRAIN * SIDE * SIDE - 100} bytes",
-                                     f"declares {N_TRAIN}x{SIDE}x{SIDE} images"]),
+    "truncated idx": (
+        "cutidx",
+        {},
+        [TRAIN_IMAGES, f"{16 + N_TRAIN * SIDE * SIDE - 100} bytes", f"declares {N_TRAIN}x{SIDE}x{SIDE} images"],
+    ),
     "wrong magic": ("magic", {}, [TRAIN_IMAGES, "magic number 2049, expected 2051"]),
     "label out of range": ("label12", {}, [TRAIN_LABELS, "largest 12", "0..9"]),
     "http 404": ("missing", {}, ["{base}/missing/" + TRAIN_IMAGES, "HTTP 404"]),
@@ -210,9 +246,7 @@ BAD_DOWNLOADS = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", BAD_DOWNLOADS)
-def test_bad_download_is_one_line_and_keeps_previous_data(
-    tmp_path: Path, server: dict, case: str
-) -> None:
+def test_bad_download_is_one_line_and_keeps_previous_data(tmp_path: Path, server: dict, case: str) -> None:
     variant, digests, fragments = BAD_DOWNLOADS[case]
     params = mnist_params(server, variant, **digests)
     if variant == "{closed}":
@@ -224,8 +258,13 @@ def test_bad_download_is_one_line_and_keeps_previous_data(
 
     line = assert_one_line_error(run(tmp_path))
     size = len(server["files"][TRAIN_IMAGES])
-    facts = {"base": server["base"], "closed": server["closed"], "size": size,
-             "half": size // 2, "good": server["digests"]("good")[TRAIN_IMAGES]}
+    facts = {
+        "base": server["base"],
+        "closed": server["closed"],
+        "size": size,
+        "half": size // 2,
+        "good": server["digests"]("good")[TRAIN_IMAGES],
+    }
     for fragment in fragments:
         assert fragment.format(**facts) in line
     assert snapshot(tmp_path / "data") == before
@@ -294,7 +333,13 @@ def test_digits_default_runs_offline(tmp_path: Path) -> None:
     assert tr_images.max() == 255 and tr_images.min() == 0
     assert set(np.unique(np.concatenate([tr_labels, te_labels]))) == set(range(10))
     assert json.loads((data / "meta.json").read_text()) == {
-        "source": "digits", "height": 8, "width": 8, "classes": 10, "train": 1437, "test": 360}
+        "source": "digits",
+        "height": 8,
+        "width": 8,
+        "classes": 10,
+        "train": 1437,
+        "test": 360,
+    }
     assert_no_leftovers(tmp_path, "params.yaml", "data")
 
 
@@ -357,11 +402,14 @@ def test_bad_test_fraction_is_a_config_error(value: object) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("text", "fragment"), [
-    (None, "cannot read params file 'nope.yaml' (No such file or directory)"),
-    ("data: [1, 2", "is not valid YAML"),
-    ("data: digits", "data in 'nope.yaml' must be a mapping"),
-])
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        (None, "cannot read params file 'nope.yaml' (No such file or directory)"),
+        ("data: [1, 2", "is not valid YAML"),
+        ("data: digits", "data in 'nope.yaml' must be a mapping"),
+    ],
+)
 def test_bad_params_file_is_a_clear_error(tmp_path: Path, text: str | None, fragment: str) -> None:
     if text is not None:
         (tmp_path / "nope.yaml").write_text(text)
@@ -379,7 +427,8 @@ def test_import_has_no_side_effects(tmp_path: Path) -> None:
         "import mnist\n"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONDONTWRITEBYTECODE="1")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == ""
     assert_no_leftovers(tmp_path)

@@ -33,7 +33,10 @@ def test_removing_an_experiment_with_its_checkpoints_as_the_readme_says(tmp_path
 
 def test_the_readme_maps_dvc2_commands_dvc3_refuses() -> None:
     readme = (REPO / "README.md").read_text()
-    for dvc2, dvc3 in [("`dvc exp run --reset`", "`expckpt reset && dvc exp run`"), ("`dvc exp gc -w`", "`expckpt gc -w`")]:
+    for dvc2, dvc3 in [
+        ("`dvc exp run --reset`", "`expckpt reset && dvc exp run`"),
+        ("`dvc exp gc -w`", "`expckpt gc -w`"),
+    ]:
         row = next((line for line in readme.splitlines() if line.startswith(f"| {dvc2} |")), None)
         assert row is not None and dvc3 in row, dvc2
     for args in (["dvc", "exp", "run", "--reset"], ["dvc", "exp", "gc", "-w"]):

@@ -33,8 +33,20 @@ def test_a_bad_device_is_one_line(tmp_path: Path, device: str, line: str) -> Non
 def test_verbose_logs_every_publishing_phase_in_order(tmp_path: Path) -> None:
     project = make_project(tmp_path / "p", epochs=1, device="cpu")
     proc = train_in_exp_env(project, "v", "-v")
-    phases = [line.split(": ", 2)[2].split(" ")[0] for line in proc.stderr.splitlines() if line.startswith("expckpt: step 0: ")]
-    assert phases == ["after-temp", "after-cache", "after-publish", "after-commit", "after-lock", "after-ref", "after-note"]
+    phases = [
+        line.split(": ", 2)[2].split(" ")[0]
+        for line in proc.stderr.splitlines()
+        if line.startswith("expckpt: step 0: ")
+    ]
+    assert phases == [
+        "after-temp",
+        "after-cache",
+        "after-publish",
+        "after-commit",
+        "after-lock",
+        "after-ref",
+        "after-note",
+    ]
 
 
 def test_a_learning_rate_dvc_wrote_in_exponent_form_is_read_as_a_number(tmp_path: Path) -> None:

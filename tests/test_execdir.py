@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from expckpt.execdir import KEEP_FILE, keep_exec_dir
+from expckpt.store.execdir import KEEP_FILE, keep_exec_dir
 from faultkit import Background, clone, head, run
 from oracle import check_consistent, steps
 
@@ -31,10 +31,14 @@ def test_keep_file_survives_pack_refs_and_is_no_ref(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_git_gc_during_dvc_exp_run_leaves_the_run_rc_0(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+def test_git_gc_during_dvc_exp_run_leaves_the_run_rc_0(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
     project = clone(tmp_path_factory, tmp_path / "p")
     base = head(project)
-    bg = Background.start(["dvc", "exp", "run", "-n", "housekeeping", "-S", "epochs=4"], project, {"PYTHONUNBUFFERED": "1"})
+    bg = Background.start(
+        ["dvc", "exp", "run", "-n", "housekeeping", "-S", "epochs=4"], project, {"PYTHONUNBUFFERED": "1"}
+    )
     try:
         bg.wait_for("Checkpoint experiment 'housekeeping@0'", timeout=300)
         run("git", "gc", "-q", cwd=project)  # as Git's scheduled maintenance would, mid-run

@@ -30,7 +30,9 @@ EXPORTED = [
 MODULES = sorted(
     m.name.removeprefix("expckpt.")
     for m in pkgutil.walk_packages(expckpt.__path__, "expckpt.")
-    if not m.ispkg and not m.name.startswith("expckpt.integrations") and not any(p.startswith("_") for p in m.name.split("."))
+    if not m.ispkg
+    and not m.name.startswith("expckpt.integrations")
+    and not any(p.startswith("_") for p in m.name.split("."))
 )
 """Every module of the core (the framework adapters need their frameworks: their own tests cover them)."""
 
@@ -73,6 +75,9 @@ def test_every_error_is_rooted_at_expckpterror() -> None:
 
 
 def test_a_name_no_longer_exported_says_where_it_lives() -> None:
-    with pytest.raises(AttributeError, match=r"^expckpt.UnsafeCheckpointError is not exported from the top level any more:"
-                       r" from expckpt.errors import UnsafeCheckpointError$"):
+    with pytest.raises(
+        AttributeError,
+        match=r"^expckpt.UnsafeCheckpointError is not exported from the top level any more:"
+        r" from expckpt.errors import UnsafeCheckpointError$",
+    ):
         expckpt.UnsafeCheckpointError  # noqa: B018

@@ -9,19 +9,24 @@ from pathlib import Path
 import pytest
 import yaml
 
-from expckpt.exprwlock import hold_workspace
+from expckpt.store.exprwlock import hold_workspace
 from expckpt.faults import PAUSE_MESSAGE
-from expckpt.project import Project
+from expckpt.store.project import Project
 from faultkit import Background, clone, head, run
 from oracle import check_consistent, steps
 
 
 @pytest.mark.slow
-def test_second_dvc_exp_run_is_refused_and_the_first_ends_rc_0(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+def test_second_dvc_exp_run_is_refused_and_the_first_ends_rc_0(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
     project = clone(tmp_path_factory, tmp_path / "p")
     base = head(project)
-    first = Background.start(["dvc", "exp", "run", "-n", "first"], project,
-                             {"PYTHONUNBUFFERED": "1", "EXPCKPT_PAUSE_AT": "after-note:1", "EXPCKPT_PAUSE_SECONDS": "20"})
+    first = Background.start(
+        ["dvc", "exp", "run", "-n", "first"],
+        project,
+        {"PYTHONUNBUFFERED": "1", "EXPCKPT_PAUSE_AT": "after-note:1", "EXPCKPT_PAUSE_SECONDS": "20"},
+    )
     try:
         first.wait_for(PAUSE_MESSAGE, timeout=300)
         params = (project / "params.yaml").read_bytes()
@@ -56,7 +61,9 @@ def dvc_queue_put(project: Path) -> None:
     from dvc.fs import localfs
     from dvc.rwlock import rwlock
 
-    with rwlock(str(project / ".dvc" / "tmp" / "exps"), localfs, "dvc exp run", [], ["workspace", "refs/exps/stash"], False):
+    with rwlock(
+        str(project / ".dvc" / "tmp" / "exps"), localfs, "dvc exp run", [], ["workspace", "refs/exps/stash"], False
+    ):
         pass
 
 

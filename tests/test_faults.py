@@ -68,7 +68,9 @@ def test_crash_at_every_point_then_resume(
     last: int | None = None
     previous = None
     for point in [*points, None]:  # None: the last run, not killed
-        result = train(project, "crash", check=point is None, **({"EXPCKPT_CRASH_AT": f"{point}:{CRASH_STEP}"} if point else {}))
+        result = train(
+            project, "crash", check=point is None, **({"EXPCKPT_CRASH_AT": f"{point}:{CRASH_STEP}"} if point else {})
+        )
 
         if last is not None:
             assert_resumed(result.stdout, "crash", last)
@@ -100,7 +102,7 @@ _DIE_INSIDE_REF_WRITE = """
 import os, signal, sys
 from pathlib import Path
 from dulwich.file import GitFile
-from expckpt.gitlocks import writer_slot
+from expckpt.store.gitlocks import writer_slot
 git_dir = Path(sys.argv[1])
 with writer_slot(git_dir) as slot:
     target = git_dir / sys.argv[2]
@@ -144,7 +146,9 @@ def test_unfinished_first_checkpoint_is_not_resumed(tmp_path_factory: pytest.Tem
 
 
 @pytest.mark.slow
-def test_crash_under_dvc_exp_run_resumes_the_crashed_run(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+def test_crash_under_dvc_exp_run_resumes_the_crashed_run(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
     """Through the real ``dvc exp run``, whose first act is a forced checkout of dvc.lock's outputs.
 
     The workspace dvc.lock names the checkpoint of an earlier, finished run (``first@0``);

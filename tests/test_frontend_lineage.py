@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from expckpt.checkpointer import Checkpointer
+from expckpt.train.checkpointer import Checkpointer
 from expckpt.integrations.loop import StepLog
-from expckpt.pause import TrainingPaused, request_stop
+from expckpt.train.pause import TrainingPaused, request_stop
 from inprocess import dvc_env, new_repo, new_state, refs, train, train_step
 from oracle import git
 

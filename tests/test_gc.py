@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from conftest import make_project, run, train_in_exp_env
-from expckpt.atomic import TEMP_MARK, md5_file
-from expckpt.cache import DvcCache
-from expckpt.catalog import Catalog
-from expckpt.cli import _size
-from expckpt.gitstore import GitStore
+from expckpt.serialize.atomic import TEMP_MARK, md5_file
+from expckpt.store.cache import DvcCache
+from expckpt.store.catalog import Catalog
+from expckpt.cli.main import _size
+from expckpt.store.gitstore import GitStore
 
 
 def checkpoint_names(project: Path) -> set[str]:
@@ -90,7 +90,21 @@ def test_keep_last_and_keep_best_per_experiment(trained: Path) -> None:
     records = [r for r in Catalog.load(GitStore.open(trained)).records if r.exp == "new"]
     worst = min(records, key=lambda r: r.metrics["acc"])  # keep-best by acc with mode min keeps it
 
-    run("expckpt", "gc", "--all-commits", "--keep-last", "1", "--keep-best", "1", "--metric", "acc", "--mode", "min", "--force", cwd=trained)
+    run(
+        "expckpt",
+        "gc",
+        "--all-commits",
+        "--keep-last",
+        "1",
+        "--keep-best",
+        "1",
+        "--metric",
+        "acc",
+        "--mode",
+        "min",
+        "--force",
+        cwd=trained,
+    )
 
     survivors = checkpoint_names(trained)
     assert {"new@3", worst.name} <= survivors
@@ -189,14 +203,22 @@ def test_objects_other_dvc_metafiles_name_survive_gc(trained: Path) -> None:
 
 @pytest.mark.slow
 def test_keep_last_null_means_keep_all_in_gc_as_in_params(trained: Path) -> None:
-    from expckpt.config import CheckpointConfig
-    from expckpt.gc import GcScope, plan_gc
+    from expckpt.policy.config import CheckpointConfig
+    from expckpt.ops.gc import GcScope, plan_gc
 
     store = GitStore.open(trained)
     cache = DvcCache.for_project(trained, store.git_dir)
     config = CheckpointConfig.from_params({"keep_last": None, "keep_best": 1, "monitor": "acc"})
-    plan = plan_gc(store, cache, trained, GcScope(all_commits=True), keep_last=config.keep_last,
-                   keep_best=config.keep_best, metric=config.monitor, mode=config.mode)
+    plan = plan_gc(
+        store,
+        cache,
+        trained,
+        GcScope(all_commits=True),
+        keep_last=config.keep_last,
+        keep_best=config.keep_best,
+        metric=config.monitor,
+        mode=config.mode,
+    )
     assert plan.remove == [], "keep_last None keeps every checkpoint, as it does during training"
 
     refused = run("expckpt", "gc", "-A", "--keep-best", "1", "--metric", "acc", "-f", cwd=trained, check=False)
@@ -209,8 +231,9 @@ def test_keep_last_null_means_keep_all_in_gc_as_in_params(trained: Path) -> None
 
 
 def gc_without_terminal(project: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["expckpt", "gc", *args], cwd=project, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=120)
+    return subprocess.run(
+        ["expckpt", "gc", *args], cwd=project, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120
+    )
 
 
 @pytest.mark.slow
@@ -248,11 +271,15 @@ def test_without_a_terminal_refuses_before_listing_and_freed_bytes_are_what_was_
 def paused_writer(trained: Path) -> Iterator[subprocess.Popen]:
     """A real process holding the writers' (shared) gc lock, then stopped with SIGSTOP."""
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time\nfrom expckpt.gclock import gc_lock\n"
-         "with gc_lock(sys.argv[1], exclusive=False):\n    print('held', flush=True)\n    time.sleep(300)\n",
-         str(trained / ".git")],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom expckpt.store.gclock import gc_lock\n"
+            "with gc_lock(sys.argv[1], exclusive=False):\n    print('held', flush=True)\n    time.sleep(300)\n",
+            str(trained / ".git"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
@@ -265,7 +292,9 @@ def paused_writer(trained: Path) -> Iterator[subprocess.Popen]:
 
 
 @pytest.mark.slow
-def test_gc_behind_a_paused_writer_names_it_and_times_out_while_dry_run_plans(trained: Path, paused_writer: subprocess.Popen) -> None:
+def test_gc_behind_a_paused_writer_names_it_and_times_out_while_dry_run_plans(
+    trained: Path, paused_writer: subprocess.Popen
+) -> None:
     before = checkpoint_names(trained)
 
     dry = run("expckpt", "gc", "--workspace", "--dry-run", cwd=trained, timeout=60)
@@ -285,7 +314,7 @@ def test_gc_behind_a_paused_writer_names_it_and_times_out_while_dry_run_plans(tr
 
 @pytest.mark.slow
 def test_executes_the_confirmed_plan_when_refs_change_meanwhile(trained: Path) -> None:
-    from expckpt.gc import GcScope, collect, plan_gc
+    from expckpt.ops.gc import GcScope, collect, plan_gc
 
     store = GitStore.open(trained)
     cache = DvcCache.for_project(trained, store.git_dir)

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import run
 from expckpt.errors import GitLockedError, ProjectError, RefConflictError
-from expckpt.gitstore import GitStore, RefEntry
+from expckpt.store.gitstore import GitStore, RefEntry
 
 REF = "refs/exps/ab/cdef/tut@1"
 
@@ -255,7 +255,10 @@ def test_read_file_and_list_tree(repo: Path) -> None:
     assert store.read_file("0" * 40, "a.txt") is None
 
     assert sorted((e.path, e.data) for e in store.list_tree(commit, "dir")) == [
-        ("dir/b.txt", b"b\n"), ("dir/sub/c.txt", b"c\n"), ("dir/sub/d.txt", b"d\n")]
+        ("dir/b.txt", b"b\n"),
+        ("dir/sub/c.txt", b"c\n"),
+        ("dir/sub/d.txt", b"d\n"),
+    ]
     assert store.list_tree(commit, "missing") == []
     assert store.list_tree(commit, "a.txt") == []  # a file, not a directory
 
@@ -450,7 +453,7 @@ _DIE_HOLDING = """
 import os, signal, sys
 from pathlib import Path
 from dulwich.file import GitFile
-from expckpt.gitlocks import writer_slot
+from expckpt.store.gitlocks import writer_slot
 git_dir, target, kind = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 with writer_slot(git_dir) as slot:
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -491,9 +494,9 @@ def test_a_lock_left_by_a_killed_expckpt_writer_is_recovered(repo: Path) -> None
 _FULL_DISK = """
 import resource, sys
 from pathlib import Path
-from expckpt.committer import _git_write_errors
+from expckpt.publish.committer import _git_write_errors
 from expckpt.errors import ExpCkptError
-from expckpt.gitstore import GitStore
+from expckpt.store.gitstore import GitStore
 store = GitStore.open(Path(sys.argv[1]))
 head = store.head()
 store.create_ref("refs/exps/ab/cdef/first@0", head)  # expckpt has written refs here before

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import run
 from expckpt.errors import ProjectError
-from expckpt.gitstore import GitStore
+from expckpt.store.gitstore import GitStore
 
 PACKAGE = Path(__file__).resolve().parent.parent / "expckpt"
 
@@ -32,7 +32,9 @@ def repo(tmp_path: Path) -> Path:
 def git(repo: Path, *args: str, stdin: str | None = None) -> str:
     if stdin is None:
         return run("git", *args, cwd=repo).stdout.strip()
-    return subprocess.run(["git", *args], cwd=repo, input=stdin, capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        ["git", *args], cwd=repo, input=stdin, capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def test_commit_trees_walks_history_from_commits_and_tags(repo: Path) -> None:
@@ -99,8 +101,10 @@ def test_refs_holding_garbage_are_skipped_like_git_does(repo: Path) -> None:
 def test_list_refs_reads_time_and_message_from_the_raw_object(repo: Path) -> None:
     store = GitStore.open(repo)
     tree = store.commit_tree(git(repo, "rev-parse", "HEAD"))
-    raw = (f"tree {tree}\nauthor A <a@x> 1700000000 +0000\ncommitter C <c@x> 1700000123 +0000\n\n"
-           "first line\n\ncommitter X <x@x> 42 +0000\n")
+    raw = (
+        f"tree {tree}\nauthor A <a@x> 1700000000 +0000\ncommitter C <c@x> 1700000123 +0000\n\n"
+        "first line\n\ncommitter X <x@x> 42 +0000\n"
+    )
     odd = git(repo, "hash-object", "-t", "commit", "-w", "--stdin", stdin=raw)
     run("git", "update-ref", "refs/exps/ab/cdef/odd@1", odd, cwd=repo)
     blob = git(repo, "hash-object", "-w", "--stdin", stdin="just data\n")
@@ -108,7 +112,10 @@ def test_list_refs_reads_time_and_message_from_the_raw_object(repo: Path) -> Non
 
     entries = {e.ref.rpartition("/")[2]: e for e in store.list_refs("refs/exps/")}
 
-    assert (entries["odd@1"].time, entries["odd@1"].message) == (1700000123, "first line\n\ncommitter X <x@x> 42 +0000\n")
+    assert (entries["odd@1"].time, entries["odd@1"].message) == (
+        1700000123,
+        "first line\n\ncommitter X <x@x> 42 +0000\n",
+    )
     assert (entries["blob@1"].time, entries["blob@1"].message) == (0, "")
 
 
@@ -122,8 +129,9 @@ def test_read_file_and_list_tree_of_missing_things_are_empty(repo: Path) -> None
     assert [(e.path, e.data) for e in store.list_tree(head, "dir/")] == [("dir/b.txt", b"b\n")]
 
 
-def test_repository_reads_and_writes_need_no_git_executable(repo: Path, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_repository_reads_and_writes_need_no_git_executable(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Only the workspace and the network run ``git``; refs, objects, history and config do not."""
     run("git", "remote", "add", "origin", str(tmp_path / "elsewhere"), cwd=repo)
     store = GitStore.open(repo)

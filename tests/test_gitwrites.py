@@ -11,7 +11,7 @@ import pytest
 
 from conftest import run
 from expckpt.errors import GitLockedError, RefConflictError
-from expckpt.gitstore import GitStore
+from expckpt.store.gitstore import GitStore
 
 REF = "refs/exps/ab/cdef/tut@1"
 OTHER = "refs/exps/ab/cdef/tut@2"
@@ -36,8 +36,11 @@ def rev(repo: Path, ref: str) -> str | None:
 def stray(repo: Path) -> list[str]:
     """Locks and temp files a write left in ``.git`` (expckpt's own flock files excepted)."""
     git = repo / ".git"
-    return sorted(str(p.relative_to(git)) for p in git.rglob("*")
-                  if (p.name.endswith(".lock") and p.parent.name != "expckpt") or p.name.startswith("expckpt-packed"))
+    return sorted(
+        str(p.relative_to(git))
+        for p in git.rglob("*")
+        if (p.name.endswith(".lock") and p.parent.name != "expckpt") or p.name.startswith("expckpt-packed")
+    )
 
 
 def two_commits(store: GitStore) -> tuple[str, str]:
@@ -112,7 +115,7 @@ _DIE_DELETING = """
 import os, signal, sys
 from pathlib import Path
 from dulwich.file import GitFile
-from expckpt.gitlocks import writer_slot
+from expckpt.store.gitlocks import writer_slot
 git_dir, ref = Path(sys.argv[1]), Path(sys.argv[2])
 with writer_slot(git_dir) as slot:
     held = GitFile(str(ref), "wb"), GitFile(str(git_dir / "packed-refs"), "wb")
@@ -141,7 +144,7 @@ def test_a_delete_killed_holding_both_locks_is_recovered_by_the_next_write(repo:
 _FULL_DISK = """
 import resource, sys
 from pathlib import Path
-from expckpt.gitstore import GitStore
+from expckpt.store.gitstore import GitStore
 store = GitStore.open(Path(sys.argv[1]))
 store.head()
 resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]), int(sys.argv[3])))

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import torch
 
-from expckpt.atomic import WrittenFile
-from expckpt.checkpoint_file import load_checkpoint, write_temp
-from expckpt.state import TrainingState
-from expckpt.writer import AsyncWriter
+from expckpt.serialize.atomic import WrittenFile
+from expckpt.serialize.checkpoint_file import load_checkpoint, write_temp
+from expckpt.state.state import TrainingState
+from expckpt.serialize.writer import AsyncWriter
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,8 +33,9 @@ def cuda() -> torch.device:
 
 def build(device: torch.device, seed: int) -> TrainingState:
     torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Dropout(0.3), torch.nn.ReLU(),
-                                torch.nn.Linear(64, 4)).to(device)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(32, 64), torch.nn.Dropout(0.3), torch.nn.ReLU(), torch.nn.Linear(64, 4)
+    ).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01, fused=True)
     return TrainingState(model=model, optimizer=optimizer)
 
@@ -67,7 +68,9 @@ def test_resume_on_cuda_is_bitwise_exact(tmp_path: Path, cuda: torch.device, mod
     train(original, 3, cuda)
     payload = original.capture()
     assert "cuda" in payload["rng"]  # CUDA is in use: its generators are saved
-    written = write_temp(payload, tmp_path / "model.pt") if mode == "sync" else save_async(payload, tmp_path / "model.pt")
+    written = (
+        write_temp(payload, tmp_path / "model.pt") if mode == "sync" else save_async(payload, tmp_path / "model.pt")
+    )
     written.publish()
     train(original, 3, cuda)
     expected = {k: v.clone() for k, v in original.model.state_dict().items()}
@@ -136,7 +139,7 @@ def test_pinned_staging_saves_the_values_of_submit_time(tmp_path: Path, cuda: to
 
 
 def test_stager_reuses_pinned_buffers_for_cuda_tensors(cuda: torch.device) -> None:
-    from expckpt.staging import Stager
+    from expckpt.serialize.staging import Stager
 
     weights = {"w": torch.randn(1000, device=cuda), "v": torch.randn(10, device=cuda)[2:5]}
     stager = Stager()
@@ -153,9 +156,9 @@ def test_stager_reuses_pinned_buffers_for_cuda_tensors(cuda: torch.device) -> No
 CPU_ONLY_RUN = """
 import sys, torch
 from pathlib import Path
-from expckpt.checkpoint_file import write_temp
-from expckpt.state import TrainingState
-from expckpt.writer import AsyncWriter
+from expckpt.serialize.checkpoint_file import write_temp
+from expckpt.state.state import TrainingState
+from expckpt.serialize.writer import AsyncWriter
 model = torch.nn.Linear(8, 2)
 state = TrainingState(model=model, optimizer=torch.optim.Adam(model.parameters()))
 model(torch.randn(4, 8)).sum().backward(); state.optimizer.step()
@@ -170,8 +173,14 @@ print("cuda initialised:", torch.cuda.is_initialized(), "available:", torch.cuda
 @pytest.mark.slow
 def test_cpu_only_checkpoints_create_no_cuda_context(tmp_path: Path) -> None:
     """Runs in a fresh process: this one may have used CUDA in other tests."""
-    proc = subprocess.run([sys.executable, "-c", CPU_ONLY_RUN, str(tmp_path)], capture_output=True, text=True,
-                          cwd=REPO, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        [sys.executable, "-c", CPU_ONLY_RUN, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == 0, proc.stderr
     assert "cuda initialised: False" in proc.stdout
     assert "cuda" not in load_checkpoint(tmp_path / "sync.pt")["rng"]

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 transformers = pytest.importorskip("transformers")
 
 from expckpt.integrations.hf import ExpCkptTrainerCallback  # noqa: E402
-from expckpt.pause import TrainingPaused, request_stop  # noqa: E402
+from expckpt.train.pause import TrainingPaused, request_stop  # noqa: E402
 from inprocess import dvc_env, new_repo  # noqa: E402
 from oracle import git  # noqa: E402
 
@@ -55,8 +55,16 @@ def fit(project: Path, exp: str, monkeypatch: pytest.MonkeyPatch, *extra: object
     for key, value in dvc_env(project, exp).items():
         monkeypatch.setenv(key, value)
     args = transformers.TrainingArguments(
-        output_dir=str(project / "out"), num_train_epochs=2, per_device_train_batch_size=16, save_strategy="epoch",
-        logging_strategy="epoch", use_cpu=True, report_to="none", disable_tqdm=True, seed=0)
+        output_dir=str(project / "out"),
+        num_train_epochs=2,
+        per_device_train_batch_size=16,
+        save_strategy="epoch",
+        logging_strategy="epoch",
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
+        seed=0,
+    )
     callback = ExpCkptTrainerCallback("model.pt", {"every": 1, "keep_last": None})
     torch.manual_seed(0)
     trainer = transformers.Trainer(model=Tiny(), args=args, train_dataset=Data(), callbacks=[callback, *extra])
@@ -70,7 +78,8 @@ def weights(project: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow  # the Trainer, three times (about 30 s)
 def test_expckpt_stop_saves_at_the_next_trainer_step_and_exits_75(
-        tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     project = new_repo(tmp_path_factory, tmp_path / "p")
     with pytest.raises(TrainingPaused) as paused:
         fit(project, "hf", monkeypatch, StopAt(project, 2))

@@ -20,12 +20,12 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from conftest import run
-from expckpt.cache import DvcCache
-from expckpt.catalog import Catalog
-from expckpt.checkpoint_file import load_checkpoint
-from expckpt.cli import main
-from expckpt.config import CheckpointConfig
-from expckpt.gitstore import GitStore
+from expckpt.store.cache import DvcCache
+from expckpt.store.catalog import Catalog
+from expckpt.serialize.checkpoint_file import load_checkpoint
+from expckpt.cli.main import main
+from expckpt.policy.config import CheckpointConfig
+from expckpt.store.gitstore import GitStore
 from inprocess import dvc_env, new_repo, refs
 
 transformers = pytest.importorskip("transformers")
@@ -74,7 +74,9 @@ class KillAt(transformers.TrainerCallback):
             raise Killed(self.step)
 
 
-def train(project: Path, exp: str, *, resume: Any = "callback", steps: int = STEPS, kill_at: int | None = None) -> tuple[Any, ExpCkptTrainerCallback]:
+def train(
+    project: Path, exp: str, *, resume: Any = "callback", steps: int = STEPS, kill_at: int | None = None
+) -> tuple[Any, ExpCkptTrainerCallback]:
     """One ``dvc exp run -n <exp>`` of the Trainer script, in this process (killed after ``kill_at``)."""
     holder: dict[str, Any] = {}
 
@@ -86,21 +88,41 @@ def train(project: Path, exp: str, *, resume: Any = "callback", steps: int = STE
             mp.setenv(key, value)
         torch.manual_seed(7)
         args = transformers.TrainingArguments(
-            output_dir="hf-out", max_steps=steps, per_device_train_batch_size=8, learning_rate=0.1,
-            eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2, logging_steps=2,
-            save_total_limit=2, load_best_model_at_end=True, metric_for_best_model="accuracy",
-            seed=7, use_cpu=True, report_to="none", disable_tqdm=True,
+            output_dir="hf-out",
+            max_steps=steps,
+            per_device_train_batch_size=8,
+            learning_rate=0.1,
+            eval_strategy="steps",
+            eval_steps=2,
+            save_strategy="steps",
+            save_steps=2,
+            logging_steps=2,
+            save_total_limit=2,
+            load_best_model_at_end=True,
+            metric_for_best_model="accuracy",
+            seed=7,
+            use_cpu=True,
+            report_to="none",
+            disable_tqdm=True,
         )
         callback = ExpCkptTrainerCallback("model.pt")
-        trainer = transformers.Trainer(model=Tiny(), args=args, train_dataset=Points(), eval_dataset=Points(12),
-                                       compute_metrics=accuracy, callbacks=[callback, *([KillAt(kill_at)] if kill_at else [])])
+        trainer = transformers.Trainer(
+            model=Tiny(),
+            args=args,
+            train_dataset=Points(),
+            eval_dataset=Points(12),
+            compute_metrics=accuracy,
+            callbacks=[callback, *([KillAt(kill_at)] if kill_at else [])],
+        )
         holder["trainer"] = trainer
         trainer.train(resume_from_checkpoint=callback.resume_from_checkpoint if resume == "callback" else resume)
     return trainer, callback
 
 
 @pytest.fixture
-def project(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def project(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
     p = new_repo(tmp_path_factory, tmp_path / "p")
     monkeypatch.chdir(p)
     (p / ".gitignore").write_text("/model.pt\n/hf-out\n")
@@ -122,12 +144,17 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_retention_and_monitor_from_training_args_are_recorded(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_retention_and_monitor_from_training_args_are_recorded(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     train(project, "a")
     assert sorted(refs(project)) == ["a@10", "a@12", "a@4"]  # save_total_limit 2 + the best
     records = Catalog.load(GitStore.open(project)).records
-    assert {r.settings for r in records} == {CheckpointConfig.from_params(
-        {"every": 1, "keep_last": 2, "keep_best": 1, "monitor": "eval_accuracy", "mode": "max"})}
+    assert {r.settings for r in records} == {
+        CheckpointConfig.from_params(
+            {"every": 1, "keep_last": 2, "keep_best": 1, "monitor": "eval_accuracy", "mode": "max"}
+        )
+    }
     capsys.readouterr()
     assert main(["list", "a", "--json"]) == 0
     kept = {r["name"]: r["kept_by"] for r in json.loads(capsys.readouterr().out)}
@@ -163,8 +190,10 @@ def test_model_pt_holds_the_best_and_the_last_line_says_so(project: Path, capsys
     assert (project / "model.pt").read_bytes() == cache.object_path(best.outs["model.pt"].md5).read_bytes()
     assert _same({f"net.{k}": v for k, v in trainer.model.net.state_dict().items()}, _weights(project, "a@4"))
     last = [line for line in out.splitlines() if line.startswith("expckpt:")][-1]
-    assert last == ("expckpt: model.pt holds the best checkpoint, a@4 (eval_accuracy 0.9), as the Trainer's final model"
-                    " (load_best_model_at_end); the last is a@12: dvc exp apply a@12 to continue from it")
+    assert last == (
+        "expckpt: model.pt holds the best checkpoint, a@4 (eval_accuracy 0.9), as the Trainer's final model"
+        " (load_best_model_at_end); the last is a@12: dvc exp apply a@12 to continue from it"
+    )
 
 
 def test_the_best_model_comes_from_expckpt_after_apply(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -180,7 +209,9 @@ def test_the_best_model_comes_from_expckpt_after_apply(project: Path, capsys: py
     assert "Resuming from model.pt (a@10): 10 steps done" in out  # global step 10 = 10 steps done
 
 
-def test_stale_trainer_folders_are_removed_and_spare_copies_not_kept(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_stale_trainer_folders_are_removed_and_spare_copies_not_kept(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     stale = project / "hf-out" / "checkpoint-240"
     stale.mkdir(parents=True)
     (stale / "trainer_state.json").write_text('{"global_step": 240}')
@@ -190,14 +221,18 @@ def test_stale_trainer_folders_are_removed_and_spare_copies_not_kept(project: Pa
     assert list((project / "hf-out").glob("checkpoint-*")) == []  # published: expckpt holds the copies
 
 
-def test_resume_from_checkpoint_true_resumes_where_expckpt_did(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_resume_from_checkpoint_true_resumes_where_expckpt_did(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     train(project, "a")
     run("dvc", "exp", "apply", "a@10", cwd=project)
     train(project, "b", resume=True)  # the HF habit
     assert sorted(r for r in refs(project) if r.startswith("b@")) == ["b@12"]
 
 
-def test_a_trainer_resuming_elsewhere_stops_with_one_line(project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_trainer_resuming_elsewhere_stops_with_one_line(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     train(project, "a", steps=6)
     run("dvc", "exp", "apply", "a@4", cwd=project)
     other = tmp_path / "elsewhere" / "checkpoint-6"
@@ -207,9 +242,11 @@ def test_a_trainer_resuming_elsewhere_stops_with_one_line(project: Path, tmp_pat
         train(project, "b", resume=str(other))
     assert caught.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == ("expckpt: error: the Trainer resumed at global step 6 but expckpt restored model.pt at step 4 (a@4);"
-                       " call trainer.train(resume_from_checkpoint=<callback>.resume_from_checkpoint), not True or a path,"
-                       " and keep hf-out to one experiment at a time")
+    assert err[-1] == (
+        "expckpt: error: the Trainer resumed at global step 6 but expckpt restored model.pt at step 4 (a@4);"
+        " call trainer.train(resume_from_checkpoint=<callback>.resume_from_checkpoint), not True or a path,"
+        " and keep hf-out to one experiment at a time"
+    )
     assert not [r for r in refs(project) if r.startswith("b@")]
 
 

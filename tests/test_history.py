@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run
-from expckpt.gitstore import GitStore
-from expckpt.history import live_dir_of, metric_history
+from expckpt.store.gitstore import GitStore
+from expckpt.store.history import live_dir_of, metric_history
 
 
 def commit(repo: Path, files: dict[str, str], links: dict[str, str] | None = None) -> str:
@@ -49,18 +49,22 @@ def tsv(column: str, rows: list[tuple[object, object]]) -> str:
     ],
 )
 def test_the_live_directory_is_the_one_whose_metrics_json_dvc_yaml_declares(
-        tmp_path: Path, dvc_yaml: str | None, expected: str) -> None:
+    tmp_path: Path, dvc_yaml: str | None, expected: str
+) -> None:
     sha = commit(tmp_path / "r", {"dvc.yaml": dvc_yaml} if dvc_yaml is not None else {"x": "1"})
     assert live_dir_of(GitStore.open(tmp_path / "r"), sha) == expected
 
 
 def test_history_is_every_logged_step_in_order_with_nested_metric_names(tmp_path: Path) -> None:
-    sha = commit(tmp_path / "r", {
-        "dvc.yaml": "metrics:\n  - logs/metrics.json\n",
-        "logs/plots/metrics/loss.tsv": tsv("loss", [(0, 0.9), (1, 0.5), (2, "nan")]),
-        "logs/plots/metrics/eval/acc.tsv": tsv("acc", [(1, 0.7), (0, 0.6), (2, "inf")]),
-        "logs/plots/metrics/notes.txt": "not a metric",
-    })
+    sha = commit(
+        tmp_path / "r",
+        {
+            "dvc.yaml": "metrics:\n  - logs/metrics.json\n",
+            "logs/plots/metrics/loss.tsv": tsv("loss", [(0, 0.9), (1, 0.5), (2, "nan")]),
+            "logs/plots/metrics/eval/acc.tsv": tsv("acc", [(1, 0.7), (0, 0.6), (2, "inf")]),
+            "logs/plots/metrics/notes.txt": "not a metric",
+        },
+    )
     history = metric_history(GitStore.open(tmp_path / "r"), sha)
     assert [step for step, _ in history] == [0, 1, 2]
     assert history[0][1] == {"loss": 0.9, "eval/acc": 0.6}
@@ -69,13 +73,17 @@ def test_history_is_every_logged_step_in_order_with_nested_metric_names(tmp_path
 
 
 def test_rows_and_files_that_do_not_parse_are_skipped_not_fatal(tmp_path: Path) -> None:
-    sha = commit(tmp_path / "r", {
-        "dvclive/plots/metrics/loss.tsv": tsv("loss", [(0, 1.0), ("x", 2.0), (1, "high"), (-1, 3.0), (2, 0.5)])
-        + "garbage line\n",
-        "dvclive/plots/metrics/acc.tsv": "timestamp\tvalue\n1\t0.5\n",  # no step column
-        "dvclive/plots/metrics/f1.tsv": "timestamp\tstep\tprecision\n1\t0\t0.5\n",  # no column of its name
-        "dvclive/plots/metrics/empty.tsv": "",
-    }, links={"dvclive/plots/metrics/secret.tsv": "/etc/passwd"})
+    sha = commit(
+        tmp_path / "r",
+        {
+            "dvclive/plots/metrics/loss.tsv": tsv("loss", [(0, 1.0), ("x", 2.0), (1, "high"), (-1, 3.0), (2, 0.5)])
+            + "garbage line\n",
+            "dvclive/plots/metrics/acc.tsv": "timestamp\tvalue\n1\t0.5\n",  # no step column
+            "dvclive/plots/metrics/f1.tsv": "timestamp\tstep\tprecision\n1\t0\t0.5\n",  # no column of its name
+            "dvclive/plots/metrics/empty.tsv": "",
+        },
+        links={"dvclive/plots/metrics/secret.tsv": "/etc/passwd"},
+    )
     assert metric_history(GitStore.open(tmp_path / "r"), sha) == [(0, {"loss": 1.0}), (2, {"loss": 0.5})]
 
 

@@ -21,11 +21,11 @@ from dulwich.objects import Blob, Tree
 from dulwich.repo import Repo
 
 from expckpt.errors import CorruptCheckpointError, MissingCheckpointError, UnsafeCheckpointError
-from expckpt.cache import DvcCache
-from expckpt.gitstore import GitStore
-from expckpt.records import BadRecordError, format_message, parse_message
-from expckpt.refs import CheckpointRef
-from expckpt.livefiles import restore_live_files
+from expckpt.store.cache import DvcCache
+from expckpt.store.gitstore import GitStore
+from expckpt.store.records import BadRecordError, format_message, parse_message
+from expckpt.store.refs import CheckpointRef
+from expckpt.store.livefiles import restore_live_files
 from expckpt.text import terminal_safe
 from faultkit import (
     EPOCHS,
@@ -95,9 +95,9 @@ def hostile_refs(project: Path, secret: Path) -> dict[str, str]:
     out = dict(good["outs"]["model.pt"])
     crafted = {
         # 1e400 is a JSON number that overflows to inf: int() of it crashed every command.
-        "huge@5": variant(outs={"model.pt": {**out, "size": 7}}).replace('"size":7', '"size":1e400').replace(
-            '"size": 7', '"size": 1e400'
-        ),
+        "huge@5": variant(outs={"model.pt": {**out, "size": 7}})
+        .replace('"size":7', '"size":1e400')
+        .replace('"size": 7', '"size": 1e400'),
         "nantime@5": variant(time=0).replace('"time": 0', '"time": NaN'),
         # The md5 becomes an absolute path under the cache root: verify hashed this file.
         "outside@5": variant(outs={"model.pt": {"md5": ".." + str(secret), "size": 1}}),
@@ -134,7 +134,8 @@ def test_hostile_records_are_skipped_with_one_warning_by_every_command(project: 
         assert "Traceback" not in result.stderr
         warned = WARNING.findall(result.stderr)
         assert sorted(warned) == sorted(f"refs/exps/{head(project)[:2]}/{head(project)[2:]}/{n}" for n in bad), (
-            args, result.stderr,
+            args,
+            result.stderr,
         )
         assert len(result.stderr.strip().splitlines()) == len(bad), (args, result.stderr)
         assert_terminal_safe(result.stdout, result.stderr)
@@ -265,8 +266,14 @@ def test_every_field_is_validated(change: dict, why: str) -> None:
 
 def test_non_finite_metric_markers_and_the_biggest_sizes_are_still_valid() -> None:
     ref = CheckpointRef("0" * 40, "tut", 3)
-    line = json.dumps({"v": 1, "outs": {"a/b.pt": {"md5": "f" * 32, "size": 2**63 - 1}}, "time": 0,
-                       "metrics": {"train/loss": "nan", "up": "inf", "down": "-inf", "n": 3}})
+    line = json.dumps(
+        {
+            "v": 1,
+            "outs": {"a/b.pt": {"md5": "f" * 32, "size": 2**63 - 1}},
+            "time": 0,
+            "metrics": {"train/loss": "nan", "up": "inf", "down": "-inf", "n": 3},
+        }
+    )
     record = parse_message(ref, "c" * 40, f"x\n\nexpckpt-meta: {line}\n")
     assert record is not None and record.size == 2**63 - 1 and record.metrics["n"] == 3.0
 
@@ -284,7 +291,9 @@ def test_object_path_refuses_anything_but_an_md5(tmp_path: Path) -> None:
 
 def test_terminal_safe_escapes_every_control_character() -> None:
     assert terminal_safe("acc/val-1.0 é ✓") == "acc/val-1.0 é ✓"
-    assert terminal_safe("a\x1b[31m\r\n\t\x7f\x9b\u2028\u202e\x00") == "a\\x1b[31m\\r\\n\\t\\x7f\\x9b\\u2028\\u202e\\x00"
+    assert (
+        terminal_safe("a\x1b[31m\r\n\t\x7f\x9b\u2028\u202e\x00") == "a\\x1b[31m\\r\\n\\t\\x7f\\x9b\\u2028\\u202e\\x00"
+    )
     assert terminal_safe("\udcff") == "\\udcff"  # a non-UTF-8 byte decoded with surrogateescape
 
 
@@ -414,7 +423,9 @@ def test_a_safe_tree_is_restored_exactly(store_with_live: tuple[Path, GitStore, 
     (root / "dvclive" / "plots" / "acc.tsv").symlink_to(outside)  # a file symlink is replaced, not followed
     metrics = _tree(repo, [(b"acc.tsv", 0o100644, _blob(repo, b"step\tacc\n0\t1\n"))])
     live = _tree(repo, [(b"plots", 0o040000, metrics), (b"run.sh", 0o100755, _blob(repo, b"#!\n"))])
-    commit = run("git", "commit-tree", _tree(repo, [(b"dvclive", 0o040000, live)]).decode(), "-m", "ok", cwd=root).stdout.strip()
+    commit = run(
+        "git", "commit-tree", _tree(repo, [(b"dvclive", 0o040000, live)]).decode(), "-m", "ok", cwd=root
+    ).stdout.strip()
 
     restore_live_files(store, commit, root, "dvclive")
 
@@ -429,7 +440,9 @@ def test_a_file_where_the_tree_has_a_directory_is_replaced(store_with_live: tupl
     (root / "dvclive" / "plots").write_text("a file, inside dvclive")
     metrics = _tree(repo, [(b"acc.tsv", 0o100644, _blob(repo, b"1\n"))])
     live = _tree(repo, [(b"plots", 0o040000, metrics)])
-    commit = run("git", "commit-tree", _tree(repo, [(b"dvclive", 0o040000, live)]).decode(), "-m", "ok", cwd=root).stdout.strip()
+    commit = run(
+        "git", "commit-tree", _tree(repo, [(b"dvclive", 0o040000, live)]).decode(), "-m", "ok", cwd=root
+    ).stdout.strip()
 
     restore_live_files(store, commit, root, "dvclive")
 
@@ -439,7 +452,10 @@ def test_a_file_where_the_tree_has_a_directory_is_replaced(store_with_live: tupl
 # -- item 4: `dvc gc -w` takes checkpoint objects; verify names the cause and the remedies ---------
 @pytest.mark.slow
 def test_plain_dvc_gc_loses_checkpoints_and_verify_names_the_remedy(project: Path) -> None:
-    objects = {name: cache_object(project, locked_model(project, ref.commit)[0]) for name, ref in checkpoint_refs(project).items()}
+    objects = {
+        name: cache_object(project, locked_model(project, ref.commit)[0])
+        for name, ref in checkpoint_refs(project).items()
+    }
 
     run("dvc", "gc", "-w", "--all-experiments", "-f", cwd=project)
     assert all(obj.is_file() for obj in objects.values()), "the safe form keeps every checkpoint"
@@ -498,7 +514,7 @@ def test_after_expckpt_reset_a_missing_file_is_a_fresh_start(project: Path) -> N
 
 
 def test_the_library_error_names_the_checkpoint(project: Path) -> None:
-    from expckpt.resume import refuse_lost_checkpoint
+    from expckpt.train.resume import refuse_lost_checkpoint
 
     md5, _ = locked_model(project, checkpoint_refs(project)["straight@2"].commit)
     (project / "model.pt").unlink()
@@ -525,7 +541,9 @@ def test_dvc_gc_then_apply_then_exp_run_stops_naming_the_lost_checkpoint(project
     assert result.returncode != 0
     assert first_epoch(result.stdout) is None, "started over from epoch 0"
     errors = [line for line in result.stderr.splitlines() if line.startswith("train.py: error: ")]
-    assert len(errors) == 1 and errors[0].startswith("train.py: error: model.pt should be checkpoint straight@1 ("), result.stderr
+    assert len(errors) == 1 and errors[0].startswith("train.py: error: model.pt should be checkpoint straight@1 ("), (
+        result.stderr
+    )
     assert "`dvc exp pull <remote> straight@1`" in errors[0] and "`expckpt reset`" in errors[0]
     assert checkpoint_refs(project) == refs_before
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from expckpt.errors import ConfigError
-from expckpt.hparams import optimizer_hparams, reconcile, snapshot
+from expckpt.state.hparams import optimizer_hparams, reconcile, snapshot
 
 
 def model() -> torch.nn.Module:
@@ -65,8 +65,10 @@ def test_a_new_lr_with_a_scheduler_rebuilds_the_schedule_at_the_restored_step() 
     sched.load_state_dict(saved_sched)
     lines = reconcile("optimizer", opt, sched, fresh, saved_hp, saved_sched)
     # step 3 of StepLR(step_size=2, gamma=0.5) from 0.2: 0.2 * 0.5 ** (3 // 2)
-    assert lines == ["expckpt: optimizer lr is 0.2 now (0.1 in the checkpoint); StepLR goes on from its step 3"
-                     " rebuilt with the new value (learning rate now 0.1)"]
+    assert lines == [
+        "expckpt: optimizer lr is 0.2 now (0.1 in the checkpoint); StepLR goes on from its step 3"
+        " rebuilt with the new value (learning rate now 0.1)"
+    ]
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1) and opt.param_groups[0]["initial_lr"] == 0.2
     assert sched.base_lrs == [0.2] and sched.get_last_lr() == [pytest.approx(0.1)]
     sched.step()  # the next step follows the new schedule: 0.2 * 0.5 ** (4 // 2)

@@ -16,12 +16,12 @@ import pytest
 
 from browserkit import Browser
 from conftest import run
-from expckpt.catalog import Catalog
-from expckpt.cli import main
+from expckpt.store.catalog import Catalog
+from expckpt.cli.main import main
 from expckpt.errors import ConfigError
-from expckpt.htmlreport import page_data, run_params, write_report
-from expckpt.lineage import build_tree
-from expckpt.policy import keep_policy
+from expckpt.ops.htmlreport import page_data, run_params, write_report
+from expckpt.ops.lineage import build_tree
+from expckpt.policy.policy import keep_policy
 from treekit import init_repo, small_tree
 
 HOSTILE_METRIC = "</script><script>window.pwned=1</script>"
@@ -55,8 +55,11 @@ def hostile(tmp_path_factory: pytest.TempPathFactory):
 
 
 def hostile_page(hostile, path: Path) -> Path:
-    labels = {commit: ref.removeprefix("refs/heads/") for ref, commit in hostile.store.branch_and_tag_tips().items()
-              if ref == f"refs/heads/{HOSTILE_BRANCH}"}
+    labels = {
+        commit: ref.removeprefix("refs/heads/")
+        for ref, commit in hostile.store.branch_and_tag_tips().items()
+        if ref == f"refs/heads/{HOSTILE_BRANCH}"
+    }
     tree = build_tree(Catalog.load(hostile.store), labels, None, head=hostile.base)
     write_report(path, tree, hostile.store)
     return path
@@ -114,8 +117,9 @@ def test_report_html_cli(repo, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     assert sorted(r["exp"] for r in data["runs"]) == ["tut", "tut-b"] and data["metrics"] == ["loss"]
     capsys.readouterr()
     assert main(["report", "--html", "x.html", "--metric", "los"]) == 1
-    assert capsys.readouterr().err == ("expckpt: error: no metric named 'los' in these checkpoints; "
-                                       "metrics logged: acc, loss\n")
+    assert capsys.readouterr().err == (
+        "expckpt: error: no metric named 'los' in these checkpoints; metrics logged: acc, loss\n"
+    )
     assert main(["report", "tut-c", "--html", "x.html"]) == 1
     err = capsys.readouterr().err
     assert err == "expckpt: error: no experiment named 'tut-c'; experiments with checkpoints: tut, tut-b, warm\n"
@@ -143,17 +147,21 @@ def test_the_page_in_a_browser(repo, tmp_path: Path) -> None:
         counts = browser.run(COUNTS)
         assert counts == {"nodes": 17, "charts": [["acc", 3, 1], ["loss", 3, 0]], "requests": [], "error": None}
         # NaN at tut-b@7: its acc line breaks there (two sub-paths), the rule marks the step
-        paths = browser.run("return Array.from(document.querySelectorAll('.chart[data-metric=acc] .mark-line path'))"
-                            ".map(p => [p.getAttribute('aria-label'), (p.getAttribute('d').match(/M/g) || []).length])")
+        paths = browser.run(
+            "return Array.from(document.querySelectorAll('.chart[data-metric=acc] .mark-line path'))"
+            ".map(p => [p.getAttribute('aria-label'), (p.getAttribute('d').match(/M/g) || []).length])"
+        )
         assert sorted(n for label, n in paths if "tut-b" in label) == [2]
         browser.hover("#tree li.ckpt[data-name='tut-b@6']")
         browser.wait_for("return document.getElementById('apply-command').textContent === 'dvc exp apply tut-b@6'")
         detail = browser.run("return document.getElementById('detail').innerText")
         assert "params changed since tut@5" in detail and "lr\t0.1 → 0.5" in detail
         # a point on a curve shows its checkpoint too
-        symbol = browser.run("return Array.from(document.querySelectorAll("
-                             "'.chart[data-metric=loss] .mark-symbol.role-mark path'))"
-                             ".find(p => p.getAttribute('aria-label') .startsWith('step: 10; loss: 0.0909'))")
+        symbol = browser.run(
+            "return Array.from(document.querySelectorAll("
+            "'.chart[data-metric=loss] .mark-symbol.role-mark path'))"
+            ".find(p => p.getAttribute('aria-label') .startsWith('step: 10; loss: 0.0909'))"
+        )
         browser.hover(symbol)
         browser.wait_for("return document.getElementById('apply-command').textContent === 'dvc exp apply tut@10'")
         browser.hover("#tree li.ckpt[data-name='tut-b@6']")
@@ -170,8 +178,10 @@ def test_hostile_names_cannot_script_the_page(hostile, tmp_path: Path) -> None:
     with Browser.start(tmp_path / "profile") as browser:
         browser.open(page.as_uri())
         browser.wait_for("return document.body.dataset.ready === '1' || !!document.body.dataset.error")
-        assert browser.run("return window.pwned === undefined && document.querySelectorAll('img, [onload]')"
-                           ".length === 0 && document.scripts.length === 4")
+        assert browser.run(
+            "return window.pwned === undefined && document.querySelectorAll('img, [onload]')"
+            ".length === 0 && document.scripts.length === 4"
+        )
         text = browser.run("return document.body.innerText")
         assert HOSTILE_BRANCH in text
         browser.hover("#tree li.ckpt[data-name='pulled@0']")
@@ -189,21 +199,30 @@ def test_all_commits_takes_every_baseline(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.chdir(repo.path)
     assert main(["report", "--html", "head.html"]) == 0
     assert main(["report", "--html", "all.html", "-A"]) == 0
-    runs = {name: sorted(r["exp"] for r in json.loads(data_block((repo.path / name).read_text()))["runs"])
-            for name in ("head.html", "all.html")}
+    runs = {
+        name: sorted(r["exp"] for r in json.loads(data_block((repo.path / name).read_text()))["runs"])
+        for name in ("head.html", "all.html")
+    }
     assert runs == {"head.html": ["new"], "all.html": ["new", "old"]}
 
 
 def test_the_assets_ship_with_the_package_and_stay_inline_safe() -> None:
     import tomllib
 
-    from expckpt.htmlassets import asset, inline_script
+    from expckpt.ops.htmlassets import asset, inline_script
 
     root = Path(__file__).resolve().parent.parent
     globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["expckpt"]
     files = [p for p in (root / "expckpt" / "assets").iterdir() if p.is_file()]
-    assert {p.name for p in files} >= {"vega.min.js", "vega-lite.min.js", "report.js", "report.css", "LICENSE.vega",
-                                       "LICENSE.vega-lite", "README.md"}
+    assert {p.name for p in files} >= {
+        "vega.min.js",
+        "vega-lite.min.js",
+        "report.js",
+        "report.css",
+        "LICENSE.vega",
+        "LICENSE.vega-lite",
+        "README.md",
+    }
     assert [p.name for p in files if not any(p.match(f"expckpt/{g}") for g in globs)] == []
     for name in ("vega.min.js", "vega-lite.min.js", "report.js"):
         assert inline_script(asset(name)) == asset(name)
@@ -211,10 +230,14 @@ def test_the_assets_ship_with_the_package_and_stay_inline_safe() -> None:
         inline_script("var s = '</SCRIPT>';")
 
 
-def test_without_a_browser_the_page_tests_skip_saying_how_to_install_one(tmp_path: Path,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_a_browser_the_page_tests_skip_saying_how_to_install_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # no chromium, no chromedriver
-    with pytest.raises(pytest.skip.Exception, match=r"^no headless browser: install one with "
-                                                    r"`apt-get install -y chromium chromium-driver` \(CI does\)$"):
+    with pytest.raises(
+        pytest.skip.Exception,
+        match=r"^no headless browser: install one with "
+        r"`apt-get install -y chromium chromium-driver` \(CI does\)$",
+    ):
         with Browser.start(tmp_path / "profile"):
             pass

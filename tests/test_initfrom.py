@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from expckpt.checkpointer import Checkpointer
+from expckpt.train.checkpointer import Checkpointer
 from expckpt.errors import ArchitectureMismatchError, ConfigError, MissingCheckpointError
-from expckpt.records import load_records
-from expckpt.gitstore import GitStore
-from expckpt.state import TrainingState
+from expckpt.store.records import load_records
+from expckpt.store.gitstore import GitStore
+from expckpt.state.state import TrainingState
 from inprocess import checkpointer, crash_at, new_repo, new_state, refs, train, train_step
 from oracle import cache_object, cli, git, locked_model
 
@@ -38,7 +38,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: 
     return project
 
 
-def trial(project: Path, exp: str, total: int, *, seed: int = 99, **config: object) -> tuple[Checkpointer, TrainingState]:
+def trial(
+    project: Path, exp: str, total: int, *, seed: int = 99, **config: object
+) -> tuple[Checkpointer, TrainingState]:
     state = new_state(seed)
     ckpt = checkpointer(project, exp, {"init_from": "src@1", **config})
     ckpt.restore(state)
@@ -108,8 +110,11 @@ def test_a_plain_state_dict_file_works_too(repo: Path) -> None:
 def test_shapes_that_do_not_match(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     big = nn.Linear(4, 5)
     state = TrainingState(model=big, optimizer=torch.optim.SGD(big.parameters(), lr=0.1))
-    with pytest.raises(ArchitectureMismatchError, match=r"weight is \[3, 4\] in the source but \[5, 4\] in the model"
-                       r".*init_strict: false") as err:
+    with pytest.raises(
+        ArchitectureMismatchError,
+        match=r"weight is \[3, 4\] in the source but \[5, 4\] in the model"
+        r".*init_strict: false",
+    ) as err:
         checkpointer(repo, "ft", {"init_from": "src@1"}).restore(state)
     assert "\n" not in str(err.value)
 
@@ -123,7 +128,9 @@ def test_shapes_that_do_not_match(repo: Path, capsys: pytest.CaptureFixture[str]
     state = TrainingState(model=two)
     checkpointer(repo, "ft", {"init_from": "src@1", "init_strict": False}).restore(state)
     assert torch.equal(two.weight, saved(repo, refs(repo)["src@1"])["model"]["weight"])
-    assert "loaded 1 keys, 1 missing (kept fresh, 0 of them with another shape), 1 unexpected" in capsys.readouterr().out
+    assert (
+        "loaded 1 keys, 1 missing (kept fresh, 0 of them with another shape), 1 unexpected" in capsys.readouterr().out
+    )
 
 
 def test_a_source_that_is_not_there_stops_before_training(repo: Path) -> None:
@@ -164,7 +171,7 @@ def test_an_interrupted_trial_resumes_its_own_chain_bitwise(repo: Path) -> None:
 
 
 def test_config_is_checked(repo: Path) -> None:
-    from expckpt.config import CheckpointConfig
+    from expckpt.policy.config import CheckpointConfig
 
     with pytest.raises(ConfigError, match=r"checkpoint.init_restore must be a list of state names, got 'optimizer'"):
         CheckpointConfig.from_params({"init_restore": "optimizer"})
@@ -183,7 +190,11 @@ def test_a_branch_of_a_trial_keeps_its_lineage_without_init_from(repo: Path) -> 
     trial(repo, "ft", 2)
     ckpt, _ = train(repo, "more", 3)
     assert ckpt.resumed is not None and ckpt.resumed.record is not None and ckpt.resumed.record.name == "ft@1"
-    assert meta(repo, refs(repo)["more@2"])["initialized_from"] == {"exp": "src", "step": 1, "commit": refs(repo)["src@1"]}
+    assert meta(repo, refs(repo)["more@2"])["initialized_from"] == {
+        "exp": "src",
+        "step": 1,
+        "commit": refs(repo)["src@1"],
+    }
 
 
 class _Boom:

@@ -21,9 +21,18 @@ import torch.multiprocessing as mp
 import yaml
 
 from conftest import run
-from expckpt.cache import DvcCache
+from expckpt.store.cache import DvcCache
 from expckpt.integrations.dcp import STEP_KEY, SafeLoadPlanner, rng_key
-from integrationkit import baseline, checkpoint_refs, lineage, make_example_project, meta, run_and_kill_rank, same, show_json
+from integrationkit import (
+    baseline,
+    checkpoint_refs,
+    lineage,
+    make_example_project,
+    meta,
+    run_and_kill_rank,
+    same,
+    show_json,
+)
 
 EPOCHS = 5
 CHECKPOINT = {"every": 1, "monitor": "acc", "mode": "max"}
@@ -113,9 +122,9 @@ def test_two_ranks_save_and_one_process_loads_their_shards(tmp_path: Path) -> No
 
 def test_reset_of_a_directory_output_makes_the_next_run_start_from_scratch(tmp_path: Path) -> None:
     """`expckpt reset` marks the note the checkpointer reads (``ckpt``, not ``ckpt/``)."""
-    from expckpt.project import Project
-    from expckpt.reset import reset_workspace
-    from expckpt.session import SessionNote
+    from expckpt.store.project import Project
+    from expckpt.ops.reset import reset_workspace
+    from expckpt.store.session import SessionNote
     from test_multi_outputs import toy_project
 
     proj = toy_project(tmp_path / "p", "dir", ["ckpt/"])
@@ -172,7 +181,10 @@ def test_each_epoch_is_a_directory_checkpoint_with_metrics(proj: dict[str, Any])
         metrics = show_json(p, commit, "dvclive/metrics.json")
         assert (record["step"], metrics["step"]) == (step, step)
         assert record["metrics"]["acc"] == pytest.approx(metrics["acc"])
-        (md5,) = [o["md5"] for o in yaml.safe_load(run("git", "show", f"{commit}:dvc.lock", cwd=p).stdout)["stages"]["train"]["outs"]]
+        (md5,) = [
+            o["md5"]
+            for o in yaml.safe_load(run("git", "show", f"{commit}:dvc.lock", cwd=p).stdout)["stages"]["train"]["outs"]
+        ]
         assert set(cache.manifest(md5)) == DCP_FILES  # DVC caches it as a directory
         state = dcp_state(p, commit, proj["tmp"])
         assert int(state[STEP_KEY]) == step and {rng_key(0), rng_key(1)} <= set(state)  # step, each rank's RNG
@@ -238,7 +250,9 @@ def test_rank_zero_killed_while_publishing_leaves_the_last_complete_directory(pr
     # (written after the commit), or else expckpt rolls back to it ("did not finish")
     assert not [q for q in p.iterdir() if q.name.startswith(".expckpt-tmp-")]  # the killed run's staging is gone
     resumed = checkpoint_refs(p, base, f"{exp}-resumed")
-    assert sorted(resumed) == list(range(2, EPOCHS)) and meta(p, resumed[2])["parent"] == checkpoint_refs(p, base, exp)[1]
+    assert (
+        sorted(resumed) == list(range(2, EPOCHS)) and meta(p, resumed[2])["parent"] == checkpoint_refs(p, base, exp)[1]
+    )
     assert same(dcp_state(p, resumed[EPOCHS - 1], proj["tmp"]), dcp_state(p, refs[EPOCHS - 1], proj["tmp"]))
 
 
@@ -248,24 +262,34 @@ def test_a_directory_mixing_two_checkpoints_is_rolled_back(
 ) -> None:
     """What a kill between two of rank 0's renames leaves: some files of one checkpoint, some of
     another. Loaded here by one process (world size 1) inside the run's DVC environment."""
-    from expckpt.dirout import hash_dir
+    from expckpt.serialize.dirout import hash_dir
     from expckpt import Checkpointer
     from expckpt.integrations.dcp import DcpHandler
-    from expckpt.session import SessionNote
+    from expckpt.store.session import SessionNote
 
     p, base = proj["project"], proj["base"]
     note = SessionNote.read(p, "ckpt")
     assert note is not None and note.step >= 1
     previous = lineage(p, note.commit)[note.step - 1]
-    (md5,) = [o["md5"] for o in yaml.safe_load(run("git", "show", f"{previous}:dvc.lock", cwd=p).stdout)["stages"]["train"]["outs"]]
+    (md5,) = [
+        o["md5"]
+        for o in yaml.safe_load(run("git", "show", f"{previous}:dvc.lock", cwd=p).stdout)["stages"]["train"]["outs"]
+    ]
     cache = DvcCache.for_project(p, p / ".git")
     older = cache.object_path(cache.manifest(md5)["__1_0.distcp"]).read_bytes()
     assert older != (p / "ckpt" / "__1_0.distcp").read_bytes()
     (p / "ckpt" / "__1_0.distcp").write_bytes(older)
     monkeypatch.chdir(p)
-    for key, value in {"DVC_ROOT": str(p), "DVC_EXP_NAME": "mixed", "DVC_EXP_BASELINE_REV": base, "DVC_STAGE": "train"}.items():
+    for key, value in {
+        "DVC_ROOT": str(p),
+        "DVC_EXP_NAME": "mixed",
+        "DVC_EXP_BASELINE_REV": base,
+        "DVC_STAGE": "train",
+    }.items():
         monkeypatch.setenv(key, value)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(32, 10))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(32, 10)
+    )
     resumed = Checkpointer.from_env("ckpt/", None, handler=DcpHandler).restore({"app": {"model": model.state_dict()}})
     assert resumed is not None and resumed.step == note.step
     assert "did not finish; resuming from the last complete one" in capsys.readouterr().out

@@ -65,10 +65,12 @@ def proj(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 def test_config_from_training_args_maps_retention(tmp_path: Path) -> None:
     from transformers import TrainingArguments
 
-    from expckpt.config import CheckpointConfig
+    from expckpt.policy.config import CheckpointConfig
     from expckpt.integrations.hf import config_from_training_args
 
-    args = TrainingArguments(output_dir=str(tmp_path), save_total_limit=3, metric_for_best_model="accuracy", use_cpu=True, report_to="none")
+    args = TrainingArguments(
+        output_dir=str(tmp_path), save_total_limit=3, metric_for_best_model="accuracy", use_cpu=True, report_to="none"
+    )
     section = config_from_training_args(args)
     assert section == {"every": 1, "keep_last": 3, "monitor": "eval_accuracy", "mode": "max", "keep_best": 1}
     CheckpointConfig.from_params(section)
@@ -84,8 +86,18 @@ def test_each_trainer_save_is_a_checkpoint_experiment_with_metrics(proj: dict[st
     refs = checkpoint_refs(p, base, "ref")
     assert set(SAVES[-2:]) <= set(refs) and len(refs) <= 3, out  # keep_last 2 + the best
     assert sorted(lineage(p, refs[LAST])) == SAVES
-    assert all(meta(p, commit)["settings"] == {**CHECKPOINT, "every_minutes": None, "divergence_metric": "loss",
-               "divergence_steps": 3, "on_divergence": "warn", "patience": None} for commit in refs.values())
+    assert all(
+        meta(p, commit)["settings"]
+        == {
+            **CHECKPOINT,
+            "every_minutes": None,
+            "divergence_metric": "loss",
+            "divergence_steps": 3,
+            "on_divergence": "warn",
+            "patience": None,
+        }
+        for commit in refs.values()
+    )
     best = max(refs, key=lambda step: meta(p, refs[step])["metrics"]["eval_accuracy"])
     assert hashlib.md5((p / "model.pt").read_bytes()).hexdigest() == meta(p, refs[best])["outs"]["model.pt"]["md5"]
     assert f"expckpt: model.pt holds the {'last' if best == LAST else 'best'} checkpoint" in out

@@ -35,7 +35,9 @@ CHECKPOINT = {"every": 1, "keep_last": 3, "keep_best": 1, "monitor": "val_acc", 
 
 @pytest.fixture(scope="module")
 def proj(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    project = make_example_project(tmp_path_factory.mktemp("lightning") / "p", "lightning", epochs=EPOCHS, checkpoint=CHECKPOINT)
+    project = make_example_project(
+        tmp_path_factory.mktemp("lightning") / "p", "lightning", epochs=EPOCHS, checkpoint=CHECKPOINT
+    )
     base = baseline(project)
     out = run("dvc", "exp", "run", "-n", "ref", cwd=project).stdout
     return {"project": project, "base": base, "out": out}
@@ -44,7 +46,7 @@ def proj(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_config_from_model_checkpoint_maps_retention() -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from expckpt.config import CheckpointConfig
+    from expckpt.policy.config import CheckpointConfig
     from expckpt.integrations.lightning import config_from_model_checkpoint
 
     best = config_from_model_checkpoint(ModelCheckpoint(monitor="val_loss", mode="min", save_top_k=2, every_n_epochs=3))
@@ -58,7 +60,12 @@ def test_config_from_model_checkpoint_maps_retention() -> None:
 def test_each_epoch_is_a_checkpoint_experiment_with_metrics_and_retention(proj: dict[str, Any]) -> None:
     p, base = proj["project"], proj["base"]
     refs = checkpoint_refs(p, base, "ref")
-    history = [float(row.split("\t")[1]) for row in run("git", "show", f"{refs[EPOCHS - 1]}:dvclive/plots/metrics/val_acc.tsv", cwd=p).stdout.splitlines()[1:]]
+    history = [
+        float(row.split("\t")[1])
+        for row in run(
+            "git", "show", f"{refs[EPOCHS - 1]}:dvclive/plots/metrics/val_acc.tsv", cwd=p
+        ).stdout.splitlines()[1:]
+    ]
     assert len(history) == EPOCHS
     best = {s for s in range(EPOCHS) if history[s] == max(history)}
     assert {3, 4, 5} <= set(refs) and len(refs) <= 4, proj["out"]  # keep_last 3 and the best by val_acc
@@ -127,8 +134,14 @@ def test_verify_all_passes(proj: dict[str, Any]) -> None:
 @pytest.mark.slow
 def test_ddp_under_torchrun_publishes_once_and_resumes_exactly(tmp_path: Path) -> None:
     """The same callback under ``torchrun --nproc_per_node 2`` (Lightning's DDP on CPU, gloo)."""
-    p = make_example_project(tmp_path / "p", "lightning", epochs=3, devices=2, checkpoint={"every": 1, "keep_last": None})
-    dvc_yaml = (p / "dvc.yaml").read_text().replace("cmd: python train.py", "cmd: torchrun --standalone --nproc_per_node 2 train.py")
+    p = make_example_project(
+        tmp_path / "p", "lightning", epochs=3, devices=2, checkpoint={"every": 1, "keep_last": None}
+    )
+    dvc_yaml = (
+        (p / "dvc.yaml")
+        .read_text()
+        .replace("cmd: python train.py", "cmd: torchrun --standalone --nproc_per_node 2 train.py")
+    )
     (p / "dvc.yaml").write_text(dvc_yaml)
     run("git", "commit", "-qam", "DDP", cwd=p)
     base = baseline(p)
@@ -162,8 +175,14 @@ def test_a_model_checkpoint_of_your_own_coexists(tmp_path: Path, monkeypatch: py
     pl.seed_everything(1, verbose=False)
     theirs = ModelCheckpoint(dirpath=tmp_path / "ckpts", monitor="val_acc", mode="max", save_top_k=1)
     ours = ExpCkptCallback("model.pt")
-    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[ours, theirs])
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ours, theirs],
+    )
     trainer.fit(example.DigitsMLP(0.01), *example.digits_loaders(64))
     assert len(list((tmp_path / "ckpts").glob("*.ckpt"))) == 1
     state = torch.load(tmp_path / "model.pt", weights_only=True)

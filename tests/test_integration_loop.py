@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from expckpt import TrainingState
-from expckpt.checkpointer import Checkpointer
+from expckpt.train.checkpointer import Checkpointer
 from expckpt.integrations.loop import StepLog, plain, scalar_metrics
 
 
@@ -68,15 +68,19 @@ def test_scalar_metrics_reads_nested_metrics_through_the_one_flattener_and_keeps
 
 def test_step_log_saves_and_restores_a_named_stateful_object(tmp_path: Path) -> None:
     model, loop = torch.nn.Linear(2, 2), Stateful()
-    steps = StepLog(Checkpointer.from_env(tmp_path / "model.pt", {"every": 1}, env={}), TrainingState(model=model, loop=loop))
+    steps = StepLog(
+        Checkpointer.from_env(tmp_path / "model.pt", {"every": 1}, env={}), TrainingState(model=model, loop=loop)
+    )
     assert steps.restore() is None and steps.start == 0
     loop.value = 7
     decision = steps.completed(0, {"loss": 1.0})
     assert decision.saved and decision.stop is None
     steps.finish()
     loop.value = 0
-    again = StepLog(Checkpointer.from_env(tmp_path / "model.pt", {"every": 1}, env={}),
-                    TrainingState(model=torch.nn.Linear(2, 2), loop=loop))
+    again = StepLog(
+        Checkpointer.from_env(tmp_path / "model.pt", {"every": 1}, env={}),
+        TrainingState(model=torch.nn.Linear(2, 2), loop=loop),
+    )
     resumed = again.restore()
     assert resumed is not None and resumed.step == 0 and again.start == 1 and loop.value == 7
     again.close()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from expckpt.gitstore import GitStore
-from expckpt.inuse import InUse
+from expckpt.store.gitstore import GitStore
+from expckpt.store.inuse import InUse
 from inprocess import new_repo, train
 from oracle import check_consistent, git, locked_model
 
@@ -45,8 +45,9 @@ def test_the_workspace_uses_what_its_dvc_lock_and_expckpts_notes_name(repo: Path
         assert in_use.of_workspace(repo) == {last}
         # an untracked .dvc file in a subdirectory is a metafile too
         (repo / "data").mkdir()
-        (repo / "data" / "raw.csv.dvc").write_text("outs:\n- md5: 0123456789abcdef0123456789abcdef\n  size: 3\n"
-                                                   "  hash: md5\n  path: raw.csv\n")
+        (repo / "data" / "raw.csv.dvc").write_text(
+            "outs:\n- md5: 0123456789abcdef0123456789abcdef\n  size: 3\n  hash: md5\n  path: raw.csv\n"
+        )
         assert InUse(GitStore.open(repo), repo).of_workspace(repo) == {last, "0123456789abcdef0123456789abcdef"}
     finally:
         in_use.close()

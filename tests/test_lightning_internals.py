@@ -39,8 +39,15 @@ def _loader() -> torch.utils.data.DataLoader:
 
 
 def _trainer(tmp_path: Path, epochs: int) -> pl.Trainer:
-    return pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu")
+    return pl.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+    )
 
 
 def test_dump_checkpoint_holds_loops_optimizers_and_epoch(tmp_path: Path) -> None:
@@ -67,8 +74,16 @@ def test_a_handed_over_checkpoint_is_what_fit_resumes_from(tmp_path: Path) -> No
         def on_train_batch_end(self, *args: object) -> None:
             HandOver.batches += 1
 
-    again = pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                       enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu", callbacks=[HandOver()])
+    again = pl.Trainer(
+        max_epochs=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        callbacks=[HandOver()],
+    )
     fresh = Tiny()
     again.fit(fresh, _loader())
     assert HandOver.batches == 2 and again.global_step == 6  # 1 epoch trained on top of the 2 handed over

@@ -1,4 +1,4 @@
-"""The checkpoint tree (expckpt.lineage) and its text and JSON views in ``expckpt show``."""
+"""The checkpoint tree (expckpt.ops.lineage) and its text and JSON views in ``expckpt show``."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from expckpt.catalog import Catalog
-from expckpt.cli import main
-from expckpt.lineage import build_tree, lineage_of
-from expckpt.policy import keep_policy
-from expckpt.records import BadRecordError, InitializedFrom, load_records, parse_message
-from expckpt.refs import CheckpointRef
-from expckpt.showtree import render_tree, tree_as_json
+from expckpt.store.catalog import Catalog
+from expckpt.cli.main import main
+from expckpt.ops.lineage import build_tree, lineage_of
+from expckpt.policy.policy import keep_policy
+from expckpt.store.records import BadRecordError, InitializedFrom, load_records, parse_message
+from expckpt.store.refs import CheckpointRef
+from expckpt.ops.showtree import render_tree, tree_as_json
 from treekit import small_tree
 
 
@@ -25,8 +25,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory):
 
 def tree_of(repo, **kw):
     policy = keep_policy(keep_last=3, keep_best=1, monitor="acc", mode="max")
-    return build_tree(Catalog.load(repo.store), {repo.base: "main"}, policy, monitor="acc", mode="max",
-                      head=repo.base, **kw)
+    return build_tree(
+        Catalog.load(repo.store), {repo.base: "main"}, policy, monitor="acc", mode="max", head=repo.base, **kw
+    )
 
 
 def test_records_read_initialized_from_and_paused(repo) -> None:
@@ -36,13 +37,16 @@ def test_records_read_initialized_from_and_paused(repo) -> None:
     assert records["tut-b@8"].paused and not records["tut-b@7"].paused
 
 
-@pytest.mark.parametrize(("extra", "why"), [
-    ('"paused":"yes"', "paused 'yes' is not true or false"),
-    ('"initialized_from":"tut@3"', "initialized_from 'tut@3' is not an object"),
-    ('"initialized_from":{"exp":"tut","step":-1,"commit":"' + "a" * 40 + '"}', "step -1 is not a non-negative"),
-    ('"initialized_from":{"exp":"tut","step":1,"commit":"HEAD"}', "commit 'HEAD' is not a 40-hex"),
-    ('"initialized_from":{"exp":"t\\u001b[2J","step":1,"commit":"' + "a" * 40 + '"}', "is not a printable name"),
-])
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [
+        ('"paused":"yes"', "paused 'yes' is not true or false"),
+        ('"initialized_from":"tut@3"', "initialized_from 'tut@3' is not an object"),
+        ('"initialized_from":{"exp":"tut","step":-1,"commit":"' + "a" * 40 + '"}', "step -1 is not a non-negative"),
+        ('"initialized_from":{"exp":"tut","step":1,"commit":"HEAD"}', "commit 'HEAD' is not a 40-hex"),
+        ('"initialized_from":{"exp":"t\\u001b[2J","step":1,"commit":"' + "a" * 40 + '"}', "is not a printable name"),
+    ],
+)
 def test_bad_lineage_fields_are_refused(extra: str, why: str) -> None:
     line = '{"exp":"x","metrics":{},"outs":{},"step":1,"time":1.0,"v":1,' + extra + "}"
     with pytest.raises(BadRecordError, match=re.escape(why)):
@@ -55,10 +59,16 @@ def test_runs_hang_under_the_checkpoint_they_came_from(repo) -> None:
     assert [r.exp for r in group.runs] == ["tut"]  # one root: the others came from it
     tut = group.runs[0]
     assert {c.exp: (c.link, c.source.name) for c in tut.children} == {
-        "warm": ("initialized", "tut@11"), "tut-b": ("resumed", "tut@5")}
+        "warm": ("initialized", "tut@11"),
+        "tut-b": ("resumed", "tut@5"),
+    }
     assert [c.exp for c in tut.children] == ["warm", "tut-b"]  # most recently written first
     points = {p.record.name: p for p in tree.points()}
-    assert points["tut@11"].marks == ("newest", "best", "branch point of warm") and points["tut@11"].kept_by == ("best", "last", "newest")
+    assert points["tut@11"].marks == ("newest", "best", "branch point of warm") and points["tut@11"].kept_by == (
+        "best",
+        "last",
+        "newest",
+    )
     assert "branch point of tut-b" in points["tut@5"].marks
     assert points["tut@0"].kept_by == () and points["tut@9"].kept_by == ("last",)
     assert points["tut-b@8"].marks == ("newest", "best", "paused")
@@ -75,8 +85,7 @@ def test_show_draws_branches_above_their_source_and_folds_long_runs(repo) -> Non
     lines = text.splitlines()
     names = [m.group(1) for line in lines if (m := re.match(r"^(?:│ )*[╓╟╨═] (\S+)", line))]
     # newest first; each branch sits one level in, just above the checkpoint it came from
-    assert names == ["warm@1", "warm@0", "tut@11", "tut@10", "tut@9", "tut-b@8", "tut-b@7", "tut-b@6",
-                     "tut@5", "tut@0"]
+    assert names == ["warm@1", "warm@0", "tut@11", "tut@10", "tut@9", "tut-b@8", "tut-b@7", "tut-b@6", "tut@5", "tut@0"]
     assert re.match(r"^│ ╨ warm@0 .*\(init from [0-9a-f]{7} tut@11\)", lines[4])
     row = next(line for line in lines if "tut-b@6" in line)
     assert row.startswith("│ ╨ tut-b@6") and f"({repo.commits['tut@5'][:7]} tut@5)" in row
@@ -96,8 +105,11 @@ def test_show_json_carries_the_tree(repo) -> None:
     assert by["tut-b"]["resumed_from"] == by["tut-b"]["source"] == {"commit": repo.commits["tut@5"], "name": "tut@5"}
     assert by["warm"]["link"] == "initialized" and by["warm"]["resumed_from"] is None
     newest = by["tut-b"]["checkpoints"][0]
-    assert (newest["name"], newest["marks"], newest["kept_by"]) == ("tut-b@8", ["newest", "best", "paused"],
-                                                                    ["best", "last", "newest"])
+    assert (newest["name"], newest["marks"], newest["kept_by"]) == (
+        "tut-b@8",
+        ["newest", "best", "paused"],
+        ["best", "last", "newest"],
+    )
     assert by["tut-b"]["checkpoints"][1]["metrics"]["acc"] == "nan"
 
 
@@ -142,5 +154,6 @@ def test_git_remote_marks_the_checkpoints_it_has(tmp_path: Path, monkeypatch: py
     marks = {c["name"]: c["marks"] for c in json.loads(capsys.readouterr().out)[0]["checkpoints"]}
     assert marks == {"tut@1": ["newest"], "tut@0": ["pushed"]}  # no monitor configured: no best
     assert main(["show", "--git-remote", "nowhere"]) == 1
-    assert capsys.readouterr().err == ("expckpt: error: no Git remote 'nowhere' in this repository; "
-                                       "name one `git remote` lists\n")
+    assert capsys.readouterr().err == (
+        "expckpt: error: no Git remote 'nowhere' in this repository; name one `git remote` lists\n"
+    )

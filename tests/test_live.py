@@ -20,8 +20,14 @@ from oracle import check_consistent, git
 PARAMS = {"checkpoint": {"every": 1}}
 
 
-def run_live(total: int, *, seed: int = 0, params: dict | None = None, draws: dict[int, float] | None = None,
-             reseed_after_restore: bool = False) -> tuple[CheckpointLive, list[int]]:
+def run_live(
+    total: int,
+    *,
+    seed: int = 0,
+    params: dict | None = None,
+    draws: dict[int, float] | None = None,
+    reseed_after_restore: bool = False,
+) -> tuple[CheckpointLive, list[int]]:
     """A training script's loop: log loss and acc, ``next_step()``; return the live and the steps run."""
     state = new_state(seed)
     trained = []
@@ -54,7 +60,9 @@ def test_steps_run_to_the_total_and_each_next_step_saves(plain: Path) -> None:
     assert not (plain / "dvc.yaml").exists(), "CheckpointLive writes no dvc.yaml of its own"
 
 
-def test_a_new_run_resumes_after_the_restored_step_and_dvclive_goes_on(plain: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_new_run_resumes_after_the_restored_step_and_dvclive_goes_on(
+    plain: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run_live(3)
 
     again, trained = run_live(3)
@@ -69,8 +77,9 @@ def test_a_new_run_resumes_after_the_restored_step_and_dvclive_goes_on(plain: Pa
     assert [row.split("\t")[column] for row in rows] == ["0", "1", "2", "3", "4"], "the history goes on"
 
 
-def test_seeding_after_from_env_does_not_change_a_resumed_run(plain: Path, tmp_path_factory: pytest.TempPathFactory,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_seeding_after_from_env_does_not_change_a_resumed_run(
+    plain: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     straight: dict[int, float] = {}
     monkeypatch.chdir(tmp_path_factory.mktemp("straight"))
     run_live(4, draws=straight)
@@ -83,8 +92,9 @@ def test_seeding_after_from_env_does_not_change_a_resumed_run(plain: Path, tmp_p
     assert resumed == {2: straight[2], 3: straight[3]}
 
 
-def test_inside_dvc_exp_run_each_step_is_a_checkpoint_experiment(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_inside_dvc_exp_run_each_step_is_a_checkpoint_experiment(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     repo = new_repo(tmp_path_factory, tmp_path / "p")
     monkeypatch.chdir(repo)
     for key, value in dvc_env(repo, "live").items():

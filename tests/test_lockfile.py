@@ -16,11 +16,11 @@ import pytest
 import yaml
 
 from conftest import run
-from expckpt.atomic import TEMP_MARK, WrittenFile
-from expckpt.cache import DvcCache
-from expckpt.committer import Committer
-from expckpt.gitstore import GitStore
-from expckpt.project import Project, RunContext
+from expckpt.serialize.atomic import TEMP_MARK, WrittenFile
+from expckpt.store.cache import DvcCache
+from expckpt.publish.committer import Committer
+from expckpt.store.gitstore import GitStore
+from expckpt.store.project import Project, RunContext
 
 STAGE_WITH_OUTPUTS = """\
 stages:
@@ -213,11 +213,11 @@ def test_dvc_state_db_knows_the_checkpoint_hash(tmp_path: Path) -> None:
 STAGE_SCRIPT = """\
 import hashlib, os, sys
 from pathlib import Path
-from expckpt.atomic import TEMP_MARK, WrittenFile
-from expckpt.cache import DvcCache
-from expckpt.committer import Committer
-from expckpt.gitstore import GitStore
-from expckpt.project import Project, RunContext
+from expckpt.serialize.atomic import TEMP_MARK, WrittenFile
+from expckpt.store.cache import DvcCache
+from expckpt.publish.committer import Committer
+from expckpt.store.gitstore import GitStore
+from expckpt.store.project import Project, RunContext
 
 run = RunContext.from_env()
 project = Project.discover()
@@ -240,7 +240,9 @@ def test_dvc_exp_run_writes_the_same_lock_as_the_last_checkpoint(tmp_path: Path)
     """End to end: DVC's own dvc.lock at the end of `dvc exp run` equals the last checkpoint's."""
     proj = make_pipeline(tmp_path / "proj", STAGE_WITH_OUTPUTS.replace("python train.py", "python ckpt.py"))
     (proj / "ckpt.py").write_text(STAGE_SCRIPT)
-    (proj / "dvc.yaml").write_text((proj / "dvc.yaml").read_text().replace("deps: [data, train.py]", "deps: [data, ckpt.py]"))
+    (proj / "dvc.yaml").write_text(
+        (proj / "dvc.yaml").read_text().replace("deps: [data, train.py]", "deps: [data, ckpt.py]")
+    )
     run("git", "add", "-A", cwd=proj)
     run("git", "commit", "-qm", "stage script", cwd=proj)
     run("dvc", "exp", "run", "-n", "e2e", cwd=proj)

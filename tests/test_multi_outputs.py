@@ -16,12 +16,12 @@ import torch
 import yaml
 
 from conftest import run
-from expckpt.cache import DvcCache
-from expckpt.dirout import hash_dir
-from expckpt.gitstore import GitStore
-from expckpt.records import load_records
+from expckpt.store.cache import DvcCache
+from expckpt.serialize.dirout import hash_dir
+from expckpt.store.gitstore import GitStore
+from expckpt.store.records import load_records
 
-TRAIN = '''
+TRAIN = """
 import json
 from collections import OrderedDict
 import torch, yaml
@@ -45,14 +45,16 @@ with CheckpointLive.from_env(states, params) as live:
                 e.mul_(0.9).add_(p, alpha=0.1)
         live.log_metric("loss", loss.item())
         live.next_step()
-'''
+"""
 
 
 def toy_project(path: Path, mode: str, outs: list[str], *, width: int = 64, epochs: int = 4) -> Path:
     """A Git + DVC repo with a tiny frozen-backbone training stage and the given checkpoint outs."""
     path.mkdir(parents=True)
     (path / "train.py").write_text(TRAIN)
-    (path / "params.yaml").write_text(yaml.safe_dump({"epochs": epochs, "width": width, "mode": mode, "checkpoint": {"every": 1}}))
+    (path / "params.yaml").write_text(
+        yaml.safe_dump({"epochs": epochs, "width": width, "mode": mode, "checkpoint": {"every": 1}})
+    )
     stage = {
         "cmd": "python train.py",
         "deps": ["train.py"],

@@ -138,7 +138,9 @@ def test_two_queued_runs_with_the_same_name_never_interleave(tmp_path: Path) -> 
     dvc_exp_run(p, "--queue", "-n", "q", "-S", "lr=0.002")
     dvc_exp_run(p, "--queue", "-n", "q", "-S", "lr=0.004")
     with open(tmp_path / "queue.log", "ab") as out:  # not a pipe: the detached workers keep it open
-        subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=p, stdout=out, stderr=out, check=True, env={**os.environ, **FAST})
+        subprocess.run(
+            ["dvc", "queue", "start", "-j", "2"], cwd=p, stdout=out, stderr=out, check=True, env={**os.environ, **FAST}
+        )
     deadline = time.monotonic() + 600
     try:
         while time.monotonic() < deadline:

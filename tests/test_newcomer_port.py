@@ -19,16 +19,16 @@ import pytest
 import torch
 
 from expckpt import Checkpointer, CheckpointLive, ConfigError, TrainingState, seeding
-from expckpt.checkpoint_file import load_checkpoint, write_temp
+from expckpt.serialize.checkpoint_file import load_checkpoint, write_temp
 from conftest import make_project, run
 from faultkit import Background
 from faultkit import dvc_env as faultkit_env
 from integrationkit import make_example_project
-from expckpt.gitstore import GitStore
-from expckpt.headstate import detached_head_note
-from expckpt.project import Project
-from expckpt.reset import reset_workspace
-from expckpt.session import SessionNote
+from expckpt.store.gitstore import GitStore
+from expckpt.store.headstate import detached_head_note
+from expckpt.store.project import Project
+from expckpt.ops.reset import reset_workspace
+from expckpt.store.session import SessionNote
 from inprocess import dvc_env, new_repo, new_state, refs, train, train_step
 
 
@@ -36,8 +36,9 @@ def step_lr(gamma: float) -> TrainingState:
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2)
     optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0)
-    return TrainingState(model=model, optimizer=optimizer,
-                         scheduler=torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=gamma))
+    return TrainingState(
+        model=model, optimizer=optimizer, scheduler=torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=gamma)
+    )
 
 
 # 9. messages ---------------------------------------------------------------------------------------
@@ -142,13 +143,20 @@ def test_divergence_off_is_said_once_per_experiment_not_at_each_resume(
 
 
 # 7. argparse scripts: params without a `checkpoint` section ----------------------------------------
-@pytest.mark.parametrize(("params_yaml", "given", "warned"), [
-    ("epochs: 2\ncheckpoint:\n  keep_last: 1\n", {"epochs": 2}, True),       # vars(args): the section is lost
-    ("epochs: 2\ncheckpoint:\n  keep_last: 1\n", {"epochs": 2, "checkpoint": {"keep_last": 1}}, False),
-    ("epochs: 2\n", {"epochs": 2}, False),                                     # nothing to lose
-])
+@pytest.mark.parametrize(
+    ("params_yaml", "given", "warned"),
+    [
+        ("epochs: 2\ncheckpoint:\n  keep_last: 1\n", {"epochs": 2}, True),  # vars(args): the section is lost
+        ("epochs: 2\ncheckpoint:\n  keep_last: 1\n", {"epochs": 2, "checkpoint": {"keep_last": 1}}, False),
+        ("epochs: 2\n", {"epochs": 2}, False),  # nothing to lose
+    ],
+)
 def test_params_without_the_checkpoint_section_params_yaml_has_is_one_warning(
-    params_yaml: str, given: dict, warned: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    params_yaml: str,
+    given: dict,
+    warned: bool,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.chdir(tmp_path)
@@ -158,11 +166,15 @@ def test_params_without_the_checkpoint_section_params_yaml_has_is_one_warning(
             live.next_step()
     out = capsys.readouterr()
     lines = [line for line in (out.out + out.err).splitlines() if "no 'checkpoint' section" in line]
-    assert lines == ([
-        "expckpt: warning: the params given to CheckpointLive.from_env have no 'checkpoint' section but"
-        " params.yaml has one, so its settings are not used; pass them too, e.g."
-        " {**vars(args), 'checkpoint': yaml.safe_load(open('params.yaml'))['checkpoint']}"
-    ] if warned else [])
+    assert lines == (
+        [
+            "expckpt: warning: the params given to CheckpointLive.from_env have no 'checkpoint' section but"
+            " params.yaml has one, so its settings are not used; pass them too, e.g."
+            " {**vars(args), 'checkpoint': yaml.safe_load(open('params.yaml'))['checkpoint']}"
+        ]
+        if warned
+        else []
+    )
 
 
 # 1. `expckpt reset`, then `dvc exp apply`: the apply wins ------------------------------------------
@@ -208,7 +220,9 @@ def test_a_reset_after_an_apply_still_starts_from_scratch(
 
 
 # 8. Ctrl+C under Lightning ends like the plain loop ------------------------------------------------
-STOPPED = re.compile(r"^expckpt: stopped by SIGINT; last complete checkpoint: (?P<name>lit@\d+) \((?P<sha>[0-9a-f]{7})\)$", re.M)
+STOPPED = re.compile(
+    r"^expckpt: stopped by SIGINT; last complete checkpoint: (?P<name>lit@\d+) \((?P<sha>[0-9a-f]{7})\)$", re.M
+)
 
 
 @pytest.mark.slow
@@ -257,8 +271,13 @@ def test_after_a_killed_run_the_next_run_names_the_users_branch(tmp_path: Path) 
     run("git", "branch", "-m", "trunk", cwd=project)
     base = run("git", "rev-parse", "HEAD", cwd=project).stdout.strip()
     (project / "params.yaml").write_text((project / "params.yaml").read_text().replace("epochs: 2", "epochs: 50"))
-    proc = subprocess.Popen(["dvc", "exp", "run", "-n", "k"], cwd=project,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        ["dvc", "exp", "run", "-n", "k"],
+        cwd=project,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while "k@0" not in refs(project) and proc.poll() is None and time.monotonic() < deadline:
@@ -270,9 +289,11 @@ def test_after_a_killed_run_the_next_run_names_the_users_branch(tmp_path: Path) 
     assert run("git", "branch", "--show-current", cwd=project).stdout.strip() == ""  # DVC left HEAD detached
 
     after = run("dvc", "exp", "run", "-n", "b", "-S", "epochs=2", cwd=project)  # nothing left to train
-    assert (f"expckpt: note: HEAD was already detached at {base[:7]} when this run began (a `dvc exp run` killed"
-            " earlier leaves it so), and DVC leaves it detached after this run too; `git checkout trunk` puts it"
-            " back") in after.stdout, after.stdout
+    assert (
+        f"expckpt: note: HEAD was already detached at {base[:7]} when this run began (a `dvc exp run` killed"
+        " earlier leaves it so), and DVC leaves it detached after this run too; `git checkout trunk` puts it"
+        " back"
+    ) in after.stdout, after.stdout
     run("git", "checkout", "-q", "trunk", cwd=project)
     again = run("dvc", "exp", "run", "-n", "c", cwd=project)
     assert "HEAD was already detached" not in again.stdout, again.stdout
@@ -329,5 +350,7 @@ def test_dvc_exp_run_after_training_outside_dvc_names_the_lost_step(tmp_path: Pa
     assert "epoch 2:" in run("python", "train.py", cwd=project).stdout  # outside DVC: step 2 into model.pt
     out = run("dvc", "exp", "run", "-S", "epochs=3", cwd=project).stdout
     assert "Resuming from model.pt (b@1): 2 steps done" in out, out
-    assert ("expckpt: warning: model.pt held step 2, trained outside `dvc exp run` (no checkpoint experiment was"
-            " made of it); DVC checked out b@1 over it before this run started") in out, out
+    assert (
+        "expckpt: warning: model.pt held step 2, trained outside `dvc exp run` (no checkpoint experiment was"
+        " made of it); DVC checked out b@1 over it before this run started"
+    ) in out, out

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from expckpt.faults import PAUSE_MESSAGE
-from expckpt.orphan import orphan_lines
+from expckpt.train.orphan import orphan_lines
 from faultkit import Background, clone, run
 from oracle import check_consistent, steps
 
@@ -24,11 +24,16 @@ def training_pid(project: Path) -> int:
 
 
 @pytest.mark.slow
-def test_killed_dvc_exp_run_leaves_no_training_running_on(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+def test_killed_dvc_exp_run_leaves_no_training_running_on(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
     project = clone(tmp_path_factory, tmp_path / "p")
-    bg = Background.start(["dvc", "exp", "run", "-n", "orphan", "-S", "epochs=1000", "-S", "checkpoint.every=5"], project,
-                          {"PYTHONUNBUFFERED": "1", "EXPCKPT_PAUSE_AT": "after-note:4", "EXPCKPT_PAUSE_SECONDS": "12"},
-                          group=True)
+    bg = Background.start(
+        ["dvc", "exp", "run", "-n", "orphan", "-S", "epochs=1000", "-S", "checkpoint.every=5"],
+        project,
+        {"PYTHONUNBUFFERED": "1", "EXPCKPT_PAUSE_AT": "after-note:4", "EXPCKPT_PAUSE_SECONDS": "12"},
+        group=True,
+    )
     try:
         bg.wait_for(PAUSE_MESSAGE, timeout=300)
         pid = training_pid(project)
@@ -50,13 +55,17 @@ def test_killed_dvc_exp_run_leaves_no_training_running_on(tmp_path_factory: pyte
         except ProcessLookupError:
             pass
 
-    expected = (f"expckpt: warning: training of 'orphan' (pid {pid}) is still running, orphaned: its `dvc exp run`"
-                f" (pid {bg.proc.pid}) is gone; it stops at its next step, or stop it with `kill {pid}`")
+    expected = (
+        f"expckpt: warning: training of 'orphan' (pid {pid}) is still running, orphaned: its `dvc exp run`"
+        f" (pid {bg.proc.pid}) is gone; it stops at its next step, or stop it with `kill {pid}`"
+    )
     assert lines == [expected]
     assert expected in shown.stderr and expected in listed.stderr
     said = [line for line in bg.text().splitlines() if "is gone; saved step" in line]
-    assert said == [f"expckpt: the `dvc exp run` that started this training (pid {bg.proc.pid}) is gone; saved step 5"
-                    f" and stopped (pid {pid}); run `dvc exp run` again to go on from it"]
+    assert said == [
+        f"expckpt: the `dvc exp run` that started this training (pid {bg.proc.pid}) is gone; saved step 5"
+        f" and stopped (pid {pid}); run `dvc exp run` again to go on from it"
+    ]
     assert steps(project, "orphan") == [4, 5], "step 5 saved although checkpoint.every is 5, then stopped"
     check_consistent(project)
     assert orphan_lines(project) == []

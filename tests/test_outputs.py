@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from expckpt.atomic import TEMP_MARK
-from expckpt.checkpoint_file import load_checkpoint
-from expckpt.dirout import WrittenDir
+from expckpt.serialize.atomic import TEMP_MARK
+from expckpt.serialize.checkpoint_file import load_checkpoint
+from expckpt.serialize.dirout import WrittenDir
 from expckpt.errors import StorageError
-from expckpt.outputs import OutputFiles
-from expckpt.state import TrainingState
-from expckpt.stateset import StateFiles
-from expckpt.wiring import OutputSpec
+from expckpt.train.outputs import OutputFiles
+from expckpt.state.state import TrainingState
+from expckpt.state.stateset import StateFiles
+from expckpt.train.wiring import OutputSpec
 
 
 def state(seed: int = 0, frozen: bool = False) -> TrainingState:
@@ -25,8 +25,9 @@ def state(seed: int = 0, frozen: bool = False) -> TrainingState:
     if frozen:
         for p in model[0].parameters():
             p.requires_grad_(False)
-    return TrainingState(model=model, optimizer=torch.optim.SGD([p for p in model.parameters() if p.requires_grad],
-                                                                lr=0.1))
+    return TrainingState(
+        model=model, optimizer=torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    )
 
 
 def temp_files(root: Path) -> list[str]:

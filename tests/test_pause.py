@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from expckpt import phases
-from expckpt.datapos import DataPosition
-from expckpt.pause import PAUSED_EXIT, TrainingPaused, paused_mark, request_stop
-from expckpt.state import TrainingState
+from expckpt.state.datapos import DataPosition
+from expckpt.train.pause import PAUSED_EXIT, TrainingPaused, paused_mark, request_stop
+from expckpt.state.state import TrainingState
 from inprocess import checkpointer, dvc_env, new_repo, new_state
 from oracle import check_consistent, cli, git, locked_model
 
@@ -101,7 +101,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: 
 
 
 @pytest.fixture
-def reference(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[int, str]:
+def reference(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> dict[int, str]:
     """step -> model.pt md5 of one uninterrupted run."""
     project = new_repo(tmp_path_factory, tmp_path / "reference")
     monkeypatch.chdir(project)
@@ -111,7 +113,8 @@ def reference(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypa
 
 @pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM])
 def test_a_signal_mid_step_saves_there_and_the_resume_is_bitwise(
-        repo: Path, reference: dict[int, str], signum: signal.Signals) -> None:
+    repo: Path, reference: dict[int, str], signum: signal.Signals
+) -> None:
     status, lines = run(repo, "a", hook=lambda step, b: os.kill(os.getpid(), signum) if (step, b) == (2, 0) else None)
 
     assert status == PAUSED_EXIT == 75
@@ -127,7 +130,8 @@ def test_a_signal_mid_step_saves_there_and_the_resume_is_bitwise(
     resumed = checkpoints(repo)
     assert meta(repo, resumed["b@2"])["parent"] == found["a@2"]
     assert {s: locked_model(repo, resumed[f"b@{s}"])[0] for s in range(2, TOTAL)} == {
-        s: reference[s] for s in range(2, TOTAL)}
+        s: reference[s] for s in range(2, TOTAL)
+    }
 
 
 def test_a_signal_at_the_step_boundary_pauses_at_that_step(repo: Path, reference: dict[int, str]) -> None:
@@ -148,7 +152,9 @@ def test_a_second_signal_during_the_pause_save_changes_nothing(repo: Path, refer
 
     unsubscribe = phases.subscribe(again)
     try:
-        status, _ = run(repo, "a", hook=lambda step, b: (usr1(), phases.subscribe(again)) if (step, b) == (1, 1) else None)
+        status, _ = run(
+            repo, "a", hook=lambda step, b: (usr1(), phases.subscribe(again)) if (step, b) == (1, 1) else None
+        )
     finally:
         unsubscribe()
     assert status == 75
@@ -181,8 +187,8 @@ def test_a_stale_stop_request_does_not_pause_the_next_run(repo: Path) -> None:
 
 @pytest.mark.slow
 def test_pauses_at_20_random_moments_resume_bitwise(
-        tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        reference: dict[int, str]) -> None:
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reference: dict[int, str]
+) -> None:
     """Mid-batch (after any batch of any step), mid-save and mid-publish (any publishing phase of
     any step), each against the one reference run."""
     moments = random.Random(24)
@@ -201,7 +207,9 @@ def test_pauses_at_20_random_moments_resume_bitwise(
             point = moments.choice(points)
             what = f"at {point} of step {at_step}"
             hook = None
-            listener = phases.subscribe(lambda name, step, p=point, s=at_step: usr1() if (name, step) == (p, s) else None)
+            listener = phases.subscribe(
+                lambda name, step, p=point, s=at_step: usr1() if (name, step) == (p, s) else None
+            )
         try:
             status, _ = run(project, f"p{i}", hook=hook)
         finally:
@@ -237,8 +245,14 @@ def test_no_batch_boundary_before_the_deadline_exits_with_the_last_checkpoint_in
         time.sleep(30)  # a batch that never ends
     """)
     started = time.time()
-    proc = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent)], cwd=repo,
-                          capture_output=True, text=True, timeout=60, env={**os.environ, **dvc_env(repo, "slow")})
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(Path(__file__).parent)],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **dvc_env(repo, "slow")},
+    )
     assert proc.returncode == 128 + signal.SIGUSR1, proc.stderr
     assert time.time() - started < 25
     assert "no batch boundary within 1 s of SIGUSR1; exiting now; last complete checkpoint: slow@0" in proc.stderr
@@ -264,7 +278,8 @@ fi
 
 @pytest.mark.slow
 def test_the_readme_slurm_script_pauses_and_requeues_through_dvc_exp_run(
-        tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
     """The README's script, run locally: ``srun`` and ``scontrol`` stand-ins, SIGUSR1 sent to every
     process of the job step (dvc, its shell, train.py; not the batch shell) as SLURM does; the requeued job resumes and ends where an uninterrupted
     run ends."""
@@ -280,15 +295,30 @@ def test_the_readme_slurm_script_pauses_and_requeues_through_dvc_exp_run(
     for tool in ("srun", "scontrol"):
         (bin_dir / tool).chmod(0o755)
     (project / "job.sh").write_text(SBATCH)
-    env = {**os.environ, **FAST, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-           "SLURM_SUBMIT_DIR": str(project), "SLURM_JOB_ID": "42"}
+    env = {
+        **os.environ,
+        **FAST,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "SLURM_SUBMIT_DIR": str(project),
+        "SLURM_JOB_ID": "42",
+    }
 
-    job = subprocess.Popen(["bash", "job.sh"], cwd=project, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    job = subprocess.Popen(
+        ["bash", "job.sh"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 300
-        while job.poll() is None and time.monotonic() < deadline and not any(
-                n.endswith("@0") for n in checkpoints(project)):
+        while (
+            job.poll() is None
+            and time.monotonic() < deadline
+            and not any(n.endswith("@0") for n in checkpoints(project))
+        ):
             time.sleep(0.05)
         import psutil  # DVC's own dependency
 
@@ -314,7 +344,8 @@ def test_the_readme_slurm_script_pauses_and_requeues_through_dvc_exp_run(
 
 @pytest.mark.slow
 def test_expckpt_stop_then_expckpt_resume_ends_where_one_run_ends(
-        tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
     """train.py as `dvc exp run -n a` starts it, paused by `expckpt stop a` mid-epoch; `expckpt
     resume a` applies the paused checkpoint and runs `dvc exp run`, which finishes bitwise."""
     from faultkit import FAST, Background, clone, reference
@@ -331,8 +362,9 @@ def test_expckpt_stop_then_expckpt_resume_ends_where_one_run_ends(
     assert len(paused) == 1 and paused[0].startswith("a@")
     (project / "model.pt").unlink()  # whatever the workspace holds now: resume brings the pause back
 
-    resumed = subprocess.run(["expckpt", "resume", "a"], cwd=project, capture_output=True, text=True, timeout=300,
-                             env={**os.environ, **FAST})  # one thread, as the reference ran
+    resumed = subprocess.run(
+        ["expckpt", "resume", "a"], cwd=project, capture_output=True, text=True, timeout=300, env={**os.environ, **FAST}
+    )  # one thread, as the reference ran
 
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"Continuing {paused[0]} (paused): dvc exp apply" in resumed.stdout

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from expckpt.config import CheckpointConfig
+from expckpt.policy.config import CheckpointConfig
 from expckpt.errors import ConfigError
-from expckpt.policy import (
+from expckpt.policy.policy import (
     AnyOf,
     CheckpointInfo,
     KeepAll,
@@ -16,7 +16,7 @@ from expckpt.policy import (
     KeepLast,
     KeepNewest,
 )
-from expckpt.saving import (
+from expckpt.policy.saving import (
     SaveContext,
     AnyOfSave,
     EveryMinutes,
@@ -63,13 +63,20 @@ def kept_steps(policy, checkpoints):
         (KeepNewest(), [3, 10, 2], None, [10]),
         (KeepNewest(), [], None, []),
         # union keep_last 3 + keep_best 1 where the best is early
-        (AnyOf(policies=(KeepLast(n=3), KeepBest(k=1, metric="acc"))),
-         list(range(8)), [0.1, 0.95, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], [1, 5, 6, 7]),
+        (
+            AnyOf(policies=(KeepLast(n=3), KeepBest(k=1, metric="acc"))),
+            list(range(8)),
+            [0.1, 0.95, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
+            [1, 5, 6, 7],
+        ),
         # best-only retention (keep_last 1 + best) never evicts the newest
-        (AnyOf(policies=(KeepBest(k=1, metric="acc"), KeepNewest())),
-         [0, 1, 2, 3], [0.9, 0.2, 0.3, NAN], [0, 3]),
-        (AnyOf(policies=(KeepLast(n=1), KeepBest(k=1, metric="acc"), KeepNewest())),
-         [0, 1, 2, 3], [0.9, 0.2, 0.3, 0.1], [0, 3]),
+        (AnyOf(policies=(KeepBest(k=1, metric="acc"), KeepNewest())), [0, 1, 2, 3], [0.9, 0.2, 0.3, NAN], [0, 3]),
+        (
+            AnyOf(policies=(KeepLast(n=1), KeepBest(k=1, metric="acc"), KeepNewest())),
+            [0, 1, 2, 3],
+            [0.9, 0.2, 0.3, 0.1],
+            [0, 3],
+        ),
     ],
 )
 def test_keep_table(policy, steps, values, kept):
@@ -104,7 +111,10 @@ def test_policies_are_frozen_data():
         (lambda: KeepLast(n=True), r"checkpoint\.keep_last.*got True"),
         (lambda: KeepBest(k=0, metric="acc"), r"checkpoint\.keep_best.*got 0"),
         (lambda: KeepBest(k=1, metric=""), r"checkpoint\.monitor.*got ''"),
-        (lambda: KeepBest(k=1, metric="acc", mode="up"), r"checkpoint\.mode must be one of 'min', 'max', got 'up' \(str\)"),
+        (
+            lambda: KeepBest(k=1, metric="acc", mode="up"),
+            r"checkpoint\.mode must be one of 'min', 'max', got 'up' \(str\)",
+        ),
         (lambda: AnyOf(policies=()), r"at least one keep policy"),
         (lambda: AnyOf(policies=(EverySteps(n=1),)), r"must be keep policies"),
         (lambda: EverySteps(n=0), r"checkpoint\.every.*got 0; .*Never\(\)"),
@@ -177,10 +187,12 @@ def test_checkpointing_off_saves_nothing_even_at_the_end():
 )
 def test_each_setting_is_validated_by_one_rule_wherever_it_arrives(field, bad):
     """params.yaml, policy objects and the report say the same thing about the same mistake."""
-    from expckpt.report import analyse
+    from expckpt.policy.report import analyse
 
-    makers = [lambda: CheckpointConfig(**{field: bad, "monitor": "acc"}),
-              lambda: analyse([], monitor="acc", **{"mode": "max", field: bad})]
+    makers = [
+        lambda: CheckpointConfig(**{field: bad, "monitor": "acc"}),
+        lambda: analyse([], monitor="acc", **{"mode": "max", field: bad}),
+    ]
     if field == "mode":
         makers.append(lambda: KeepBest(k=1, metric="acc", mode=bad))
     messages = set()

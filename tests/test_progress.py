@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import os
 
-from expckpt.progress import Progress
+from expckpt.train.progress import Progress
 
 
 def test_logs_get_a_plain_line_now_and_then() -> None:

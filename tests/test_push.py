@@ -27,8 +27,10 @@ pytestmark = pytest.mark.slow
 
 BUCKET = "team"
 S3_ENV = {
-    "AWS_ACCESS_KEY_ID": "expckpt-test", "AWS_SECRET_ACCESS_KEY": "expckpt-test",
-    "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_ACCESS_KEY_ID": "expckpt-test",
+    "AWS_SECRET_ACCESS_KEY": "expckpt-test",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
 }
 PAUSE = "expckpt: fault injection: pausing"
 
@@ -72,8 +74,12 @@ def free_port() -> int:
 def start_s3(log: Path, port: int = 0) -> S3Server:
     """``moto_server`` on 127.0.0.1 (``port`` 0: any free one), with an empty bucket."""
     out = open(log, "wb")  # noqa: SIM115 - the server writes to it until stopped
-    proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=out,
-                            stderr=subprocess.STDOUT, env={**os.environ, **S3_ENV})
+    proc = subprocess.Popen(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **S3_ENV},
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         found = re.search(r"Running on (http://127\.0\.0\.1:\d+)", log.read_text(errors="replace"))
@@ -143,8 +149,13 @@ def weights(project: Path, md5: str) -> dict[str, torch.Tensor]:
 
 def start_run(project: Path, name: str, log: Path, **env: str) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
-        return subprocess.Popen(["dvc", "exp", "run", "-n", name], cwd=project, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, **env})
+        return subprocess.Popen(
+            ["dvc", "exp", "run", "-n", name],
+            cwd=project,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+        )
 
 
 def wait_for(text: str, log: Path, proc: subprocess.Popen[bytes], timeout: float = 300) -> float:
@@ -168,8 +179,9 @@ def finish(proc: subprocess.Popen[bytes], log: Path, timeout: float = 600) -> st
 
 
 def test_push_during_training_then_a_fresh_clone_resumes_exactly(s3: S3Server, tmp_path: Path) -> None:
-    project, remote, baseline = team_project(tmp_path, s3.url, epochs=3,
-                                             checkpoint={"every": 1, "keep_last": 10, "push": "origin"})
+    project, remote, baseline = team_project(
+        tmp_path, s3.url, epochs=3, checkpoint={"every": 1, "keep_last": 10, "push": "origin"}
+    )
     log, pause_s = tmp_path / "run.log", 60.0
     # the last epoch pauses after its ref is written, before it is complete: pushes of the
     # earlier checkpoints must reach both remotes while training is still there
@@ -190,8 +202,12 @@ def test_push_during_training_then_a_fresh_clone_resumes_exactly(s3: S3Server, t
 
     local = remote_checkpoints(project, "tut")
     assert remote_checkpoints(remote, "tut") == local
-    data_md5 = next(o["md5"] for o in yaml.safe_load(run("git", "show", f"{local[2]}:dvc.lock", cwd=project).stdout)
-                    ["stages"]["download"]["outs"])
+    data_md5 = next(
+        o["md5"]
+        for o in yaml.safe_load(run("git", "show", f"{local[2]}:dvc.lock", cwd=project).stdout)["stages"]["download"][
+            "outs"
+        ]
+    )
     assert {model_md5(project, local[s]) for s in local} | {data_md5} <= s3.stored()
 
     clone = tmp_path / "clone"
@@ -201,9 +217,13 @@ def test_push_during_training_then_a_fresh_clone_resumes_exactly(s3: S3Server, t
     assert (clone / "data" / "train.npz").is_file()
     resumed = run("dvc", "exp", "run", "-n", "cont", cwd=clone).stdout
     assert "Resuming from model.pt (tut@1): 2 steps done" in resumed
-    cont = next(line.split()[1] for line in run(
-        "git", "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps", cwd=clone).stdout.splitlines()
-        if line.split()[0].endswith("/cont@2"))
+    cont = next(
+        line.split()[1]
+        for line in run(
+            "git", "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps", cwd=clone
+        ).stdout.splitlines()
+        if line.split()[0].endswith("/cont@2")
+    )
     a, b = weights(clone, model_md5(clone, cont)), weights(project, model_md5(project, local[2]))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert baseline in run("git", "rev-list", "--all", cwd=clone).stdout
@@ -212,11 +232,13 @@ def test_push_during_training_then_a_fresh_clone_resumes_exactly(s3: S3Server, t
 def test_network_down_is_reported_once_and_dropped_checkpoints_are_never_pushed(tmp_path: Path) -> None:
     """Also DVC's own switch: ``DVC_EXP_AUTO_PUSH=true`` pushes to ``origin`` without ``checkpoint.push``."""
     port = free_port()  # nothing listens there until the last epoch
-    project, remote, _ = team_project(tmp_path, f"http://127.0.0.1:{port}", epochs=4,
-                                      checkpoint={"every": 1, "keep_last": 1})
+    project, remote, _ = team_project(
+        tmp_path, f"http://127.0.0.1:{port}", epochs=4, checkpoint={"every": 1, "keep_last": 1}
+    )
     log = tmp_path / "run.log"
-    proc = start_run(project, "tut", log, EXPCKPT_PAUSE_AT="after-ref:3", EXPCKPT_PAUSE_SECONDS="40",
-                     DVC_EXP_AUTO_PUSH="true")
+    proc = start_run(
+        project, "tut", log, EXPCKPT_PAUSE_AT="after-ref:3", EXPCKPT_PAUSE_SECONDS="40", DVC_EXP_AUTO_PUSH="true"
+    )
     wait_for(PAUSE, log, proc)
     wait_for("expckpt: warning: could not push tut@", log, proc, timeout=35)
     assert remote_checkpoints(remote, "tut") == {}  # objects first: no ref without its data
@@ -228,8 +250,9 @@ def test_network_down_is_reported_once_and_dropped_checkpoints_are_never_pushed(
         server.stop()
     warnings = re.findall(r"^expckpt: warning: .*$", out, re.M)
     assert len(warnings) == 1, out
-    assert re.fullmatch(r"expckpt: warning: could not push tut@[0-2] to origin: .+; training goes on, will retry",
-                        warnings[0]), warnings[0]
+    assert re.fullmatch(
+        r"expckpt: warning: could not push tut@[0-2] to origin: .+; training goes on, will retry", warnings[0]
+    ), warnings[0]
     assert "(pushing works again)" in out
     on_remote = remote_checkpoints(remote, "tut")
     # keep_last: 1 dropped tut@0 and tut@1 while the network was down: they never went out
@@ -240,8 +263,9 @@ def test_network_down_is_reported_once_and_dropped_checkpoints_are_never_pushed(
 
 
 def test_gc_cloud_deletes_only_what_no_ref_branch_tag_or_metafile_needs(s3: S3Server, tmp_path: Path) -> None:
-    project, remote, _ = team_project(tmp_path, s3.url, epochs=4,
-                                      checkpoint={"every": 1, "keep_last": 10, "push": "origin"})
+    project, remote, _ = team_project(
+        tmp_path, s3.url, epochs=4, checkpoint={"every": 1, "keep_last": 10, "push": "origin"}
+    )
     # an object expckpt did not write: uploaded by plain `dvc push`, then no metafile names it
     (project / "notes.txt").write_text("team notes\n")
     run("dvc", "add", "-q", "notes.txt", cwd=project)
@@ -272,8 +296,12 @@ def test_gc_cloud_deletes_only_what_no_ref_branch_tag_or_metafile_needs(s3: S3Se
 
     dry = run("expckpt", "gc", "--workspace", "--keep-last", "1", "--cloud", "--dry-run", cwd=project).stdout
     assert "Would remove checkpoint tut@0" in dry and "Would remove checkpoint tut@2" in dry
-    assert re.search(r"^Would delete .* in 1 objects from DVC remote 's3', keeping what refs on Git remote "
-                     r"'origin' need$", dry, re.M), dry
+    assert re.search(
+        r"^Would delete .* in 1 objects from DVC remote 's3', keeping what refs on Git remote "
+        r"'origin' need$",
+        dry,
+        re.M,
+    ), dry
     assert set(models.values()) | {notes_md5} <= s3.stored()  # a dry run deletes nothing
 
     done = run("expckpt", "gc", "--workspace", "--keep-last", "1", "--cloud", "--force", cwd=project).stdout

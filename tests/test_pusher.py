@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from conftest import make_project, run, train_in_exp_env
-from expckpt.catalog import Catalog
-from expckpt.gitstore import GitStore
-from expckpt.pusher import Pusher
-from expckpt.records import CheckpointRecord
-from expckpt.remote import PushTarget
+from expckpt.store.catalog import Catalog
+from expckpt.store.gitstore import GitStore
+from expckpt.publish.pusher import Pusher
+from expckpt.store.records import CheckpointRecord
+from expckpt.publish.remote import PushTarget
 
 TARGET = PushTarget(git_remote="origin", dvc_remote="store", source="checkpoint.push")
 
@@ -73,7 +73,8 @@ def test_a_failing_remote_is_said_once_and_the_end_wait_is_bounded(
     assert warnings[0].startswith("expckpt: warning: could not push tut@0 to origin: ")
     assert warnings[0].endswith("; training goes on, will retry")
     gave_up = [line for line in lines if line.startswith("expckpt: warning: gave up pushing")]
-    assert len(gave_up) == 1 and gave_up[0].startswith("expckpt: warning: gave up pushing tut@0, tut@1 to origin "
-                                                      "after 10 s ("), lines
+    assert len(gave_up) == 1 and gave_up[0].startswith(
+        "expckpt: warning: gave up pushing tut@0, tut@1 to origin after 10 s ("
+    ), lines
     assert gave_up[0].endswith("push later with `dvc exp push origin tut@1`")
     assert pusher.pushed == []

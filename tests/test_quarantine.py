@@ -41,7 +41,10 @@ def test_pull_publishes_valid_checkpoints_only_after_checking_them(puller: Path)
     result = run("expckpt", "pull", "origin", "a", cwd=puller)
 
     assert result.stdout.splitlines()[:2] == [line for line in result.stdout.splitlines() if line.startswith("Pulled")]
-    assert [line.split(" (")[0] for line in result.stdout.splitlines()[:2]] == ["Pulled checkpoint a@0", "Pulled checkpoint a@1"]
+    assert [line.split(" (")[0] for line in result.stdout.splitlines()[:2]] == [
+        "Pulled checkpoint a@0",
+        "Pulled checkpoint a@1",
+    ]
     assert exp_refs(puller) == ["a@0", "a@1"]
     assert run("expckpt", "show", "-A", cwd=puller).returncode == 0
 
@@ -52,6 +55,7 @@ def test_pull_refuses_a_hostile_manifest_and_dvc_never_sees_it(puller: Path) -> 
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "expckpt: refused evil@0: UNSAFE: the directory manifest of ckpt names '../../../ESCAPED.pt', outside ckpt/;"
-        " it stays invisible to DVC"]
+        " it stays invisible to DVC"
+    ]
     assert exp_refs(puller) == [], "neither refs/exps nor the quarantine keeps it"
     assert run("dvc", "exp", "show", "--json", "-A", cwd=puller).stdout.count("evil") == 0

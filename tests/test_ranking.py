@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from expckpt.ranking import better, finite, number, rank_key
+from expckpt.policy.ranking import better, finite, number, rank_key
 
 
 def test_number_reads_numbers_including_nan_and_inf_and_nothing_else() -> None:
@@ -46,8 +46,9 @@ def test_finite_drops_nan_and_inf() -> None:
         (True, 0.0, "max", False),
     ],
 )
-def test_better_is_a_strict_improvement_of_a_finite_value(value: object, than: float | None, mode: str,
-                                                          expected: bool) -> None:
+def test_better_is_a_strict_improvement_of_a_finite_value(
+    value: object, than: float | None, mode: str, expected: bool
+) -> None:
     assert better(value, than, mode) is expected
 
 
@@ -56,7 +57,11 @@ def test_rank_key_sorts_best_first_with_the_earlier_step_winning_ties() -> None:
     keyed = {step: rank_key(m, "acc", "max", step) for step, m in runs.items()}
     assert keyed[3] is None and keyed[4] is None
     assert keyed[1] == (-0.9, 1)
-    assert sorted((k, s) for s, k in keyed.items() if k is not None) == [((-0.9, 1), 1), ((-0.9, 2), 2),
-                                                                        ((-0.7, 5), 5), ((-0.5, 0), 0)]
+    assert sorted((k, s) for s, k in keyed.items() if k is not None) == [
+        ((-0.9, 1), 1),
+        ((-0.9, 2), 2),
+        ((-0.7, 5), 5),
+        ((-0.5, 0), 0),
+    ]
     by_loss = {step: rank_key({"loss": v}, "loss", "min", step) for step, v in enumerate([0.3, 0.1, 0.2])}
     assert sorted(by_loss, key=lambda s: by_loss[s]) == [1, 2, 0]  # type: ignore[arg-type, return-value]

@@ -17,7 +17,7 @@ HOLDER = """
 import sqlite3, sys, time
 from pathlib import Path
 from dvc.repo import Repo
-from expckpt.gclock import gc_lock
+from expckpt.store.gclock import gc_lock
 
 root = Path(sys.argv[1])
 db = Path(Repo(str(root)).state.hashes.directory) / "cache.db"
@@ -56,11 +56,15 @@ def test_read_only_commands_name_a_stopped_writer_and_give_up_in_time(project: P
             continue
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 1 and len(lines) == 2, (name, result)
-        assert lines[0].startswith(f"expckpt: expckpt {name} is waiting for DVC's state database or a lock; held by:"
-                                   f" pid {pid} (python -c "), lines[0]
-        assert lines[0].endswith(f"a checkpoint writer, STOPPED (SIGSTOP or Ctrl+Z): resume it with `kill -CONT {pid}`"
-                                 " (or `fg` in its terminal)")
-        assert lines[1].startswith(f"expckpt: error: expckpt {name} gave up after 6 s (EXPCKPT_READ_WAIT) waiting for:"
-                                   f" pid {pid} ") and lines[1].endswith("; nothing was changed")
+        assert lines[0].startswith(
+            f"expckpt: expckpt {name} is waiting for DVC's state database or a lock; held by: pid {pid} (python -c "
+        ), lines[0]
+        assert lines[0].endswith(
+            f"a checkpoint writer, STOPPED (SIGSTOP or Ctrl+Z): resume it with `kill -CONT {pid}`"
+            " (or `fg` in its terminal)"
+        )
+        assert lines[1].startswith(
+            f"expckpt: error: expckpt {name} gave up after 6 s (EXPCKPT_READ_WAIT) waiting for: pid {pid} "
+        ) and lines[1].endswith("; nothing was changed")
         assert took > 5
     assert results["gc"][0].returncode == 1, "gc --dry-run asks DVC, which waits on the stopped writer's database"

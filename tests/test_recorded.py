@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from expckpt.cli import main
-from expckpt.config import CheckpointConfig
-from expckpt.records import BadRecordError, format_message, parse_message
-from expckpt.refs import CheckpointRef
+from expckpt.cli.main import main
+from expckpt.policy.config import CheckpointConfig
+from expckpt.store.records import BadRecordError, format_message, parse_message
+from expckpt.store.refs import CheckpointRef
 from inprocess import checkpointer, new_repo, new_state, refs
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -28,7 +28,9 @@ WORKSPACE_PARAMS = "lr: 0.1\ncheckpoint:\n  keep_last: 10\n  keep_best: 1\n  mon
 
 def _message(settings: object) -> str:
     ref = CheckpointRef(SHA, "tut", 3)
-    meta = json.loads(format_message(ref, parent=None, outs={}, metrics={}, time=1.0).splitlines()[-1].split(": ", 1)[1])
+    meta = json.loads(
+        format_message(ref, parent=None, outs={}, metrics={}, time=1.0).splitlines()[-1].split(": ", 1)[1]
+    )
     meta["settings"] = settings
     return f"dvc: commit experiment x\n\nexpckpt-meta: {json.dumps(meta)}\n"
 
@@ -77,8 +79,8 @@ def ran(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: p
 
 
 def test_each_checkpoint_records_the_effective_settings(ran: Path) -> None:
-    from expckpt.catalog import Catalog
-    from expckpt.gitstore import GitStore
+    from expckpt.store.catalog import Catalog
+    from expckpt.store.gitstore import GitStore
 
     records = Catalog.load(GitStore.open(ran)).records
     assert [r.settings for r in records] == [CheckpointConfig.from_params(RUN)] * 2
@@ -98,8 +100,10 @@ def test_report_ranks_by_the_experiments_own_settings(ran: Path, capsys: pytest.
 def test_report_names_the_logged_metric_for_hf_spelling(ran: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", "lossy", "--metric", "accuracy"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err == ("expckpt: error: experiment 'lossy' logged no metric 'accuracy' (it logged: eval_accuracy, "
-                   "test_loss); did you mean --metric eval_accuracy?")
+    assert err == (
+        "expckpt: error: experiment 'lossy' logged no metric 'accuracy' (it logged: eval_accuracy, "
+        "test_loss); did you mean --metric eval_accuracy?"
+    )
 
 
 def test_list_shows_what_the_runs_own_retention_keeps(ran: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -116,13 +120,31 @@ def test_gc_keeps_each_experiments_recorded_best(ran: Path, capsys: pytest.Captu
     captured = capsys.readouterr()
     assert "Would remove" not in captured.out
     assert "logged no metric 'accuracy'" in captured.err and "did you mean --metric eval_accuracy?" in captured.err
-    assert main(["gc", "--workspace", "--keep-last", "1", "--keep-best", "1", "--metric", "eval_accuracy",
-                 "--mode", "max", "--dry-run"]) == 0
+    assert (
+        main(
+            [
+                "gc",
+                "--workspace",
+                "--keep-last",
+                "1",
+                "--keep-best",
+                "1",
+                "--metric",
+                "eval_accuracy",
+                "--mode",
+                "max",
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     assert "Would remove checkpoint lossy@2" in capsys.readouterr().out  # explicit flags win
 
 
 def test_show_names_the_branch_point_after_retention_removed_the_runs_first_checkpoint(
-    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from inprocess import train
@@ -143,7 +165,9 @@ def test_show_names_the_branch_point_after_retention_removed_the_runs_first_chec
 @pytest.mark.parametrize("origin", ["zz", 7, "A" * 40])
 def test_a_bad_origin_is_refused(origin: object) -> None:
     ref = CheckpointRef(SHA, "tut", 3)
-    meta = json.loads(format_message(ref, parent=None, outs={}, metrics={}, time=1.0).splitlines()[-1].split(": ", 1)[1])
+    meta = json.loads(
+        format_message(ref, parent=None, outs={}, metrics={}, time=1.0).splitlines()[-1].split(": ", 1)[1]
+    )
     meta["origin"] = origin
     with pytest.raises(BadRecordError, match=r"origin .* is not a 40-hex commit id"):
         parse_message(ref, "c" * 40, f"dvc: commit experiment x\n\nexpckpt-meta: {json.dumps(meta)}\n")

@@ -9,9 +9,16 @@ from pathlib import Path
 import pytest
 
 from conftest import run
-from expckpt.gitstore import GitStore
-from expckpt.records import BadRecordError, CheckpointRecord, OutputHash, format_message, load_records, parse_message
-from expckpt.refs import CheckpointRef
+from expckpt.store.gitstore import GitStore
+from expckpt.store.records import (
+    BadRecordError,
+    CheckpointRecord,
+    OutputHash,
+    format_message,
+    load_records,
+    parse_message,
+)
+from expckpt.store.refs import CheckpointRef
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 MD5 = "d41d8cd98f00b204e9800998ecf8427e"

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import run
 from expckpt.errors import InvalidNameError
-from expckpt.refs import EXPS_PREFIX, CheckpointRef, parse_checkpoint_name, validate_exp_name
+from expckpt.store.refs import EXPS_PREFIX, CheckpointRef, parse_checkpoint_name, validate_exp_name
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 OTHER = "ffffffffffffffffffffffffffffffffffffffff"
@@ -87,9 +87,7 @@ def test_parse_returns_none_for_other_refs(ref: str) -> None:
     assert CheckpointRef.parse(ref) is None
 
 
-@pytest.mark.parametrize(
-    "name", ["tut", "lr-0.01", "A", "7", "a.b", "a_b", "a-b", "run.v2.final", "x" * 100]
-)
+@pytest.mark.parametrize("name", ["tut", "lr-0.01", "A", "7", "a.b", "a_b", "a-b", "run.v2.final", "x" * 100])
 def test_valid_names_are_returned_unchanged(name: str) -> None:
     assert validate_exp_name(name) == name
 
@@ -171,9 +169,7 @@ def test_parse_checkpoint_name_validates_the_experiment(name: str) -> None:
         parse_checkpoint_name(name)
 
 
-@pytest.mark.parametrize(
-    "baseline", ["", "abc", SHA[:-1], SHA + "0", SHA.upper(), "g" * 40, f"../{SHA[3:]}", "HEAD"]
-)
+@pytest.mark.parametrize("baseline", ["", "abc", SHA[:-1], SHA + "0", SHA.upper(), "g" * 40, f"../{SHA[3:]}", "HEAD"])
 def test_baseline_must_be_a_full_sha(baseline: str) -> None:
     with pytest.raises(InvalidNameError, match="is not a full 40-hex commit sha"):
         CheckpointRef(baseline=baseline, exp="tut", step=1)

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from conftest import make_project, run, train_in_exp_env
-from expckpt.catalog import Catalog
+from expckpt.store.catalog import Catalog
 from expckpt.errors import ProjectError
-from expckpt.gitstore import GitStore
-from expckpt.remote import PushTarget, push_batch, resolve_target
+from expckpt.store.gitstore import GitStore
+from expckpt.publish.remote import PushTarget, push_batch, resolve_target
 
 
 @pytest.fixture
@@ -26,8 +26,11 @@ def bare(tmp_path: Path) -> Path:
 
 
 def test_checkpoint_push_needs_that_git_remote(bare: Path) -> None:
-    with pytest.raises(ProjectError, match=r"checkpoint\.push names Git remote 'origin', which this repository does not "
-                                           r"have \(it has: none\); add it with `git remote add origin <url>`"):
+    with pytest.raises(
+        ProjectError,
+        match=r"checkpoint\.push names Git remote 'origin', which this repository does not "
+        r"have \(it has: none\); add it with `git remote add origin <url>`",
+    ):
         resolve_target(GitStore.open(bare), bare, "origin", env={})
 
 
@@ -40,7 +43,9 @@ def test_checkpoint_push_needs_a_default_dvc_remote(bare: Path, tmp_path: Path) 
         resolve_target(GitStore.open(bare), bare, "origin", env={})
     run("dvc", "remote", "default", "store", cwd=bare)
     assert resolve_target(GitStore.open(bare), bare, "origin", env={}) == (
-        PushTarget(git_remote="origin", dvc_remote="store", source="checkpoint.push"), None)
+        PushTarget(git_remote="origin", dvc_remote="store", source="checkpoint.push"),
+        None,
+    )
 
 
 def test_dvc_exp_auto_push_convention(bare: Path, tmp_path: Path) -> None:
@@ -52,15 +57,19 @@ def test_dvc_exp_auto_push_convention(bare: Path, tmp_path: Path) -> None:
     target, warning = resolve_target(store, bare, None, env={"DVC_EXP_AUTO_PUSH": "true"})
     assert target is None
     assert warning is not None and warning.startswith(
-        "expckpt: warning: not pushing checkpoints (DVC_EXP_AUTO_PUSH is set): DVC_EXP_AUTO_PUSH names Git remote 'origin'")
+        "expckpt: warning: not pushing checkpoints (DVC_EXP_AUTO_PUSH is set): DVC_EXP_AUTO_PUSH names Git remote 'origin'"
+    )
     run("git", "remote", "add", "team", str(tmp_path / "remote.git"), cwd=bare)
     env = {"DVC_EXP_AUTO_PUSH": "1", "DVC_EXP_GIT_REMOTE": "team"}
     assert resolve_target(store, bare, None, env=env) == (
-        PushTarget(git_remote="team", dvc_remote="store", source="DVC_EXP_AUTO_PUSH"), None)
+        PushTarget(git_remote="team", dvc_remote="store", source="DVC_EXP_AUTO_PUSH"),
+        None,
+    )
     run("dvc", "config", "exp.auto_push", "true", cwd=bare)
     run("dvc", "config", "exp.git_remote", "team", cwd=bare)
     assert resolve_target(store, bare, None, env={})[0] == PushTarget(
-        git_remote="team", dvc_remote="store", source="DVC_EXP_AUTO_PUSH")
+        git_remote="team", dvc_remote="store", source="DVC_EXP_AUTO_PUSH"
+    )
     assert resolve_target(store, bare, "team", env={"DVC_EXP_AUTO_PUSH": "false"})[0] is not None  # the key wins
 
 

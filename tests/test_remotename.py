@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from conftest import make_project, run, train_in_exp_env
-from expckpt.catalog import Catalog
-from expckpt.gitstore import GitStore
-from expckpt.remote import PushFailed, PushTarget, push_batch
-from expckpt.remotename import remote_checkpoints
+from expckpt.store.catalog import Catalog
+from expckpt.store.gitstore import GitStore
+from expckpt.publish.remote import PushFailed, PushTarget, push_batch
+from expckpt.publish.remotename import remote_checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,9 @@ def remote_names(remote: Path) -> dict[str, str]:
     return {line.split("\t")[1].rsplit("/", 1)[1]: line.split("\t")[0] for line in out.splitlines()}
 
 
-def test_same_name_as_a_teammates_pushed_run_is_refused_before_training(team: tuple[Path, Path], tmp_path: Path) -> None:
+def test_same_name_as_a_teammates_pushed_run_is_refused_before_training(
+    team: tuple[Path, Path], tmp_path: Path
+) -> None:
     _root, remote = team
     before = remote_names(remote)
     b = teammate(tmp_path, remote, "b")
@@ -71,7 +73,9 @@ def test_same_name_as_a_teammates_pushed_run_is_refused_before_training(team: tu
     assert {n for n in remote_names(remote) if n.startswith("tut-2@")} == {"tut-2@0", "tut-2@1", "tut-2@2"}
 
 
-def test_a_batch_is_not_pushed_into_a_chain_another_run_started_on_the_remote(team: tuple[Path, Path], tmp_path: Path) -> None:
+def test_a_batch_is_not_pushed_into_a_chain_another_run_started_on_the_remote(
+    team: tuple[Path, Path], tmp_path: Path
+) -> None:
     _root, remote = team
     own = tmp_path / "own.git"  # B starts while the shared remote has no `tut` yet: its own copy of the baseline
     run("git", "clone", "-q", "--bare", str(remote), str(own), cwd=tmp_path)
@@ -84,11 +88,17 @@ def test_a_batch_is_not_pushed_into_a_chain_another_run_started_on_the_remote(te
     before = remote_names(remote)
 
     with pytest.raises(PushFailed) as caught:
-        push_batch(store, b, PushTarget(git_remote="origin", dvc_remote="store", source="checkpoint.push"),
-                   [(r.ref.ref, r.commit) for r in mine[1:]])
+        push_batch(
+            store,
+            b,
+            PushTarget(git_remote="origin", dvc_remote="store", source="checkpoint.push"),
+            [(r.ref.ref, r.commit) for r in mine[1:]],
+        )
 
     assert caught.value.permanent
-    assert str(caught.value) == (f"Git remote 'origin' has tut@0 ({before['tut@0'][:7]}) from another run of 'tut';"
-                                 " not pushing this run's checkpoints into that chain (they stay here)")
+    assert str(caught.value) == (
+        f"Git remote 'origin' has tut@0 ({before['tut@0'][:7]}) from another run of 'tut';"
+        " not pushing this run's checkpoints into that chain (they stay here)"
+    )
     assert remote_names(remote) == before
     assert {r.name: c for r, c in remote_checkpoints(store, "origin", mine[0].ref.baseline).items()} == before

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from expckpt.errors import ConfigError
-from expckpt.report import Report, analyse, improvement_line
+from expckpt.policy.report import Report, analyse, improvement_line
 
 NAN, INF = math.nan, math.inf
 
@@ -20,8 +20,9 @@ def history(rows, names=("acc", "loss")):
 
 # step, acc, loss
 HEALTHY = history([(0, 0.5, 1.0), (1, 0.7, 0.8), (2, 0.8, 0.6), (3, 0.9, 0.5)])
-RISING = history([(0, 0.5, 1.0), (1, 0.7, 0.8), (2, 0.8, 0.6), (3, 0.93, 0.5),
-                  (4, 0.9, 0.55), (5, 0.9, 0.6), (6, 0.91, 0.7)])
+RISING = history(
+    [(0, 0.5, 1.0), (1, 0.7, 0.8), (2, 0.8, 0.6), (3, 0.93, 0.5), (4, 0.9, 0.55), (5, 0.9, 0.6), (6, 0.91, 0.7)]
+)
 NAN_LOSS = history([(0, 0.5, 1.0), (1, 0.6, 0.9), (2, 0.65, 0.8), (3, 0.7, NAN), (4, None, NAN)])
 
 
@@ -82,8 +83,11 @@ def test_nan_after_a_rise_dates_divergence_from_the_rise():
     rows = history([(0, None, 1.0), (1, None, 0.5), (2, None, 0.6), (3, None, 0.7), (4, None, 0.8), (5, None, INF)])
     report = analyse(rows, monitor=None, mode="max")
     assert (report.diverging_since, report.rising_steps, report.recommended_step) == (2, 3, 1)
-    assert report.lines() == ["loss rose 3 steps in a row since step 2: diverging",
-                              "inf in loss at step 5", "apply: step 1"]
+    assert report.lines() == [
+        "loss rose 3 steps in a row since step 2: diverging",
+        "inf in loss at step 5",
+        "apply: step 1",
+    ]
 
 
 def test_nan_in_other_metrics_is_reported_but_not_diverging():

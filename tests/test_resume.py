@@ -1,4 +1,4 @@
-"""Where a run resumes: the rules of ``expckpt.resume``, one test each, in process; and exact
+"""Where a run resumes: the rules of ``expckpt.train.resume``, one test each, in process; and exact
 resume through the real ``dvc exp run`` (slow).
 
 The rule tests drive a real ``Checkpointer`` on a real temporary Git + DVC repository
@@ -19,12 +19,12 @@ import torch
 
 from conftest import make_project, run
 from expckpt import load_checkpoint
-from expckpt.atomic import md5_file
-from expckpt.project import Project
-from expckpt.refs import EXEC_APPLY
-from expckpt.reset import reset_workspace
-from expckpt.resume import Resumed
-from expckpt.session import SessionNote
+from expckpt.serialize.atomic import md5_file
+from expckpt.store.project import Project
+from expckpt.store.refs import EXEC_APPLY
+from expckpt.ops.reset import reset_workspace
+from expckpt.train.resume import Resumed
+from expckpt.store.session import SessionNote
 from inprocess import baseline, checkpointer, crash_at, new_repo, new_state, refs, train, train_step
 
 
@@ -156,7 +156,9 @@ def test_rule2_a_file_expckpt_never_wrote_is_used_as_it_is(repo: Path) -> None:
     assert torch.equal(state.model.weight, own.model.weight)
 
 
-def test_rule3_an_unfinished_checkpoint_rolls_back_to_the_last_complete_one(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_rule3_an_unfinished_checkpoint_rolls_back_to_the_last_complete_one(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with crash_at("after-lock", 1):
         train(repo, "b", 3)
     assert sorted(refs(repo)) == ["b@0"]
@@ -167,10 +169,15 @@ def test_rule3_an_unfinished_checkpoint_rolls_back_to_the_last_complete_one(repo
     assert resumed is not None and resumed.record is not None
     assert (resumed.record.name, resumed.step, resumed.rolled_back) == ("b@0", 0, True)
     assert model_md5(repo) == locked_md5(repo, refs(repo)["b@0"]) != unfinished
-    assert "model.pt was written by a checkpoint that did not finish; resuming from the last complete one, b@0" in capsys.readouterr().out
+    assert (
+        "model.pt was written by a checkpoint that did not finish; resuming from the last complete one, b@0"
+        in capsys.readouterr().out
+    )
 
 
-def test_rule3_an_unfinished_first_checkpoint_starts_from_scratch(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_rule3_an_unfinished_first_checkpoint_starts_from_scratch(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with crash_at("after-publish", 0):
         train(repo, "b", 3)
     assert refs(repo) == {} and (repo / "model.pt").is_file()

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from conftest import make_project, run, train_in_exp_env
-from expckpt.cache import DvcCache
-from expckpt.catalog import Catalog
-from expckpt.gitstore import GitStore
+from expckpt.store.cache import DvcCache
+from expckpt.store.catalog import Catalog
+from expckpt.store.gitstore import GitStore
 
 
 def records(project: Path, exp: str) -> list:
@@ -108,7 +108,8 @@ def test_divergence_stops_cleanly_after_keeping_the_checkpoint(tmp_path: Path) -
     stopped_at = int(result.stdout.split("stopping training at step ")[1].split()[0])
     assert stopped_at < 11
     assert f"expckpt: stopping training at step {stopped_at} (diverging; checkpoint.on_divergence: stop)" in (
-        result.stdout.splitlines())
+        result.stdout.splitlines()
+    )
     kept = sorted(records(project, "boom"), key=lambda r: r.step)
     assert [r.step for r in kept] == list(range(stopped_at + 1))  # keep_last: None keeps every step
     best = max(kept, key=lambda r: (r.metrics["acc"], -r.step))  # the first step of the highest acc
@@ -118,8 +119,8 @@ def test_divergence_stops_cleanly_after_keeping_the_checkpoint(tmp_path: Path) -
     report = run("expckpt", "report", "boom", cwd=project).stdout.splitlines()
     assert [line for line in report if line.endswith(": diverging")] == [
         f"  loss rose {analysed['rising_steps']} steps in a row since step {analysed['diverging_since']}: diverging"
-        if analysed["rising_steps"] else
-        f"  NaN in loss at step {analysed['diverging_since']}: diverging"
+        if analysed["rising_steps"]
+        else f"  NaN in loss at step {analysed['diverging_since']}: diverging"
     ]
     assert report[-1] == f"  checkpoint to apply: dvc exp apply boom@{best.step}"
 
@@ -129,7 +130,7 @@ def test_divergence_stops_cleanly_after_keeping_the_checkpoint(tmp_path: Path) -
 
 @pytest.mark.slow
 def test_free_dropped_frees_what_retention_dropped_unless_something_else_needs_it(tmp_path: Path) -> None:
-    from expckpt.gc import free_dropped
+    from expckpt.ops.gc import free_dropped
 
     project = make_project(tmp_path / "p", epochs=4, checkpoint={"keep_last": None})
     train_in_exp_env(project, "run")
@@ -157,8 +158,8 @@ def test_free_dropped_frees_what_retention_dropped_unless_something_else_needs_i
 
 @pytest.mark.slow
 def test_free_dropped_leaves_objects_to_gc_while_the_lock_is_busy(tmp_path: Path) -> None:
-    from expckpt.gc import free_dropped
-    from expckpt.gclock import gc_lock
+    from expckpt.ops.gc import free_dropped
+    from expckpt.store.gclock import gc_lock
 
     project = make_project(tmp_path / "p", epochs=2, checkpoint={"keep_last": None})
     train_in_exp_env(project, "run")
@@ -177,18 +178,23 @@ def test_free_dropped_leaves_objects_to_gc_while_the_lock_is_busy(tmp_path: Path
 # --------------------------------------------------------------------------- one keep policy (#9.6, #10)
 
 
-@pytest.mark.parametrize("section", [
-    {"keep_last": None},
-    {"keep_last": None, "keep_best": 2, "monitor": "acc"},
-    {"keep_last": 3, "keep_best": 1, "monitor": "loss", "mode": "min"},
-    {"regime": "short", "monitor": "acc"},
-])
+@pytest.mark.parametrize(
+    "section",
+    [
+        {"keep_last": None},
+        {"keep_last": None, "keep_best": 2, "monitor": "acc"},
+        {"keep_last": 3, "keep_best": 1, "monitor": "loss", "mode": "min"},
+        {"regime": "short", "monitor": "acc"},
+    ],
+)
 def test_training_and_gc_build_their_keep_policy_with_one_function(section: dict) -> None:
-    from expckpt.config import CheckpointConfig
-    from expckpt.policy import CheckpointInfo, KeepAll, keep_policy
+    from expckpt.policy.config import CheckpointConfig
+    from expckpt.policy.policy import CheckpointInfo, KeepAll, keep_policy
 
     config = CheckpointConfig.from_params(section)
-    built = keep_policy(keep_last=config.keep_last, keep_best=config.keep_best, monitor=config.monitor, mode=config.mode)
+    built = keep_policy(
+        keep_last=config.keep_last, keep_best=config.keep_best, monitor=config.monitor, mode=config.mode
+    )
     assert config.keep_policy() == built
     if config.keep_last is None:
         assert KeepAll() in built.policies
@@ -198,7 +204,7 @@ def test_training_and_gc_build_their_keep_policy_with_one_function(section: dict
 
 def test_keep_policy_needs_a_monitor_for_keep_best_and_info_comes_from_a_record(tmp_path: Path) -> None:
     from expckpt.errors import ConfigError
-    from expckpt.policy import CheckpointInfo, keep_policy
+    from expckpt.policy.policy import CheckpointInfo, keep_policy
 
     with pytest.raises(ConfigError, match=r"checkpoint\.monitor is required when checkpoint\.keep_best is 2"):
         keep_policy(keep_last=1, keep_best=2)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from expckpt.rng import capture_rng, restore_rng
+from expckpt.state.rng import capture_rng, restore_rng
 
 
 def draws() -> tuple[float, float, list[float], float]:

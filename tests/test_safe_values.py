@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from expckpt.errors import CheckpointError
-from expckpt.safe_values import decode, encode, restore_in_place
+from expckpt.state.safe_values import decode, encode, restore_in_place
 
-FIX = ("which a safe checkpoint (torch.load weights_only=True) cannot store; keep tensors, numbers, strings, lists"
-       " and dicts there, or give the object state_dict()/load_state_dict()")
+FIX = (
+    "which a safe checkpoint (torch.load weights_only=True) cannot store; keep tensors, numbers, strings, lists"
+    " and dicts there, or give the object state_dict()/load_state_dict()"
+)
 
 
 def weights_only_round_trip(value: object) -> object:
@@ -27,8 +29,19 @@ def weights_only_round_trip(value: object) -> object:
 
 def test_plain_values_pass_unchanged_and_uncopied() -> None:
     tensor = torch.arange(3)
-    value = {"step": 3, "lr": 0.1, "name": "run", "none": None, "raw": b"\x00", "t": tensor, "l": [1, (2.0, "x")],
-             "dtype": torch.float16, "size": torch.Size([2, 3]), "device": torch.device("cpu"), "c": 1j}
+    value = {
+        "step": 3,
+        "lr": 0.1,
+        "name": "run",
+        "none": None,
+        "raw": b"\x00",
+        "t": tensor,
+        "l": [1, (2.0, "x")],
+        "dtype": torch.float16,
+        "size": torch.Size([2, 3]),
+        "device": torch.device("cpu"),
+        "c": 1j,
+    }
     assert encode(value, "extras") is value
     assert encode(tensor, "extras") is tensor
 
@@ -92,8 +105,14 @@ def test_restore_in_place_keeps_the_identity_of_what_the_user_holds() -> None:
     history: list[float] = [9.0]
     inner = {"seen": 1}
     target = {"w": weights, "n": counts, "h": history, "inner": inner, "gone": 5, "shape": torch.zeros(2)}
-    saved = {"w": torch.ones(3), "n": np.ones(2), "h": [0.1, 0.2], "inner": {"seen": 4, "new": True},
-             "shape": torch.ones(5), "added": "x"}
+    saved = {
+        "w": torch.ones(3),
+        "n": np.ones(2),
+        "h": [0.1, 0.2],
+        "inner": {"seen": 4, "new": True},
+        "shape": torch.ones(5),
+        "added": "x",
+    }
     restore_in_place(target, saved)
     assert target["w"] is weights and torch.equal(weights, torch.ones(3))
     assert target["n"] is counts and (counts == 1).all()

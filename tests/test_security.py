@@ -15,7 +15,7 @@ import torch
 
 from expckpt import load_checkpoint, load_model
 from expckpt.errors import InvalidNameError, UnsafeCheckpointError
-from expckpt.project import RunContext
+from expckpt.store.project import RunContext
 from faultkit import FAST, checkpoint_refs, dvc_env, run, snapshot, train, trained
 
 PACKAGE = Path(__file__).resolve().parent.parent / "expckpt"
@@ -80,8 +80,25 @@ def test_training_refuses_a_crafted_model_pt(tmp_path_factory: pytest.TempPathFa
 
 @pytest.mark.parametrize(
     "name",
-    ["a/../../b", "../../x", "..", "refs/heads/main", "x@1", "-rf", "a b", "x.lock", "a..b", "~x", "a:b",
-     "$(touch pwned)", "x\nrefs/heads/y", ".hidden", "é", "a" * 101, ""],
+    [
+        "a/../../b",
+        "../../x",
+        "..",
+        "refs/heads/main",
+        "x@1",
+        "-rf",
+        "a b",
+        "x.lock",
+        "a..b",
+        "~x",
+        "a:b",
+        "$(touch pwned)",
+        "x\nrefs/heads/y",
+        ".hidden",
+        "é",
+        "a" * 101,
+        "",
+    ],
 )
 def test_hostile_experiment_names_are_refused(name: str) -> None:
     env = {"DVC_EXP_NAME": name, "DVC_EXP_BASELINE_REV": "0" * 40, "DVC_ROOT": "/nonexistent"}

@@ -14,16 +14,23 @@ from pathlib import Path
 
 import pytest
 
-from expckpt.atomic import md5_file
-from expckpt.session import SessionNote, hash_with_note
+from expckpt.serialize.atomic import md5_file
+from expckpt.store.session import SessionNote, hash_with_note
 
 
 def note_for(path: Path, **changes: object) -> SessionNote:
     """A note describing ``path`` as it is now."""
     st = os.stat(path)
     md5, size = md5_file(path)
-    note = SessionNote(ref="refs/exps/ab/cdef/run@3", commit="c" * 40, md5=md5, size=size, step=3,
-                       mtime_ns=st.st_mtime_ns, inode=st.st_ino)
+    note = SessionNote(
+        ref="refs/exps/ab/cdef/run@3",
+        commit="c" * 40,
+        md5=md5,
+        size=size,
+        step=3,
+        mtime_ns=st.st_mtime_ns,
+        inode=st.st_ino,
+    )
     return replace(note, **changes)
 
 

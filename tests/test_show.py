@@ -8,22 +8,36 @@ import json
 import math
 import re
 
-from expckpt.catalog import Catalog
-from expckpt.records import CheckpointRecord, OutputHash
-from expckpt.refs import CheckpointRef
-from expckpt.show import chains_as_json, render_chains
+from expckpt.store.catalog import Catalog
+from expckpt.store.records import CheckpointRecord, OutputHash
+from expckpt.store.refs import CheckpointRef
+from expckpt.ops.show import chains_as_json, render_chains
 
 BASE = "b" * 40
 OTHER = "c" * 40
 T0 = 1_760_000_000.0
 
 
-def record(exp: str, step: int, metrics: dict[str, float], *, baseline: str = BASE, parent: str | None = None,
-           resumed: bool = False, time: float | None = None) -> CheckpointRecord:
+def record(
+    exp: str,
+    step: int,
+    metrics: dict[str, float],
+    *,
+    baseline: str = BASE,
+    parent: str | None = None,
+    resumed: bool = False,
+    time: float | None = None,
+) -> CheckpointRecord:
     commit = hashlib.sha1(f"{baseline} {exp} {step}".encode()).hexdigest()
-    return CheckpointRecord(ref=CheckpointRef(baseline, exp, step), commit=commit, parent=parent,
-                            outs={"model.pt": OutputHash(f"{step:032x}", 1000 + step)}, metrics=metrics,
-                            time=T0 + step if time is None else time, resumed=resumed)
+    return CheckpointRecord(
+        ref=CheckpointRef(baseline, exp, step),
+        commit=commit,
+        parent=parent,
+        outs={"model.pt": OutputHash(f"{step:032x}", 1000 + step)},
+        metrics=metrics,
+        time=T0 + step if time is None else time,
+        resumed=resumed,
+    )
 
 
 def created(r: CheckpointRecord) -> str:
@@ -35,7 +49,9 @@ def cells(line: str) -> list[str]:
 
 
 def test_no_checkpoints_says_how_to_make_one() -> None:
-    assert render_chains(Catalog([]), {}) == "No checkpoint experiments yet: run `dvc exp run` with a checkpoint output."
+    assert (
+        render_chains(Catalog([]), {}) == "No checkpoint experiments yet: run `dvc exp run` with a checkpoint output."
+    )
     assert chains_as_json(Catalog([]), {}) == []
 
 
@@ -47,7 +63,14 @@ def test_a_chain_is_drawn_newest_first_under_its_baseline_with_every_metric() ->
     assert cells(lines[2]) == [f"main ({BASE[:7]})"]
     newest_first = list(reversed(runs))
     assert [cells(line) for line in lines[3:]] == [
-        [f"{glyph} {r.name}", str(r.step), r.commit[:7], created(r), f"{r.metrics['acc']:.5g}", f"{r.metrics['loss']:.5g}"]
+        [
+            f"{glyph} {r.name}",
+            str(r.step),
+            r.commit[:7],
+            created(r),
+            f"{r.metrics['acc']:.5g}",
+            f"{r.metrics['loss']:.5g}",
+        ]
         for glyph, r in zip("╓╟╨", newest_first)
     ]
     for line, r in zip(lines[3:], newest_first):  # the columns line up under their headers
@@ -63,8 +86,14 @@ def test_a_resumed_chain_names_its_origin_and_missing_or_nonfinite_metrics_show_
     lines = render_chains(catalog, {BASE: "main"}).splitlines()
     assert cells(lines[0]) == ["Experiment", "Step", "Commit", "Created", "f1", "loss"]
     assert cells(lines[2]) == [f"main ({BASE[:7]})"]  # a labelled baseline first
-    assert cells(lines[3]) == ["═ b@2", "2", f"{resumed.commit[:7]} ({first[1].commit[:7]} a@1)", created(resumed),
-                               "0.25", "nan"]
+    assert cells(lines[3]) == [
+        "═ b@2",
+        "2",
+        f"{resumed.commit[:7]} ({first[1].commit[:7]} a@1)",
+        created(resumed),
+        "0.25",
+        "nan",
+    ]
     assert cells(lines[4])[0] == "╓ a@1" and cells(lines[4])[-2:] == ["-", "0.5"]
     assert cells(lines[5])[0] == "╨ a@0"
     assert cells(lines[6]) == [f"{OTHER[:7]} ({OTHER[:7]})"]  # unlabelled: its short sha
@@ -87,9 +116,15 @@ def test_json_holds_each_chain_with_its_origin_and_nonfinite_values_as_strings()
     b, a = data
     assert b["baseline"] == BASE and b["baseline_name"] == "main"
     assert b["resumed_from"] == {"commit": first[1].commit, "name": "a@1"} and a["resumed_from"] is None
-    assert b["checkpoints"] == [{
-        "name": "b@2", "step": 2, "commit": resumed.commit, "parent": first[1].commit,
-        "created": dt.datetime.fromtimestamp(T0 + 10, dt.UTC).isoformat(),
-        "metrics": {"loss": "inf"}, "outs": {"model.pt": {"md5": f"{2:032x}", "size": 1002}},
-    }]
+    assert b["checkpoints"] == [
+        {
+            "name": "b@2",
+            "step": 2,
+            "commit": resumed.commit,
+            "parent": first[1].commit,
+            "created": dt.datetime.fromtimestamp(T0 + 10, dt.UTC).isoformat(),
+            "metrics": {"loss": "inf"},
+            "outs": {"model.pt": {"md5": f"{2:032x}", "size": 1002}},
+        }
+    ]
     assert [c["name"] for c in a["checkpoints"]] == ["a@1", "a@0"]

@@ -21,7 +21,9 @@ from expckpt.faults import PAUSE_MESSAGE
 from faultkit import Background, clone, dvc_env, set_param, train
 from oracle import check_consistent, locked_model, md5_of, resume_problems, steps
 
-STOPPED = re.compile(r"^expckpt: stopped by (?P<sig>SIG\w+); last complete checkpoint: (?P<name>\S+) \((?P<sha>[0-9a-f]{7})\)$", re.M)
+STOPPED = re.compile(
+    r"^expckpt: stopped by (?P<sig>SIG\w+); last complete checkpoint: (?P<name>\S+) \((?P<sha>[0-9a-f]{7})\)$", re.M
+)
 
 
 @pytest.fixture
@@ -91,7 +93,9 @@ def test_second_signal_exits_at_once_and_leaves_the_repo_consistent(project: Pat
 
     assert bg.wait(60) == 130
     assert time.monotonic() - sent < 30, "the second signal did not exit at once"
-    assert re.search(r"^expckpt: second SIGINT: exiting now; last complete checkpoint: sig@0 \([0-9a-f]{7}\)$", bg.stderr, re.M), bg.stderr
+    assert re.search(
+        r"^expckpt: second SIGINT: exiting now; last complete checkpoint: sig@0 \([0-9a-f]{7}\)$", bg.stderr, re.M
+    ), bg.stderr
     assert steps(project, "sig") == [0], "the interrupted checkpoint has no ref"
     check_consistent(project)  # every ref names a commit whose object is in the cache
 

@@ -11,8 +11,8 @@ import pytest
 import numpy as np
 import torch
 
-from expckpt.checkpoint_file import load_checkpoint, write_temp
-from expckpt.state import FORMAT, TrainingState, capture_rng, restore_rng
+from expckpt.serialize.checkpoint_file import load_checkpoint, write_temp
+from expckpt.state.state import FORMAT, TrainingState, capture_rng, restore_rng
 
 
 def build(seed: int) -> TrainingState:

@@ -16,7 +16,9 @@ from test_dirout import train
 from test_multi_outputs import toy_project
 
 
-def test_symlinked_directory_output_is_refused_and_the_users_file_stays(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_symlinked_directory_output_is_refused_and_the_users_file_stays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     proj = toy_project(tmp_path / "p", "dir", ["ckpt/"])
     scratch = tmp_path / "scratch"
     scratch.mkdir()
@@ -29,7 +31,8 @@ def test_symlinked_directory_output_is_refused_and_the_users_file_stays(tmp_path
     assert str(caught.value) == (
         f"checkpoint output ckpt goes through a symbolic link (ckpt -> {scratch}); expckpt and DVC replace what is"
         " inside an output, so other files behind the link could be deleted: make ckpt a real directory (to keep"
-        " checkpoints on another disk, put DVC's cache there: `dvc cache dir <path>`)")
+        " checkpoints on another disk, put DVC's cache there: `dvc cache dir <path>`)"
+    )
     assert (scratch / "notes.txt").read_text() == "the user's own file"
     assert sorted(os.listdir(scratch)) == ["notes.txt"], "nothing written through the link"
     assert run("git", "for-each-ref", "refs/exps", cwd=proj).stdout == ""

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from expckpt.gclock import lock_holders
+from expckpt.store.gclock import lock_holders
 from expckpt.text import is_printable, one_line, terminal_safe
 
 
@@ -31,7 +31,9 @@ def test_a_gc_lock_holders_command_line_is_shown_escaped_and_short(tmp_path: Pat
     holders = git_dir / "expckpt" / "gc-holders"
     holders.mkdir(parents=True)
     command = "python train.py \x1b]0;owned\x07" + " --flag" * 40
-    (holders / f"{os.getpid()}-0.json").write_text(json.dumps({"pid": os.getpid(), "mode": "shared", "command": command}))
+    (holders / f"{os.getpid()}-0.json").write_text(
+        json.dumps({"pid": os.getpid(), "mode": "shared", "command": command})
+    )
     [holder] = lock_holders(git_dir)
     assert holder.pid == os.getpid() and holder.mode == "shared"
     assert holder.command.startswith("python train.py \\x1b]0;owned\\x07 --flag") and holder.command.endswith("...")

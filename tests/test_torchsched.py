@@ -1,4 +1,4 @@
-"""Pins the torch LR-scheduler internals ``expckpt.torchsched`` relies on, on the installed torch.
+"""Pins the torch LR-scheduler internals ``expckpt.state.torchsched`` relies on, on the installed torch.
 
 A torch release that renames or drops one fails here with one line naming it, instead of
 resuming a run at a wrong learning rate.
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from expckpt.errors import ConfigError
-from expckpt.torchsched import can_recompute, recompute_lrs, set_last_lr
+from expckpt.state.torchsched import can_recompute, recompute_lrs, set_last_lr
 
 S = torch.optim.lr_scheduler
 RECOMPUTABLE: dict[str, Callable[[Any], Any]] = {
@@ -33,8 +33,9 @@ RECOMPUTABLE: dict[str, Callable[[Any], Any]] = {
 
 def stepped(build: Callable[[Any], Any], steps: int = 5) -> tuple[torch.optim.Optimizer, Any]:
     param = torch.nn.Parameter(torch.zeros(2))
-    optimizer = torch.optim.SGD([{"params": [param]}, {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.01}],
-                                lr=0.1, momentum=0.9)
+    optimizer = torch.optim.SGD(
+        [{"params": [param]}, {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.01}], lr=0.1, momentum=0.9
+    )
     scheduler = build(optimizer)
     for _ in range(steps):
         optimizer.step()
@@ -50,7 +51,8 @@ def test_the_rate_of_the_restored_step_is_computed_again_exactly_and_silently(ki
         warnings.simplefilter("error")
         lrs = recompute_lrs(scheduler)
     assert lrs == pytest.approx(scheduler.get_last_lr(), rel=1e-9), (
-        f"torch {torch.__version__}: {kind}'s recomputed rate differs from the one it stepped to")
+        f"torch {torch.__version__}: {kind}'s recomputed rate differs from the one it stepped to"
+    )
 
 
 @pytest.mark.parametrize("kind", sorted(RECOMPUTABLE))

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from conftest import run
-from expckpt.cache import DvcCache
-from expckpt.dirout import UnsafeManifestError, parse_manifest
-from expckpt.gitstore import GitStore
-from expckpt.records import OutputHash, format_message, load_records
-from expckpt.refs import CheckpointRef
-from expckpt.unsafe import unsafe_checkpoints
-from expckpt.verify import verify_records
+from expckpt.store.cache import DvcCache
+from expckpt.serialize.dirout import UnsafeManifestError, parse_manifest
+from expckpt.store.gitstore import GitStore
+from expckpt.store.records import OutputHash, format_message, load_records
+from expckpt.store.refs import CheckpointRef
+from expckpt.ops.unsafe import unsafe_checkpoints
+from expckpt.ops.verify import verify_records
 from test_dirout import train
 from test_multi_outputs import toy_project
 
@@ -29,7 +29,9 @@ def plant_hostile_checkpoint(proj: Path, relpath: str) -> str:
     store, cache = GitStore.open(proj), DvcCache.for_project(proj, proj / ".git")
     good = {r.name: r for r in load_records(store)}["a@0"]
     files = cache.manifest(good.outs["ckpt"].md5)
-    entries = [{"md5": md5, "relpath": rel} for rel, md5 in files.items()] + [{"md5": next(iter(files.values())), "relpath": relpath}]
+    entries = [{"md5": md5, "relpath": rel} for rel, md5 in files.items()] + [
+        {"md5": next(iter(files.values())), "relpath": relpath}
+    ]
     data = json.dumps(entries).encode()
     md5 = hashlib.md5(data).hexdigest() + ".dir"
     obj = cache.object_path(md5)
@@ -39,7 +41,9 @@ def plant_hostile_checkpoint(proj: Path, relpath: str) -> str:
     ref = CheckpointRef(baseline=good.ref.baseline, exp="evil", step=0)
     outs = {"ckpt": OutputHash(md5, good.outs["ckpt"].size, good.outs["ckpt"].nfiles)}
     tree = store.tree_with_files(store.commit_tree(good.commit), {"dvc.lock": lock.encode()})
-    commit = store.write_commit(tree, [good.ref.baseline], format_message(ref, parent=None, outs=outs, metrics={}, time=1.0e9))
+    commit = store.write_commit(
+        tree, [good.ref.baseline], format_message(ref, parent=None, outs=outs, metrics={}, time=1.0e9)
+    )
     store.create_ref(ref.ref, commit)
     return commit
 
@@ -67,7 +71,8 @@ def test_verify_show_and_list_mark_the_hostile_checkpoint_unsafe(hostile: Path) 
     assert "UNSAFE: the directory manifest of ckpt names '../../../ESCAPED.pt', outside ckpt/" in str(problems[0])
     assert "do not `dvc exp apply` it" in str(problems[0])
     assert set(unsafe_checkpoints(records, cache).values()) == {
-        "UNSAFE: the directory manifest of ckpt names '../../../ESCAPED.pt', outside ckpt/"}
+        "UNSAFE: the directory manifest of ckpt names '../../../ESCAPED.pt', outside ckpt/"
+    }
 
     verify = run("expckpt", "verify", cwd=hostile, check=False)
     assert verify.returncode == 1 and "evil@0" in verify.stderr and "UNSAFE" in verify.stderr
@@ -83,4 +88,6 @@ def test_verify_show_and_list_mark_the_hostile_checkpoint_unsafe(hostile: Path) 
     listed = run("expckpt", "list", cwd=hostile)
     assert "evil@0 UNSAFE" in listed.stdout
     assert listed.stderr.startswith("expckpt: warning: evil@0: UNSAFE: the directory manifest of ckpt")
-    assert {r["name"]: r["unsafe"] for r in json.loads(run("expckpt", "list", "--json", cwd=hostile).stdout)}["a@0"] is None
+    assert {r["name"]: r["unsafe"] for r in json.loads(run("expckpt", "list", "--json", cwd=hostile).stdout)}[
+        "a@0"
+    ] is None

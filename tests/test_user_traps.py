@@ -11,7 +11,7 @@ import torch
 
 from expckpt import Checkpointer, CheckpointLive, ConfigError, TrainingState
 from expckpt.errors import CheckpointError
-from expckpt.checkpoint_file import load_checkpoint, write_temp
+from expckpt.serialize.checkpoint_file import load_checkpoint, write_temp
 
 
 def mlp(seed: int) -> torch.nn.Module:
@@ -44,7 +44,9 @@ def test_objects_the_user_holds_are_the_ones_restored(tmp_path: Path) -> None:
 
 
 def test_plain_values_must_live_in_a_dict() -> None:
-    with pytest.raises(ConfigError, match=r"TrainingState\(counter=\.\.\.\) needs an object with state_dict\(\).*got a int"):
+    with pytest.raises(
+        ConfigError, match=r"TrainingState\(counter=\.\.\.\) needs an object with state_dict\(\).*got a int"
+    ):
         TrainingState(model=mlp(0), counter=3)
 
 
@@ -146,19 +148,25 @@ def test_a_new_lr_rebuilds_a_one_cycle_schedule_and_says_so(tmp_path: Path) -> N
 def test_a_longer_one_cycle_schedule_is_refused_in_one_line(tmp_path: Path) -> None:
     payload = roundtrip(one_cycle(0.01, 100, 30), tmp_path)
     resumed = one_cycle(0.01, 110, 0)  # -S epochs=11
-    with pytest.raises(ConfigError, match=r"^the LR scheduler \(OneCycleLR\) has total_steps 110 now but 100 in the checkpoint"):
+    with pytest.raises(
+        ConfigError, match=r"^the LR scheduler \(OneCycleLR\) has total_steps 110 now but 100 in the checkpoint"
+    ):
         resumed.restore(payload)
 
 
 def test_a_new_lr_without_a_closed_form_schedule_is_refused(tmp_path: Path) -> None:
     model = mlp(0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    state = TrainingState(model=model, optimizer=optimizer,
-                          scheduler=torch.optim.lr_scheduler.MultiplicativeLR(optimizer, lambda _: 0.9))
+    state = TrainingState(
+        model=model, optimizer=optimizer, scheduler=torch.optim.lr_scheduler.MultiplicativeLR(optimizer, lambda _: 0.9)
+    )
     payload = roundtrip(state, tmp_path)
     optimizer2 = torch.optim.SGD(mlp(0).parameters(), lr=0.01)
-    resumed = TrainingState(model=mlp(0), optimizer=optimizer2,
-                            scheduler=torch.optim.lr_scheduler.MultiplicativeLR(optimizer2, lambda _: 0.9))
+    resumed = TrainingState(
+        model=mlp(0),
+        optimizer=optimizer2,
+        scheduler=torch.optim.lr_scheduler.MultiplicativeLR(optimizer2, lambda _: 0.9),
+    )
     with pytest.raises(ConfigError, match=r"MultiplicativeLR\) cannot recompute its learning rate"):
         resumed.restore(payload)
 
@@ -169,7 +177,8 @@ def test_a_new_lr_without_a_scheduler_is_used(tmp_path: Path) -> None:
     model = mlp(0)
     resumed = TrainingState(model=model, optimizer=torch.optim.Adam(model.parameters(), lr=0.001))
     assert resumed.restore(payload) == [
-        "expckpt: optimizer lr is 0.001 now (0.01 in the checkpoint); training goes on with the new value"]
+        "expckpt: optimizer lr is 0.001 now (0.01 in the checkpoint); training goes on with the new value"
+    ]
     assert resumed.optimizer.param_groups[0]["lr"] == 0.001
 
 
@@ -183,16 +192,18 @@ def test_divergence_detection_off_is_said_once(tmp_path: Path, monkeypatch: pyte
     for step in range(3):
         checkpointer.save(state, step, {"error": 1.0})
     said = [line for line in lines if "divergence detection is off" in line]
-    assert said == ["expckpt: divergence detection is off: this run logs no loss metric (looked for loss,"
-                    " train_loss, train/loss, eval_loss, val_loss and the like); set checkpoint.divergence_metric"
-                    " to the metric it logs"]
+    assert said == [
+        "expckpt: divergence detection is off: this run logs no loss metric (looked for loss,"
+        " train_loss, train/loss, eval_loss, val_loss and the like); set checkpoint.divergence_metric"
+        " to the metric it logs"
+    ]
 
 
 # the training watch agrees with the after-the-fact report, step by step ---------------------------
 @pytest.mark.parametrize("seed", range(40))
 def test_watch_matches_report_on_random_histories(seed: int) -> None:
-    from expckpt.report import analyse
-    from expckpt.watch import TrainingWatch
+    from expckpt.policy.report import analyse
+    from expckpt.policy.watch import TrainingWatch
 
     rng = random.Random(seed)
     watch = TrainingWatch(monitor="acc", mode="max", divergence_metric="loss", divergence_steps=2, patience=3)

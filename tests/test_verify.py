@@ -71,7 +71,9 @@ def test_verify_of_unknown_experiment_suggests(project: Path) -> None:
 
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("expckpt: error: no checkpoint named 'straigth'; did you mean 'straight'")
+    assert len(lines) == 1 and lines[0].startswith(
+        "expckpt: error: no checkpoint named 'straigth'; did you mean 'straight'"
+    )
 
 
 def test_checkpoint_commit_whose_dvc_lock_was_edited_fails(project: Path, tmp_path: Path) -> None:
@@ -104,8 +106,8 @@ def test_checkpoint_removed_by_retention_while_verify_runs_is_not_broken(
     """Issue 21 item 6: retention of a training run deletes straight@0's ref, then its object,
     between verify listing the checkpoints and hashing them (the real interleaving, forced)."""
     from expckpt import cli as cli_module
-    from expckpt.cache import DvcCache
-    from expckpt.gitstore import GitStore
+    from expckpt.store.cache import DvcCache
+    from expckpt.store.gitstore import GitStore
 
     ref = checkpoint_refs(project)["straight@0"]
     _md5, obj = object_of(project, "straight@0")
@@ -124,5 +126,8 @@ def test_checkpoint_removed_by_retention_while_verify_runs_is_not_broken(
 
     out, err = capsys.readouterr()
     assert err == ""
-    assert out.strip() == f"{EPOCHS - 1} of {EPOCHS - 1} checkpoints verified (1 removed by retention or gc while verify ran)"
+    assert (
+        out.strip()
+        == f"{EPOCHS - 1} of {EPOCHS - 1} checkpoints verified (1 removed by retention or gc while verify ran)"
+    )
     assert code == 0

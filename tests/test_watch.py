@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import math
 
-from expckpt.watch import flatten_metrics
+from expckpt.policy.watch import flatten_metrics
 
 
 def test_nested_metrics_get_slash_names_and_only_numbers_count() -> None:
-    summary = {"step": 4, "loss": 0.5, "train": {"acc": 1, "deep": {"f1": 0.25}}, "ok": True, "note": "x",
-               "nan": math.nan}
+    summary = {
+        "step": 4,
+        "loss": 0.5,
+        "train": {"acc": 1, "deep": {"f1": 0.25}},
+        "ok": True,
+        "note": "x",
+        "nan": math.nan,
+    }
     flat = flatten_metrics(summary)
     assert set(flat) == {"loss", "train/acc", "train/deep/f1", "nan"}  # dvclive's step left out
     assert flat["train/acc"] == 1.0 and isinstance(flat["train/acc"], float) and math.isnan(flat["nan"])

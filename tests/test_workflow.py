@@ -72,7 +72,7 @@ def exp_refs(project: Path, baseline: str) -> dict[str, str]:
     """Experiment name -> commit for every experiment ref of ``baseline``."""
     prefix = f"refs/exps/{baseline[:2]}/{baseline[2:]}/"
     out = run("git", "for-each-ref", "--format=%(refname) %(objectname)", prefix, cwd=project).stdout
-    return {ref[len(prefix):]: sha for ref, sha in (line.split() for line in out.splitlines())}
+    return {ref[len(prefix) :]: sha for ref, sha in (line.split() for line in out.splitlines())}
 
 
 def checkpoint_refs(project: Path, baseline: str, exp: str) -> dict[int, str]:
@@ -90,7 +90,7 @@ def meta(project: Path, commit: str) -> dict[str, Any]:
     message = run("git", "show", "-s", "--format=%B", commit, cwd=project).stdout
     lines = [line for line in message.splitlines() if line.startswith("expckpt-meta: ")]
     assert len(lines) == 1, message
-    return json.loads(lines[0][len("expckpt-meta: "):])
+    return json.loads(lines[0][len("expckpt-meta: ") :])
 
 
 def show_file(project: Path, commit: str, path: str) -> str:
@@ -449,7 +449,9 @@ def run_queue(wf: Workflow, *, workers: int, names: tuple[str, ...], timeout: fl
     celery = wf.project / ".dvc" / "tmp" / "exps" / "celery"
     log = wf.root / "queue-start.log"
     with open(log, "ab") as out:  # not a pipe: the detached workers would hold it open
-        subprocess.run(["dvc", "queue", "start", "-j", str(workers)], cwd=wf.project, stdout=out, stderr=out, check=True)
+        subprocess.run(
+            ["dvc", "queue", "start", "-j", str(workers)], cwd=wf.project, stdout=out, stderr=out, check=True
+        )
     deadline = time.monotonic() + timeout
     final: dict[str, str] = {}
     asked = time.monotonic()
@@ -460,7 +462,9 @@ def run_queue(wf: Workflow, *, workers: int, names: tuple[str, ...], timeout: fl
             if set(names) <= exp_refs(wf.project, wf.baseline).keys() or time.monotonic() - asked > 15:
                 asked = time.monotonic()
                 rows = wf.sh("dvc", "queue", "status").stdout.splitlines()
-                states = {cells[1]: cells[-1] for cells in (r.split() for r in rows) if len(cells) >= 4 and cells[1] in names}
+                states = {
+                    cells[1]: cells[-1] for cells in (r.split() for r in rows) if len(cells) >= 4 and cells[1] in names
+                }
                 final = {n: s for n, s in states.items() if s in ("Success", "Failed")}
                 if len(final) == len(names):
                     break
@@ -535,7 +539,9 @@ def test_sigkill_leaves_only_complete_checkpoints_and_resumes(wf: Workflow) -> N
     p, tut = wf.project, wf.tut
     wf.sh("expckpt", "reset")  # start at step 0, not from the workspace's tut@2
     # unbuffered: the checkpoint line reaches the test when it is printed, not at exit
-    bg = Background.start(["dvc", "exp", "run", "-n", "killed", "-S", "epochs=8"], p, {"PYTHONUNBUFFERED": "1"}, group=True)
+    bg = Background.start(
+        ["dvc", "exp", "run", "-n", "killed", "-S", "epochs=8"], p, {"PYTHONUNBUFFERED": "1"}, group=True
+    )
     try:
         bg.wait_for("Checkpoint experiment 'killed@1'", timeout=300)
     finally:

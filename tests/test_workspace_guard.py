@@ -18,9 +18,11 @@ from expckpt.faults import PAUSE_MESSAGE
 from faultkit import Background, check_consistent, clone, dvc_env, locked_model, md5_of, run, set_param
 from inprocess import checkpointer, new_repo, new_state, train_step
 
-CHANGED = ("model.pt was changed by something other than expckpt since {last} (your own torch.save(..., 'model.pt')?"
-           " a `dvc exp apply` during the run?); expckpt writes that file itself: save anything else to another"
-           " path, then run again")
+CHANGED = (
+    "model.pt was changed by something other than expckpt since {last} (your own torch.save(..., 'model.pt')?"
+    " a `dvc exp apply` during the run?); expckpt writes that file itself: save anything else to another"
+    " path, then run again"
+)
 
 
 @pytest.fixture
@@ -48,8 +50,9 @@ def test_in_process_a_changed_checkpoint_file_stops_the_next_save_in_one_line(re
     assert md5_of(repo / "model.pt") == locked_model(repo, found["g@1"].commit)[0]
 
 
-def test_in_process_the_end_of_the_run_puts_the_last_checkpoint_back(repo: Path,
-                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_in_process_the_end_of_the_run_puts_the_last_checkpoint_back(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     state = new_state()
     ckpt = checkpointer(repo, "h")
     ckpt.restore(state)
@@ -64,8 +67,9 @@ def test_in_process_the_end_of_the_run_puts_the_last_checkpoint_back(repo: Path,
     assert "expckpt: warning: model.pt was changed during the run; put back h@1's" in capsys.readouterr().out
 
 
-def test_in_process_an_untouched_workspace_is_neither_refused_nor_rewritten(repo: Path,
-                                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_in_process_an_untouched_workspace_is_neither_refused_nor_rewritten(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     state = new_state()
     ckpt = checkpointer(repo, "k")
     ckpt.restore(state)
@@ -96,8 +100,11 @@ def workspace_lock_md5(project: Path) -> str:
 
 @pytest.mark.slow
 def test_dvc_exp_apply_after_the_last_step_is_undone_at_the_end(project: Path) -> None:
-    bg = Background.start(["python", "train.py"], project,
-                          dvc_env(project, "g", EXPCKPT_PAUSE_AT="after-note:2", EXPCKPT_PAUSE_SECONDS="8"))
+    bg = Background.start(
+        ["python", "train.py"],
+        project,
+        dvc_env(project, "g", EXPCKPT_PAUSE_AT="after-note:2", EXPCKPT_PAUSE_SECONDS="8"),
+    )
     bg.wait_for(PAUSE_MESSAGE)
     run("dvc", "exp", "apply", "g@0", cwd=project)
     assert bg.wait(120) == 0, bg.text()
@@ -110,16 +117,21 @@ def test_dvc_exp_apply_after_the_last_step_is_undone_at_the_end(project: Path) -
 
 @pytest.mark.slow
 def test_a_change_during_training_stops_at_the_next_step_in_one_line(project: Path) -> None:
-    bg = Background.start(["python", "train.py"], project,
-                          dvc_env(project, "h", EXPCKPT_PAUSE_AT="after-note:0", EXPCKPT_PAUSE_SECONDS="8"))
+    bg = Background.start(
+        ["python", "train.py"],
+        project,
+        dvc_env(project, "h", EXPCKPT_PAUSE_AT="after-note:0", EXPCKPT_PAUSE_SECONDS="8"),
+    )
     bg.wait_for(PAUSE_MESSAGE)
     (project / "model.pt").unlink()
     (project / "model.pt").write_bytes(b"written by the user's own torch.save")
     assert bg.wait(120) == 1
     errors = [line for name, line in bg.lines if name == "err" and line and "error" in line]
-    assert errors == ["train.py: error: model.pt was changed by something other than expckpt since h@0 (your own"
-                      " torch.save(..., 'model.pt')? a `dvc exp apply` during the run?); expckpt writes that file"
-                      " itself: save anything else to another path, then run again"]
+    assert errors == [
+        "train.py: error: model.pt was changed by something other than expckpt since h@0 (your own"
+        " torch.save(..., 'model.pt')? a `dvc exp apply` during the run?); expckpt writes that file"
+        " itself: save anything else to another path, then run again"
+    ]
     refs = check_consistent(project)
     assert sorted(refs) == ["h@0"]
     assert md5_of(project / "model.pt") == locked_model(project, refs["h@0"].commit)[0]

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from conftest import run
-from expckpt.gitstore import GitStore
-from expckpt.records import OutputHash, format_message
-from expckpt.refs import CheckpointRef
+from expckpt.store.gitstore import GitStore
+from expckpt.store.records import OutputHash, format_message
+from expckpt.store.refs import CheckpointRef
 
 MD5 = "d41d8cd98f00b204e9800998ecf8427e"
 
@@ -31,13 +31,28 @@ class TreeRepo:
     """checkpoint name -> commit"""
     time: float = 1_760_000_000.0
 
-    def write(self, exp: str, step: int, *, metrics: dict[str, float], params: str = "lr: 0.1\n",
-              parent: str | None = None, resumed: bool = False, extra: dict | None = None) -> str:
+    def write(
+        self,
+        exp: str,
+        step: int,
+        *,
+        metrics: dict[str, float],
+        params: str = "lr: 0.1\n",
+        parent: str | None = None,
+        resumed: bool = False,
+        extra: dict | None = None,
+    ) -> str:
         ref = CheckpointRef(self.base, exp, step)
         tree = self.store.tree_with_files(self.store.commit_tree(self.base), {"params.yaml": params.encode()})
         self.time += 10
-        message = format_message(ref, parent=parent, outs={"model.pt": OutputHash(MD5, 1000 + step)},
-                                 metrics=metrics, time=self.time, resumed=resumed)
+        message = format_message(
+            ref,
+            parent=parent,
+            outs={"model.pt": OutputHash(MD5, 1000 + step)},
+            metrics=metrics,
+            time=self.time,
+            resumed=resumed,
+        )
         if extra:
             head, _, line = message.rstrip("\n").rpartition("\n")
             meta = json.loads(line.removeprefix("expckpt-meta: "))
@@ -66,8 +81,15 @@ def small_tree(path: Path) -> TreeRepo:
         previous = repo.write("tut", step, metrics={"acc": step / 20, "loss": 1 / (step + 1)}, parent=previous)
     previous = repo.commits["tut@5"]
     for step, acc in ((6, 0.33), (7, math.nan), (8, 0.4)):
-        previous = repo.write("tut-b", step, metrics={"acc": acc, "loss": 0.2}, params="lr: 0.5\n",
-                              parent=previous, resumed=step == 6, extra={"paused": True} if step == 8 else None)
+        previous = repo.write(
+            "tut-b",
+            step,
+            metrics={"acc": acc, "loss": 0.2},
+            params="lr: 0.5\n",
+            parent=previous,
+            resumed=step == 6,
+            extra={"paused": True} if step == 8 else None,
+        )
     init = {"initialized_from": {"exp": "tut", "step": 11, "commit": repo.commits["tut@11"]}}
     repo.write("warm", 0, metrics={"acc": 0.1, "loss": 0.9}, params="lr: 0.01\n", extra=init)
     repo.write("warm", 1, metrics={"acc": 0.2, "loss": 0.8}, params="lr: 0.01\n", parent=repo.commits["warm@0"])

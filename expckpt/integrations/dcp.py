@@ -21,7 +21,7 @@ retention exactly as for a single file. The checkpoint is the stage's directory 
   ``dcp.save`` returns once every rank's file and the ``.metadata`` are written, so rank 0 then
   publishes a complete directory: the committer caches every file, renames them into ``ckpt/``,
   commits, moves the ref. A kill between two renames leaves a mix no manifest lists, which the
-  next run rolls back to the last complete checkpoint from the cache (``expckpt.resume``); a dead
+  next run rolls back to the last complete checkpoint from the cache (``expckpt.train.resume``); a dead
   run's staging directory is deleted then too.
 - the step and each rank's RNG states are in the DCP state itself (``expckpt/step``,
   ``expckpt/rng/<rank>``, uint8 tensors), not in a side file; rank 0 adds the watch's state.
@@ -48,15 +48,15 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
 from torch.distributed.checkpoint.planner import ReadItem
 
-from expckpt.atomic import TEMP_MARK, WrittenFile
-from expckpt.coordination import Coordinator
-from expckpt.dirout import WrittenDir
+from expckpt.serialize.atomic import TEMP_MARK, WrittenFile
+from expckpt.train.coordination import Coordinator
+from expckpt.serialize.dirout import WrittenDir
 from expckpt.errors import ConfigError
-from expckpt.gclock import pid_alive
-from expckpt.handlers import Loaded
-from expckpt.resume import remove_stale_temps
-from expckpt.rng import capture_rng, restore_rng
-from expckpt.wiring import Wiring
+from expckpt.store.gclock import pid_alive
+from expckpt.train.handlers import Loaded
+from expckpt.train.resume import remove_stale_temps
+from expckpt.state.rng import capture_rng, restore_rng
+from expckpt.train.wiring import Wiring
 
 __all__ = ["STEP_KEY", "DcpHandler", "SafeLoadPlanner", "rng_key"]
 
@@ -101,7 +101,7 @@ def remove_stale_staging(path: Path) -> None:
     prefix = _staging_prefix(path)
     with contextlib.suppress(OSError):
         for entry in path.parent.iterdir():
-            pid = entry.name[len(prefix):].split(".", 1)[0]
+            pid = entry.name[len(prefix) :].split(".", 1)[0]
             if entry.name.startswith(prefix) and entry.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(entry, ignore_errors=True)
 
@@ -118,7 +118,10 @@ class DcpHandler:
             raise ConfigError(
                 f"{out.rel_path} is not a directory output; torch.distributed.checkpoint writes a directory:"
                 f" declare it as `- {out.rel_path}/: {{checkpoint: true, persist: true}}` in dvc.yaml and pass"
-                f" {out.rel_path + '/'!r}", key="path", value=out.rel_path)
+                f" {out.rel_path + '/'!r}",
+                key="path",
+                value=out.rel_path,
+            )
         self.path = out.path
         self.coord = coord
         self._staging: Path | None = None
@@ -172,8 +175,10 @@ class DcpHandler:
             if not self.coord.is_main:
                 return []
             done = WrittenDir.from_complete(staging)
-            moves = {rel: WrittenFile(tmp=staging / rel, dest=self.path / rel, md5=md5, size=size)
-                     for rel, (md5, size) in done.entries.items()}
+            moves = {
+                rel: WrittenFile(tmp=staging / rel, dest=self.path / rel, md5=md5, size=size)
+                for rel, (md5, size) in done.entries.items()
+            }
             self.path.mkdir(parents=True, exist_ok=True)
             return [WrittenDir.from_files(self.path, done.entries, moves)]
         except BaseException:

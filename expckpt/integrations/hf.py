@@ -49,10 +49,10 @@ from typing import Any
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from expckpt.checkpointer import Checkpointer
+from expckpt.train.checkpointer import Checkpointer
 from expckpt.integrations.hfbest import find_kept, kept_weights, put_file
 from expckpt.integrations.loop import StepLog
-from expckpt.state import TrainingState
+from expckpt.state.state import TrainingState
 from expckpt.text import terminal_safe
 
 __all__ = ["ExpCkptTrainerCallback", "ResumeMismatch", "TrainerFiles", "config_from_training_args", "step_metrics"]
@@ -133,7 +133,11 @@ def config_from_training_args(args: TrainingArguments) -> dict[str, Any]:
     """A ``checkpoint:`` section equivalent to the Trainer's retention settings."""
     section: dict[str, Any] = {"every": 1, "keep_last": args.save_total_limit}
     if args.metric_for_best_model:
-        section.update(monitor=_logged_name(args.metric_for_best_model), mode="max" if args.greater_is_better else "min", keep_best=1)
+        section.update(
+            monitor=_logged_name(args.metric_for_best_model),
+            mode="max" if args.greater_is_better else "min",
+            keep_best=1,
+        )
     return section
 
 
@@ -161,7 +165,9 @@ def _folders(output_dir: Path) -> list[Path]:
 class ExpCkptTrainerCallback(TrainerCallback):
     """Makes each Trainer save a checkpoint experiment ``<exp>@<global_step>``; finds the resume point."""
 
-    def __init__(self, path: str | None = None, config: Mapping[str, Any] | None = None, *, live_dir: str = "dvclive") -> None:
+    def __init__(
+        self, path: str | None = None, config: Mapping[str, Any] | None = None, *, live_dir: str = "dvclive"
+    ) -> None:
         self.path = path
         self.config = config
         self.live_dir = live_dir
@@ -204,11 +210,17 @@ class ExpCkptTrainerCallback(TrainerCallback):
         self.resume_from_checkpoint = str(directory)
         args.resume_from_checkpoint = self.resume_from_checkpoint
 
-    def _best_folder(self, args: TrainingArguments, model: torch.nn.Module, trainer_state: dict[str, Any]) -> dict[str, Any] | None:
+    def _best_folder(
+        self, args: TrainingArguments, model: torch.nn.Module, trainer_state: dict[str, Any]
+    ) -> dict[str, Any] | None:
         """Point the resumed state's best model at a folder holding expckpt's kept best checkpoint
         (HF's own folder is another run's, or gone); None leaves ``trainer_state.json`` as it is."""
         best_step, best_value = trainer_state.get("best_global_step"), trainer_state.get("best_metric")
-        if not args.load_best_model_at_end or not isinstance(best_step, int) or not isinstance(best_value, (int, float)):
+        if (
+            not args.load_best_model_at_end
+            or not isinstance(best_step, int)
+            or not isinstance(best_value, (int, float))
+        ):
             return None
         folder = Path(args.output_dir) / f"{FOLDER}{best_step}"
         exp = self.resumed.record.exp if getattr(self.resumed, "record", None) is not None else ""
@@ -228,18 +240,31 @@ class ExpCkptTrainerCallback(TrainerCallback):
             shutil.rmtree(folder, ignore_errors=True)
         if stale and say and self.steps is not None and self.steps.checkpointer.coord.is_main:
             names = ", ".join(p.name for p in stale[:3]) + (", ..." if len(stale) > 3 else "")
-            print(terminal_safe(f"expckpt: removed {len(stale)} Trainer folder(s) an earlier run left in {output_dir}"
-                                f" ({names}); expckpt keeps its own copies"), flush=True)
+            print(
+                terminal_safe(
+                    f"expckpt: removed {len(stale)} Trainer folder(s) an earlier run left in {output_dir}"
+                    f" ({names}); expckpt keeps its own copies"
+                ),
+                flush=True,
+            )
 
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         expected = self.resumed.step if self.resumed is not None and self.files.loaded else 0
         if self.steps is None or state.global_step == expected:
             return
         record = getattr(self.resumed, "record", None)
-        ours = f"model.pt at step {expected}" + (f" ({record.name})" if record is not None else "") if expected else "nothing (a fresh start)"
-        line = (f"expckpt: error: the Trainer resumed at global step {state.global_step} but expckpt restored {ours}; "
-                f"call trainer.train(resume_from_checkpoint=<callback>.resume_from_checkpoint), not True or a path, "
-                f"and keep {args.output_dir} to one experiment at a time")
+        ours = (
+            f"model.pt at step {expected}" + (f" ({record.name})" if record is not None else "")
+            if expected
+            else "nothing (a fresh start)"
+        )
+        line = (
+            f"expckpt: error: the Trainer resumed at global step {state.global_step} but expckpt restored {ours}; "
+            f"call trainer.train(resume_from_checkpoint=<callback>.resume_from_checkpoint), not True or a path, "
+            f"and keep {args.output_dir} to one experiment at a time"
+        )
         steps, self.steps = self.steps, None
         steps.close()
         print(terminal_safe(line), file=sys.stderr, flush=True)
@@ -262,7 +287,9 @@ class ExpCkptTrainerCallback(TrainerCallback):
             best = state.best_model_checkpoint if args.load_best_model_at_end else None
             self._remove_folders(Path(args.output_dir), keep=best if best and os.path.isdir(best) else None)
 
-    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         if self.steps is None:
             return
         inside_dvc = self._committer() is not None
@@ -287,10 +314,14 @@ class ExpCkptTrainerCallback(TrainerCallback):
             print(terminal_safe(f"expckpt: {rel_path} holds the last checkpoint, {last.name}"), flush=True)
             return
         value = best.metrics.get(self.monitor or "", math.nan)
-        print(terminal_safe(
-            f"expckpt: {rel_path} holds the best checkpoint, {best.name} ({self.monitor} {value:.4g}), as the Trainer's"
-            f" final model (load_best_model_at_end); the last is {last.name}: dvc exp apply {last.name} to continue"
-            " from it"), flush=True)
+        print(
+            terminal_safe(
+                f"expckpt: {rel_path} holds the best checkpoint, {best.name} ({self.monitor} {value:.4g}), as the Trainer's"
+                f" final model (load_best_model_at_end); the last is {last.name}: dvc exp apply {last.name} to continue"
+                " from it"
+            ),
+            flush=True,
+        )
 
 
 def _count_steps_from_one(echo: Any) -> Any:

@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from expckpt.atomic import atomic_write_bytes
-from expckpt.catalog import Catalog
-from expckpt.checkpoint_file import load_checkpoint
-from expckpt.records import CheckpointRecord
+from expckpt.serialize.atomic import atomic_write_bytes
+from expckpt.store.catalog import Catalog
+from expckpt.serialize.checkpoint_file import load_checkpoint
+from expckpt.store.records import CheckpointRecord
 
 __all__ = ["find_kept", "kept_weights", "put_file"]
 

@@ -32,10 +32,10 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 
-from expckpt.checkpointer import Checkpointer
+from expckpt.train.checkpointer import Checkpointer
 from expckpt.integrations import lightning_internals as internals
 from expckpt.integrations.loop import StepLog, plain
-from expckpt.state import TrainingState
+from expckpt.state.state import TrainingState
 
 __all__ = ["ExpCkptCallback", "LightningLoopState", "config_from_model_checkpoint"]
 

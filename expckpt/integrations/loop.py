@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from expckpt.checkpointer import Checkpointer, Decision
-from expckpt.resume import Resumed
-from expckpt.watch import flatten_metrics
+from expckpt.train.checkpointer import Checkpointer, Decision
+from expckpt.train.resume import Resumed
+from expckpt.policy.watch import flatten_metrics
 
 __all__ = ["StepLog", "plain", "scalar_metrics"]
 
@@ -99,7 +99,9 @@ class StepLog:
             from dvclive import Live
 
             resume = self.resumed is not None
-            self.live = Live(dir=self.checkpointer.live_dir, dvcyaml=None, save_dvc_exp=False, resume=resume, report=None)
+            self.live = Live(
+                dir=self.checkpointer.live_dir, dvcyaml=None, save_dvc_exp=False, resume=resume, report=None
+            )
             if resume:
                 self.live.step = self.start
         return self.resumed
