@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from expckpt.errors import ConfigError
 from expckpt.policy.config import CheckpointConfig
 from expckpt.train.coordination import Coordinator, coordinator_from_env
 from expckpt.store.exprwlock import hold_workspace
@@ -285,10 +286,16 @@ class Checkpointer:
             if self.resumed is not None:
                 return
         self.coord.on_main(self.handler.clean)
+        if not isinstance(self.handler, FileHandler):
+            raise ConfigError(
+                f"checkpoint.init_from works with checkpoint files, not {type(self.handler).__name__}; "
+                "load the source yourself before the first step",
+                key="checkpoint.init_from",
+            )
         init_state(
             self.handler.group(state).first,
             source,
-            restore=self.config.init_restore,  # type: ignore[attr-defined]
+            restore=self.config.init_restore,
             strict=self.config.init_strict,
             echo=self.echo,
         )
