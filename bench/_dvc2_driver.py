@@ -12,10 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import statistics
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -123,14 +123,14 @@ def in_process_show(repo: Path, env: dict[str, str]) -> dict[str, float]:
     os.chdir(repo)
     try:
         from expckpt.cli.main import Context
-        from expckpt.ops.show import render_chains
+        from expckpt.cli.main import _tree
+        from expckpt.ops.showtree import render_tree
 
         t0 = time.perf_counter()
         ctx = Context()
         catalog = ctx.catalog(False)
         t1 = time.perf_counter()
-        labels = ctx.labels()
-        text = render_chains(catalog, labels)
+        text = render_tree(_tree(ctx, catalog, None))
         t2 = time.perf_counter()
     finally:
         os.chdir(cwd)
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     show_big, out_big = time_cmd(["expckpt", "show"], big, env, args.runs)
     show_small, _ = time_cmd(["expckpt", "show"], small, env, args.runs)
     breakdown = in_process_show(big, env)
-    imports = {m: import_time(env, m) for m in ("torch", "expckpt.cli.main", "expckpt.ops.show")}
+    imports = {m: import_time(env, m) for m in ("torch", "expckpt.cli.main", "expckpt.ops.showtree")}
     print("   timing dvc exp show on checkpoint refs ...", flush=True)
     dvc_ckpt = dvc_show(small, env, max(2, args.runs - 1))
     print("   timing dvc exp show on ordinary refs ...", flush=True)
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nexpckpt show at {args.n} refs, in-process: catalog {C.ms(breakdown['load_catalog_s'])}, "
           f"render {C.ms(breakdown['render_s'])} ({breakdown['records']} records, {breakdown['lines']} lines); "
           f"process start-up: `import torch` {C.secs(imports['torch'])}, `import expckpt.cli.main` {C.secs(imports['expckpt.cli.main'])}"
-          f" (expckpt/__init__ imports torch), `import expckpt.ops.show` {C.secs(imports['expckpt.ops.show'])}")
+          f" (expckpt/__init__ imports torch), `import expckpt.ops.showtree` {C.secs(imports['expckpt.ops.showtree'])}")
     C.write_result("listing", {
         "n": args.n,
         "dvc_n": args.dvc_n,

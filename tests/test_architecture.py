@@ -22,7 +22,7 @@ CORE_WITHOUT_TORCH = [
     "publish.committer",
     "ops.gc",
     "ops.verify",
-    "ops.show",
+    "ops.showtree",
     "train.resume",
     "cli",
     "store.catalog",

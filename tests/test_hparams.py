@@ -84,8 +84,8 @@ def test_a_schedule_of_another_shape_is_refused_in_one_line() -> None:
         reconcile("optimizer", opt, sched, fresh, saved_hp, saved_sched)
     assert str(info.value) == (
         "the LR scheduler (StepLR) has step_size 3 now but 2 in the checkpoint (did epochs or the batch count"
-        " change?); a restored schedule cannot change shape: keep the old settings to resume, or start over"
-        " with `expckpt reset`"
+        " change?); a restored schedule cannot change shape: keep step_size 2 to resume from this checkpoint,"
+        " or start over with `expckpt reset`"
     )
     assert "\n" not in str(info.value)
 

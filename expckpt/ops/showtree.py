@@ -17,15 +17,45 @@ and metric names come from Git, a pulled ref is anyone's).
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from typing import Any
 
+from expckpt.store.records import CheckpointRecord
 from expckpt.ops.lineage import Point, Run, Tree
-from expckpt.ops.show import _created, _fmt, _glyph, _iso
 from expckpt.text import terminal_safe
 from expckpt.ops.unsafe import ADVICE
 
 __all__ = ["FOLD_OVER", "render_tree", "tree_as_json"]
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.5g}"
+
+
+def _glyph(index: int, count: int) -> str:
+    if count == 1:
+        return "═"
+    return "╓" if index == 0 else ("╨" if index == count - 1 else "╟")
+
+
+def _created(record: CheckpointRecord) -> str:
+    try:
+        return dt.datetime.fromtimestamp(record.time).strftime("%b %d %H:%M:%S")
+    except (ValueError, OverflowError, OSError):  # beyond what the local time zone can show
+        return "-"
+
+
+def _iso(time: float) -> str | None:
+    try:
+        return dt.datetime.fromtimestamp(time, dt.UTC).isoformat()
+    except (ValueError, OverflowError, OSError):
+        return None
+
 
 FOLD_OVER = 8
 """A run with more checkpoints than this folds its middle unless ``--all``."""
