@@ -122,8 +122,8 @@ def in_process_show(repo: Path, env: dict[str, str]) -> dict[str, float]:
     cwd = os.getcwd()
     os.chdir(repo)
     try:
-        from expckpt.cli.main import Context
-        from expckpt.cli.main import _tree
+        from expckpt.cli.context import Context
+        from expckpt.cli.context import _tree
         from expckpt.ops.showtree import render_tree
 
         t0 = time.perf_counter()

@@ -17,7 +17,7 @@ from conftest import make_project, run, train_in_exp_env
 from expckpt.serialize.atomic import TEMP_MARK, md5_file
 from expckpt.store.cache import DvcCache
 from expckpt.store.catalog import Catalog
-from expckpt.cli.main import _size
+from expckpt.cli.context import _size
 from expckpt.store.gitstore import GitStore
 
 
