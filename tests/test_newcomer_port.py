@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from expckpt import Checkpointer, CheckpointLive, ConfigError, TrainingState, seeding
+from expckpt import Checkpointer, CheckpointLive, ConfigError, TrainingState
+from expckpt.state import seeding
 from expckpt.serialize.checkpoint_file import load_checkpoint, write_temp
 from conftest import make_project, run
 from faultkit import Background
