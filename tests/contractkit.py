@@ -150,6 +150,9 @@ def kill_tree(proc: subprocess.Popen, exp: str, project: Path) -> str:
     output = proc.communicate()[0]
     for pid in _run_processes(exp, project):  # none may linger and write on
         os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60  # gone, as after a real kill: DVC's lock names live pids only
+    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
     return output
 
 
