@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from expckpt.policy.watch import flatten_metrics
 
@@ -25,3 +26,15 @@ def test_skip_names_the_keys_left_out_at_every_level() -> None:
     metrics = {"step": 2, "val": {"step": 9, "loss": 0.1}}
     assert flatten_metrics(metrics, skip=frozenset()) == {"step": 2.0, "val/step": 9.0, "val/loss": 0.1}
     assert flatten_metrics(metrics, skip=frozenset({"loss"})) == {"step": 2.0, "val/step": 9.0}
+
+
+def test_dvclive_s_nonfinite_strings_are_values_so_a_nan_loss_is_seen(tmp_path: Path) -> None:
+    """dvclive's ``log_metric`` turns NaN and inf into the strings "nan"/"inf" in its summary."""
+    from dvclive import Live
+
+    live = Live(dir=str(tmp_path / "dvclive"), save_dvc_exp=False, dvcyaml=None, report=None)
+    live.log_metric("loss", float("nan"))
+    live.log_metric("grad", float("-inf"))
+    live.log_metric("name", "adam")
+    flat = flatten_metrics(dict(live.summary))
+    assert math.isnan(flat["loss"]) and flat["grad"] == float("-inf") and "name" not in flat

@@ -82,7 +82,8 @@ def main() -> None:
         report_to="none",
         disable_tqdm=True,
     )
-    callback = ExpCkptTrainerCallback("model.pt")  # retention from the TrainingArguments above
+    # retention from the TrainingArguments above, unless params.yaml has a checkpoint: section
+    callback = ExpCkptTrainerCallback("model.pt", params.get("checkpoint"))
     trainer = Trainer(
         model=DigitsMLP(),
         args=args,

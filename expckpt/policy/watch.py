@@ -202,7 +202,8 @@ def flatten_metrics(
     metrics: Mapping[str, Any], prefix: str = "", *, skip: frozenset[str] = frozenset({"step"})
 ) -> dict[str, float]:
     """dvclive's nested summary as ``{"train/loss": 0.3, ...}``: numbers only (not bools, not
-    strings), keys named in ``skip`` (dvclive's ``step``) left out.
+    strings but dvclive's ``"nan"``/``"inf"``/``"-inf"``), keys named in ``skip`` (dvclive's
+    ``step``) left out.
 
     expckpt's one metric flattener: the checkpointer, the sharded checkpointer and the framework
     adapters (``integrations.loop.scalar_metrics``) all read metrics through it.
@@ -214,4 +215,9 @@ def flatten_metrics(
             flat.update(flatten_metrics(value, f"{name}/", skip=skip))
         elif isinstance(value, (int, float)) and not isinstance(value, bool) and key not in skip:
             flat[name] = float(value)
+        elif isinstance(value, str) and value in _NONFINITE and key not in skip:
+            flat[name] = float(value)  # dvclive logs NaN and inf as these strings
     return flat
+
+
+_NONFINITE = frozenset({"nan", "inf", "-inf"})

@@ -349,6 +349,7 @@ class Checkpointer:
         plan = self.coord.on_main(lambda: self._plan(step, flat))
         saved = plan.save and self._save(state, step, flat, plan)
         if (paused := plan.paused) is not None:
+            self._paused = paused  # every rank: close exits 75 on all of them
             self.coord.on_main(lambda: self._paused_at(step, paused))
         elif plan.stop == "orphaned":
             self.coord.on_main(lambda: self._orphan.say(self.echo, step))
@@ -408,13 +409,13 @@ class Checkpointer:
         step = self.handler.step_of(state) + 1
         plan = _Plan(save=True, event="stop", stop=f"paused ({paused})", paused=paused)
         self._save(state, step, {}, plan)
+        self._paused = paused
         self.coord.on_main(lambda: self._paused_at(step, paused))
         return True
 
     def _paused_at(self, step: int, why: str) -> None:
         """Rank 0, once the paused checkpoint is published: mark it, say how to go on."""
         self.wait()
-        self._paused = why
         self.pause.done()
         name = self.last_record.name if self.last_record is not None else self.wiring.rel_path
         self.pause.mark(name)
@@ -531,8 +532,12 @@ class Checkpointer:
         """End of training (collective): save the last completed step if the policy skipped it, and wait.
 
         With ``every: 0`` the last step is written to the outputs without a checkpoint
-        experiment: DVC's own commit at the end of ``dvc exp run`` takes it.
+        experiment: DVC's own commit at the end of ``dvc exp run`` takes it. A framework that
+        ends training on SIGTERM itself (Lightning) lands here with the pause still pending: the
+        state it stopped at is saved as paused, and ``close`` exits 75, never as a finished run.
         """
+        if self._paused is None and self.pause_point(state):
+            return
         unsaved = self.coord.on_main(lambda: self._unsaved)
         if unsaved is not None:
             step, flat = unsaved
