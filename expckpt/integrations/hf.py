@@ -281,9 +281,11 @@ class ExpCkptTrainerCallback(TrainerCallback):
         if self.steps is None:
             return
         self.files.directory = Path(args.output_dir) / f"{FOLDER}{state.global_step}"
-        if self.steps.completed(state.global_step, step_metrics(state)).stop:
+        decision = self.steps.completed(state.global_step, step_metrics(state))
+        if decision.stop:
             control.should_training_stop = True
-        if args.should_save and self._committer() is not None:  # published: HF's folder is a spare copy now
+        # published: HF's folder is a spare copy now (one the policy skipped stays for the final save)
+        if decision.saved and args.should_save and self._committer() is not None:
             best = state.best_model_checkpoint if args.load_best_model_at_end else None
             self._remove_folders(Path(args.output_dir), keep=best if best and os.path.isdir(best) else None)
 

@@ -139,7 +139,13 @@ class ExpCkptCallback(Checkpoint):
             steps.finish()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        """Ctrl+C/SIGTERM (the core's handler: one line naming the last checkpoint, exit 130/143) or a failure."""
+        """Ctrl+C (the core's handler: one line naming the last checkpoint, exit 130) or a failure.
+
+        Lightning ends ``fit`` on SIGTERM itself (its ``SIGTERMException`` at a batch boundary); with
+        the core's pause pending, that is the pause: the state where it stopped is saved, exit 75."""
         if self.steps is not None:
             steps, self.steps = self.steps, None
-            steps.close()
+            if steps.checkpointer.pause_requested:
+                steps.finish()  # saves as paused, then raises TrainingPaused (exit 75)
+            else:
+                steps.close()
