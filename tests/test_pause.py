@@ -8,6 +8,7 @@ thread), the repository and the publishing are real; a tiny model trained in bat
 
 from __future__ import annotations
 
+import re
 import json
 import os
 import random
@@ -331,7 +332,7 @@ def test_the_readme_slurm_script_pauses_and_requeues_through_dvc_exp_run(
     assert "exited with 75" in output and "requeued requeue 42" in output, output
     paused = [n for n, c in checkpoints(project).items() if meta(project, c).get("paused")]
     assert len(paused) == 1 and (project / ".dvc/tmp/expckpt/paused").read_text() == f"{paused[0]}\n"
-    assert "(paused)" in cli(project, "show").stdout
+    assert re.search(rf"^[╓═] {re.escape(paused[0])} .*\bpaused$", cli(project, "show").stdout, re.M)
     check_consistent(project)
 
     again = subprocess.run(["bash", "job.sh"], cwd=project, env=env, capture_output=True, text=True, timeout=300)

@@ -18,6 +18,8 @@ pins the behaviour relied on.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import sys
 from collections.abc import Callable
@@ -26,10 +28,29 @@ from pathlib import Path
 from expckpt.errors import ProjectError
 from expckpt.store.project import Project
 
-__all__ = ["WORKSPACE_LOCK", "hold_workspace"]
+__all__ = ["WORKSPACE_LOCK", "dvc_exp_run_parent", "hold_workspace", "is_dvc_exp_run"]
 
 WORKSPACE_LOCK = "workspace"
 """The path DVC's workspace queue locks for writing before it stashes the workspace."""
+
+
+def is_dvc_exp_run(cmdline: list[str]) -> bool:
+    """Whether ``cmdline`` is a ``dvc exp run`` (``dvc`` or ``python -m dvc``)."""
+    names = [os.path.basename(a) for a in cmdline]
+    launcher = "dvc" in names or any(a == "-m" and b == "dvc" for a, b in itertools.pairwise(cmdline))
+    return launcher and "exp" in cmdline[1:] and "run" in cmdline[1:]
+
+
+def dvc_exp_run_parent() -> tuple[int, float] | None:
+    """Pid and start time of the nearest ``dvc exp run`` among this process's ancestors, if any."""
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        for proc in psutil.Process().parents():
+            with contextlib.suppress(psutil.Error):
+                if is_dvc_exp_run(proc.cmdline()):
+                    return proc.pid, proc.create_time()
+    return None
 
 
 def hold_workspace(project: Project, exp_name: str) -> Callable[[], None]:
@@ -51,7 +72,12 @@ def hold_workspace(project: Project, exp_name: str) -> Callable[[], None]:
     Path(tmp_dir).mkdir(parents=True, exist_ok=True)
     hardlink = _hardlink_lock(project.root)
     name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
-    info = {"pid": os.getpid(), "cmd": f"{name} (training of `dvc exp run -n {exp_name}`)"}
+    # The entry names the `dvc exp run` process, not this one: a user who kills the run (kill -9,
+    # Ctrl+C) kills that process too, and their shell reaps it at once, so DVC drops the entry at
+    # the next `dvc exp run`; a training process re-parented to a slow init could stay a zombie.
+    parent = dvc_exp_run_parent()
+    pid = parent[0] if parent else os.getpid()
+    info = {"pid": pid, "cmd": f"dvc exp run -n {exp_name} (training: {name}, pid {os.getpid()})"}
     try:
         with _edit_rwlock(tmp_dir, localfs, hardlink) as lock:
             _check_blockers(tmp_dir, lock, info, mode="write", waiters=[WORKSPACE_LOCK])

@@ -23,19 +23,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from expckpt.serialize.atomic import atomic_write_bytes
-import itertools
+from expckpt.store.exprwlock import dvc_exp_run_parent
 
 __all__ = ["OrphanWatch", "orphan_lines"]
 
 
 def _runs_dir(workspace: Path) -> Path:
     return workspace / ".dvc" / "tmp" / "expckpt" / "runs"
-
-
-def _is_dvc_exp_run(cmdline: list[str]) -> bool:
-    names = [os.path.basename(a) for a in cmdline]
-    launcher = "dvc" in names or any(a == "-m" and b == "dvc" for a, b in itertools.pairwise(cmdline))
-    return launcher and "exp" in cmdline[1:] and "run" in cmdline[1:]
 
 
 def _alive(pid: int, created: float) -> bool:
@@ -60,15 +54,8 @@ class OrphanWatch:
         self._said = False
 
     def _find(self) -> None:
-        import psutil
-
         self._looked = True
-        with contextlib.suppress(psutil.Error):
-            for proc in psutil.Process().parents():
-                with contextlib.suppress(psutil.Error):
-                    if _is_dvc_exp_run(proc.cmdline()):
-                        self._parent = (proc.pid, proc.create_time())
-                        break
+        self._parent = dvc_exp_run_parent()
         if self._parent is not None:
             self._write({})
 
