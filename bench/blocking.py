@@ -4,7 +4,7 @@
 For each state size (a model of 1024x1024 Linear layers plus its Adam state, totalling about
 that many MB) this builds a real Git + DVC repository holding the example project, sets the
 variables ``dvc exp run`` sets for a stage (DVC_ROOT, DVC_EXP_NAME, DVC_EXP_BASELINE_REV,
-DVC_STAGE), and times ``checkpointer.step_completed(state, step, metrics)`` -- what
+DVC_STAGE), and times ``checkpointer.save(state, step, metrics)`` -- what
 ``CheckpointLive.next_step()`` calls after dvclive has logged -- from the call to its return:
 
 * sync  (``checkpoint.async: false``): serialise, hash, write+fsync, cache link, commit, ref;
@@ -206,7 +206,7 @@ def measure_size(megabytes: int, reps: int, repos: dict[str, Path], baseline_dir
         elif kind == "sync":
             REC.take()
             start = time.perf_counter()
-            ckpts["sync"].step_completed(states["sync"], step, metrics)
+            ckpts["sync"].save(states["sync"], step, metrics)
             end = time.perf_counter()
             elapsed = end - start
             if timed:
@@ -215,9 +215,9 @@ def measure_size(megabytes: int, reps: int, repos: dict[str, Path], baseline_dir
         else:
             REC.take()
             start = time.perf_counter()
-            ckpts["async"].step_completed(states["async"], step, metrics)
+            ckpts["async"].save(states["async"], step, metrics)
             elapsed = time.perf_counter() - start
-            ckpts["async"].drain()
+            ckpts["async"].wait()
             if timed:
                 times["async_background"].append(time.perf_counter() - start)
                 # when the background thread reached each phase, counted from the call

@@ -114,7 +114,7 @@ def in_process(root: Path, env: dict[str, str], n: int, k: int, size_mb: int) ->
         B.train_a_little(model)
         metrics = {"acc": 0.5 + 0.01 * step, "loss": 1.0 / (step + 1)}
         B.write_live_files(repo, step, metrics)
-        ck.step_completed(state, step, metrics)
+        ck.save(state, step, metrics)
         snap = inspect(repo, f"after step {step}")
         steps.append({k2: snap[k2] for k2 in ("cache_objects", "checkpoint_object_bytes", "model_pt_nlink",
                                                "model_pt_is_cache_object", "cache_plus_workspace_bytes")})
