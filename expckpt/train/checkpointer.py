@@ -23,7 +23,6 @@ and resumed from, so ``python train.py`` works the same way.
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,17 +39,16 @@ from expckpt.train.initfrom import LINEAGE_KEY, holds_trial, init_state
 from expckpt.train.initsource import source_for
 from expckpt.store.livefiles import restore_live_files
 from expckpt.train.orphan import OrphanWatch
-from expckpt.store.outside import dropped_outside_line, note_outside_step
+from expckpt.store.outside import dropped_outside_line
 from expckpt.train.pause import PauseRequest, TrainingPaused
 from expckpt.policy.policy import CheckpointInfo
-from expckpt.publish.pusher import Pusher
 from expckpt.store.records import CheckpointRecord, InitializedFrom, lineage_of
 from expckpt.publish.remote import PushTarget, resolve_target
 from expckpt.publish.remotename import check_remote_name
 from expckpt.ops.reset import applied_over_reset
 from expckpt.policy.report import improvement_line
 from expckpt.train.resume import ResumePoint, Resumed, find_resume_point, refuse_lost_checkpoint
-from expckpt.publish.retention import RunRetention, interrupted_run
+from expckpt.publish.retention import interrupted_run
 from expckpt.policy.saving import SaveContext
 from expckpt.state.seeding import unseeded_note
 from expckpt.store.session import SessionNote
@@ -58,8 +56,7 @@ from expckpt.train.signals import GracefulStop
 from expckpt.policy.stopafter import REASON as DOCTOR_STOP, stop_after_step, stop_reason
 from expckpt.policy.watch import TrainingWatch, divergence_metric_for, divergence_off_line, flatten_metrics
 from expckpt.train.wiring import Wiring, wire
-from expckpt.train.workspace_guard import WorkspaceGuard
-from expckpt.serialize.writer import AsyncWriter
+from expckpt.train.publisher import Job, Publisher
 
 __all__ = ["Checkpointer", "Decision", "Resumed", "StopTraining"]
 
@@ -127,30 +124,21 @@ class Checkpointer:
             self.describe_last,
         )
         self.stop = GracefulStop(self.describe_last, settle=self.wait, pause=self.pause)
-        self.initialized_from: InitializedFrom | None = None
-        """The checkpoint this fresh trial started from (``checkpoint.init_from``); in every record."""
         self._paused: str | None = None
         self.resumed: Resumed | None = None
-        self.parent: str | None = None
-        self.last_record: CheckpointRecord | None = None
         self._point: ResumePoint | None = None
         self._save_policy = config.save_policy(start=time.time())
         self._last_saved: CheckpointInfo | None = None
         self._unsaved: tuple[int, dict[str, float]] | None = None
         self._metrics_checked = False
         self._seeds_checked = False
-        self._guard = WorkspaceGuard(wiring)
-        self._writer: AsyncWriter | None = None
-        self._inflight = 0
-        self._inflight_lock = threading.Lock()
+        self._pub = Publisher(wiring, config, self.handler, lambda line: self.echo(line), push)  # echo may be rebound
         self._async = config.async_save and self.handler.supports_async
         if config.async_save and not self._async:
             self.echo(
                 f"expckpt: checkpoint.async is not used with {type(self.handler).__name__}: every rank saves,"
                 " then rank 0 publishes"
             )
-        self._retention = RunRetention(config.keep_policy(), c.store, self.echo, free=wiring.free) if c else None
-        self._pusher = Pusher(push, c.project.root, self.echo) if push and c else None
         self._orphan = OrphanWatch(c.project.workspace if c else None, c.run.exp_name if c else None)
         self._held: Callable[[], None] | None = None
         """Lets DVC's experiment lock on the workspace go; held from ``restore`` to ``close`` (``exprwlock``)."""
@@ -198,6 +186,16 @@ class Checkpointer:
         if not main:
             made.append(make())
         return made[0]
+
+    @property
+    def last_record(self) -> CheckpointRecord | None:
+        """The newest checkpoint this run published (or resumed from)."""
+        return self._pub.last_record
+
+    @property
+    def initialized_from(self) -> InitializedFrom | None:
+        """The checkpoint this fresh trial started from (``checkpoint.init_from``); in every record."""
+        return self._pub.initialized_from
 
     @property
     def path(self) -> Path:
@@ -259,8 +257,8 @@ class Checkpointer:
         if dropped:
             self.echo(dropped)
         c.check_name(step + 1)
-        if self._pusher is not None:  # and the remote's, before any training (issue 21)
-            unchecked = check_remote_name(c.store, self._pusher.target.git_remote, c.run.baseline, c.run.exp_name)
+        if self._pub.pusher is not None:  # and the remote's, before any training (issue 21)
+            unchecked = check_remote_name(c.store, self._pub.pusher.target.git_remote, c.run.baseline, c.run.exp_name)
             if unchecked:
                 self.echo(unchecked)
 
@@ -270,7 +268,7 @@ class Checkpointer:
             loaded = self.coord.everyone(lambda: self.handler.load(state, defer_rng=defer_rng, echo=self.echo))
             self.coord.same_step(loaded.step, "restored")
             self.watch.load_state_dict(loaded.library.get("watch") or {})
-            self.initialized_from = self.initialized_from or lineage_of(loaded.library.get(LINEAGE_KEY))
+            self._pub.initialized_from = self.initialized_from or lineage_of(loaded.library.get(LINEAGE_KEY))
             self._last_saved = CheckpointInfo(step=loaded.step, metrics={}, time=time.time())
             point = self._point or ResumePoint(None, rolled_back=False)  # rank 0's; the others' say nothing
             self.resumed = Resumed(step=loaded.step, record=point.record, rolled_back=point.rolled_back)
@@ -280,7 +278,7 @@ class Checkpointer:
         """``init_from`` (``expckpt.train.initfrom``): resume this trial's own chain if the workspace
         holds it, else start it from the source's weights (missing or damaged: refused here)."""
         source = self.coord.on_main(lambda: source_for(self.wiring, str(self.config.init_from)))
-        self.initialized_from = source.lineage
+        self._pub.initialized_from = source.lineage
         if self.coord.on_main(lambda: holds_trial(self.wiring, source)):
             self._resume(state, defer_rng)
             if self.resumed is not None:
@@ -328,11 +326,11 @@ class Checkpointer:
         w, resumed = self.wiring, self.resumed
         assert resumed is not None
         if resumed.record is not None and w.committer is not None:
-            self.parent, self.last_record = resumed.record.commit, resumed.record
-            if self._retention is not None:  # continuing a killed run: its retention covers that run's checkpoints
-                self._retention.adopt(interrupted_run(w.committer.store, resumed.record, self.config))
+            self._pub.parent, self._pub.last_record = resumed.record.commit, resumed.record
+            if self._pub.retention is not None:  # continuing a killed run: its retention covers that run's checkpoints
+                self._pub.retention.adopt(interrupted_run(w.committer.store, resumed.record, self.config))
             restore_live_files(w.committer.store, resumed.record.commit, w.workspace, w.live_dir)
-        self._guard.note_now()
+        self._pub.guard.note_now()
         origin = f" ({resumed.record.name})" if resumed.record else ""
         names = ", ".join(o.rel_path for o in w.outputs if o.path.exists())
         self.echo(f"Resuming from {names}{origin}: {resumed.step + 1} steps done")
@@ -442,18 +440,18 @@ class Checkpointer:
         """Capture on every rank, write (rank 0, or every rank for shards), publish on rank 0."""
         if plan.event != "step":
             self.coord.on_main(self.wait)  # the final and the stop save are never skipped as busy
-        self.coord.on_main(lambda: self._guard.check(busy=self._inflight > 0, last=self.last_record))
+        self.coord.on_main(self._pub.check_workspace)
         payload = self.handler.capture(state, step, self.watch.state_dict() if self.coord.is_main else None)
-        job = (step, flat, plan.note, plan.paused is not None)
+        job: Job = (step, flat, plan.note, plan.paused is not None)
         with self.stop.critical():
             if self._async:
-                saved = self.coord.on_main(lambda: self._submit(payload, job))
+                saved = self.coord.on_main(lambda: self._pub.submit(payload, job))
             elif self.handler.collective:
                 items = self.coord.everyone(lambda: self.handler.write(payload))
-                self.coord.on_main(lambda: self._publish(items, *job))
+                self.coord.on_main(lambda: self._pub.publish(items, *job))
                 saved = True
             else:
-                self.coord.on_main(lambda: self._publish(self.handler.write(payload), *job))
+                self.coord.on_main(lambda: self._pub.publish(self.handler.write(payload), *job))
                 saved = True
         if self.coord.is_main:
             if saved:
@@ -464,68 +462,6 @@ class Checkpointer:
                 if plan.note:
                     self.echo(plan.note)
         return saved
-
-    def _submit(self, payload: Any, job: tuple[int, Mapping[str, float], str | None, bool]) -> bool:
-        """Rank 0, asynchronous: hand the captured state to the background writer."""
-        if self._writer is None:
-            self._writer = AsyncWriter(self._write_job, when_busy=self.config.when_busy, echo=self.echo)
-        with self._inflight_lock:
-            self._inflight += 1
-        if self._writer.submit(payload, lambda snapshot: (snapshot, *job)):
-            return True
-        with self._inflight_lock:
-            self._inflight -= 1
-        return False
-
-    def _write_job(self, job: tuple[Any, int, Mapping[str, float], str | None, bool]) -> None:
-        payload, step, metrics, note, paused = job
-        try:
-            self._publish(self.handler.write(payload), step, metrics, note, paused)
-        finally:
-            with self._inflight_lock:
-                self._inflight -= 1
-
-    def _publish(
-        self, items: list[Any], step: int, metrics: Mapping[str, float], note: str | None, paused: bool = False
-    ) -> None:
-        """Rank 0: complete temp files become the outputs and, inside ``dvc exp run``, ``<exp>@<step>``."""
-        w = self.wiring
-        try:
-            if w.committer is None:
-                for item in items:
-                    item.publish()
-                SessionNote.forget_reset(w.workspace, w.rel_path)
-                note_outside_step(w.workspace, w.rel_path, w.path, step)
-            else:
-                live_files = w.committer.read_live_files()
-                record = w.committer.publish(
-                    items,
-                    step=step,
-                    metrics=metrics,
-                    live_files=live_files,
-                    parent=self.parent,
-                    settings=self.config,
-                    initialized_from=self.initialized_from,
-                    paused=paused,
-                )
-        except BaseException:
-            for item in items:
-                item.discard()
-            raise
-        finally:
-            self.handler.done()
-        self.handler.published(items)
-        self._guard.note_published()
-        if note:
-            self.echo(note)
-        if w.committer is None:
-            return
-        self.parent, self.last_record = record.commit, record
-        self.echo(f"Checkpoint experiment '{record.name}' ({record.commit[:7]})")
-        if self._retention is not None:
-            self._retention.add(record)
-        if self._pusher is not None:  # after retention: a checkpoint it dropped is not pushed
-            self._pusher.submit(record)
 
     # -- the end -----------------------------------------------------------------------------------
     def finish(self, state: Any) -> None:
@@ -549,30 +485,19 @@ class Checkpointer:
                     self._save(state, step, flat, plan)
         self.coord.on_main(self.wait)
         if self.coord.is_main:
-            self._guard.put_back(self.last_record, self.echo)
+            self._pub.guard.put_back(self.last_record, self.echo)
 
     def _write_unpublished(self, state: Any, step: int) -> None:
-        self.coord.on_main(lambda: self._guard.check(busy=self._inflight > 0, last=self.last_record))
+        self.coord.on_main(self._pub.check_workspace)
         payload = self.handler.capture(state, step, self.watch.state_dict() if self.coord.is_main else None)
         items = self.coord.everyone(
             lambda: self.handler.write(payload) if self.handler.collective or self.coord.is_main else []
         )
-
-        def publish() -> None:
-            try:
-                for item in items:
-                    item.publish()
-            finally:
-                self.handler.done()
-            self.handler.published(items)
-            self._guard.note_now()
-
-        self.coord.on_main(publish)
+        self.coord.on_main(lambda: self._pub.publish_unnoted(items))
 
     def wait(self) -> None:
         """Wait until every background checkpoint is published (re-raises a failure)."""
-        if self._writer is not None:
-            self._writer.drain()
+        self._pub.wait()
 
     def close(self, state: Any = None) -> None:
         """Finish (when given the state), then stop the background writer.
@@ -586,13 +511,7 @@ class Checkpointer:
             else:
                 self.wait()
         finally:
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
-            if state is None and self.coord.is_main:
-                self._guard.put_back(self.last_record, self.echo)
-            if self._pusher is not None:  # bounded wait; never fails the run
-                self._pusher.close()
+            self._pub.close(failed=state is None and self.coord.is_main)
             self.stop.uninstall()
             if self.coord.is_main:
                 self._let_go()
