@@ -111,3 +111,30 @@ def train_in_exp_env(
         **(extra_env or {}),
     }
     return run("python", "train.py", *args, cwd=project, env=env, check=check)
+
+
+def kill_group(pgid: int, timeout: float = 60) -> None:
+    """SIGKILL process group ``pgid`` and wait until its processes are gone (reaped), as they are
+    when a user's next command starts: DVC's locks still name a process that lingers as a zombie."""
+    import signal
+    import time
+
+    def members() -> list[int]:
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid:  # state, ppid, pgrp
+                found.append(int(stat.parent.name))
+        return found
+
+    pids = members()
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import yaml
 
-from conftest import REPO, run
+from conftest import REPO, kill_group, run
 
 EXAMPLES = REPO / "examples"
 
@@ -121,10 +121,10 @@ def run_and_kill(project: Path, base: str, exp: str, *args: str, after_step: int
                 break
             time.sleep(0.05)
         assert proc.poll() is None, f"the run ended before it could be killed:\n{proc.stdout.read()}"  # type: ignore[union-attr]
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_group(proc.pid)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_group(proc.pid)
         output = proc.communicate()[0]
     assert proc.returncode == -signal.SIGKILL, output
     # DVC leaves HEAD detached at the baseline when killed; go back to the branch as a user would
@@ -166,7 +166,7 @@ def run_and_kill_rank(
         output = proc.communicate(timeout=timeout)[0]
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_group(proc.pid)
             proc.communicate()
     assert proc.returncode not in (0, None), output
     # torchrun stops the other ranks and DVC cleans up after the failed run; a git process

@@ -15,7 +15,6 @@ The long form, 100+ random trials, is ``bench/crash_trials.py``.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -27,6 +26,7 @@ import pytest
 import yaml
 
 from expckpt.faults import POINTS
+from conftest import kill_group
 from faultkit import EPOCHS, Background, clone, dvc_env, dvc_exp_run, head, leftover_temps, reference, set_param, train
 from oracle import TEMP_MARK, check_consistent, final_problems, resume_problems, same_state, steps, unbroken_problems
 
@@ -180,7 +180,7 @@ def _kill_at_random(args: list[str], project: Path, env: dict[str, str], rng: ra
     bg = Background.start(args, project, env, group=True)
     bg.wait_for("Checkpoint experiment", timeout=300)
     time.sleep(rng.uniform(0.0, 1.5))
-    os.killpg(bg.proc.pid, signal.SIGKILL)
+    kill_group(bg.proc.pid)
     bg.wait()
     return bg
 

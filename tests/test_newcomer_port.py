@@ -21,7 +21,7 @@ import torch
 from expckpt import Checkpointer, CheckpointLive, ConfigError, TrainingState
 from expckpt.state import seeding
 from expckpt.serialize.checkpoint_file import load_checkpoint, write_temp
-from conftest import make_project, run
+from conftest import kill_group, make_project, run
 from faultkit import Background
 from faultkit import dvc_env as faultkit_env
 from integrationkit import make_example_project
@@ -285,7 +285,7 @@ def test_after_a_killed_run_the_next_run_names_the_users_branch(tmp_path: Path) 
             time.sleep(0.05)
         assert "k@0" in refs(project)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_group(proc.pid)
         proc.wait()
     assert run("git", "branch", "--show-current", cwd=project).stdout.strip() == ""  # DVC left HEAD detached
 

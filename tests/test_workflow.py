@@ -34,7 +34,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import make_project, run
+from conftest import kill_group, make_project, run
 from faultkit import FAST, Background
 from oracle import check_consistent, resume_problems, same_state, unbroken_problems
 
@@ -546,7 +546,7 @@ def test_sigkill_leaves_only_complete_checkpoints_and_resumes(wf: Workflow) -> N
         bg.wait_for("Checkpoint experiment 'killed@1'", timeout=300)
     finally:
         if bg.proc.poll() is None:
-            os.killpg(bg.proc.pid, signal.SIGKILL)
+            kill_group(bg.proc.pid)
         bg.wait()
     output = bg.text()
     assert bg.proc.returncode == -signal.SIGKILL, output

@@ -72,12 +72,10 @@ def hold_workspace(project: Project, exp_name: str) -> Callable[[], None]:
     Path(tmp_dir).mkdir(parents=True, exist_ok=True)
     hardlink = _hardlink_lock(project.root)
     name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
-    # The entry names the `dvc exp run` process, not this one: a user who kills the run (kill -9,
-    # Ctrl+C) kills that process too, and their shell reaps it at once, so DVC drops the entry at
-    # the next `dvc exp run`; a training process re-parented to a slow init could stay a zombie.
-    parent = dvc_exp_run_parent()
-    pid = parent[0] if parent else os.getpid()
-    info = {"pid": pid, "cmd": f"dvc exp run -n {exp_name} (training: {name}, pid {os.getpid()})"}
+    # The entry names this process: when training dies without letting go (SIGKILL), DVC drops
+    # the entry of a dead pid itself, at the end of this run and at the next `dvc exp run`.
+    pid = os.getpid()
+    info = {"pid": pid, "cmd": f"dvc exp run -n {exp_name} (training: {name}, pid {pid})"}
     try:
         with _edit_rwlock(tmp_dir, localfs, hardlink) as lock:
             _check_blockers(tmp_dir, lock, info, mode="write", waiters=[WORKSPACE_LOCK])
