@@ -225,9 +225,34 @@ def test_resume_from_checkpoint_true_resumes_where_expckpt_did(
     project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     train(project, "a")
+    for name, folder in (("a@12", "checkpoint-12"), ("a@4", "checkpoint-240")):  # another experiment's folders
+        shutil.copytree(_resume_folder_of(project, name), project / "hf-out" / folder)
     run("dvc", "exp", "apply", "a@10", cwd=project)
-    train(project, "b", resume=True)  # the HF habit
+    capsys.readouterr()
+    train(project, "b", resume=True)  # the HF habit: the newest checkpoint-* folder in output_dir
+    out = capsys.readouterr().out
+    assert "removed 2 Trainer folder(s) an earlier run left in hf-out (checkpoint-12, checkpoint-240)" in out
+    assert "Resuming from model.pt (a@10): 10 steps done" in out
     assert sorted(r for r in refs(project) if r.startswith("b@")) == ["b@12"]
+    assert _same(_weights(project, "b@12"), _weights(project, "a@12"))  # steps 11 and 12 trained again
+
+
+def test_the_kept_best_folder_holds_only_the_model(project: Path) -> None:
+    with pytest.raises(Killed):
+        train(project, "a", kill_at=6)
+    assert [p.name for p in (project / "hf-out").iterdir()] == ["checkpoint-4"]  # the best, for the end
+    assert sorted(p.name for p in (project / "hf-out" / "checkpoint-4").iterdir()) == ["model.safetensors"]
+
+
+def test_reset_removes_the_trainer_folders_a_killed_run_left(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(Killed):
+        train(project, "a", kill_at=6)
+    (project / "hf-out" / "notes.txt").write_text("mine\n")
+    (project / "hf-out" / "checkpoint-notes").mkdir()
+    capsys.readouterr()
+    assert main(["reset"]) == 0
+    assert "Removed hf-out/checkpoint-4" in capsys.readouterr().out.splitlines()
+    assert sorted(p.name for p in (project / "hf-out").iterdir()) == ["checkpoint-notes", "notes.txt"]
 
 
 def test_a_trainer_resuming_elsewhere_stops_with_one_line(

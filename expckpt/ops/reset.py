@@ -1,7 +1,9 @@
 """``expckpt reset``: make the next ``dvc exp run`` start from scratch (DVC 2's ``--reset``).
 
-Removes the workspace's checkpoint files, dvclive's history and expckpt's note of the last
-checkpoint. Committed checkpoints (refs and cache) are not touched.
+Removes the workspace's checkpoint files, dvclive's history, expckpt's note of the last
+checkpoint and the ``checkpoint-<step>`` folders a framework left where the run recorded them
+(the HF Trainer's ``output_dir``: ``expckpt.store.trainerdirs``). Committed checkpoints (refs and
+cache) are not touched.
 
 The reset mark records what the workspace held then: DVC's ``EXEC_APPLY`` (the last
 ``dvc exp apply``) and the checkpoint output's MD5 in the workspace dvc.lock. A ``dvc exp apply``
@@ -25,6 +27,7 @@ from expckpt.store.project import Project
 from expckpt.store.records import CheckpointRecord, load_records
 from expckpt.store.refs import EXEC_APPLY
 from expckpt.store.session import SessionNote, hash_with_note
+from expckpt.store.trainerdirs import clean_trainer_dirs
 from expckpt.ops.verify import locked_outputs
 
 __all__ = ["applied_over_reset", "applied_since_reset", "reset_workspace"]
@@ -68,6 +71,7 @@ def reset_workspace(project: Project, *, live_dir: str = "dvclive") -> list[Path
     if live.is_dir():
         shutil.rmtree(live)
         removed.append(live)
+    removed.extend(clean_trainer_dirs(project.workspace))  # else `resume_from_checkpoint=True` finds them
     return removed
 
 
