@@ -15,6 +15,7 @@ Also printed: what one save leaves (model weights, the HF folder's files, ``mode
 
     python bench/hf_writes.py                 # 5 saves
     python bench/hf_writes.py --saves 10
+    python bench/hf_writes.py --cache-type hardlink   # the cache object and model.pt one file
 """
 
 from __future__ import annotations
@@ -96,7 +97,9 @@ print(json.dumps({
 """
 
 
-def one_run(root: Path, env: dict[str, str], exp: str, saves: int, save_steps: int, on: bool) -> dict:
+def one_run(
+    root: Path, env: dict[str, str], exp: str, saves: int, save_steps: int, on: bool, cache_type: str | None
+) -> dict:
     repo = root / exp
     repo.mkdir()
     (repo / "dvc.yaml").write_text(DVC_YAML)
@@ -104,6 +107,8 @@ def one_run(root: Path, env: dict[str, str], exp: str, saves: int, save_steps: i
     (repo / ".gitignore").write_text("/model.pt\n/hf-out\n")
     for args in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "p"]):
         C.run(args, cwd=repo, env=env)
+    if cache_type:
+        C.run(["dvc", "config", "cache.type", cache_type], cwd=repo, env=env)
     run_env = {
         **env,
         "DVC_ROOT": str(repo),
@@ -129,12 +134,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--saves", type=int, default=5)
     parser.add_argument("--save-steps", type=int, default=2)
+    parser.add_argument("--cache-type", help="dvc config cache.type for both runs (default: DVC's reflink,copy)")
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hf-writes-") as tmp:
         root = Path(tmp)
         env = C.isolated_env(root / "home", Path(sys.executable).parent)
-        on = one_run(root, env, "on", opts.saves, opts.save_steps, True)
-        off = one_run(root, env, "off", opts.saves, opts.save_steps, False)
+        on = one_run(root, env, "on", opts.saves, opts.save_steps, True, opts.cache_type)
+        off = one_run(root, env, "off", opts.saves, opts.save_steps, False, opts.cache_type)
     mb = 1e6
     per = {k: (on["io"][k] - off["io"][k]) / opts.saves for k in on["io"]}
     disk = per["write_bytes"] - per["cancelled_write_bytes"]

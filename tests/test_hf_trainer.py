@@ -75,7 +75,13 @@ class KillAt(transformers.TrainerCallback):
 
 
 def train(
-    project: Path, exp: str, *, resume: Any = "callback", steps: int = STEPS, kill_at: int | None = None
+    project: Path,
+    exp: str,
+    *,
+    resume: Any = "callback",
+    steps: int = STEPS,
+    kill_at: int | None = None,
+    **extra: Any,
 ) -> tuple[Any, ExpCkptTrainerCallback]:
     """One ``dvc exp run -n <exp>`` of the Trainer script, in this process (killed after ``kill_at``)."""
     holder: dict[str, Any] = {}
@@ -104,6 +110,7 @@ def train(
             use_cpu=True,
             report_to="none",
             disable_tqdm=True,
+            **extra,
         )
         callback = ExpCkptTrainerCallback("model.pt")
         trainer = transformers.Trainer(
@@ -273,6 +280,17 @@ def test_a_trainer_resuming_elsewhere_stops_with_one_line(
         " and keep hf-out to one experiment at a time"
     )
     assert not [r for r in refs(project) if r.startswith("b@")]
+
+
+def test_save_only_model_says_the_resume_will_not_be_exact(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    train(project, "a", steps=2, save_only_model=True)
+    assert (
+        "expckpt: warning: save_only_model=True: the Trainer saves no optimizer, scheduler or RNG state, so"
+        " neither do expckpt's checkpoints and a resume starts them afresh (not exact); leave save_only_model"
+        " unset for an exact resume"
+    ) in capsys.readouterr().err.splitlines()
+    payload = load_checkpoint(_object(project, "a@2"))
+    assert sorted(payload["hf"]) == ["trainer_state.json"]  # no optimizer.pt, scheduler.pt, rng_state.pth
 
 
 def _resume_folder_of(project: Path, name: str) -> Path:

@@ -66,6 +66,11 @@ TRAINING_ONLY = ("optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.jso
 """A Trainer folder's files that resuming reads and ``load_best_model_at_end`` does not
 (transformers' ``OPTIMIZER_NAME``, ``SCHEDULER_NAME``, ``SCALER_NAME``, ``TRAINER_STATE_NAME``,
 ``TRAINING_ARGS_NAME``; ``rng_state[_<rank>].pth`` too)."""
+SAVE_ONLY_MODEL = (
+    "expckpt: warning: save_only_model=True: the Trainer saves no optimizer, scheduler or RNG state, so"
+    " neither do expckpt's checkpoints and a resume starts them afresh (not exact); leave save_only_model"
+    " unset for an exact resume"
+)
 _RNG_FILE = re.compile(r"rng_state(_[0-9]+)?\.pth")
 TIMINGS = ("_runtime", "_samples_per_second", "_steps_per_second", "total_flos")
 """Logged names ending so are run times and throughputs: not metrics (they differ between identical runs)."""
@@ -216,6 +221,8 @@ class ExpCkptTrainerCallback(TrainerCallback):
         if args.should_save and core is not None and self._committer() is not None:
             record_trainer_dir(core.wiring.workspace, output_dir)  # `expckpt reset` cleans it too
             self._remove_folders(output_dir, keep=None, say=True)
+        if getattr(args, "save_only_model", False) and checkpointer.coord.is_main:
+            print(SAVE_ONLY_MODEL, file=sys.stderr, flush=True)
         if self.resumed is None or not self.files.loaded:
             return
         directory = output_dir / f"{FOLDER}{self.resumed.step}"
