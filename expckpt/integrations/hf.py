@@ -18,7 +18,11 @@ out: the arguments come from your script.
 The Trainer's own ``checkpoint-*`` folders are a cache, per run: inside ``dvc exp run`` the
 callback removes those an earlier run left (another experiment's, or stale after ``expckpt
 reset`` or ``dvc exp apply``), deletes each new one once expckpt has published it, and keeps
-only the best one while ``load_best_model_at_end`` needs it.
+only the best one's model files while ``load_best_model_at_end`` needs them. It records
+``output_dir`` (``expckpt.store.trainerdirs``) so that ``expckpt reset`` removes them too. The
+Trainer still writes each folder in full: its files are in the Trainer's own formats (DeepSpeed,
+FSDP and XLA write others), which expckpt stores as bytes and gives back for the Trainer's own
+resume; ``bench/hf_writes.py`` measures what a save writes.
 
 When the ``Trainer`` is built inside ``dvc exp run``, the callback restores the last (or the
 applied) checkpoint and writes it back as ``<output_dir>/checkpoint-<step>``, which
