@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+from torch.distributed.checkpoint import CheckpointException, DefaultLoadPlanner, FileSystemReader
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.planner import ReadItem
 
@@ -94,14 +94,22 @@ def _read_flat(path: Path) -> tuple[dict[str, Any], Mapping[str, Any]]:
     return flat, nesting
 
 
+def _first_line(exc: BaseException) -> str:
+    """What went wrong, in one line: DCP wraps each rank's error with its traceback."""
+    if isinstance(exc, CheckpointException) and exc.failures:
+        exc = next(iter(exc.failures.values()))[0]
+    said = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {said[0]}" if said else type(exc).__name__
+
+
 def load_dcp_checkpoint(path: Path) -> dict[str, Any]:
     """Every key of the DCP checkpoint directory ``path``, nested as saved (see the module docstring)."""
     path = Path(path)
     try:
         flat, nesting = _read_flat(path)
-    except (OSError, RuntimeError, ValueError, EOFError, KeyError, AttributeError) as exc:
+    except (CheckpointException, Exception) as exc:  # noqa: BLE001 - whatever DCP or pickle raise: one line
         raise CorruptCheckpointError(
-            f"{path} is not a readable torch.distributed.checkpoint directory ({type(exc).__name__}: {exc});"
+            f"{path} is not a readable torch.distributed.checkpoint directory ({_first_line(exc)});"
             " restore a good one with `dvc exp apply <exp>@<step>` (see `expckpt list`)",
             path=path,
         ) from exc
