@@ -28,6 +28,8 @@ retention exactly as for a single file. The checkpoint is the stage's directory 
 - load: every rank calls ``dcp.load`` on the directory rank 0 chose. DCP reshards, so another
   world size loads it too (a rank with no saved RNG keeps its own). Non-tensor values load with
   ``torch.load(weights_only=True)``.
+- read whole in one process (``expckpt doctor``): ``expckpt.serialize.dcpread``, which also
+  holds the key names and the safe planner used here.
 
 Every rank must see the workspace (each writes its own file); rank 0 the ``.dvc/cache``.
 Saves are synchronous (``checkpoint.async`` is not used: ``dcp.save`` reads the live state).
