@@ -28,6 +28,8 @@ retention exactly as for a single file. The checkpoint is the stage's directory 
 - load: every rank calls ``dcp.load`` on the directory rank 0 chose. DCP reshards, so another
   world size loads it too (a rank with no saved RNG keeps its own). Non-tensor values load with
   ``torch.load(weights_only=True)``.
+- read whole in one process (``expckpt doctor``): ``expckpt.serialize.dcpread``, which also
+  holds the key names and the safe planner used here.
 
 Every rank must see the workspace (each writes its own file); rank 0 the ``.dvc/cache``.
 Saves are synchronous (``checkpoint.async`` is not used: ``dcp.save`` reads the live state).
@@ -45,11 +47,11 @@ from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
-from torch.distributed.checkpoint.planner import ReadItem
+from torch.distributed.checkpoint import FileSystemReader
 
 from expckpt.serialize.atomic import TEMP_MARK, WrittenFile
 from expckpt.train.coordination import Coordinator
+from expckpt.serialize.dcpread import STEP_KEY, WATCH_KEY, SafeLoadPlanner, rng_key, unpack
 from expckpt.serialize.dirout import WrittenDir
 from expckpt.errors import ConfigError
 from expckpt.store.gclock import pid_alive
@@ -60,36 +62,12 @@ from expckpt.train.wiring import Wiring
 
 __all__ = ["STEP_KEY", "DcpHandler", "SafeLoadPlanner", "rng_key"]
 
-STEP_KEY = "expckpt/step"
-WATCH_KEY = "expckpt/watch"
-
-
-def rng_key(rank: int) -> str:
-    return f"expckpt/rng/{rank}"
-
 
 def _pack(value: Any) -> torch.Tensor:
     """A value as a uint8 tensor, so DCP stores it as a tensor (each rank its own key)."""
     buffer = io.BytesIO()
     torch.save(value, buffer)
     return torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
-
-
-def _unpack(tensor: torch.Tensor) -> Any:
-    return torch.load(io.BytesIO(tensor.numpy().tobytes()), weights_only=True)
-
-
-class SafeLoadPlanner(DefaultLoadPlanner):
-    """DCP's planner, but non-tensor values are loaded with ``weights_only=True``."""
-
-    def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
-        loaded = torch.load(value, weights_only=True)
-        if self.flatten_state_dict:
-            from torch.distributed.checkpoint._nested_dict import set_element  # noqa: PLC0415
-
-            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
-        else:
-            self.state_dict[read_item.dest_index.fqn] = loaded
 
 
 def _staging_prefix(path: Path) -> str:
@@ -152,9 +130,9 @@ class DcpHandler:
             raise ConfigError(f"state_dict key {sorted(clash)[0]!r} is expckpt's own; rename it", key="state_dict")
         dcp.load({**state, **ours}, checkpoint_id=self.path, planner=SafeLoadPlanner())
         if rng_key(rank) in ours:
-            restore_rng(_unpack(ours[rng_key(rank)]))
+            restore_rng(unpack(ours[rng_key(rank)]))
         self._step = int(ours[STEP_KEY])
-        return Loaded(step=self._step, library={"watch": _unpack(ours[WATCH_KEY])} if WATCH_KEY in ours else {})
+        return Loaded(step=self._step, library={"watch": unpack(ours[WATCH_KEY])} if WATCH_KEY in ours else {})
 
     def capture(self, state: dict[str, Any], step: int, watch: Mapping[str, Any] | None) -> dict[str, Any]:
         """What ``dcp.save`` gets: the user's state (read at write time) and expckpt's keys."""
