@@ -72,7 +72,23 @@ def reset_workspace(project: Project, *, live_dir: str = "dvclive") -> list[Path
         shutil.rmtree(live)
         removed.append(live)
     removed.extend(clean_trainer_dirs(project.workspace))  # else `resume_from_checkpoint=True` finds them
+    _unstage(project, removed)
     return removed
+
+
+def _unstage(project: Project, removed: list[Path]) -> None:
+    """Unstage what was just removed. dvclive stages its files (``git add``) when training ends
+    inside ``dvc exp run``; DVC resets the index when the run ends, but not when it ended first
+    (the job's shell died of the SIGTERM that paused training). Files staged but deleted make
+    DVC's next run fail ("Stash apply resulted in merge conflicts")."""
+    store = _open_store(project.root)
+    if store is None or not removed:
+        return
+    try:
+        inside = [path for path in removed if path.is_relative_to(project.workspace) and path != project.workspace]
+        store.unstage(project.workspace, [path.relative_to(project.workspace).as_posix() for path in inside])
+    finally:
+        store.close()
 
 
 def _apply_time(store: GitStore) -> float:
