@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from expckpt.store.session import SessionNote, hash_with_note
 from expckpt.store.trainerdirs import clean_trainer_dirs
 from expckpt.ops.verify import locked_outputs
 
-__all__ = ["applied_over_reset", "applied_since_reset", "reset_workspace"]
+__all__ = ["applied_over_reset", "applied_since_reset", "reset_stands", "reset_workspace"]
 
 
 def _held(workspace: Path, store: GitStore | None) -> dict[str, Any]:
@@ -98,26 +98,39 @@ def _apply_time(store: GitStore) -> float:
     return 0.0
 
 
-def applied_since_reset(workspace: Path, current: Mapping[str, str | None], store: GitStore) -> CheckpointRecord | None:
-    """The checkpoint a ``dvc exp apply`` after ``expckpt reset`` put in the workspace, or None.
-
-    ``current`` is each checkpoint output's MD5 now (``rel_path -> md5``, the first one the reset
-    mark's). None (the reset stands) unless the workspace changed since the reset (a new
-    ``EXEC_APPLY``, or dvc.lock naming other outputs) and every output is exactly one checkpoint.
-    """
-    rel_path = next(iter(current))
-    mark = SessionNote.reset_mark(workspace, rel_path)
+def _changed_since_reset(workspace: Path, rel_paths: Sequence[str], store: GitStore) -> bool:
+    """Whether a ``dvc exp apply`` (a new ``EXEC_APPLY``, or dvc.lock naming other outputs) came
+    after the reset marked for ``rel_paths[0]``; False without a mark that recorded them."""
+    mark = SessionNote.reset_mark(workspace, rel_paths[0])
     if mark is None or "applied" not in mark:
-        return None  # not reset, or reset by an expckpt that recorded nothing: the reset stands
+        return False  # not reset, or reset by an expckpt that recorded nothing: the reset stands
     applied = store.get_ref(EXEC_APPLY)
     now = _held(workspace, None)["locked"]
     reset_at = mark.get("time")
     newer = isinstance(reset_at, (int, float)) and applied is not None and _apply_time(store) > reset_at
     locked_mark = mark.get("locked")
     locked: dict[str, Any] = locked_mark if isinstance(locked_mark, dict) else {}
-    relocked = any(now.get(rel) != locked.get(rel) for rel in current)
-    if applied == mark.get("applied") and not relocked and not newer:
+    relocked = any(now.get(rel) != locked.get(rel) for rel in rel_paths)
+    return applied != mark.get("applied") or relocked or newer
+
+
+def reset_stands(workspace: Path, rel_path: str, store: GitStore | None) -> bool:
+    """``expckpt reset`` marked ``rel_path`` and no ``dvc exp apply`` came after it."""
+    if not SessionNote.was_reset(workspace, rel_path):
+        return False
+    return store is None or not _changed_since_reset(workspace, [rel_path], store)
+
+
+def applied_since_reset(workspace: Path, current: Mapping[str, str | None], store: GitStore) -> CheckpointRecord | None:
+    """The checkpoint a ``dvc exp apply`` after ``expckpt reset`` put in the workspace, or None.
+
+    ``current`` is each checkpoint output's MD5 now (``rel_path -> md5``, the first one the reset
+    mark's). None (the reset stands) unless the workspace changed since the reset
+    (``_changed_since_reset``) and every output is exactly one checkpoint.
+    """
+    if not _changed_since_reset(workspace, list(current), store):
         return None
+    applied = store.get_ref(EXEC_APPLY)
     matching = [
         r for r in load_records(store) if all(rel in r.outs and r.outs[rel].md5 == md5 for rel, md5 in current.items())
     ]
