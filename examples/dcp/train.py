@@ -3,7 +3,9 @@
 FSDP2 (``fully_shard``) on CPU (gloo) with a small MLP on scikit-learn's bundled digits. Each
 rank holds a shard of the parameters and of the optimizer state; each epoch every rank writes
 its shard with ``torch.distributed.checkpoint`` and rank 0 publishes the directory ``ckpt/`` as
-the checkpoint experiment ``<exp>@<epoch>`` (dvclive's files are written by rank 0 only).
+the checkpoint experiment ``<exp>@<epoch>`` (dvclive's files are written by rank 0 only). After
+every batch all ranks call ``pause_point`` together: on SIGTERM, SIGUSR1 or ``expckpt stop`` they
+save mid-epoch (a ``DataPosition`` says how many batches every rank trained) and exit 75.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from torch.distributed.checkpoint.stateful import Stateful
 from torch.distributed.fsdp import fully_shard
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import DistributedSampler, TensorDataset
 
-from expckpt import Checkpointer
+from expckpt import Checkpointer, DataPosition
 from expckpt.errors import ExpCkptError
 from expckpt.integrations.dcp import DcpHandler
 from expckpt.integrations.loop import StepLog
@@ -62,6 +64,21 @@ def digits(test_fraction: float = 0.2) -> tuple[TensorDataset, tuple[torch.Tenso
     return TensorDataset(x[train], y[train]), (x[test], y[test])
 
 
+def train_epoch(steps: StepLog, epoch: int, data: TensorDataset, sampler: DistributedSampler, batch_size: int) -> bool:
+    """This rank's batches of ``epoch`` not trained yet; False if training paused (saved mid-epoch)."""
+    app, position = steps.state["app"], steps.state["position"]
+    app.model.train()
+    # the sampler's order depends on its seed and the epoch only: a resume draws it again, skips the done
+    for batch in position.sampled(epoch, sampler, batch_size):
+        x, y = data[batch]
+        app.optimizer.zero_grad()
+        F.cross_entropy(app.model(x), y).backward()
+        app.optimizer.step()
+        if steps.checkpointer.pause_point(steps.state):  # every rank: SIGTERM / SIGUSR1 / `expckpt stop`
+            return False
+    return True
+
+
 def main() -> None:
     params = yaml.safe_load(Path("params.yaml").read_text())
     dist.init_process_group("gloo")
@@ -76,20 +93,15 @@ def main() -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(params["lr"]))
     train_set, (test_x, test_y) = digits()
     sampler = DistributedSampler(train_set, shuffle=True, seed=params["seed"])
-    loader = DataLoader(train_set, batch_size=params["batch_size"], sampler=sampler)
 
     checkpointer = Checkpointer.from_env("ckpt/", params.get("checkpoint"), handler=DcpHandler)
-    state = {"app": AppState(model, optimizer)}
+    state = {"app": AppState(model, optimizer), "position": DataPosition()}  # position: where in the epoch
     steps = StepLog(checkpointer, state)  # dvclive on rank 0
     steps.restore()  # rank 0 prints "Resuming from ckpt (<exp>@<step>): N steps done"
     try:
         for epoch in range(steps.start, params["epochs"]):
-            sampler.set_epoch(epoch)
-            model.train()
-            for x, y in loader:
-                optimizer.zero_grad()
-                F.cross_entropy(model(x), y).backward()
-                optimizer.step()
+            if not train_epoch(steps, epoch, train_set, sampler, params["batch_size"]):
+                break  # paused: steps.finish() below exits 75
             model.eval()
             with torch.no_grad():
                 logits = model(test_x)  # FSDP gathers the full weights: the same metrics on every rank

@@ -2,7 +2,9 @@
 
 DDP on CPU (gloo) with a small MLP on scikit-learn's bundled digits. Every rank restores the
 same checkpoint; each epoch all ranks complete the step together and rank 0 publishes it as a
-checkpoint experiment ``<exp>@<epoch>`` (dvclive's files are written by rank 0 only).
+checkpoint experiment ``<exp>@<epoch>`` (dvclive's files are written by rank 0 only). After every
+batch all ranks call ``pause_point`` together: on SIGTERM, SIGUSR1 or ``expckpt stop`` they save
+mid-epoch (a ``DataPosition`` says how many batches every rank trained) and exit 75.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import DistributedSampler, TensorDataset
 
-from expckpt import Checkpointer, TrainingState
+from expckpt import Checkpointer, DataPosition, TrainingState
 from expckpt.errors import ExpCkptError
 from expckpt.integrations.loop import StepLog
 
@@ -38,6 +40,21 @@ def digits(test_fraction: float = 0.2) -> tuple[TensorDataset, tuple[torch.Tenso
     return TensorDataset(x[train], y[train]), (x[test], y[test])
 
 
+def train_epoch(steps: StepLog, epoch: int, ddp: nn.Module, data: TensorDataset, sampler: DistributedSampler, batch_size: int) -> bool:
+    """This rank's batches of ``epoch`` not trained yet; False if training paused (saved mid-epoch)."""
+    state = steps.state
+    ddp.train()
+    # the sampler's order depends on its seed and the epoch only: a resume draws it again, skips the done
+    for batch in state.objects["position"].sampled(epoch, sampler, batch_size):
+        x, y = data[batch]
+        state.optimizer.zero_grad()
+        F.cross_entropy(ddp(x), y).backward()
+        state.optimizer.step()
+        if steps.checkpointer.pause_point(state):  # every rank: SIGTERM / SIGUSR1 / `expckpt stop`
+            return False
+    return True
+
+
 def main() -> None:
     params = yaml.safe_load(Path("params.yaml").read_text())
     dist.init_process_group("gloo")
@@ -50,20 +67,15 @@ def main() -> None:
     optimizer = torch.optim.SGD(ddp.parameters(), lr=float(params["lr"]), momentum=0.9)
     train_set, (test_x, test_y) = digits()
     sampler = DistributedSampler(train_set, shuffle=True, seed=params["seed"])
-    loader = DataLoader(train_set, batch_size=params["batch_size"], sampler=sampler)
 
     checkpointer = Checkpointer.from_env(config=params.get("checkpoint"))  # every rank; rank 0 publishes
-    state = TrainingState(model=model, optimizer=optimizer)
+    state = TrainingState(model=model, optimizer=optimizer, position=DataPosition())  # position: where in the epoch
     steps = StepLog(checkpointer, state)  # dvclive on rank 0
     steps.restore()  # prints "Resuming from model.pt (<exp>@<step>): N steps done" on rank 0
     try:
         for epoch in range(steps.start, params["epochs"]):
-            sampler.set_epoch(epoch)
-            ddp.train()
-            for x, y in loader:
-                optimizer.zero_grad()
-                F.cross_entropy(ddp(x), y).backward()
-                optimizer.step()
+            if not train_epoch(steps, epoch, ddp, train_set, sampler, params["batch_size"]):
+                break  # paused: steps.finish() below exits 75
             ddp.eval()
             with torch.no_grad():
                 logits = model(test_x)  # the same weights on every rank, so the same metrics

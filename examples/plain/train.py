@@ -2,7 +2,10 @@
 
 A small MLP on scikit-learn's bundled digits (offline). The three expckpt calls are
 ``restore`` (where to start), ``save`` (each completed epoch; a ``Decision`` says whether to
-stop) and ``close`` (the last epoch if the policy skipped it, then wait for the writer).
+stop) and ``close`` (the last epoch if the policy skipped it, then wait for the writer), plus
+``pause_point`` after every batch: on SIGTERM, SIGUSR1 or ``expckpt stop`` it saves the state
+mid-epoch (a ``DataPosition`` in it says which batches were trained) and ``close`` exits 75; the
+resumed run trains only the batches left.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ import yaml
 from sklearn.datasets import load_digits
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
-from expckpt import Checkpointer, ExpCkptError, TrainingState
+from expckpt import Checkpointer, DataPosition, ExpCkptError, TrainingState
 
 
 def digits(test_fraction: float = 0.2) -> tuple[TensorDataset, tuple[torch.Tensor, torch.Tensor]]:
@@ -33,6 +36,21 @@ def digits(test_fraction: float = 0.2) -> tuple[TensorDataset, tuple[torch.Tenso
     return TensorDataset(x[train], y[train]), (x[test], y[test])
 
 
+def train_epoch(checkpointer: Checkpointer, state: TrainingState, epoch: int, data: TensorDataset, batch_size: int) -> bool:
+    """The batches of ``epoch`` not trained yet; False if training paused (saved mid-epoch)."""
+    model, optimizer, position = state.model, state.optimizer, state.objects["position"]
+    model.train()
+    # the order comes from the global torch RNG (restored on resume); a paused epoch keeps its order
+    for batch in position.batches(epoch, lambda: torch.randperm(len(data)), batch_size):
+        x, y = data[batch]
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        if checkpointer.pause_point(state):  # SIGTERM / SIGUSR1 / `expckpt stop`: saved here
+            return False
+    return True
+
+
 def train() -> None:
     params = yaml.safe_load(Path("params.yaml").read_text())
     for seed in (random.seed, np.random.seed, torch.manual_seed):
@@ -40,18 +58,14 @@ def train() -> None:
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 10))
     optimizer = torch.optim.SGD(model.parameters(), lr=float(params["lr"]), momentum=0.9)
     train_set, (test_x, test_y) = digits()
-    loader = DataLoader(train_set, batch_size=params["batch_size"], shuffle=True)
 
     checkpointer = Checkpointer.from_env(config=params.get("checkpoint"))
-    state = TrainingState(model=model, optimizer=optimizer)
+    state = TrainingState(model=model, optimizer=optimizer, position=DataPosition())  # position: where in the epoch
     resumed = checkpointer.restore(state)  # prints "Resuming from model.pt (<exp>@<step>): N steps done"
     try:
         for epoch in range(resumed.step + 1 if resumed else 0, params["epochs"]):
-            model.train()
-            for x, y in loader:
-                optimizer.zero_grad()
-                F.cross_entropy(model(x), y).backward()
-                optimizer.step()
+            if not train_epoch(checkpointer, state, epoch, train_set, params["batch_size"]):
+                break  # paused: close() below exits 75
             model.eval()
             with torch.no_grad():
                 logits = model(test_x)
@@ -62,7 +76,7 @@ def train() -> None:
     except BaseException:
         checkpointer.close()
         raise
-    checkpointer.close(state)
+    checkpointer.close(state)  # after a pause: raises SystemExit(75)
 
 
 def main() -> int:

@@ -135,8 +135,9 @@ class DcpHandler:
         return Loaded(step=self._step, library={"watch": unpack(ours[WATCH_KEY])} if WATCH_KEY in ours else {})
 
     def capture(self, state: dict[str, Any], step: int, watch: Mapping[str, Any] | None) -> dict[str, Any]:
-        """What ``dcp.save`` gets: the user's state (read at write time) and expckpt's keys."""
-        ours = {STEP_KEY: torch.tensor(step, dtype=torch.int64), rng_key(self.coord.rank): _pack(capture_rng())}
+        """What ``dcp.save`` gets: the user's state (read at write time) and expckpt's keys. The step
+        saved is the last completed one: a pause saves mid-step (``step`` is the one under way)."""
+        ours = {STEP_KEY: torch.tensor(self._step, dtype=torch.int64), rng_key(self.coord.rank): _pack(capture_rng())}
         if watch is not None:
             ours[WATCH_KEY] = _pack(dict(watch))
         clash = set(ours) & set(state)
