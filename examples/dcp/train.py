@@ -68,7 +68,7 @@ def train_epoch(steps: StepLog, epoch: int, data: TensorDataset, sampler: Distri
     """This rank's batches of ``epoch`` not trained yet; False if training paused (saved mid-epoch)."""
     app, position = steps.state["app"], steps.state["position"]
     app.model.train()
-    # the sampler's order depends on its seed and the epoch only: a resume draws it again, skips the done
+    # the order depends on the seed and epoch only: a resume draws it again, skips the batches done
     for batch in position.sampled(epoch, sampler, batch_size):
         x, y = data[batch]
         app.optimizer.zero_grad()

@@ -44,7 +44,7 @@ def train_epoch(steps: StepLog, epoch: int, ddp: nn.Module, data: TensorDataset,
     """This rank's batches of ``epoch`` not trained yet; False if training paused (saved mid-epoch)."""
     state = steps.state
     ddp.train()
-    # the sampler's order depends on its seed and the epoch only: a resume draws it again, skips the done
+    # the order depends on the seed and epoch only: a resume draws it again, skips the batches done
     for batch in state.objects["position"].sampled(epoch, sampler, batch_size):
         x, y = data[batch]
         state.optimizer.zero_grad()
