@@ -109,14 +109,13 @@ def test_a_generator_in_a_dcp_state_dict_counts_as_registered(tmp_path: Path) ->
 # -- real runs: the example, correct, flawed and fixed --------------------------------------------
 UNREGISTERED_ORDER = [
     (
-        '    loader = DataLoader(train_set, batch_size=params["batch_size"], sampler=sampler)\n',
-        '    loader = DataLoader(train_set, batch_size=params["batch_size"], sampler=sampler)\n'
-        '    order_rng = np.random.default_rng(params["seed"])  # the data order, the same on every rank\n',
+        "def train_epoch(",
+        "order_rng = np.random.default_rng(20)  # the data order, the same on every rank\n\n\ndef train_epoch(",
     ),
     (
-        "            for x, y in loader:\n",
-        "            order = order_rng.permutation(len(train_set))[rank :: dist.get_world_size()].tolist()\n"
-        '            for x, y in DataLoader(train_set, batch_size=params["batch_size"], sampler=order):\n',
+        "    for batch in position.sampled(epoch, sampler, batch_size):\n",
+        "    order = order_rng.permutation(len(data))[dist.get_rank() :: dist.get_world_size()]\n"
+        "    for batch in position.batches(epoch, lambda: torch.from_numpy(order), batch_size):\n",
     ),
 ]
 REGISTERED_ORDER = [
@@ -126,8 +125,8 @@ REGISTERED_ORDER = [
         "from expckpt.errors import ExpCkptError\nfrom expckpt.state.generators import GeneratorState\n",
     ),
     (
-        '    state = {"app": AppState(model, optimizer)}\n',
-        '    state = {"app": AppState(model, optimizer), "order": GeneratorState(order_rng)}\n',
+        '    state = {"app": AppState(model, optimizer), "position": DataPosition()}',
+        '    state = {"app": AppState(model, optimizer), "position": DataPosition(), "order": GeneratorState(order_rng)}',
     ),
 ]
 
