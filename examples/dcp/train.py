@@ -20,7 +20,12 @@ import torch.distributed as dist
 import yaml
 from sklearn.datasets import load_digits
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 from torch.distributed.checkpoint.stateful import Stateful
 from torch.distributed.fsdp import fully_shard
 from torch.nn import functional as F
@@ -32,18 +37,31 @@ from expckpt.integrations.dcp import DcpHandler
 from expckpt.integrations.loop import StepLog
 
 
-class AppState(Stateful):
-    """Model and optimizer as DCP saves them: each rank its shards (FSDP's DTensors)."""
+class ModelState(Stateful):
+    """The model as DCP saves it: each rank its shards (FSDP's DTensors). Its own entry, ``model``:
+    ``checkpoint.init_from`` loads only this one into a fresh trial."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def state_dict(self) -> dict[str, Any]:
+        return get_model_state_dict(self.model)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        set_model_state_dict(self.model, state_dict)
+
+
+class OptimizerState(Stateful):
+    """The optimizer's sharded state, keyed by parameter name."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.model, self.optimizer = model, optimizer
 
     def state_dict(self) -> dict[str, Any]:
-        model, optimizer = get_state_dict(self.model, self.optimizer)
-        return {"model": model, "optimizer": optimizer}
+        return get_optimizer_state_dict(self.model, self.optimizer)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        set_state_dict(self.model, self.optimizer, model_state_dict=state_dict["model"], optim_state_dict=state_dict["optimizer"])
+        set_optimizer_state_dict(self.model, self.optimizer, state_dict)
 
 
 def make_model(seed: int) -> nn.Module:
@@ -79,7 +97,7 @@ def main() -> None:
     loader = DataLoader(train_set, batch_size=params["batch_size"], sampler=sampler)
 
     checkpointer = Checkpointer.from_env("ckpt/", params.get("checkpoint"), handler=DcpHandler)
-    state = {"app": AppState(model, optimizer)}
+    state = {"model": ModelState(model), "optimizer": OptimizerState(model, optimizer)}
     steps = StepLog(checkpointer, state)  # dvclive on rank 0
     steps.restore()  # rank 0 prints "Resuming from ckpt (<exp>@<step>): N steps done"
     try:
