@@ -89,7 +89,7 @@ def _ranks(rank: int, tmp: str) -> None:
         opt.step()
         ckpt.save(st, 0, {"loss": 0.5})
         ckpt.close(st)
-        again, _, (ckpt2, st2, resumed2) = trial("trial", f"{tmp}/src", seed=2)
+        again, _, (ckpt2, _, resumed2) = trial("trial", f"{tmp}/src", seed=2)
         seen["again"] = None if resumed2 is None else resumed2.step
         torch.save({"model": _full(again)}, f"{tmp}/again{rank}.pt")
         torch.save({"model": _full(fresh)}, f"{tmp}/trained{rank}.pt")
