@@ -231,16 +231,21 @@ def test_init_from_starts_a_fresh_trial_that_resumes_its_own_chain(ref: dict[str
 
 
 def test_a_trials_source_is_a_branch_point_that_gc_keeps(ref: dict[str, Any]) -> None:
+    front: FrontEnd = ref["front"]
     p = ref["project"]
     source = _source_step(ref)
     listed = run("expckpt", "list", "ref", cwd=p).stdout
     line = next(line for line in listed.splitlines() if line.startswith(f"ref@{source} "))
     assert re.search(r"branch point of .*\bfresh\b", line), listed
-    gc = run("expckpt", "gc", "-w", "--keep-last", "1", "--dry-run", cwd=p).stdout
+    # ranked upside down, the policy keeps ref's newest and worst: only being a branch point keeps its best
+    upside_down = ["-w", "--keep-last", "1", "--keep-best", "1", "--metric", front.monitor, "--mode", "min"]
+    gc = run("expckpt", "gc", *upside_down, "--dry-run", cwd=p).stdout
     assert f"Would remove checkpoint ref@{source} " not in gc, gc
-    if source != max(_refs(ref, "ref")):  # not ref's newest: only being a branch point keeps it
+    kept = _refs(ref, "ref")
+    value = {step: meta(p, commit)["metrics"][front.monitor] for step, commit in kept.items()}
+    if value[source] > value[max(kept)]:  # the best is not the newest (nor as good): the policy alone drops it
         assert re.search(rf"^Keeping checkpoint ref@{source}: a branch point of .*\bfresh\b", gc, re.M), gc
-        gc = run("expckpt", "gc", "-w", "--keep-last", "1", "--dry-run", "--include-branch-points", cwd=p).stdout
+        gc = run("expckpt", "gc", *upside_down, "--dry-run", "--include-branch-points", cwd=p).stdout
         assert f"Would remove checkpoint ref@{source} (" in gc, gc
 
 
