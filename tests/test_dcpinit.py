@@ -1,6 +1,6 @@
 """``checkpoint.init_from`` with ``DcpHandler`` (``expckpt/integrations/dcpinit.py``): two gloo
 ranks, FSDP2-sharded, start fresh trials from a DCP directory checkpoint and from a checkpoint
-file; every rank ends with the source's weights (compared whole), the optimizer stays fresh, a
+file; every rank ends with the source's weights (compared whole), the optimizer stays fresh (or, with ``init_restore: [optimizer]``, is the source's), a
 second start of the same trial resumes its own chain, and shapes that do not fit say so in one
 line (or, with ``init_strict: false``, load what fits and print the counts)."""
 
@@ -27,7 +27,12 @@ def _model(seed: int, hidden: int = 8) -> torch.nn.Module:
 
 
 def _sharded(seed: int, hidden: int = 8) -> tuple[torch.nn.Module, torch.optim.Optimizer, dict[str, Any]]:
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
     from torch.distributed.checkpoint.stateful import Stateful
     from torch.distributed.fsdp import fully_shard
 
@@ -38,18 +43,31 @@ def _sharded(seed: int, hidden: int = 8) -> tuple[torch.nn.Module, torch.optim.O
         def load_state_dict(self, state_dict: dict[str, Any]) -> None:
             set_model_state_dict(model, state_dict)
 
+    class OptimizerState(Stateful):
+        def state_dict(self) -> dict[str, Any]:
+            return get_optimizer_state_dict(model, optimizer)
+
+        def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+            set_optimizer_state_dict(model, optimizer, state_dict)
+
     model = _model(seed, hidden)
     fully_shard(model[0])
     fully_shard(model[2])
     fully_shard(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
-    return model, optimizer, {"model": ModelState()}
+    return model, optimizer, {"model": ModelState(), "optimizer": OptimizerState()}
 
 
 def _full(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+
+
+def _full_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True))
 
 
 def _ranks(rank: int, tmp: str) -> None:
@@ -71,7 +89,7 @@ def _ranks(rank: int, tmp: str) -> None:
         source.save(state, 0, {"loss": 1.0})
         source.close(state)
         full = _full(model)  # collective: every rank
-        torch.save({"model": full}, f"{tmp}/source{rank}.pt")
+        torch.save({"model": full, "optimizer": _full_optimizer(model, optimizer)}, f"{tmp}/source{rank}.pt")
         if rank == 0:
             torch.save({"model": full}, f"{tmp}/weights.pt")
         dist.barrier()
@@ -94,6 +112,12 @@ def _ranks(rank: int, tmp: str) -> None:
         torch.save({"model": _full(again)}, f"{tmp}/again{rank}.pt")
         torch.save({"model": _full(fresh)}, f"{tmp}/trained{rank}.pt")
         ckpt2.close()
+
+        carried, carried_opt, (ckpt5, _, _) = trial("trial3", f"{tmp}/src", seed=5, init_restore=["optimizer"])
+        torch.save(
+            {"model": _full(carried), "optimizer": _full_optimizer(carried, carried_opt)}, f"{tmp}/carried{rank}.pt"
+        )
+        ckpt5.close()
 
         from_file, _, (ckpt3, _, _) = trial("trial2", "weights.pt", seed=3)
         torch.save({"model": _full(from_file)}, f"{tmp}/file{rank}.pt")
@@ -123,10 +147,13 @@ def test_two_ranks_start_fresh_trials_from_a_dcp_directory_and_a_file(
             pytest.fail("the ranks hung")
     out = capfd.readouterr().out
     seen = [json.loads((tmp_path / f"seen{r}.json").read_text()) for r in (0, 1)]
-    source = torch.load(tmp_path / "source0.pt", weights_only=True)["model"]
+    source_all = torch.load(tmp_path / "source0.pt", weights_only=True)
+    source = source_all["model"]
     assert not same(source, _model(1).state_dict()), "the fresh model differs before init_from"
     for r in (0, 1):
         assert seen[r]["dir"] == {"resumed": True, "optimizer_fresh": True}  # a fresh start; AdamW untouched
+        carried = torch.load(tmp_path / f"carried{r}.pt", weights_only=True)
+        assert same(carried, source_all), "init_restore: [optimizer] carries AdamW's moments and step too"
         for what in ("dir", "file"):
             assert same(torch.load(tmp_path / f"{what}{r}.pt", weights_only=True)["model"], source), (what, r)
         # the second start holds the trial's own step 0: it resumes that, not the source again
@@ -140,6 +167,7 @@ def test_two_ranks_start_fresh_trials_from_a_dcp_directory_and_a_file(
             and "init_strict: false" in seen[r]["strict"]
         ), seen[r]["strict"]
         assert seen[r]["loose"] == "loaded"
-    assert out.count("expckpt: fresh trial from ") == 3, out  # rank 0 says it, for the 2 trials + the loose one
+    assert out.count("expckpt: fresh trial from ") == 4, out  # rank 0 says it, for the 3 trials + the loose one
+    assert out.count("its weights and optimizer; step 0") == 1, out
     assert "loaded 1 keys, 3 missing (kept fresh, 3 of them with another shape), 0 unexpected (ignored)" in out, out
     assert not [q for q in tmp_path.iterdir() if ".expckpt-tmp-" in q.name]  # the staging directories are gone

@@ -42,6 +42,7 @@ import contextlib
 import io
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -193,7 +194,9 @@ class DcpHandler:
             if TRIAL_KEY not in saved:
                 return None
             ours = {TRIAL_KEY: torch.empty(saved[TRIAL_KEY].size, dtype=torch.uint8)}  # type: ignore[union-attr]
-            dcp.load(ours, checkpoint_id=self.path, planner=SafeLoadPlanner(), no_dist=True)
+            with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+                warnings.simplefilter("ignore", UserWarning)
+                dcp.load(ours, checkpoint_id=self.path, planner=SafeLoadPlanner(), no_dist=True)
             return _unpack(ours[TRIAL_KEY])
         except (OSError, RuntimeError, ValueError):
             return None
