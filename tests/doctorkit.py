@@ -7,6 +7,7 @@ nondeterminism, a value kept in a local variable.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from conftest import run
@@ -208,3 +209,36 @@ def plain_project(path: Path) -> Path:
     (project / "train.py").write_text(PLAIN_SCRIPT)
     run("git", "commit", "-qam", "plain loop", cwd=project)
     return project
+
+
+def workspace_snapshot(project: Path, checkpoint: str = "model.pt") -> dict[str, object]:
+    """Everything the doctor must leave as it was, byte for byte: Git's view, every ref, the cache,
+    the checkpoint output (a file, or every file of a directory), params, dvc.lock and dvclive."""
+    cache = project / ".dvc" / "cache"
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(project)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    output = project / checkpoint
+    lock = project / "dvc.lock"
+    return {
+        "status": run("git", "status", "--porcelain", "--ignored", "-uall", cwd=project).stdout,
+        "refs": run("git", "for-each-ref", cwd=project).stdout,
+        "cache": {
+            str(p.relative_to(cache)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(cache.rglob("*"))
+            if p.is_file()
+        },
+        checkpoint: files(output) if output.is_dir() else output.read_bytes(),
+        "params.yaml": (project / "params.yaml").read_bytes(),
+        "dvc.lock": lock.read_bytes() if lock.exists() else None,
+        "dvclive": files(project / "dvclive"),
+    }
+
+
+def run_doctor(project: Path, *args: str, tmp: Path) -> tuple[int, str, str]:
+    """``expckpt doctor ARGS`` in ``project`` with its throwaway copies under ``tmp`` (checked gone)."""
+    tmp.mkdir(exist_ok=True)
+    proc = run("expckpt", "doctor", *args, cwd=project, check=False, env={"TMPDIR": str(tmp)})
+    assert list(tmp.glob("expckpt-doctor-*")) == [], "the throwaway copies are removed"
+    return proc.returncode, proc.stdout, proc.stderr

@@ -7,7 +7,6 @@ the user's workspace byte for byte as before) and on one flawed tiny script per 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -20,7 +19,7 @@ import torch
 
 from conftest import make_project, run, train_in_exp_env
 from integrationkit import make_example_project
-from doctorkit import DVC_YAML, plain_project, tiny_project
+from doctorkit import DVC_YAML, plain_project, run_doctor, tiny_project, workspace_snapshot
 from expckpt.train.checkpointer import Checkpointer
 from expckpt.ops.doctor_compare import (
     Difference,
@@ -257,30 +256,8 @@ def test_the_copy_holds_the_workspace_as_it_is_but_no_checkpoint_and_a_cache_of_
 
 
 # -- real runs ------------------------------------------------------------------------------------
-def _snapshot(project: Path) -> dict[str, object]:
-    """Everything the doctor must leave as it was: Git's view, every ref, the cache, the checkpoint."""
-    cache = project / ".dvc" / "cache"
-    return {
-        "status": run("git", "status", "--porcelain", "--ignored", "-uall", cwd=project).stdout,
-        "refs": run("git", "for-each-ref", cwd=project).stdout,
-        "cache": {
-            str(p.relative_to(cache)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(cache.rglob("*"))
-            if p.is_file()
-        },
-        "model.pt": (project / "model.pt").read_bytes(),
-        "params.yaml": (project / "params.yaml").read_bytes(),
-        "dvclive": {
-            str(p.relative_to(project)): p.read_bytes() for p in sorted((project / "dvclive").rglob("*")) if p.is_file()
-        },
-    }
-
-
-def _doctor(project: Path, *args: str, tmp: Path) -> tuple[int, str, str]:
-    tmp.mkdir(exist_ok=True)
-    proc = run("expckpt", "doctor", *args, cwd=project, check=False, env={"TMPDIR": str(tmp)})
-    assert list(tmp.glob("expckpt-doctor-*")) == [], "the throwaway copies are removed"
-    return proc.returncode, proc.stdout, proc.stderr
+_snapshot = workspace_snapshot
+_doctor = run_doctor
 
 
 @pytest.mark.slow

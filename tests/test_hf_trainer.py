@@ -75,7 +75,13 @@ class KillAt(transformers.TrainerCallback):
 
 
 def train(
-    project: Path, exp: str, *, resume: Any = "callback", steps: int = STEPS, kill_at: int | None = None
+    project: Path,
+    exp: str,
+    *,
+    resume: Any = "callback",
+    steps: int = STEPS,
+    kill_at: int | None = None,
+    **extra: Any,
 ) -> tuple[Any, ExpCkptTrainerCallback]:
     """One ``dvc exp run -n <exp>`` of the Trainer script, in this process (killed after ``kill_at``)."""
     holder: dict[str, Any] = {}
@@ -104,6 +110,7 @@ def train(
             use_cpu=True,
             report_to="none",
             disable_tqdm=True,
+            **extra,
         )
         callback = ExpCkptTrainerCallback("model.pt")
         trainer = transformers.Trainer(
@@ -225,9 +232,34 @@ def test_resume_from_checkpoint_true_resumes_where_expckpt_did(
     project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     train(project, "a")
+    for name, folder in (("a@12", "checkpoint-12"), ("a@4", "checkpoint-240")):  # another experiment's folders
+        shutil.copytree(_resume_folder_of(project, name), project / "hf-out" / folder)
     run("dvc", "exp", "apply", "a@10", cwd=project)
-    train(project, "b", resume=True)  # the HF habit
+    capsys.readouterr()
+    train(project, "b", resume=True)  # the HF habit: the newest checkpoint-* folder in output_dir
+    out = capsys.readouterr().out
+    assert "removed 2 Trainer folder(s) an earlier run left in hf-out (checkpoint-12, checkpoint-240)" in out
+    assert "Resuming from model.pt (a@10): 10 steps done" in out
     assert sorted(r for r in refs(project) if r.startswith("b@")) == ["b@12"]
+    assert _same(_weights(project, "b@12"), _weights(project, "a@12"))  # steps 11 and 12 trained again
+
+
+def test_the_kept_best_folder_holds_only_the_model(project: Path) -> None:
+    with pytest.raises(Killed):
+        train(project, "a", kill_at=6)
+    assert [p.name for p in (project / "hf-out").iterdir()] == ["checkpoint-4"]  # the best, for the end
+    assert sorted(p.name for p in (project / "hf-out" / "checkpoint-4").iterdir()) == ["model.safetensors"]
+
+
+def test_reset_removes_the_trainer_folders_a_killed_run_left(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(Killed):
+        train(project, "a", kill_at=6)
+    (project / "hf-out" / "notes.txt").write_text("mine\n")
+    (project / "hf-out" / "checkpoint-notes").mkdir()
+    capsys.readouterr()
+    assert main(["reset"]) == 0
+    assert "Removed hf-out/checkpoint-4" in capsys.readouterr().out.splitlines()
+    assert sorted(p.name for p in (project / "hf-out").iterdir()) == ["checkpoint-notes", "notes.txt"]
 
 
 def test_a_trainer_resuming_elsewhere_stops_with_one_line(
@@ -248,6 +280,17 @@ def test_a_trainer_resuming_elsewhere_stops_with_one_line(
         " and keep hf-out to one experiment at a time"
     )
     assert not [r for r in refs(project) if r.startswith("b@")]
+
+
+def test_save_only_model_says_the_resume_will_not_be_exact(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    train(project, "a", steps=2, save_only_model=True)
+    assert (
+        "expckpt: warning: save_only_model=True: the Trainer saves no optimizer, scheduler or RNG state, so"
+        " neither do expckpt's checkpoints and a resume starts them afresh (not exact); leave save_only_model"
+        " unset for an exact resume"
+    ) in capsys.readouterr().err.splitlines()
+    payload = load_checkpoint(_object(project, "a@2"))
+    assert sorted(payload["hf"]) == ["trainer_state.json"]  # no optimizer.pt, scheduler.pt, rng_state.pth
 
 
 def _resume_folder_of(project: Path, name: str) -> Path:

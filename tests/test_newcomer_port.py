@@ -6,6 +6,7 @@ on real Git + DVC repositories) or, where only DVC itself shows the trap, throug
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import re
@@ -19,6 +20,7 @@ import pytest
 import torch
 
 from expckpt import Checkpointer, CheckpointLive, ConfigError, TrainingState
+from expckpt.errors import MissingCheckpointError
 from expckpt.state import seeding
 from expckpt.serialize.checkpoint_file import load_checkpoint, write_temp
 from conftest import kill_group, make_project, run
@@ -203,6 +205,24 @@ def test_an_apply_after_a_reset_wins(
         "Resuming from model.pt (a@2): 3 steps done",
     ], said
     assert "h@3" in refs(repo) and "h@0" not in refs(repo)
+
+
+def test_an_apply_after_a_reset_whose_checkpoint_is_lost_is_refused_not_a_fresh_start(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``expckpt reset && dvc exp apply a@2``, then model.pt and its cache object gone: the apply
+    came last, so the run refuses the lost checkpoint instead of training from step 0."""
+    repo = new_repo(tmp_path_factory, tmp_path / "p")
+    monkeypatch.chdir(repo)
+    train(repo, "a", 5)
+    reset(repo)
+    run("dvc", "exp", "apply", "a@2", cwd=repo)
+    md5 = hashlib.md5((repo / "model.pt").read_bytes()).hexdigest()
+    (repo / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]).unlink()
+    (repo / "model.pt").unlink()
+    with pytest.raises(MissingCheckpointError, match=r"model.pt should be checkpoint a@2 "):
+        saves(repo, "h", [{"loss": 1.0}])
+    assert not any(name.startswith("h@") for name in refs(repo))
 
 
 def test_a_reset_after_an_apply_still_starts_from_scratch(

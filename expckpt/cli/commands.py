@@ -114,7 +114,7 @@ def cmd_reset(args: argparse.Namespace, ctx: Context) -> int:
     if not removed:
         print("Nothing to reset: the next `dvc exp run` starts from scratch.")
     for path in removed:
-        print(f"Removed {path.relative_to(ctx.project.workspace)}")
+        print(terminal_safe(f"Removed {path.relative_to(ctx.project.workspace)}"))
     if removed:
         print("The next `dvc exp run` starts from step 0 with fresh weights; committed checkpoints are kept.")
     return 0

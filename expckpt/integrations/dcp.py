@@ -31,6 +31,8 @@ retention exactly as for a single file. The checkpoint is the stage's directory 
 - load: every rank calls ``dcp.load`` on the directory rank 0 chose. DCP reshards, so another
   world size loads it too (a rank with no saved RNG keeps its own). Non-tensor values load with
   ``torch.load(weights_only=True)``.
+- read whole in one process (``expckpt doctor``): ``expckpt.serialize.dcpread``, which also
+  holds the key names and the safe planner used here.
 
 Every rank must see the workspace (each writes its own file); rank 0 the ``.dvc/cache``.
 Saves are synchronous (``checkpoint.async`` is not used: ``dcp.save`` reads the live state).
@@ -49,15 +51,15 @@ from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
-from torch.distributed.checkpoint.planner import ReadItem
+from torch.distributed.checkpoint import FileSystemReader
 
 from expckpt.serialize.atomic import TEMP_MARK, WrittenFile
 from expckpt.train.coordination import Coordinator
+from expckpt.serialize.dcpread import STEP_KEY, TRIAL_KEY, WATCH_KEY, SafeLoadPlanner, rng_key, unpack
 from expckpt.serialize.dirout import WrittenDir
 from expckpt.errors import ConfigError
 from expckpt.store.gclock import pid_alive
-from expckpt.integrations.dcpinit import Reading, init_from_dcp
+from expckpt.integrations.dcpinit import init_from_dcp
 from expckpt.train.handlers import Loaded
 from expckpt.train.initfrom import LINEAGE_KEY, started_line
 from expckpt.train.initsource import InitSource
@@ -67,37 +69,12 @@ from expckpt.train.wiring import Wiring
 
 __all__ = ["STEP_KEY", "DcpHandler", "SafeLoadPlanner", "rng_key"]
 
-STEP_KEY = "expckpt/step"
-WATCH_KEY = "expckpt/watch"
-TRIAL_KEY = f"expckpt/{LINEAGE_KEY}"
-
-
-def rng_key(rank: int) -> str:
-    return f"expckpt/rng/{rank}"
-
 
 def _pack(value: Any) -> torch.Tensor:
     """A value as a uint8 tensor, so DCP stores it as a tensor (each rank its own key)."""
     buffer = io.BytesIO()
     torch.save(value, buffer)
     return torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
-
-
-def _unpack(tensor: torch.Tensor) -> Any:
-    return torch.load(io.BytesIO(tensor.numpy().tobytes()), weights_only=True)
-
-
-class SafeLoadPlanner(DefaultLoadPlanner):
-    """DCP's planner, but non-tensor values are loaded with ``weights_only=True``."""
-
-    def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
-        loaded = torch.load(value, weights_only=True)
-        if self.flatten_state_dict:
-            from torch.distributed.checkpoint._nested_dict import set_element  # noqa: PLC0415
-
-            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
-        else:
-            self.state_dict[read_item.dest_index.fqn] = loaded
 
 
 def _staging_prefix(path: Path) -> str:
@@ -162,11 +139,11 @@ class DcpHandler:
             raise ConfigError(f"state_dict key {sorted(clash)[0]!r} is expckpt's own; rename it", key="state_dict")
         dcp.load({**state, **ours}, checkpoint_id=self.path, planner=SafeLoadPlanner())
         if rng_key(rank) in ours:
-            restore_rng(_unpack(ours[rng_key(rank)]))
+            restore_rng(unpack(ours[rng_key(rank)]))
         self._step = int(ours[STEP_KEY])
-        library = {"watch": _unpack(ours[WATCH_KEY])} if WATCH_KEY in ours else {}
+        library = {"watch": unpack(ours[WATCH_KEY])} if WATCH_KEY in ours else {}
         if TRIAL_KEY in ours:
-            self._lineage = library[LINEAGE_KEY] = _unpack(ours[TRIAL_KEY])
+            self._lineage = library[LINEAGE_KEY] = unpack(ours[TRIAL_KEY])
         return Loaded(step=self._step, library=library)
 
     def init_from(
@@ -180,10 +157,7 @@ class DcpHandler:
     ) -> None:
         """Every rank: the source's weights into the state's ``model`` entry (``dcpinit``)."""
         staging = self.path.parent / f"{_staging_prefix(self.path)}{os.getpid()}.init.dcp"
-        reading = Reading(planner=SafeLoadPlanner, unpack=_unpack, rng_key=rng_key(self.coord.rank))
-        init_from_dcp(
-            state, source, staging=staging, coord=self.coord, restore=restore, strict=strict, echo=echo, reading=reading
-        )
+        init_from_dcp(state, source, staging=staging, coord=self.coord, restore=restore, strict=strict, echo=echo)
         self._lineage = source.identity
         echo(started_line(source, restore))
 
@@ -197,7 +171,7 @@ class DcpHandler:
             with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
                 warnings.simplefilter("ignore", UserWarning)
                 dcp.load(ours, checkpoint_id=self.path, planner=SafeLoadPlanner(), no_dist=True)
-            return _unpack(ours[TRIAL_KEY])
+            return unpack(ours[TRIAL_KEY])
         except (OSError, RuntimeError, ValueError):
             return None
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,25 +35,17 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from expckpt.errors import ConfigError
+from expckpt.serialize.dcpread import SafeLoadPlanner, rng_key, unpack
 from expckpt.state.rng import restore_rng
 from expckpt.serialize.checkpoint_file import load_checkpoint
 from expckpt.train.coordination import Coordinator
 from expckpt.train.initfrom import fitting_keys
 from expckpt.train.initsource import InitSource
 
-__all__ = ["WEIGHTS", "Reading", "init_from_dcp"]
+__all__ = ["WEIGHTS", "init_from_dcp"]
 
 WEIGHTS = "model"
 """The state entry that holds the weights (besides any ``nn.Module`` entry)."""
-
-
-@dataclass(frozen=True)
-class Reading:
-    """How ``DcpHandler`` reads its own checkpoints: its planner, its packed values, this rank's RNG key."""
-
-    planner: Callable[[], Any]
-    unpack: Callable[[torch.Tensor], Any]
-    rng_key: str
 
 
 def weight_entries(state: Mapping[str, Any]) -> list[str]:
@@ -92,7 +83,6 @@ def init_from_dcp(
     restore: tuple[str, ...],
     strict: bool,
     echo: Callable[[str], None],
-    reading: Reading,
 ) -> None:
     """Load ``source``'s weights (and what ``restore`` names) into the fresh sharded ``state``, on
     every rank; a directory source is read from ``staging`` (rank 0's path, named by its pid)."""
@@ -124,7 +114,7 @@ def init_from_dcp(
         return
     staging = coord.on_main(lambda: _stage(staging, source))
     try:
-        coord.everyone(lambda: _from_dir(state, names, source, staging, restore, strict, echo, reading))
+        coord.everyone(lambda: _from_dir(state, names, source, staging, restore, strict, echo, coord.rank))
     finally:
         coord.on_main(lambda: shutil.rmtree(staging, ignore_errors=True))
 
@@ -146,9 +136,9 @@ def _from_dir(
     restore: tuple[str, ...],
     strict: bool,
     echo: Callable[[str], None],
-    reading: Reading,
+    rank: int,
 ) -> None:
-    rng_key = reading.rng_key
+    own_rng = rng_key(rank)
     saved = FileSystemReader(staging).read_metadata().state_dict_metadata
     wanted: dict[str, Any] = {}
     own: dict[str, dict[str, Any]] = {}
@@ -171,14 +161,14 @@ def _from_dir(
         wanted[name] = {k: v for k, v in tensors.items() if k in keep}
     for name in restore:
         if name == "rng":
-            if rng_key not in saved:
+            if own_rng not in saved:
                 raise _refuse(
                     source,
                     "init_restore names rng, but it holds no RNG states for this rank",
                     "remove rng from it",
                     key="checkpoint.init_restore",
                 )
-            wanted[rng_key] = torch.empty(saved[rng_key].size, dtype=torch.uint8)  # type: ignore[union-attr]
+            wanted[own_rng] = torch.empty(saved[own_rng].size, dtype=torch.uint8)  # type: ignore[union-attr]
         elif not any(k.startswith(f"{name}.") or k == name for k in saved):
             raise _refuse(
                 source,
@@ -188,11 +178,11 @@ def _from_dir(
             )
         else:
             wanted[name] = state[name]  # DCP calls a Stateful's state_dict/load_state_dict itself
-    dcp.load(wanted, checkpoint_id=staging, planner=reading.planner())  # in place, each rank its shards
+    dcp.load(wanted, checkpoint_id=staging, planner=SafeLoadPlanner())  # in place, each rank its shards
     for name in names:
         _put_back(state[name], own[name])
-    if rng_key in wanted:
-        restore_rng(reading.unpack(wanted[rng_key]))
+    if own_rng in wanted:
+        restore_rng(unpack(wanted[own_rng]))
 
 
 def _from_file(

@@ -18,7 +18,11 @@ out: the arguments come from your script.
 The Trainer's own ``checkpoint-*`` folders are a cache, per run: inside ``dvc exp run`` the
 callback removes those an earlier run left (another experiment's, or stale after ``expckpt
 reset`` or ``dvc exp apply``), deletes each new one once expckpt has published it, and keeps
-only the best one while ``load_best_model_at_end`` needs it.
+only the best one's model files while ``load_best_model_at_end`` needs them. It records
+``output_dir`` (``expckpt.store.trainerdirs``) so that ``expckpt reset`` removes them too. The
+Trainer still writes each folder in full: its files are in the Trainer's own formats (DeepSpeed,
+FSDP and XLA write others), which expckpt stores as bytes and gives back for the Trainer's own
+resume; ``bench/hf_writes.py`` measures what a save writes.
 
 When the ``Trainer`` is built inside ``dvc exp run``, the callback restores the last (or the
 applied) checkpoint and writes it back as ``<output_dir>/checkpoint-<step>``, which
@@ -40,6 +44,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import sys
 from collections.abc import Mapping
@@ -53,6 +58,7 @@ from expckpt.train.checkpointer import Checkpointer
 from expckpt.integrations.hfbest import find_kept, kept_weights, put_file
 from expckpt.integrations.loop import StepLog
 from expckpt.state.state import TrainingState
+from expckpt.store.trainerdirs import record_trainer_dir
 from expckpt.text import terminal_safe
 
 __all__ = ["ExpCkptTrainerCallback", "ResumeMismatch", "TrainerFiles", "config_from_training_args", "step_metrics"]
@@ -60,6 +66,16 @@ __all__ = ["ExpCkptTrainerCallback", "ResumeMismatch", "TrainerFiles", "config_f
 WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 NOT_SAVED = (*WEIGHTS, "training_args.bin")  # weights: saved once as "model"; args: a pickle, from the script
 FOLDER = "checkpoint-"  # transformers' PREFIX_CHECKPOINT_DIR
+TRAINING_ONLY = ("optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json", "training_args.bin")
+"""A Trainer folder's files that resuming reads and ``load_best_model_at_end`` does not
+(transformers' ``OPTIMIZER_NAME``, ``SCHEDULER_NAME``, ``SCALER_NAME``, ``TRAINER_STATE_NAME``,
+``TRAINING_ARGS_NAME``; ``rng_state[_<rank>].pth`` too)."""
+SAVE_ONLY_MODEL = (
+    "expckpt: warning: save_only_model=True: the Trainer saves no optimizer, scheduler or RNG state, so"
+    " neither do expckpt's checkpoints and a resume starts them afresh (not exact); leave save_only_model"
+    " unset for an exact resume"
+)
+_RNG_FILE = re.compile(r"rng_state(_[0-9]+)?\.pth")
 TIMINGS = ("_runtime", "_samples_per_second", "_steps_per_second", "total_flos")
 """Logged names ending so are run times and throughputs: not metrics (they differ between identical runs)."""
 
@@ -156,6 +172,14 @@ def step_metrics(state: TrainerState) -> dict[str, Any]:
     return metrics
 
 
+def _weights_only(folder: Path) -> None:
+    """Leave in the best folder what the Trainer loads at the end (the model's files): the
+    optimizer, scheduler and RNG states are in expckpt's checkpoint, and nothing reads them there."""
+    for path in folder.iterdir():
+        if path.is_file() and (path.name in TRAINING_ONLY or _RNG_FILE.fullmatch(path.name)):
+            path.unlink()
+
+
 def _folders(output_dir: Path) -> list[Path]:
     if not output_dir.is_dir():
         return []
@@ -197,8 +221,12 @@ class ExpCkptTrainerCallback(TrainerCallback):
         self.steps = StepLog(checkpointer, TrainingState(model=model, hf=self.files))
         self.resumed = self.steps.restore()
         output_dir = Path(args.output_dir)
-        if args.should_save and self._committer() is not None:
+        core = self._core()
+        if args.should_save and core is not None and self._committer() is not None:
+            record_trainer_dir(core.wiring.workspace, output_dir)  # `expckpt reset` cleans it too
             self._remove_folders(output_dir, keep=None, say=True)
+        if getattr(args, "save_only_model", False) and checkpointer.coord.is_main:
+            print(SAVE_ONLY_MODEL, file=sys.stderr, flush=True)
         if self.resumed is None or not self.files.loaded:
             return
         directory = output_dir / f"{FOLDER}{self.resumed.step}"
@@ -287,7 +315,10 @@ class ExpCkptTrainerCallback(TrainerCallback):
         # published: HF's folder is a spare copy now (one the policy skipped stays for the final save)
         if decision.saved and args.should_save and self._committer() is not None:
             best = state.best_model_checkpoint if args.load_best_model_at_end else None
-            self._remove_folders(Path(args.output_dir), keep=best if best and os.path.isdir(best) else None)
+            keep = best if best and os.path.isdir(best) else None
+            self._remove_folders(Path(args.output_dir), keep=keep)
+            if keep is not None:
+                _weights_only(Path(keep))
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

@@ -17,11 +17,13 @@ from typing import Any
 
 import yaml
 
-from expckpt.serialize.checkpoint_file import load_checkpoint
-from expckpt.serialize.dirstate import load_dir_checkpoint
+from expckpt.serialize.dirout import is_dir_hash
+from expckpt.serialize.dirstate import META_FILE
+from expckpt.serialize.loading import load_state
 from expckpt.ops.doctor_compare import Verdict, compare_metrics, diagnose, diff_payloads, read_metrics
 from expckpt.ops.doctor_hints import Hint, script_hints, stage_scripts
 from expckpt.ops.doctor_run import DoctorPlan, copy_workspace, doctor_plan, run_stage, throwaway
+from expckpt.store.cache import DvcCache
 from expckpt.store.catalog import Catalog
 from expckpt.errors import ProjectError
 from expckpt.store.gitstore import GitStore
@@ -30,6 +32,16 @@ from expckpt.store.project import Project
 __all__ = ["doctor"]
 
 Echo = Callable[[str], None]
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """A checkpoint output, whichever kind: a file, expckpt's directory or DCP shards (DcpHandler)."""
+    if path.is_dir() and not (path / META_FILE).exists():
+        from expckpt.serialize.dcpread import is_dcp_dir, load_dcp_checkpoint  # noqa: PLC0415 - torch.distributed
+
+        if is_dcp_dir(path):
+            return load_dcp_checkpoint(path)
+    return load_state(path)
 
 
 def _load(plan: DoctorPlan, copy: Path, run: str, at_least: int, before: int | None = None) -> dict[str, Any]:
@@ -41,7 +53,7 @@ def _load(plan: DoctorPlan, copy: Path, run: str, at_least: int, before: int | N
             " expckpt (CheckpointLive, Checkpointer or an expckpt callback)?",
             path=path,
         )
-    payload = load_dir_checkpoint(path) if path.is_dir() else load_checkpoint(path)
+    payload = _read(path)
     reached = int(payload.get("step", -1))
     if reached < at_least:
         raise ProjectError(
@@ -61,7 +73,9 @@ def _load(plan: DoctorPlan, copy: Path, run: str, at_least: int, before: int | N
 
 
 def _checkpoint_at(plan: DoctorPlan, copy: Path, exp: str, step: int) -> dict[str, Any] | None:
-    """Run ``exp``'s checkpoint ``<exp>@<step>`` in ``copy`` (None if it saved none there)."""
+    """Run ``exp``'s checkpoint ``<exp>@<step>`` in ``copy`` (None if it saved none there): its
+    ``dvc.lock`` names the object in the copy's cache; a directory's files are checked out of it
+    beside the copy, inside the throwaway directory."""
     store = GitStore.open(copy)
     try:
         refs = store.ref_targets("refs/exps/")
@@ -69,15 +83,22 @@ def _checkpoint_at(plan: DoctorPlan, copy: Path, exp: str, step: int) -> dict[st
         lock = store.read_file(wanted[0], "dvc.lock") if len(wanted) == 1 else None
     finally:
         store.close()
-    if lock is None or plan.output.path.endswith("/"):
+    if lock is None:
         return None
+    name = plan.output.path.rstrip("/")
     try:
         outs = (yaml.safe_load(lock) or {})["stages"][plan.stage]["outs"]
-        (md5,) = [o["md5"] for o in outs if o.get("path") == plan.output.path]
+        (md5,) = [str(o["md5"]) for o in outs if str(o.get("path", "")).rstrip("/") == name]
     except (yaml.YAMLError, KeyError, TypeError, ValueError):
         return None
-    obj = copy / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
-    return load_checkpoint(obj) if obj.is_file() else None
+    cache = DvcCache.for_project(copy, copy / ".git")
+    if not cache.has(md5):
+        return None
+    if not is_dir_hash(md5):
+        return _read(cache.object_path(md5))
+    where = copy.parent / f"{exp}@{step}"
+    cache.checkout(md5, where)
+    return _read(where)
 
 
 def _ref_metrics(copy: Path) -> dict[str, dict[int, float]]:

@@ -323,7 +323,8 @@ def diagnose(
         name = generators[0].name if generators[0].name.isidentifier() else "gen"
         what += (
             f"; register it with `from expckpt.state.generators import GeneratorState` and"
-            f" TrainingState(..., {name}=GeneratorState({name}))"
+            f" TrainingState(..., {name}=GeneratorState({name})) (a DCP state dict:"
+            f" {{..., {name!r}: GeneratorState({name})}})"
         )
     if any(h.kind == "workers" for h in named):
         what += (

@@ -2,9 +2,9 @@
 
 ``expckpt doctor`` decides *that* a resume is inexact from the runs; these hints say *where*, in
 the user's words: the line that makes a NumPy ``Generator``, a ``torch.Generator``, a
-``random.Random`` or an LR scheduler that no ``TrainingState(...)``/``state.add(...)`` call
-mentions, an EMA, or a ``DataLoader`` whose workers keep their own random state. The script is
-parsed (``ast``), never run.
+``random.Random`` or an LR scheduler that no ``TrainingState(...)``/``state.add(...)`` call (nor
+a ``GeneratorState(...)``, as in a DCP state dict) mentions, an EMA, or a ``DataLoader`` whose
+workers keep their own random state. The script is parsed (``ast``), never run.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def script_hints(path: Path, root: Path) -> list[Hint]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
             dotted, last = _callee(node)
-            if last in ("TrainingState", "add", "training_state") or dotted.endswith("TrainingState"):
+            if last in ("TrainingState", "add", "training_state", "GeneratorState") or dotted.endswith("TrainingState"):
                 registered |= {n for arg in [*node.args, *node.keywords] for n in _names(arg)}
             if last == "DataLoader":
                 loader_generators |= {n for k in node.keywords if k.arg == "generator" for n in _names(k.value)}

@@ -1,7 +1,9 @@
 """``expckpt reset``: make the next ``dvc exp run`` start from scratch (DVC 2's ``--reset``).
 
-Removes the workspace's checkpoint files, dvclive's history and expckpt's note of the last
-checkpoint. Committed checkpoints (refs and cache) are not touched.
+Removes the workspace's checkpoint files, dvclive's history, expckpt's note of the last
+checkpoint and the ``checkpoint-<step>`` folders a framework left where the run recorded them
+(the HF Trainer's ``output_dir``: ``expckpt.store.trainerdirs``). Committed checkpoints (refs and
+cache) are not touched.
 
 The reset mark records what the workspace held then: DVC's ``EXEC_APPLY`` (the last
 ``dvc exp apply``) and the checkpoint output's MD5 in the workspace dvc.lock. A ``dvc exp apply``
@@ -15,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +27,10 @@ from expckpt.store.project import Project
 from expckpt.store.records import CheckpointRecord, load_records
 from expckpt.store.refs import EXEC_APPLY
 from expckpt.store.session import SessionNote, hash_with_note
+from expckpt.store.trainerdirs import clean_trainer_dirs
 from expckpt.ops.verify import locked_outputs
 
-__all__ = ["applied_over_reset", "applied_since_reset", "reset_workspace"]
+__all__ = ["applied_over_reset", "applied_since_reset", "reset_stands", "reset_workspace"]
 
 
 def _held(workspace: Path, store: GitStore | None) -> dict[str, Any]:
@@ -68,7 +71,24 @@ def reset_workspace(project: Project, *, live_dir: str = "dvclive") -> list[Path
     if live.is_dir():
         shutil.rmtree(live)
         removed.append(live)
+    removed.extend(clean_trainer_dirs(project.workspace))  # else `resume_from_checkpoint=True` finds them
+    _unstage(project, removed)
     return removed
+
+
+def _unstage(project: Project, removed: list[Path]) -> None:
+    """Unstage what was just removed. dvclive stages its files (``git add``) when training ends
+    inside ``dvc exp run``; DVC resets the index when the run ends, but not when it ended first
+    (the job's shell died of the SIGTERM that paused training). Files staged but deleted make
+    DVC's next run fail ("Stash apply resulted in merge conflicts")."""
+    store = _open_store(project.root)
+    if store is None or not removed:
+        return
+    try:
+        inside = [path for path in removed if path.is_relative_to(project.workspace) and path != project.workspace]
+        store.unstage(project.workspace, [path.relative_to(project.workspace).as_posix() for path in inside])
+    finally:
+        store.close()
 
 
 def _apply_time(store: GitStore) -> float:
@@ -78,26 +98,39 @@ def _apply_time(store: GitStore) -> float:
     return 0.0
 
 
-def applied_since_reset(workspace: Path, current: Mapping[str, str | None], store: GitStore) -> CheckpointRecord | None:
-    """The checkpoint a ``dvc exp apply`` after ``expckpt reset`` put in the workspace, or None.
-
-    ``current`` is each checkpoint output's MD5 now (``rel_path -> md5``, the first one the reset
-    mark's). None (the reset stands) unless the workspace changed since the reset (a new
-    ``EXEC_APPLY``, or dvc.lock naming other outputs) and every output is exactly one checkpoint.
-    """
-    rel_path = next(iter(current))
-    mark = SessionNote.reset_mark(workspace, rel_path)
+def _changed_since_reset(workspace: Path, rel_paths: Sequence[str], store: GitStore) -> bool:
+    """Whether a ``dvc exp apply`` (a new ``EXEC_APPLY``, or dvc.lock naming other outputs) came
+    after the reset marked for ``rel_paths[0]``; False without a mark that recorded them."""
+    mark = SessionNote.reset_mark(workspace, rel_paths[0])
     if mark is None or "applied" not in mark:
-        return None  # not reset, or reset by an expckpt that recorded nothing: the reset stands
+        return False  # not reset, or reset by an expckpt that recorded nothing: the reset stands
     applied = store.get_ref(EXEC_APPLY)
     now = _held(workspace, None)["locked"]
     reset_at = mark.get("time")
     newer = isinstance(reset_at, (int, float)) and applied is not None and _apply_time(store) > reset_at
     locked_mark = mark.get("locked")
     locked: dict[str, Any] = locked_mark if isinstance(locked_mark, dict) else {}
-    relocked = any(now.get(rel) != locked.get(rel) for rel in current)
-    if applied == mark.get("applied") and not relocked and not newer:
+    relocked = any(now.get(rel) != locked.get(rel) for rel in rel_paths)
+    return applied != mark.get("applied") or relocked or newer
+
+
+def reset_stands(workspace: Path, rel_path: str, store: GitStore | None) -> bool:
+    """``expckpt reset`` marked ``rel_path`` and no ``dvc exp apply`` came after it."""
+    if not SessionNote.was_reset(workspace, rel_path):
+        return False
+    return store is None or not _changed_since_reset(workspace, [rel_path], store)
+
+
+def applied_since_reset(workspace: Path, current: Mapping[str, str | None], store: GitStore) -> CheckpointRecord | None:
+    """The checkpoint a ``dvc exp apply`` after ``expckpt reset`` put in the workspace, or None.
+
+    ``current`` is each checkpoint output's MD5 now (``rel_path -> md5``, the first one the reset
+    mark's). None (the reset stands) unless the workspace changed since the reset
+    (``_changed_since_reset``) and every output is exactly one checkpoint.
+    """
+    if not _changed_since_reset(workspace, list(current), store):
         return None
+    applied = store.get_ref(EXEC_APPLY)
     matching = [
         r for r in load_records(store) if all(rel in r.outs and r.outs[rel].md5 == md5 for rel, md5 in current.items())
     ]

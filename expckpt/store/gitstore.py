@@ -277,6 +277,15 @@ class GitStore(TreeReads):
         )
         return sorted({p for p in out.split("\0") if p})
 
+    def unstage(self, worktree: Path, paths: Sequence[str]) -> bool:
+        """``git reset -q -- <paths>``: the index entries under ``paths`` back to HEAD (an entry
+        HEAD lacks is dropped); the files are not touched. False when Git refused (a held
+        ``index.lock``, a damaged index): the index is then as it was."""
+        if not paths:
+            return True
+        proc = self._run(["reset", "-q", "--", *paths], {"GIT_WORK_TREE": str(worktree)}, cwd=Path(worktree))
+        return proc.returncode == 0
+
     # -- the git executable: the network ---------------------------------------------------
     def remote_refs(self, remote: str) -> dict[str, str]:
         """``git ls-remote <remote>``: ref name -> sha (``<tag>^{}`` lines peel annotated tags)."""

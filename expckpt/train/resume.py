@@ -43,6 +43,7 @@ from expckpt.store.records import CheckpointRecord, load_records
 from expckpt.store.refs import EXEC_APPLY, CheckpointRef
 from expckpt.store.session import SessionNote, hash_with_note
 from expckpt.text import terminal_safe
+from expckpt.ops.reset import reset_stands
 from expckpt.ops.verify import locked_outputs
 
 __all__ = [
@@ -220,9 +221,10 @@ def refuse_lost_checkpoint(path: Path, rel_path: str, workspace: Path, store: Gi
     of the last complete checkpoint say which checkpoint the file should be. When that file and
     its cache object are both gone (``dvc gc -w`` without ``--all-experiments``, then a failed
     ``dvc exp apply``), starting from step 0 would quietly throw the run's progress away.
-    After ``expckpt reset`` a missing file is the fresh start the user asked for.
+    After ``expckpt reset`` a missing file is the fresh start the user asked for, unless a
+    ``dvc exp apply`` came after the reset: the applied checkpoint is then what is missing.
     """
-    if path.exists() or SessionNote.was_reset(workspace, rel_path):
+    if path.exists() or reset_stands(workspace, rel_path, store):
         return
     note = SessionNote.read(workspace, rel_path)
     try:
