@@ -7,7 +7,8 @@ module, or a plain dict of (D)tensors. Only they are loaded; the other entries s
 ``checkpoint.init_restore`` names them (and ``rng``: each rank its own saved RNG states). Rank 0
 resolved the source and hashed it against its record (``initsource.source_for``); then:
 
-- a DCP directory checkpoint: rank 0 links its verified files into a staging directory beside
+- a DCP directory checkpoint: rank 0 checks that its ``.metadata`` (which DCP unpickles) is only
+  DCP's index (``serialize.dcpmeta``), links its verified files into a staging directory beside
   the output (``.expckpt-tmp-<name>.<pid>.init.dcp``, removed after, or by the next run's
   ``clean`` if killed) and every rank loads its own shard view with ``torch.distributed.checkpoint``
   from there (DCP reshards: another world size or sharding loads it too);
@@ -34,7 +35,9 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from expckpt.errors import ConfigError
+from expckpt.errors import ConfigError, UnsafeCheckpointError
+from expckpt.serialize.dcpmeta import unsafe_global
+from expckpt.text import terminal_safe
 from expckpt.serialize.dcpread import SafeLoadPlanner, rng_key, unpack
 from expckpt.state.rng import restore_rng
 from expckpt.serialize.checkpoint_file import load_checkpoint
@@ -61,8 +64,17 @@ def _refuse(source: InitSource, what: str, fix: str, key: str = "checkpoint.init
 
 
 def _stage(staging: Path, source: InitSource) -> Path:
-    """Rank 0: the source's verified files under their names, where DCP reads them."""
+    """Rank 0: the source's verified files under their names, where DCP reads them (once its
+    ``.metadata``, which DCP unpickles, is known to be only DCP's index)."""
     assert source.files is not None
+    index = source.files.get(".metadata")
+    unsafe = "no .metadata" if index is None else unsafe_global(index)
+    if unsafe is not None:
+        raise UnsafeCheckpointError(
+            f"checkpoint.init_from {source.describe()}: its DCP .metadata holds {terminal_safe(unsafe)}, not only"
+            " DCP's index; unpickling it could run code, so it is not loaded: start from a checkpoint you trust",
+            path=index,
+        )
     shutil.rmtree(staging, ignore_errors=True)
     for rel, src in source.files.items():
         dest = staging / rel
