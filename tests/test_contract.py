@@ -196,6 +196,61 @@ def test_divergence_stops_and_keeps_the_best(ref: dict[str, Any]) -> None:
     run("git", "checkout", "-q", "--", "params.yaml", cwd=p)
 
 
+def _source_step(ref: dict[str, Any]) -> int:
+    """A kept checkpoint of ``ref`` that gc's ``--keep-last 1`` would remove if nothing depended
+    on it (its best, when that is not its last), else its last."""
+    return min(_refs(ref, "ref"))
+
+
+def test_init_from_starts_a_fresh_trial_that_resumes_its_own_chain(ref: dict[str, Any]) -> None:
+    """``-S checkpoint.init_from=ref@<step>``: a new experiment from step 0 with the source's
+    weights and its lineage in every checkpoint; killed, it resumes its own chain, not the source."""
+    front: FrontEnd = ref["front"]
+    p, base = ref["project"], ref["base"]
+    source = _source_step(ref)
+    spec = f"+checkpoint.init_from=ref@{source}"
+    run("expckpt", "reset", cwd=p)
+    proc = start(p, "fresh", "-S", spec)
+    wait_for(p, base, "fresh", proc, lambda refs: front.saved()[0] in refs)
+    output = kill_tree(proc, "fresh", p)
+    back_to_branch(p)
+    run("git", "checkout", "-q", "HEAD", "--", "params.yaml", cwd=p)
+    assert output.count(f"expckpt: fresh trial from ref@{source} (") == 1, output  # rank 0 says it
+    fresh = _refs(ref, "fresh")
+    first = meta(p, fresh[min(fresh)])
+    assert min(fresh) == front.saved()[0] and first["parent"] is None  # step 0 on, not after the source's step
+    origin = {"exp": "ref", "step": source, "commit": _refs(ref, "ref")[source]}
+    assert first["initialized_from"] == origin
+
+    out = run("dvc", "exp", "run", "-n", "fresh-resumed", "-S", spec, cwd=p).stdout
+    run("git", "checkout", "-q", "HEAD", "--", "params.yaml", cwd=p)
+    assert re.search(rf"Resuming from {front.output}/? \(fresh@{max(fresh)}\)", out), out
+    assert "fresh trial from" not in out, out
+    resumed = _refs(ref, "fresh-resumed")
+    last = resumed[max(resumed)]
+    assert max(resumed) == front.steps()[-1] and lineage(p, last)[max(fresh)] == fresh[max(fresh)]
+    assert meta(p, last)["initialized_from"] == origin
+
+
+def test_a_trials_source_is_a_branch_point_that_gc_keeps(ref: dict[str, Any]) -> None:
+    front: FrontEnd = ref["front"]
+    p = ref["project"]
+    source = _source_step(ref)
+    listed = run("expckpt", "list", "ref", cwd=p).stdout
+    line = next(line for line in listed.splitlines() if line.startswith(f"ref@{source} "))
+    assert re.search(r"branch point of .*\bfresh\b", line), listed
+    # ranked upside down, the policy keeps ref's newest and worst: only being a branch point keeps its best
+    upside_down = ["-w", "--keep-last", "1", "--keep-best", "1", "--metric", front.monitor, "--mode", "min"]
+    gc = run("expckpt", "gc", *upside_down, "--dry-run", cwd=p).stdout
+    assert f"Would remove checkpoint ref@{source} " not in gc, gc
+    kept = _refs(ref, "ref")
+    value = {step: meta(p, commit)["metrics"][front.monitor] for step, commit in kept.items()}
+    if value[source] > value[max(kept)]:  # the best is not the newest (nor as good): the policy alone drops it
+        assert re.search(rf"^Keeping checkpoint ref@{source}: a branch point of .*\bfresh\b", gc, re.M), gc
+        gc = run("expckpt", "gc", *upside_down, "--dry-run", "--include-branch-points", cwd=p).stdout
+        assert f"Would remove checkpoint ref@{source} (" in gc, gc
+
+
 def test_resuming_from_a_lost_checkpoint_is_refused(ref: dict[str, Any]) -> None:
     front: FrontEnd = ref["front"]
     p = ref["project"]

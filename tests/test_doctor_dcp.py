@@ -125,8 +125,8 @@ REGISTERED_ORDER = [
         "from expckpt.errors import ExpCkptError\nfrom expckpt.state.generators import GeneratorState\n",
     ),
     (
-        '    state = {"app": AppState(model, optimizer), "position": DataPosition()}',
-        '    state = {"app": AppState(model, optimizer), "position": DataPosition(), "order": GeneratorState(order_rng)}',
+        '        "position": DataPosition(),  # where in the epoch\n',
+        '        "position": DataPosition(),  # where in the epoch\n        "order": GeneratorState(order_rng),\n',
     ),
 ]
 
@@ -175,7 +175,7 @@ def test_a_dcp_script_with_its_own_data_order_generator_gets_that_diagnosis_and_
     assert code == 1, err + out
     verdict = json.loads(out)
     assert (verdict["exact"], verdict["cause"]) == (False, "outside-state")
-    assert verdict["differences"][0]["component"] == "app"  # the weights differ, by name
+    assert verdict["differences"][0]["component"] == "model"  # the weights differ, by name
     assert verdict["explanation"].startswith(
         "the saved state matched at step 1 but training diverged at step 2, the first step after the resume:"
         " something that is not in the checkpoint feeds training: a generator or object of your own"

@@ -33,7 +33,7 @@ def exact(example: str, project: Path, commit: str, tmp: Path) -> dict[str, Any]
         from test_integration_dcp import dcp_state
 
         state = dcp_state(project, commit, tmp)
-        return {k: v for k, v in state.items() if k == "app" or k.startswith("expckpt/") or k == "position"}
+        return {k: v for k, v in state.items() if k in ("model", "optimizer", "position") or k.startswith("expckpt/")}
     loaded = payload(project, commit)
     return {**training_state(loaded), "position": loaded["position"]}
 

@@ -209,3 +209,15 @@ def test_a_source_file_that_would_run_code_is_refused(repo: Path) -> None:
     with pytest.raises(UnsafeCheckpointError, match="would run code"):
         checkpointer(repo, "ft", {"init_from": "evil.pt"}).restore(new_state())
     assert not (repo / "pwned").exists()
+
+
+def test_a_directory_source_needs_dcp_metadata_and_the_dcp_handler(repo: Path) -> None:
+    (repo / "shards").mkdir()
+    (repo / "shards" / "__0_0.distcp").write_bytes(b"x")
+    with pytest.raises(ConfigError, match=r"'shards'.*it is a directory without DCP's \.metadata;") as err:
+        checkpointer(repo, "ft", {"init_from": "shards"}).restore(new_state())
+    assert "\n" not in str(err.value)
+    (repo / "shards" / ".metadata").write_bytes(b"x")
+    with pytest.raises(ConfigError, match=r"is a directory checkpoint \(DCP's shards\), which only DcpHandler loads"):
+        checkpointer(repo, "ft", {"init_from": "shards"}).restore(new_state())
+    assert "ft@0" not in refs(repo)

@@ -290,7 +290,7 @@ def test_a_directory_mixing_two_checkpoints_is_rolled_back(
     model = torch.nn.Sequential(
         torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(32, 10)
     )
-    resumed = Checkpointer.from_env("ckpt/", None, handler=DcpHandler).restore({"app": {"model": model.state_dict()}})
+    resumed = Checkpointer.from_env("ckpt/", None, handler=DcpHandler).restore({"model": model.state_dict()})
     assert resumed is not None and resumed.step == note.step
     assert "did not finish; resuming from the last complete one" in capsys.readouterr().out
     assert hash_dir(p / "ckpt")[0] == note.md5

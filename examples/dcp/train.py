@@ -22,7 +22,12 @@ import torch.distributed as dist
 import yaml
 from sklearn.datasets import load_digits
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 from torch.distributed.checkpoint.stateful import Stateful
 from torch.distributed.fsdp import fully_shard
 from torch.nn import functional as F
@@ -34,18 +39,31 @@ from expckpt.integrations.dcp import DcpHandler
 from expckpt.integrations.loop import StepLog
 
 
-class AppState(Stateful):
-    """Model and optimizer as DCP saves them: each rank its shards (FSDP's DTensors)."""
+class ModelState(Stateful):
+    """The model as DCP saves it: each rank its shards (FSDP's DTensors). Its own entry, ``model``:
+    ``checkpoint.init_from`` loads only this one into a fresh trial."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def state_dict(self) -> dict[str, Any]:
+        return get_model_state_dict(self.model)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        set_model_state_dict(self.model, state_dict)
+
+
+class OptimizerState(Stateful):
+    """The optimizer's sharded state, keyed by parameter name."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.model, self.optimizer = model, optimizer
 
     def state_dict(self) -> dict[str, Any]:
-        model, optimizer = get_state_dict(self.model, self.optimizer)
-        return {"model": model, "optimizer": optimizer}
+        return get_optimizer_state_dict(self.model, self.optimizer)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        set_state_dict(self.model, self.optimizer, model_state_dict=state_dict["model"], optim_state_dict=state_dict["optimizer"])
+        set_optimizer_state_dict(self.model, self.optimizer, state_dict)
 
 
 def make_model(seed: int) -> nn.Module:
@@ -66,14 +84,15 @@ def digits(test_fraction: float = 0.2) -> tuple[TensorDataset, tuple[torch.Tenso
 
 def train_epoch(steps: StepLog, epoch: int, data: TensorDataset, sampler: DistributedSampler, batch_size: int) -> bool:
     """This rank's batches of ``epoch`` not trained yet; False if training paused (saved mid-epoch)."""
-    app, position = steps.state["app"], steps.state["position"]
-    app.model.train()
+    model, optimizer = steps.state["model"].model, steps.state["optimizer"].optimizer
+    position = steps.state["position"]
+    model.train()
     # the order depends on the seed and epoch only: a resume draws it again, skips the batches done
     for batch in position.sampled(epoch, sampler, batch_size):
         x, y = data[batch]
-        app.optimizer.zero_grad()
-        F.cross_entropy(app.model(x), y).backward()
-        app.optimizer.step()
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
         if steps.checkpointer.pause_point(steps.state):  # every rank: SIGTERM / SIGUSR1 / `expckpt stop`
             return False
     return True
@@ -95,7 +114,11 @@ def main() -> None:
     sampler = DistributedSampler(train_set, shuffle=True, seed=params["seed"])
 
     checkpointer = Checkpointer.from_env("ckpt/", params.get("checkpoint"), handler=DcpHandler)
-    state = {"app": AppState(model, optimizer), "position": DataPosition()}  # position: where in the epoch
+    state = {
+        "model": ModelState(model),
+        "optimizer": OptimizerState(model, optimizer),
+        "position": DataPosition(),  # where in the epoch
+    }
     steps = StepLog(checkpointer, state)  # dvclive on rank 0
     steps.restore()  # rank 0 prints "Resuming from ckpt (<exp>@<step>): N steps done"
     try:

@@ -2,7 +2,7 @@
 
     dist.init_process_group("gloo")                 # or nccl; torchrun sets RANK and WORLD_SIZE
     checkpointer = Checkpointer.from_env("ckpt/", params.get("checkpoint"), handler=DcpHandler)
-    state = {"app": AppState(model, optimizer)}     # what dcp.save/dcp.load take (Stateful values)
+    state = {"model": ModelState(model), "optimizer": OptimizerState(model, optimizer)}  # Stateful values
     steps = StepLog(checkpointer, state)            # dvclive on rank 0
     steps.restore()                                 # every rank: the same step
     for step in range(steps.start, total):
@@ -25,6 +25,9 @@ retention exactly as for a single file. The checkpoint is the stage's directory 
   run's staging directory is deleted then too.
 - the step and each rank's RNG states are in the DCP state itself (``expckpt/step``,
   ``expckpt/rng/<rank>``, uint8 tensors), not in a side file; rank 0 adds the watch's state.
+- a fresh trial (``checkpoint.init_from``) takes the weights of a DCP directory or file
+  checkpoint into the state's ``model`` entry (``expckpt.integrations.dcpinit``); its lineage is
+  saved in the DCP state too (``expckpt/initialized_from``, rank 0's).
 - load: every rank calls ``dcp.load`` on the directory rank 0 chose. DCP reshards, so another
   world size loads it too (a rank with no saved RNG keeps its own). Non-tensor values load with
   ``torch.load(weights_only=True)``.
@@ -41,6 +44,7 @@ import contextlib
 import io
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -51,11 +55,14 @@ from torch.distributed.checkpoint import FileSystemReader
 
 from expckpt.serialize.atomic import TEMP_MARK, WrittenFile
 from expckpt.train.coordination import Coordinator
-from expckpt.serialize.dcpread import STEP_KEY, WATCH_KEY, SafeLoadPlanner, rng_key, unpack
+from expckpt.serialize.dcpread import STEP_KEY, TRIAL_KEY, WATCH_KEY, SafeLoadPlanner, rng_key, unpack
 from expckpt.serialize.dirout import WrittenDir
 from expckpt.errors import ConfigError
 from expckpt.store.gclock import pid_alive
+from expckpt.integrations.dcpinit import init_from_dcp
 from expckpt.train.handlers import Loaded
+from expckpt.train.initfrom import LINEAGE_KEY, started_line
+from expckpt.train.initsource import InitSource
 from expckpt.train.resume import remove_stale_temps
 from expckpt.state.rng import capture_rng, restore_rng
 from expckpt.train.wiring import Wiring
@@ -104,6 +111,8 @@ class DcpHandler:
         self.coord = coord
         self._staging: Path | None = None
         self._step = -1
+        self._lineage: object = None
+        """A fresh trial's source (``InitSource.identity``), saved with every checkpoint of it."""
 
     def set_step(self, state: Any, step: int) -> None:
         self._step = step  # it is saved in the DCP state itself (STEP_KEY)
@@ -122,7 +131,7 @@ class DcpHandler:
         saved = FileSystemReader(self.path).read_metadata().state_dict_metadata
         rank = self.coord.rank
         ours: dict[str, Any] = {STEP_KEY: torch.zeros((), dtype=torch.int64)}
-        for key in (rng_key(rank), WATCH_KEY if self.coord.is_main else None):
+        for key in (rng_key(rank), *((WATCH_KEY, TRIAL_KEY) if self.coord.is_main else ())):
             if key in saved:
                 ours[key] = torch.empty(saved[key].size, dtype=torch.uint8)  # type: ignore[union-attr]
         clash = set(ours) & set(state)
@@ -132,7 +141,39 @@ class DcpHandler:
         if rng_key(rank) in ours:
             restore_rng(unpack(ours[rng_key(rank)]))
         self._step = int(ours[STEP_KEY])
-        return Loaded(step=self._step, library={"watch": unpack(ours[WATCH_KEY])} if WATCH_KEY in ours else {})
+        library = {"watch": unpack(ours[WATCH_KEY])} if WATCH_KEY in ours else {}
+        if TRIAL_KEY in ours:
+            self._lineage = library[LINEAGE_KEY] = unpack(ours[TRIAL_KEY])
+        return Loaded(step=self._step, library=library)
+
+    def init_from(
+        self,
+        state: dict[str, Any],
+        source: InitSource,
+        *,
+        restore: tuple[str, ...],
+        strict: bool,
+        echo: Callable[[str], None],
+    ) -> None:
+        """Every rank: the source's weights into the state's ``model`` entry (``dcpinit``)."""
+        staging = self.path.parent / f"{_staging_prefix(self.path)}{os.getpid()}.init.dcp"
+        init_from_dcp(state, source, staging=staging, coord=self.coord, restore=restore, strict=strict, echo=echo)
+        self._lineage = source.identity
+        echo(started_line(source, restore))
+
+    def lineage(self) -> object:
+        """Rank 0: the fresh trial the workspace's checkpoint belongs to, if any."""
+        try:
+            saved = FileSystemReader(self.path).read_metadata().state_dict_metadata
+            if TRIAL_KEY not in saved:
+                return None
+            ours = {TRIAL_KEY: torch.empty(saved[TRIAL_KEY].size, dtype=torch.uint8)}  # type: ignore[union-attr]
+            with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+                warnings.simplefilter("ignore", UserWarning)
+                dcp.load(ours, checkpoint_id=self.path, planner=SafeLoadPlanner(), no_dist=True)
+            return unpack(ours[TRIAL_KEY])
+        except (OSError, RuntimeError, ValueError):
+            return None
 
     def capture(self, state: dict[str, Any], step: int, watch: Mapping[str, Any] | None) -> dict[str, Any]:
         """What ``dcp.save`` gets: the user's state (read at write time) and expckpt's keys. The step
@@ -140,6 +181,8 @@ class DcpHandler:
         ours = {STEP_KEY: torch.tensor(self._step, dtype=torch.int64), rng_key(self.coord.rank): _pack(capture_rng())}
         if watch is not None:
             ours[WATCH_KEY] = _pack(dict(watch))
+            if self._lineage is not None:
+                ours[TRIAL_KEY] = _pack(self._lineage)
         clash = set(ours) & set(state)
         if clash:
             raise ConfigError(f"state_dict key {sorted(clash)[0]!r} is expckpt's own; rename it", key="state_dict")

@@ -1,6 +1,6 @@
 """A ``torch.distributed.checkpoint`` directory as expckpt writes it, read whole in one process.
 
-    payload = load_dcp_checkpoint(Path("ckpt"))   # {"app": {...}, "step": 3, "rng": {"rank0": ...}}
+    payload = load_dcp_checkpoint(Path("ckpt"))   # {"model": {...}, "step": 3, "rng": {"rank0": ...}}
 
 ``DcpHandler`` (``expckpt.integrations.dcp``) saves the user's state with ``dcp.save`` and adds
 its own keys beside it: the step, each rank's RNG states and rank 0's watch, as tensors. Reading
@@ -35,6 +35,7 @@ from expckpt.errors import CorruptCheckpointError
 __all__ = [
     "DCP_METADATA",
     "STEP_KEY",
+    "TRIAL_KEY",
     "WATCH_KEY",
     "SafeLoadPlanner",
     "is_dcp_dir",
@@ -46,6 +47,8 @@ __all__ = [
 DCP_METADATA = ".metadata"
 STEP_KEY = "expckpt/step"
 WATCH_KEY = "expckpt/watch"
+TRIAL_KEY = "expckpt/initialized_from"
+"""A fresh trial's lineage (``checkpoint.init_from``), saved by rank 0 with every checkpoint of it."""
 _RNG_PREFIX = "expckpt/rng/"
 _OURS = frozenset({"step", "rng", "expckpt", "format", "best"})
 """The payload's own top-level names (the comparer's): a user's key so named is renamed."""
@@ -120,8 +123,8 @@ def load_dcp_checkpoint(path: Path) -> dict[str, Any]:
             payload["step"] = int(value)
         elif key.startswith(_RNG_PREFIX):
             rng[f"rank{key[len(_RNG_PREFIX) :]}"] = unpack(value)
-        elif key == WATCH_KEY:
-            payload["expckpt"] = {"watch": unpack(value)}
+        elif key in (WATCH_KEY, TRIAL_KEY):
+            payload.setdefault("expckpt", {})[key.removeprefix("expckpt/")] = unpack(value)
         else:
             where = [str(part) for part in nesting.get(key) or (key,)]
             if where[0] in _OURS:  # a key of the user's named like one of the payload's own

@@ -29,13 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from expckpt.errors import ConfigError
 from expckpt.policy.config import CheckpointConfig
 from expckpt.train.coordination import Coordinator, coordinator_from_env
 from expckpt.store.exprwlock import hold_workspace
 from expckpt.train.handlers import FileHandler, Handler
 from expckpt.store.headstate import detached_head_note
-from expckpt.train.initfrom import LINEAGE_KEY, holds_trial, init_state
+from expckpt.train.initfrom import LINEAGE_KEY, holds_trial
 from expckpt.train.initsource import source_for
 from expckpt.store.livefiles import restore_live_files
 from expckpt.train.orphan import OrphanWatch
@@ -279,23 +278,13 @@ class Checkpointer:
         holds it, else start it from the source's weights (missing or damaged: refused here)."""
         source = self.coord.on_main(lambda: source_for(self.wiring, str(self.config.init_from)))
         self._pub.initialized_from = source.lineage
-        if self.coord.on_main(lambda: holds_trial(self.wiring, source)):
+        if self.coord.on_main(lambda: holds_trial(self.wiring, source, self.handler.lineage)):
             self._resume(state, defer_rng)
             if self.resumed is not None:
                 return
         self.coord.on_main(self.handler.clean)
-        if not isinstance(self.handler, FileHandler):
-            raise ConfigError(
-                f"checkpoint.init_from works with checkpoint files, not {type(self.handler).__name__}; "
-                "load the source yourself before the first step",
-                key="checkpoint.init_from",
-            )
-        init_state(
-            self.handler.group(state).first,
-            source,
-            restore=self.config.init_restore,
-            strict=self.config.init_strict,
-            echo=self.echo,
+        self.handler.init_from(
+            state, source, restore=self.config.init_restore, strict=self.config.init_strict, echo=self.echo
         )
 
     def _find_resume_point(self) -> bool:

@@ -12,7 +12,10 @@ orbax's ``CheckpointManager`` hands bytes to a per-format handler. A handler has
 - ``load(state, defer_rng)`` (every rank) -> ``Loaded``; ``capture(state, step, watch)`` (every
   rank) -> a payload; ``write(payload)`` -> ``Written`` items (rank 0's are published);
   ``published(items)``/``done()`` after the publish; ``set_step(state, step)`` at every
-  completed step and ``step_of(state)``, the last one.
+  completed step and ``step_of(state)``, the last one;
+- ``init_from(state, source, restore, strict, echo)`` (every rank): a fresh trial's start from
+  another checkpoint's weights (``checkpoint.init_from``; the source was resolved and verified
+  on rank 0), and ``lineage()`` (rank 0): which source the workspace's checkpoint started from.
 
 ``FileHandler`` is the plain one: each checkpoint output a ``torch.save`` file or a directory of
 them, written by rank 0, with every rank's RNG states inside. The sharded handler
@@ -31,6 +34,8 @@ import torch
 from expckpt.serialize.checkpoint_file import check_architecture
 from expckpt.publish.committer import Written
 from expckpt.train.coordination import Coordinator
+from expckpt.train.initfrom import file_lineage, init_state
+from expckpt.train.initsource import InitSource
 from expckpt.serialize.loading import load_state
 from expckpt.train.outputs import OutputFiles
 from expckpt.train.resume import remove_stale_temps
@@ -68,6 +73,10 @@ class Handler(Protocol):
     def done(self) -> None: ...
     def set_step(self, state: Any, step: int) -> None: ...
     def step_of(self, state: Any) -> int: ...
+    def init_from(
+        self, state: Any, source: InitSource, *, restore: tuple[str, ...], strict: bool, echo: Callable[[str], None]
+    ) -> None: ...
+    def lineage(self) -> object: ...
 
 
 def _pack(value: Any) -> bytes:
@@ -135,6 +144,15 @@ class FileHandler:
         ranks = (state.objects.get("extras") or {}).get(RANK_RNG)
         if self.coord.world_size > 1 and ranks and self.coord.rank < len(ranks):
             state._pending_rng = ranks[self.coord.rank]
+
+    def init_from(
+        self, state: Any, source: InitSource, *, restore: tuple[str, ...], strict: bool, echo: Callable[[str], None]
+    ) -> None:
+        """Every rank loads the source file rank 0 verified (the same weights everywhere)."""
+        init_state(self.group(state).first, source, restore=restore, strict=strict, echo=echo)
+
+    def lineage(self) -> object:
+        return file_lineage(self.wiring.path)
 
     def capture(self, state: Any, step: int, watch: Mapping[str, Any] | None) -> Any:
         group = self.group(state)  # its step is the last completed one (a pause saves mid-step)

@@ -13,6 +13,7 @@ the run with one line; with ``false`` the matching keys are loaded and the count
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,7 +28,7 @@ from expckpt.state.rng import restore_rng
 from expckpt.state.safe_values import decode, restore_in_place
 from expckpt.state.state import TrainingState
 
-__all__ = ["LINEAGE_KEY", "holds_trial", "init_state"]
+__all__ = ["LINEAGE_KEY", "file_lineage", "fitting_keys", "holds_trial", "init_state", "started_line"]
 
 LINEAGE_KEY = "initialized_from"
 """The key in the state's ``library`` (saved in every checkpoint file) naming the trial's source."""
@@ -55,6 +56,36 @@ def _first_mismatch(expected: Mapping[str, tuple[int, ...]], found: Mapping[str,
     return f"{extra} ({list(found[extra])}) is in the source but not in the model" if extra else None
 
 
+def fitting_keys(
+    name: str,
+    expected: Mapping[str, tuple[int, ...]],
+    found: Mapping[str, tuple[int, ...]],
+    source: InitSource,
+    strict: bool,
+    echo: Callable[[str], None],
+) -> set[str]:
+    """The keys of ``name`` to load from ``source``: every one when the shapes fit; else, with
+    ``strict``, one line naming the first mismatch, without it, those that match (and the counts)."""
+    mismatch = _first_mismatch(expected, found)
+    if mismatch is None:
+        return set(expected)
+    if strict:
+        raise ArchitectureMismatchError(
+            f"checkpoint.init_from {source.describe()} does not fit {name}: {mismatch}; fix the model,"
+            " or set checkpoint.init_strict: false to load only the weights that match",
+            path=source.path,
+        )
+    loadable = {k for k in expected if k in found and found[k] == expected[k]}
+    missing = len(expected) - len(loadable)
+    unexpected = len([k for k in found if k not in expected])
+    resized = len([k for k in found if k in expected and found[k] != expected[k]])
+    echo(
+        f"expckpt: init_from {source.describe()} into {name}: loaded {len(loadable)} keys,"
+        f" {missing} missing (kept fresh, {resized} of them with another shape), {unexpected} unexpected (ignored)"
+    )
+    return loadable
+
+
 def _load_module(
     name: str,
     module: torch.nn.Module,
@@ -63,28 +94,13 @@ def _load_module(
     strict: bool,
     echo: Callable[[str], None],
 ) -> None:
-    own = module.state_dict()
-    expected = {k: tuple(v.shape) for k, v in own.items()}
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in weights.items() if isinstance(v, torch.Tensor)}
-    mismatch = _first_mismatch(expected, found)
-    if mismatch is None:
+    loadable = fitting_keys(name, expected, found, source, strict, echo)
+    if loadable == set(expected) and set(found) == loadable:
         module.load_state_dict(weights)
-        return
-    if strict:
-        raise ArchitectureMismatchError(
-            f"checkpoint.init_from {source.describe()} does not fit {name}: {mismatch}; fix the model,"
-            " or set checkpoint.init_strict: false to load only the weights that match",
-            path=source.path,
-        )
-    loadable = {k: v for k, v in weights.items() if k in expected and found.get(k) == expected[k]}
-    module.load_state_dict(loadable, strict=False)
-    missing = len(expected) - len(loadable)
-    unexpected = len([k for k in found if k not in expected])
-    resized = len([k for k in found if k in expected and found[k] != expected[k]])
-    echo(
-        f"expckpt: init_from {source.describe()} into {name}: loaded {len(loadable)} keys,"
-        f" {missing} missing (kept fresh, {resized} of them with another shape), {unexpected} unexpected (ignored)"
-    )
+    else:
+        module.load_state_dict({k: v for k, v in weights.items() if k in loadable}, strict=False)
 
 
 def init_state(
@@ -96,6 +112,13 @@ def init_state(
     echo: Callable[[str], None] = print,
 ) -> None:
     """Load ``source``'s weights (and the objects ``restore`` names) into the fresh ``state``."""
+    if source.files is not None:
+        raise ConfigError(
+            f"checkpoint.init_from {source.describe()} is a directory checkpoint (DCP's shards), which only"
+            " DcpHandler loads; name a checkpoint file, or train with handler=DcpHandler",
+            key="checkpoint.init_from",
+            value=source.spec,
+        )
     payload = load_checkpoint(source.path)
     modules = state.modules()
     for name, module in modules.items():
@@ -134,22 +157,31 @@ def init_state(
         else:
             obj.load_state_dict(saved)
     state.library[LINEAGE_KEY] = source.identity
-    echo(
-        f"expckpt: fresh trial from {source.describe()}: its weights"
-        + (f" and {', '.join(restore)}" if restore else "")
-        + "; step 0, everything else fresh"
-    )
+    echo(started_line(source, restore))
 
 
-def holds_trial(wiring: Wiring, source: InitSource) -> bool:
-    """Whether the workspace's checkpoint belongs to a trial started from ``source`` (then the
-    run resumes that chain; a rerun after an interruption never starts over from the source)."""
-    path = wiring.path
-    if not path.exists() or SessionNote.was_reset(wiring.workspace, wiring.rel_path):
-        return False
+def started_line(source: InitSource, restore: tuple[str, ...]) -> str:
+    """What a fresh trial says once the source is loaded (every handler alike)."""
+    carried = f" and {', '.join(restore)}" if restore else ""
+    return f"expckpt: fresh trial from {source.describe()}: its weights{carried}; step 0, everything else fresh"
+
+
+def file_lineage(path: Path) -> object:
+    """The lineage a ``torch.save`` checkpoint (file or directory of them) holds, if any."""
     try:
         payload = load_dir_checkpoint(path) if path.is_dir() else load_checkpoint(path)
     except (ExpCkptError, OSError):
-        return False
+        return None
     library = payload.get("expckpt")
-    return isinstance(library, Mapping) and library.get(LINEAGE_KEY) == source.identity
+    return library.get(LINEAGE_KEY) if isinstance(library, Mapping) else None
+
+
+def holds_trial(wiring: Wiring, source: InitSource, lineage: Callable[[], object] | None = None) -> bool:
+    """Whether the workspace's checkpoint belongs to a trial started from ``source`` (then the
+    run resumes that chain; a rerun after an interruption never starts over from the source).
+    ``lineage`` reads what the workspace's checkpoint holds (the handler's; a file's by default)."""
+    path = wiring.path
+    if not path.exists() or SessionNote.was_reset(wiring.workspace, wiring.rel_path):
+        return False
+    found = lineage() if lineage is not None else file_lineage(path)
+    return found == source.identity

@@ -4,20 +4,24 @@
       init_from: tidy-owl@5      # or: tidy-owl (its newest checkpoint), a commit, path/to/model.pt
 
 A checkpoint is looked up in the records (``expckpt-meta``, validated on read); its weights are
-the DVC cache object its record names, hashed again here, so a damaged or swapped object is
-refused rather than trained on. A checkpoint that does not exist (never, or no longer: retention
+the DVC cache object its record names (a directory checkpoint, DCP's shards: its manifest and
+every file it lists), hashed again here, so a damaged or swapped object is refused rather than
+trained on. A checkpoint that does not exist (never, or no longer: retention
 and ``expckpt gc`` remove them) or whose object is gone stops the run with one line. A path is
-read as it is; when its bytes are a known checkpoint's, that checkpoint is the lineage.
+read as it is (a directory only when it holds DCP's ``.metadata``); when its bytes are a known
+checkpoint's, that checkpoint is the lineage. Which sources a handler can load is the handler's
+to say (``init_from``): a file with any, a directory with ``DcpHandler``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from expckpt.serialize.atomic import md5_file
+from expckpt.serialize.dirout import hash_dir
 from expckpt.store.cache import DvcCache
 from expckpt.errors import ConfigError, ExpCkptError, MissingCheckpointError
 from expckpt.store.gitstore import GitStore
@@ -43,6 +47,8 @@ class InitSource:
     md5: str
     lineage: InitializedFrom | None
     """The checkpoint the file is (None: a file no checkpoint expckpt knows holds)."""
+    files: Mapping[str, Path] | None = None
+    """A directory checkpoint (DCP's shards): each file's path inside it -> where its verified bytes are."""
 
     @property
     def identity(self) -> dict[str, object]:
@@ -105,13 +111,6 @@ def _from_record(spec: str, record: CheckpointRecord, rel_path: str, cache: DvcC
             f" (it has {terminal_safe(', '.join(record.outs))})",
             "pick a checkpoint of this stage",
         )
-    if out.md5.endswith(".dir"):
-        raise _fail(
-            spec,
-            f"checkpoint {terminal_safe(record.name)} is a directory output",
-            "starting a fresh trial"
-            " from a directory checkpoint is not supported yet: `dvc exp apply` it and pass the file's path",
-        )
     problem = cache.verify(out.md5)
     if problem is not None:
         name = terminal_safe(record.name)
@@ -122,7 +121,10 @@ def _from_record(spec: str, record: CheckpointRecord, rel_path: str, cache: DvcC
             checkpoint=record.name,
         )
     lineage = InitializedFrom(record.exp, record.step, record.commit)
-    return InitSource(spec=spec, path=cache.object_path(out.md5), md5=out.md5, lineage=lineage)
+    files = None
+    if out.md5.endswith(".dir"):
+        files = {rel: cache.object_path(md5) for rel, md5 in cache.manifest(out.md5).items()}
+    return InitSource(spec=spec, path=cache.object_path(out.md5), md5=out.md5, lineage=lineage, files=files)
 
 
 def find_source(
@@ -140,16 +142,25 @@ def find_source(
     if record is not None and cache is not None:
         return _from_record(spec, record, rel_path, cache)
     path = Path(spec) if Path(spec).is_absolute() else workspace / spec
-    if path.is_file():
-        md5, _ = md5_file(path)
+    files = None
+    if path.is_dir():
+        if not (path / ".metadata").is_file():
+            raise _fail(
+                spec,
+                "it is a directory without DCP's .metadata",
+                "name a checkpoint file, a DCP checkpoint directory, or a checkpoint (exp@step, see `expckpt list`)",
+            )
+        md5, _, _, stats = hash_dir(path)
+        files = {rel: path / rel for rel in sorted(stats)}
+    if path.is_file() or files is not None:
+        if files is None:
+            md5, _ = md5_file(path)
         known = [r for r in records if any(o.md5 == md5 for o in r.outs.values())]
         lineage = None
         if known:
             r = max(known, key=lambda r: r.time)
             lineage = InitializedFrom(r.exp, r.step, r.commit)
-        return InitSource(spec=spec, path=path, md5=md5, lineage=lineage)
-    if path.is_dir():
-        raise _fail(spec, "it is a directory", "name a checkpoint file, or a checkpoint (exp@step, see `expckpt list`)")
+        return InitSource(spec=spec, path=path, md5=md5, lineage=lineage, files=files)
     where = (
         "no checkpoint (`expckpt list`) and no file has that name"
         if cache is not None
