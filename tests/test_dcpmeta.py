@@ -74,3 +74,21 @@ def test_init_from_a_directory_whose_metadata_would_run_code_stops(
     assert "\n" not in str(err.value)
     assert not marker.exists()
     assert not [q for q in tmp_path.iterdir() if ".expckpt-tmp-" in q.name]
+
+
+def test_resuming_from_a_workspace_directory_whose_metadata_would_run_code_stops(
+    dcp_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DCP checkpoint pulled from a teammate and applied: resuming reads its ``.metadata`` too."""
+    from expckpt import Checkpointer
+    from expckpt.integrations.dcp import DcpHandler
+
+    monkeypatch.chdir(tmp_path)
+    workspace = tmp_path / "ckpt"
+    shutil.copytree(dcp_dir, workspace)
+    marker = tmp_path / "ran"
+    (workspace / ".metadata").write_bytes(pickle.dumps({"state_dict_metadata": _RunsCode(marker)}))
+    checkpointer = Checkpointer.from_env(f"{workspace}/", {}, handler=DcpHandler)
+    with pytest.raises(UnsafeCheckpointError, match=r"posix\.system, not only DCP's index"):
+        checkpointer.restore({"model": torch.nn.Linear(4, 3)})
+    assert not marker.exists()

@@ -51,10 +51,10 @@ from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import FileSystemReader
 
 from expckpt.serialize.atomic import TEMP_MARK, WrittenFile
 from expckpt.train.coordination import Coordinator
+from expckpt.serialize.dcpmeta import read_index
 from expckpt.serialize.dcpread import STEP_KEY, TRIAL_KEY, WATCH_KEY, SafeLoadPlanner, rng_key, unpack
 from expckpt.serialize.dirout import WrittenDir
 from expckpt.errors import ConfigError
@@ -128,7 +128,7 @@ class DcpHandler:
         return (self.path / ".metadata").is_file()
 
     def load(self, state: dict[str, Any], *, defer_rng: bool, echo: Callable[[str], None]) -> Loaded:
-        saved = FileSystemReader(self.path).read_metadata().state_dict_metadata
+        saved = read_index(self.path).state_dict_metadata
         rank = self.coord.rank
         ours: dict[str, Any] = {STEP_KEY: torch.zeros((), dtype=torch.int64)}
         for key in (rng_key(rank), *((WATCH_KEY, TRIAL_KEY) if self.coord.is_main else ())):
@@ -164,7 +164,7 @@ class DcpHandler:
     def lineage(self) -> object:
         """Rank 0: the fresh trial the workspace's checkpoint belongs to, if any."""
         try:
-            saved = FileSystemReader(self.path).read_metadata().state_dict_metadata
+            saved = read_index(self.path).state_dict_metadata
             if TRIAL_KEY not in saved:
                 return None
             ours = {TRIAL_KEY: torch.empty(saved[TRIAL_KEY].size, dtype=torch.uint8)}  # type: ignore[union-attr]

@@ -5,7 +5,8 @@ file (a teammate's checkpoint pulled from a remote, a downloaded directory) woul
 before any ``weights_only`` load. What DCP writes there is an index: its own metadata
 dataclasses, ``torch.Size``, dtypes and layouts, paths. ``unsafe_global`` unpickles the file with
 exactly those classes allowed (anything else is refused before it is called or built) and says
-which other one it named; ``checkpoint.init_from`` checks a directory source with it first.
+which other one it named; ``checkpoint.init_from`` checks a directory source with it first, and
+every other read of a DCP directory (resume, the doctor) goes through ``read_index``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import Metadata
 
-__all__ = ["unsafe_global"]
+from expckpt.errors import UnsafeCheckpointError
+from expckpt.text import terminal_safe
+
+__all__ = ["read_index", "unsafe_global"]
 
 _MODULES = {"torch.distributed.checkpoint.metadata"}
 """Every class of these modules: DCP's metadata dataclasses."""
@@ -59,3 +65,17 @@ def unsafe_global(metadata: Path) -> str | None:
     except Exception as exc:  # noqa: BLE001 - a damaged file: whatever pickle raises, one line
         return f"no readable index ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
     return None
+
+
+def read_index(directory: Path) -> Metadata:
+    """DCP's ``.metadata`` of ``directory``, read by DCP once ``unsafe_global`` found only its index;
+    ``UnsafeCheckpointError`` (one line) otherwise, before DCP unpickles anything."""
+    index = Path(directory) / ".metadata"
+    unsafe = unsafe_global(index)
+    if unsafe is not None:
+        raise UnsafeCheckpointError(
+            f"{directory}: its DCP .metadata holds {terminal_safe(unsafe)}, not only DCP's index; unpickling it"
+            " could run code, so it is not loaded: use a checkpoint you trust (`expckpt verify`)",
+            path=index,
+        )
+    return FileSystemReader(directory).read_metadata()

@@ -31,6 +31,7 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.planner import ReadItem
 
 from expckpt.errors import CorruptCheckpointError
+from expckpt.serialize.dcpmeta import read_index
 
 __all__ = [
     "DCP_METADATA",
@@ -84,7 +85,7 @@ def is_dcp_dir(path: Path) -> bool:
 def _read_flat(path: Path) -> tuple[dict[str, Any], Mapping[str, Any]]:
     """(DCP key -> value, DCP key -> the nesting it was flattened from)."""
     reader = FileSystemReader(path)
-    metadata = reader.read_metadata()  # DCP's own pickle: see the module docstring
+    metadata = read_index(path)  # DCP's own pickle, once it is known to hold only DCP's index
     flat: dict[str, Any] = {
         key: torch.empty(md.size, dtype=md.properties.dtype) if isinstance(md, TensorStorageMetadata) else None
         for key, md in metadata.state_dict_metadata.items()
