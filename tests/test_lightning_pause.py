@@ -109,6 +109,44 @@ def test_lightning_pauses_at_the_next_batch_and_resumes_bitwise(
     assert ours == theirs  # the epoch after the paused one logs what the uninterrupted run logged
 
 
+@pytest.mark.slow
+def test_lightning_ddp_pauses_mid_epoch_and_resumes_bitwise(tmp_path: Path) -> None:
+    """Under ``torchrun --nproc_per_node 2`` every rank takes the pause at the same batch (each
+    its share of the order); the resume ends bitwise, every rank's RNG included."""
+    p = make_example_project(tmp_path / "p", "lightning", epochs=EPOCHS, devices=2)
+    dvc_yaml = (p / "dvc.yaml").read_text()
+    (p / "dvc.yaml").write_text(
+        dvc_yaml.replace("cmd: python train.py", "cmd: torchrun --standalone --nproc_per_node 2 train.py")
+    )
+    run("git", "commit", "-qam", "DDP", cwd=p)
+    base = baseline(p)
+    run("dvc", "exp", "run", "-n", "ref", cwd=p)
+    reference = checkpoint_refs(p, base, "ref")
+    run("expckpt", "reset", cwd=p)
+    proc = start(p, "held", env=HOLD)
+    try:
+        wait_for(p, base, "held", proc, lambda refs: 0 in refs)
+        request_pause("stop", p, "held")
+        output = proc.communicate(timeout=300)[0]
+    finally:
+        if proc.poll() is None:
+            kill_tree(proc, "held", p)
+    back_to_branch(p)
+    held = checkpoint_refs(p, base, "held")
+    assert "expckpt: paused by expckpt stop at step 1 (held@1)" in output, output
+    paused = payload(p, held[1])
+    at = position(paused)
+    assert (at["epoch"], at["done"], at["mid_epoch"]) == (1, 1, True)
+    assert lightning(paused)["global_step"] == 12 + 1  # 719 digits a rank, 64 a batch: 12 batches an epoch
+
+    run("dvc", "exp", "apply", "held@1", cwd=p)
+    run("dvc", "exp", "run", "-n", "resumed", cwd=p)
+    resumed = checkpoint_refs(p, base, "resumed")
+    assert sorted(resumed) == [1, 2]
+    ours, theirs = payload(p, resumed[2]), payload(p, reference[2])
+    assert same(exact(ours), exact(theirs)) and same(ours["extras"], theirs["extras"])
+
+
 def _example() -> ModuleType:
     spec = importlib.util.spec_from_file_location("lightning_example", REPO / "examples" / "lightning" / "train.py")
     assert spec is not None and spec.loader is not None
