@@ -71,3 +71,14 @@ def test_bad_arguments_say_what_to_give() -> None:
         TypeError, match="ResumableLoader sets drop_last, sampler itself; give batch_size, shuffle and seed"
     ):
         ResumableLoader(DATA, 2, sampler=None, drop_last=True)
+
+
+def test_the_position_counts_batches_handed_out_not_those_workers_loaded_ahead() -> None:
+    data = TensorDataset(torch.arange(40))
+    whole = batches(ResumableLoader(data, 4, seed=3), 0)
+    loader = ResumableLoader(data, 4, seed=3, num_workers=2)  # each worker loads 2 batches ahead
+    assert batches(loader, 0, count=3) == whole[:3]
+    assert loader.state_dict()["done"] == 3
+    again = ResumableLoader(data, 4, seed=3, num_workers=2)
+    again.load_state_dict(loader.state_dict())
+    assert batches(again, 0) == whole[3:]
