@@ -27,7 +27,8 @@ training loader keeps its position (``ResumableLoader``, or any loader with ``st
 ``load_state_dict``): the checkpoint holds Lightning's loop state inside the epoch and the
 loader's position, and ``fit`` resumed from it trains the batches left, bitwise as if never
 stopped (Lightning's running means of ``on_epoch`` training metrics start again at the resume).
-With a plain ``DataLoader`` the pause waits for the epoch's end. The last batch of an epoch, or
+With a plain ``DataLoader`` the pause waits for the epoch's end (but on SIGTERM Lightning stops
+at its next batch itself: saved as paused, not resumed exactly). The last batch of an epoch, or
 one that validation follows, leaves the pause to the epoch's end too (validation runs first).
 """
 
