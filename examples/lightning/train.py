@@ -1,8 +1,10 @@
 """The ``train`` stage with PyTorch Lightning: a small MLP on scikit-learn's bundled digits.
 
-The only expckpt line is the callback: each epoch becomes a checkpoint experiment
-``<exp>@<epoch>``, and ``trainer.fit`` resumes from the last (or the applied) checkpoint by
-itself inside ``dvc exp run``. ``epochs`` in params.yaml is the total to reach.
+The expckpt lines are the callback and the training loader: each epoch becomes a checkpoint
+experiment ``<exp>@<epoch>``, and ``trainer.fit`` resumes from the last (or the applied)
+checkpoint by itself inside ``dvc exp run``. ``epochs`` in params.yaml is the total to reach.
+``ResumableLoader`` keeps its place in the epoch, so SIGTERM, SIGUSR1 or ``expckpt stop`` pause
+at the next batch (exit 75) and the resume trains the batches left.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from expckpt.errors import ExpCkptError
-from expckpt.integrations.lightning import ExpCkptCallback
+from expckpt.integrations.lightning import ExpCkptCallback, ResumableLoader
 
 
 class DigitsMLP(pl.LightningModule):
@@ -47,8 +49,9 @@ class DigitsMLP(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.9)}
 
 
-def digits_loaders(batch_size: int, test_fraction: float = 0.2) -> tuple[DataLoader, DataLoader]:
-    """scikit-learn's 1,797 bundled 8x8 digits (offline), split the same way every time."""
+def digits_loaders(batch_size: int, seed: int = 0, test_fraction: float = 0.2) -> tuple[ResumableLoader, DataLoader]:
+    """scikit-learn's 1,797 bundled 8x8 digits (offline), split the same way every time; the
+    training order is drawn from ``seed`` and the epoch (a resume skips the batches trained)."""
     digits = load_digits()
     x = torch.tensor(digits.images / 16.0, dtype=torch.float32)
     y = torch.tensor(digits.target, dtype=torch.int64)
@@ -56,7 +59,7 @@ def digits_loaders(batch_size: int, test_fraction: float = 0.2) -> tuple[DataLoa
     n_test = int(len(x) * test_fraction)
     test, train = order[:n_test], order[n_test:]
     return (
-        DataLoader(TensorDataset(x[train], y[train]), batch_size=batch_size, shuffle=True),
+        ResumableLoader(TensorDataset(x[train], y[train]), batch_size, seed=seed),
         DataLoader(TensorDataset(x[test], y[test]), batch_size=512),
     )
 
@@ -64,7 +67,7 @@ def digits_loaders(batch_size: int, test_fraction: float = 0.2) -> tuple[DataLoa
 def main() -> None:
     params = yaml.safe_load(Path("params.yaml").read_text())
     pl.seed_everything(params["seed"], verbose=False)
-    train_loader, val_loader = digits_loaders(params["batch_size"])
+    train_loader, val_loader = digits_loaders(params["batch_size"], params["seed"])
     trainer = pl.Trainer(
         max_epochs=params["epochs"],
         accelerator="cpu",

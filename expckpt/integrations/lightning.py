@@ -21,6 +21,15 @@ Being a Lightning ``Checkpoint`` callback, it stops Lightning from adding its de
 ``monitor``/``mode``/``save_top_k``/``every_n_epochs`` become expckpt's retention
 (``config_from_model_checkpoint``). Use ``logger=False`` (or a logger writing elsewhere than
 ``dvclive/``): this callback writes dvclive's files, one step per epoch.
+
+A pause (SIGTERM, SIGUSR1, ``expckpt stop``) is taken after the next optimizer step when every
+training loader keeps its position (``ResumableLoader``, or any loader with ``state_dict`` and
+``load_state_dict``): the checkpoint holds Lightning's loop state inside the epoch and the
+loader's position, and ``fit`` resumed from it trains the batches left, bitwise as if never
+stopped (Lightning's running means of ``on_epoch`` training metrics start again at the resume).
+With a plain ``DataLoader`` the pause waits for the epoch's end (but on SIGTERM Lightning stops
+at its next batch itself: saved as paused, not resumed exactly). The last batch of an epoch, or
+one that validation follows, leaves the pause to the epoch's end too (validation runs first).
 """
 
 from __future__ import annotations
@@ -33,11 +42,13 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 
 from expckpt.train.checkpointer import Checkpointer
+from expckpt.train.pause import TrainingPaused
 from expckpt.integrations import lightning_internals as internals
 from expckpt.integrations.loop import StepLog, plain
+from expckpt.integrations.resumable import ResumableLoader
 from expckpt.state.state import TrainingState
 
-__all__ = ["ExpCkptCallback", "LightningLoopState", "config_from_model_checkpoint"]
+__all__ = ["ExpCkptCallback", "LightningLoopState", "ResumableLoader", "config_from_model_checkpoint"]
 
 
 class LightningLoopState:
@@ -133,6 +144,16 @@ class ExpCkptCallback(Checkpoint):
         if self.steps.completed(trainer.current_epoch, trainer.callback_metrics).stop:
             trainer.should_stop = True
 
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """A requested pause is taken here (collective under DDP) when the batch ended an optimizer
+        step inside the epoch and the training loaders keep their position: saved, exit 75."""
+        if self.steps is None or not _may_pause_after(trainer, batch_idx):
+            return
+        if self.steps.checkpointer.pause_point(self.steps.state):
+            raise TrainingPaused(self.steps.checkpointer.pause_requested or "pause")  # on_exception exits 75
+
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.steps is not None:
             steps, self.steps = self.steps, None
@@ -149,3 +170,26 @@ class ExpCkptCallback(Checkpoint):
                 steps.finish()  # saves as paused, then raises TrainingPaused (exit 75)
             else:
                 steps.close()
+
+
+def _may_pause_after(trainer: pl.Trainer, batch_idx: int) -> bool:
+    """Whether a pause after batch ``batch_idx`` resumes exactly: an optimizer step just ended, the
+    epoch goes on without validation first, and every training loader keeps its position."""
+    done = batch_idx + 1
+    if done % trainer.accumulate_grad_batches or done >= trainer.num_training_batches:
+        return False
+    if isinstance(trainer.val_check_batch, int) and done % trainer.val_check_batch == 0:
+        return False
+    return all(_keeps_position(loader) for loader in _leaves(trainer.train_dataloader))
+
+
+def _leaves(loaders: Any) -> list[Any]:
+    if isinstance(loaders, Mapping):
+        return [leaf for value in loaders.values() for leaf in _leaves(value)]
+    if isinstance(loaders, (list, tuple)):
+        return [leaf for value in loaders for leaf in _leaves(value)]
+    return [loaders]
+
+
+def _keeps_position(loader: Any) -> bool:
+    return callable(getattr(loader, "state_dict", None)) and callable(getattr(loader, "load_state_dict", None))
