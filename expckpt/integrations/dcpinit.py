@@ -35,9 +35,8 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from expckpt.errors import ConfigError, UnsafeCheckpointError
-from expckpt.serialize.dcpmeta import unsafe_global
-from expckpt.text import terminal_safe
+from expckpt.errors import ConfigError
+from expckpt.serialize.dcpmeta import check_index
 from expckpt.serialize.dcpread import SafeLoadPlanner, rng_key, unpack
 from expckpt.state.rng import restore_rng
 from expckpt.serialize.checkpoint_file import load_checkpoint
@@ -67,14 +66,9 @@ def _stage(staging: Path, source: InitSource) -> Path:
     """Rank 0: the source's verified files under their names, where DCP reads them (once its
     ``.metadata``, which DCP unpickles, is known to be only DCP's index)."""
     assert source.files is not None
-    index = source.files.get(".metadata")
-    unsafe = "no .metadata" if index is None else unsafe_global(index)
-    if unsafe is not None:
-        raise UnsafeCheckpointError(
-            f"checkpoint.init_from {source.describe()}: its DCP .metadata holds {terminal_safe(unsafe)}, not only"
-            " DCP's index; unpickling it could run code, so it is not loaded: start from a checkpoint you trust",
-            path=index,
-        )
+    check_index(
+        source.files.get(".metadata"), f"checkpoint.init_from {source.describe()}", "start from a checkpoint you trust"
+    )
     shutil.rmtree(staging, ignore_errors=True)
     for rel, src in source.files.items():
         dest = staging / rel

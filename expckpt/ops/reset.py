@@ -53,9 +53,20 @@ def _open_store(root: Path) -> GitStore | None:
 
 
 def reset_workspace(project: Project, *, live_dir: str = "dvclive") -> list[Path]:
-    """Delete what resuming would read; return what was removed."""
+    """Delete what resuming would read (and unstage it); return what was removed."""
+    store = _open_store(project.root)
+    try:
+        removed = _remove(project, live_dir, _held(project.workspace, store))
+        if store is not None:
+            _unstage(store, project.workspace, removed)
+    finally:
+        if store is not None:
+            store.close()
+    return removed
+
+
+def _remove(project: Project, live_dir: str, held: dict[str, Any]) -> list[Path]:
     removed: list[Path] = []
-    held = _held(project.workspace, _open_store(project.root))
     for out in project.outputs():
         if not out.checkpoint:
             continue
@@ -72,23 +83,16 @@ def reset_workspace(project: Project, *, live_dir: str = "dvclive") -> list[Path
         shutil.rmtree(live)
         removed.append(live)
     removed.extend(clean_trainer_dirs(project.workspace))  # else `resume_from_checkpoint=True` finds them
-    _unstage(project, removed)
     return removed
 
 
-def _unstage(project: Project, removed: list[Path]) -> None:
+def _unstage(store: GitStore, workspace: Path, removed: list[Path]) -> None:
     """Unstage what was just removed. dvclive stages its files (``git add``) when training ends
     inside ``dvc exp run``; DVC resets the index when the run ends, but not when it ended first
     (the job's shell died of the SIGTERM that paused training). Files staged but deleted make
     DVC's next run fail ("Stash apply resulted in merge conflicts")."""
-    store = _open_store(project.root)
-    if store is None or not removed:
-        return
-    try:
-        inside = [path for path in removed if path.is_relative_to(project.workspace) and path != project.workspace]
-        store.unstage(project.workspace, [path.relative_to(project.workspace).as_posix() for path in inside])
-    finally:
-        store.close()
+    inside = [path for path in removed if path.is_relative_to(workspace) and path != workspace]
+    store.unstage(workspace, [path.relative_to(workspace).as_posix() for path in inside])
 
 
 def _apply_time(store: GitStore) -> float:

@@ -5,8 +5,9 @@ file (a teammate's checkpoint pulled from a remote, a downloaded directory) woul
 before any ``weights_only`` load. What DCP writes there is an index: its own metadata
 dataclasses, ``torch.Size``, dtypes and layouts, paths. ``unsafe_global`` unpickles the file with
 exactly those classes allowed (anything else is refused before it is called or built) and says
-which other one it named; ``checkpoint.init_from`` checks a directory source with it first, and
-every other read of a DCP directory (resume, the doctor) goes through ``read_index``.
+which other one it named. ``check_index`` refuses a file that is not only the index: rank 0 checks
+a ``checkpoint.init_from`` directory source with it, and resuming and the doctor read a DCP
+directory through ``read_index``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch.distributed.checkpoint.metadata import Metadata
 from expckpt.errors import UnsafeCheckpointError
 from expckpt.text import terminal_safe
 
-__all__ = ["read_index", "unsafe_global"]
+__all__ = ["check_index", "read_index", "unsafe_global"]
 
 _MODULES = {"torch.distributed.checkpoint.metadata"}
 """Every class of these modules: DCP's metadata dataclasses."""
@@ -67,15 +68,19 @@ def unsafe_global(metadata: Path) -> str | None:
     return None
 
 
-def read_index(directory: Path) -> Metadata:
-    """DCP's ``.metadata`` of ``directory``, read by DCP once ``unsafe_global`` found only its index;
-    ``UnsafeCheckpointError`` (one line) otherwise, before DCP unpickles anything."""
-    index = Path(directory) / ".metadata"
-    unsafe = unsafe_global(index)
+def check_index(metadata: Path | None, what: str, fix: str) -> None:
+    """Raise ``UnsafeCheckpointError`` (one line: ``what``, the name found, ``fix``) unless
+    ``metadata`` is a DCP ``.metadata`` holding only DCP's index (None: there is none)."""
+    unsafe = "no .metadata" if metadata is None else unsafe_global(metadata)
     if unsafe is not None:
         raise UnsafeCheckpointError(
-            f"{directory}: its DCP .metadata holds {terminal_safe(unsafe)}, not only DCP's index; unpickling it"
-            " could run code, so it is not loaded: use a checkpoint you trust (`expckpt verify`)",
-            path=index,
+            f"{what}: its DCP .metadata holds {terminal_safe(unsafe)}, not only DCP's index; unpickling it"
+            f" could run code, so it is not loaded: {fix}",
+            path=metadata,
         )
+
+
+def read_index(directory: Path) -> Metadata:
+    """DCP's ``.metadata`` of ``directory``, read by DCP once ``check_index`` found only its index."""
+    check_index(Path(directory) / ".metadata", str(directory), "use a checkpoint you trust (`expckpt verify`)")
     return FileSystemReader(directory).read_metadata()

@@ -12,8 +12,8 @@ the watch under ``expckpt``.
 Non-tensor values (an optimizer's param groups, a generator's state) load with
 ``torch.load(weights_only=True)``. DCP's ``.metadata`` file is DCP's own index of the directory
 (each key's size, dtype and where its chunks are in the ``*.distcp`` files, and the nesting of
-the state it was flattened from): a pickle, which DCP unpickles itself whenever it loads, in
-training (``DcpHandler.load``) as here. Read it only from a directory your own run wrote.
+the state it was flattened from): a pickle, which DCP unpickles itself whenever it loads; it is
+read here, as in training, only once ``serialize.dcpmeta`` found nothing in it but that index.
 """
 
 from __future__ import annotations

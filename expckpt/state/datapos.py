@@ -79,24 +79,25 @@ class DataPosition:
         if self.epoch != epoch or not self.mid_epoch:
             self.epoch, self.done, self.order = epoch, 0, order()
         else:
-            self._check_resume(epoch, batch_size)
             if self.order is None:  # resumed without a saved order: the same order again
                 self.order = order()
-            if self.done > -(-len(self.order) // batch_size):
-                raise ConfigError(
-                    f"the paused epoch {epoch} had {self.done} batches trained, but its order now has only"
-                    f" {len(self.order)} samples ({batch_size} a batch); resume with the data of the paused run",
-                    key="batch_size",
-                    value=batch_size,
-                )
+            self._check_resume(epoch, batch_size, len(self.order))
         self.mid_epoch, self.batch_size, self._saves_order = True, batch_size, saves_order
         return self._iterate(batch_size)
 
-    def _check_resume(self, epoch: int, batch_size: int) -> None:
+    def _check_resume(self, epoch: int, batch_size: int, samples: int) -> None:
+        """The paused epoch goes on in the batches it was trained in, over the same samples."""
         if self.batch_size and batch_size != self.batch_size:
             raise ConfigError(
                 f"the paused epoch {epoch} was trained in batches of {self.batch_size}, this run asks for"
                 f" {batch_size}; resume it with batch_size {self.batch_size}",
+                key="batch_size",
+                value=batch_size,
+            )
+        if self.done > -(-samples // batch_size):
+            raise ConfigError(
+                f"the paused epoch {epoch} had {self.done} batches trained, but its order now has only"
+                f" {samples} samples ({batch_size} a batch); resume with the data of the paused run",
                 key="batch_size",
                 value=batch_size,
             )
